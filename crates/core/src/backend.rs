@@ -1,0 +1,210 @@
+//! Backend choice: the Flex CPU backend by default, wgpu and CUDA behind
+//! cargo features of the same names.
+//!
+//! Library code is generic over `B: Backend`; only binaries pick a concrete
+//! backend, through [`BackendKind`] and [`with_backend`].
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::error::{Error, Result};
+
+/// The default CPU backend (burn's Flex: pure Rust, SIMD, rayon).
+pub type CpuBackend = burn::backend::Flex;
+/// The CPU backend's device.
+pub type CpuDevice = burn::backend::flex::FlexDevice;
+/// The CPU backend with autodiff, used for training.
+pub type CpuAutodiff = burn::backend::Autodiff<CpuBackend>;
+
+/// A backend that can be selected at run time (`--backend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// burn's Flex CPU backend (always compiled in).
+    #[default]
+    Cpu,
+    /// wgpu (Vulkan, Metal, DX12; lavapipe as a software fallback). Feature `wgpu`.
+    Wgpu,
+    /// CUDA. Feature `cuda`.
+    Cuda,
+}
+
+impl BackendKind {
+    /// All kinds, in the order `--help` lists them.
+    pub const ALL: [BackendKind; 3] = [BackendKind::Cpu, BackendKind::Wgpu, BackendKind::Cuda];
+
+    /// Whether this backend was compiled into the running binary.
+    pub fn is_compiled(self) -> bool {
+        match self {
+            BackendKind::Cpu => true,
+            BackendKind::Wgpu => cfg!(feature = "wgpu"),
+            BackendKind::Cuda => cfg!(feature = "cuda"),
+        }
+    }
+
+    /// The cargo feature that compiles this backend in.
+    pub fn feature(self) -> Option<&'static str> {
+        match self {
+            BackendKind::Cpu => None,
+            BackendKind::Wgpu => Some("wgpu"),
+            BackendKind::Cuda => Some("cuda"),
+        }
+    }
+}
+
+impl fmt::Display for BackendKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendKind::Cpu => "cpu",
+            BackendKind::Wgpu => "wgpu",
+            BackendKind::Cuda => "cuda",
+        })
+    }
+}
+
+impl FromStr for BackendKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "cpu" | "flex" => Ok(BackendKind::Cpu),
+            "wgpu" => Ok(BackendKind::Wgpu),
+            "cuda" => Ok(BackendKind::Cuda),
+            other => Err(Error::Config(format!(
+                "unknown backend '{other}': expected one of cpu, wgpu, cuda"
+            ))),
+        }
+    }
+}
+
+/// Code that runs on whichever autodiff backend the user chose.
+///
+/// Implement it for a small struct holding your arguments, then call
+/// [`with_backend`]; generic code stays free of `#[cfg]`s.
+pub trait BackendTask {
+    /// What the task returns.
+    type Output;
+    /// Runs the task on backend `B` and its device.
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output>;
+}
+
+/// Runs `task` on the backend `kind`, after checking that the backend is
+/// compiled in and has a usable device.
+///
+/// Asking for a backend that was not compiled in is an error that names the
+/// cargo feature to enable; asking for CUDA where no driver is present is an
+/// error too (burn would panic on the first operation instead).
+pub fn with_backend<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Output> {
+    if !kind.is_compiled() {
+        return Err(Error::Backend(format!(
+            "the {kind} backend is not compiled into this binary; rebuild with `--features {}` \
+             (for example `cargo run --release --features {} -- ...`)",
+            kind.feature().unwrap_or_default(),
+            kind.feature().unwrap_or_default()
+        )));
+    }
+    match kind {
+        BackendKind::Cpu => task.run::<CpuAutodiff>(CpuDevice::default()),
+        #[cfg(feature = "wgpu")]
+        BackendKind::Wgpu => {
+            use burn::backend::{Autodiff, Wgpu, wgpu::WgpuDevice};
+            let device = WgpuDevice::default();
+            probe::<Wgpu>(&device, "wgpu", "no usable wgpu adapter was found (on Linux without a GPU, install a software Vulkan driver: `apt-get install mesa-vulkan-drivers`)")?;
+            task.run::<Autodiff<Wgpu>>(device)
+        }
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => {
+            use burn::backend::{Autodiff, Cuda, cuda::CudaDevice};
+            let device = CudaDevice::default();
+            cuda_driver_present()?;
+            probe::<Cuda>(&device, "cuda", "the CUDA device could not be used")?;
+            task.run::<Autodiff<Cuda>>(device)
+        }
+        #[allow(unreachable_patterns)]
+        _ => unreachable!("checked by is_compiled"),
+    }
+}
+
+/// Runs one tiny operation inside `catch_unwind`: GPU backends panic on the
+/// first operation when no device is usable, and a panic is no error message.
+#[allow(dead_code)]
+fn probe<B: burn::tensor::backend::Backend>(device: &B::Device, name: &str, hint: &str) -> Result<()> {
+    let device = device.clone();
+    let previous_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
+        let t = burn::tensor::Tensor::<B, 1>::ones([4], &device);
+        t.sum().into_scalar()
+    }));
+    std::panic::set_hook(previous_hook);
+    match outcome {
+        Ok(_) => Ok(()),
+        Err(panic) => {
+            let detail = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_default();
+            Err(Error::Backend(format!("the {name} backend failed its first operation: {hint}. {detail}")))
+        }
+    }
+}
+
+/// Checks that the CUDA driver library can be loaded before burn tries (and panics).
+#[cfg(feature = "cuda")]
+fn cuda_driver_present() -> Result<()> {
+    let candidates = ["libcuda.so", "libcuda.so.1"];
+    let found = std::env::var_os("LD_LIBRARY_PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .chain(
+            ["/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/cuda/lib64", "/usr/local/nvidia/lib64", "/usr/lib/wsl/lib"]
+                .iter()
+                .map(std::path::PathBuf::from),
+        )
+        .any(|dir| candidates.iter().any(|c| dir.join(c).exists()));
+    if found {
+        Ok(())
+    } else {
+        Err(Error::Backend(
+            "no CUDA driver found (libcuda.so is not on LD_LIBRARY_PATH or in the usual library directories); \
+             install the NVIDIA driver or use `--backend cpu`"
+                .into(),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_backend_names() {
+        assert_eq!("cpu".parse::<BackendKind>().unwrap(), BackendKind::Cpu);
+        assert_eq!("CUDA".parse::<BackendKind>().unwrap(), BackendKind::Cuda);
+        assert!("tpu".parse::<BackendKind>().is_err());
+    }
+
+    #[test]
+    fn missing_backend_names_its_feature() {
+        struct Nothing;
+        impl BackendTask for Nothing {
+            type Output = ();
+            fn run<B: AutodiffBackend>(self, _: B::Device) -> Result<()> {
+                Ok(())
+            }
+        }
+        for kind in BackendKind::ALL {
+            let result = with_backend(kind, Nothing);
+            if kind.is_compiled() {
+                if kind == BackendKind::Cpu {
+                    assert!(result.is_ok());
+                }
+            } else {
+                let msg = result.unwrap_err().to_string();
+                assert!(msg.contains(&format!("--features {}", kind.feature().unwrap())), "{msg}");
+            }
+        }
+    }
+}

@@ -1,0 +1,62 @@
+//! The error type shared by genzoo's crates.
+
+use std::path::PathBuf;
+
+/// Result alias used across genzoo.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, where, and (in the message) how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory involved.
+        path: PathBuf,
+        /// The underlying OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A data file is malformed or missing, or a dataset cannot be found.
+    #[error("{0}")]
+    Data(String),
+    /// A configuration value is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A checkpoint cannot be used (other model, other config, corrupt, newer format).
+    #[error("checkpoint {path}: {reason}")]
+    Checkpoint {
+        /// The checkpoint directory or file.
+        path: PathBuf,
+        /// Why it cannot be used.
+        reason: String,
+    },
+    /// The requested backend is not compiled in or has no usable device.
+    #[error("{0}")]
+    Backend(String),
+    /// A loss or metric became NaN or infinite.
+    #[error("{name} is {value} at step {step}; training stopped (the last checkpoint is kept intact)")]
+    NonFinite {
+        /// The step at which the value was produced (1-based: the step that was being taken).
+        step: u64,
+        /// The metric's name.
+        name: String,
+        /// The offending value.
+        value: f64,
+    },
+    /// Anything else, with its explanation.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io { path: path.into(), source }
+    }
+
+    /// A checkpoint error for `path`.
+    pub fn checkpoint(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Checkpoint { path: path.into(), reason: reason.into() }
+    }
+}

@@ -1,0 +1,207 @@
+//! The traits a model family and its data implement to plug into the engine.
+//!
+//! A family owns its networks *and* its optimizers (a VAE has one, a GAN
+//! two). The engine owns the loop: budget, schedule, seeding, evaluation,
+//! logging, sample grids and checkpoints. Between the two sits
+//! [`StepContext`]: a family computes gradients, then hands them to
+//! [`StepContext::apply`], which is where clipping happens now and where a
+//! data-parallel all-reduce goes later, for every family at once.
+
+use std::path::Path;
+
+use burn::module::AutodiffModule;
+use burn::optim::{GradientsParams, Optimizer};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+
+use crate::error::Result;
+use crate::grad;
+
+/// Named scalar metrics of one training step or one evaluation batch,
+/// in the order they were added.
+///
+/// ```
+/// use genzoo_core::Metrics;
+/// let m = Metrics::new().with("loss", 0.5).with("kl", 0.1);
+/// assert_eq!(m.get("kl"), Some(0.1));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Metrics(pub Vec<(String, f64)>);
+
+impl Metrics {
+    /// No metrics.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Adds a metric (builder style).
+    pub fn with(mut self, name: impl Into<String>, value: f64) -> Self {
+        self.push(name, value);
+        self
+    }
+    /// Adds a metric.
+    pub fn push(&mut self, name: impl Into<String>, value: f64) {
+        self.0.push((name.into(), value));
+    }
+    /// The value of a metric, if present.
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+    }
+    /// Iterates over (name, value).
+    pub fn iter(&self) -> impl Iterator<Item = (&str, f64)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), *v))
+    }
+    /// The first metric that is NaN or infinite.
+    pub fn first_non_finite(&self) -> Option<(&str, f64)> {
+        self.iter().find(|(_, v)| !v.is_finite())
+    }
+}
+
+/// A batch of images and their class labels.
+#[derive(Clone, Debug)]
+pub struct ImageBatch<B: Backend> {
+    /// Pixels, `[batch, channels, height, width]`, scaled as the data config says.
+    pub images: Tensor<B, 4>,
+    /// Class labels, `[batch]`.
+    pub labels: Tensor<B, 1, Int>,
+}
+
+impl<B: Backend> ImageBatch<B> {
+    /// Number of examples in the batch.
+    pub fn len(&self) -> usize {
+        self.images.dims()[0]
+    }
+    /// Whether the batch is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Training and evaluation data with deterministic random access.
+///
+/// Batch `index` of `epoch` must depend only on the data, the seed, `epoch`
+/// and `index`, never on what was drawn before: that is what makes a resumed
+/// run see exactly the batches an uninterrupted one sees.
+pub trait TrainData<B: Backend> {
+    /// The batch type handed to [`Family::train_step`].
+    type Batch;
+    /// Number of training batches in one epoch (at least 1).
+    fn batches_per_epoch(&self) -> usize;
+    /// Training batch `index` (`< batches_per_epoch()`) of `epoch`.
+    fn train_batch(&self, epoch: u64, index: usize, device: &B::Device) -> Self::Batch;
+    /// Number of held-out evaluation batches (0 when there is no held-out data).
+    fn eval_batches(&self) -> usize;
+    /// Evaluation batch `index` and the number of examples in it.
+    fn eval_batch(&self, index: usize, device: &B::Device) -> (Self::Batch, usize);
+}
+
+/// What to sample: how many, from which seed, optionally of which class.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SampleRequest {
+    /// Number of samples.
+    pub n: usize,
+    /// Seed of the sampling noise: same seed, same weights, same samples.
+    pub seed: u64,
+    /// The class to sample, for class-conditional models.
+    pub class: Option<usize>,
+}
+
+/// A trainable generative model family: its networks, its optimizers, one
+/// training step, evaluation, sampling and checkpoint I/O.
+///
+/// The engine (`genzoo_train::Trainer`) drives any `Family`. A family from
+/// outside genzoo plugs in the same way; see `examples/custom_model.rs`.
+pub trait Family<B: AutodiffBackend>: Sized {
+    /// The batch type this family trains on.
+    type Batch;
+
+    /// Number of trainable scalars.
+    fn num_params(&self) -> usize;
+
+    /// One optimisation step on `batch`: compute the loss(es), their
+    /// gradients, and apply them through `ctx` (one call to
+    /// [`StepContext::apply`] per optimizer). Returns the step's metrics;
+    /// the first one is the loss the engine watches for NaN and shows in
+    /// the progress bar.
+    fn train_step(self, batch: Self::Batch, ctx: &mut StepContext) -> Result<(Self, Metrics)>;
+
+    /// Metrics of one held-out batch, averaged over its examples; the engine
+    /// weights them by batch size and prefixes them with `test_`.
+    fn eval_batch(&self, batch: Self::Batch) -> Result<Metrics>;
+
+    /// Draws samples as images in `[0, 1]`, `[n, channels, height, width]`.
+    fn sample_images(&self, request: &SampleRequest) -> Result<Tensor<B::InnerBackend, 4>>;
+
+    /// Writes the networks and optimizer states into `dir` (which exists).
+    fn save(&self, dir: &Path) -> Result<()>;
+
+    /// Loads what [`Family::save`] wrote, checking every tensor's shape.
+    fn load(self, dir: &Path) -> Result<Self>;
+}
+
+/// The engine's side of one training step: learning rate, clipping, and the
+/// point where gradients are applied.
+#[derive(Clone, Debug)]
+pub struct StepContext {
+    /// The step being taken, starting at 1.
+    pub step: u64,
+    /// The configured base learning rate.
+    pub base_lr: f64,
+    /// The schedule's multiplier for this step (1.0 for a constant schedule).
+    pub lr_factor: f64,
+    /// Clip the global gradient norm of each update to this value.
+    pub clip_norm: Option<f64>,
+    /// Global gradient norm (before clipping) of each `apply` of this step, in call order.
+    pub grad_norms: Vec<f64>,
+}
+
+impl StepContext {
+    /// A context for `step` with a constant learning rate and no clipping.
+    pub fn new(step: u64, base_lr: f64) -> Self {
+        Self { step, base_lr, lr_factor: 1.0, clip_norm: None, grad_norms: Vec::new() }
+    }
+
+    /// The scheduled learning rate for `base` (families with several
+    /// optimizers scale each base rate by the same schedule).
+    pub fn scheduled(&self, base: f64) -> f64 {
+        base * self.lr_factor
+    }
+
+    /// The scheduled learning rate of the engine's base rate.
+    pub fn lr(&self) -> f64 {
+        self.scheduled(self.base_lr)
+    }
+
+    /// Applies `grads` to `module` with `optimizer` at the engine's learning rate.
+    pub fn apply<B, M, O>(&mut self, optimizer: &mut O, module: M, grads: GradientsParams) -> Result<M>
+    where
+        B: AutodiffBackend,
+        M: AutodiffModule<B>,
+        O: Optimizer<M, B>,
+    {
+        let lr = self.lr();
+        self.apply_with_lr(optimizer, module, grads, lr)
+    }
+
+    /// Applies `grads` to `module` with `optimizer` at learning rate `lr`.
+    ///
+    /// This is the one place where gradients turn into updates: global-norm
+    /// clipping (as PyTorch's `clip_grad_norm_`) happens here.
+    pub fn apply_with_lr<B, M, O>(
+        &mut self,
+        optimizer: &mut O,
+        module: M,
+        mut grads: GradientsParams,
+        lr: f64,
+    ) -> Result<M>
+    where
+        B: AutodiffBackend,
+        M: AutodiffModule<B>,
+        O: Optimizer<M, B>,
+    {
+        if let Some(max_norm) = self.clip_norm {
+            let norm = grad::clip_global_norm::<B, M>(&module, &mut grads, max_norm);
+            self.grad_norms.push(norm);
+        }
+        Ok(optimizer.step(lr, module, grads))
+    }
+}

@@ -1,0 +1,77 @@
+//! Tensor ↔ image helpers: sample grids as PNG files.
+
+use std::path::Path;
+
+use burn::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// Tiles `images` (`[n, channels, height, width]`, values in `[0, 1]`,
+/// channels 1 or 3) into one 8-bit image with `columns` per row and a
+/// 2-pixel border. Values outside `[0, 1]` are clamped.
+pub fn grid<B: Backend>(images: Tensor<B, 4>, columns: usize) -> Result<::image::DynamicImage> {
+    let [n, c, h, w] = images.dims();
+    if c != 1 && c != 3 {
+        return Err(Error::Other(format!("cannot draw images with {c} channels (1 or 3 expected)")));
+    }
+    if n == 0 {
+        return Err(Error::Other("cannot draw a grid of zero images".into()));
+    }
+    let data: Vec<f32> = images
+        .clamp(0.0, 1.0)
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| Error::Other(format!("cannot read images: {e:?}")))?;
+    let columns = columns.clamp(1, n);
+    let rows = n.div_ceil(columns);
+    let pad = 2;
+    let (gw, gh) = (columns * (w + pad) + pad, rows * (h + pad) + pad);
+    let mut out = ::image::RgbImage::new(gw as u32, gh as u32);
+    for i in 0..n {
+        let (row, col) = (i / columns, i % columns);
+        let (x0, y0) = (pad + col * (w + pad), pad + row * (h + pad));
+        for y in 0..h {
+            for x in 0..w {
+                let px = |ch: usize| {
+                    let v = data[((i * c + ch) * h + y) * w + x];
+                    (v * 255.0).round() as u8
+                };
+                let rgb = if c == 1 { [px(0); 3] } else { [px(0), px(1), px(2)] };
+                out.put_pixel((x0 + x) as u32, (y0 + y) as u32, ::image::Rgb(rgb));
+            }
+        }
+    }
+    Ok(::image::DynamicImage::ImageRgb8(out))
+}
+
+/// Writes a grid of `images` (see [`grid`]) as a PNG file, creating parent directories.
+pub fn save_grid<B: Backend>(images: Tensor<B, 4>, columns: usize, path: &Path) -> Result<()> {
+    let img = grid(images, columns)?;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    img.save_with_format(path, ::image::ImageFormat::Png)
+        .map_err(|e| Error::Other(format!("{}: cannot write PNG: {e}", path.display())))
+}
+
+/// A square-ish column count for `n` images (8 for 64).
+pub fn default_columns(n: usize) -> usize {
+    ((n as f64).sqrt().ceil() as usize).max(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{CpuBackend, CpuDevice};
+
+    #[test]
+    fn grid_has_expected_size_and_pixels() {
+        let dev = CpuDevice::default();
+        let imgs = Tensor::<CpuBackend, 4>::ones([3, 1, 4, 5], &dev);
+        let g = grid(imgs, 2).unwrap().to_rgb8();
+        assert_eq!((g.width(), g.height()), (2 * 7 + 2, 2 * 6 + 2));
+        assert_eq!(g.get_pixel(2, 2).0, [255, 255, 255]);
+        assert_eq!(g.get_pixel(0, 0).0, [0, 0, 0]);
+    }
+}

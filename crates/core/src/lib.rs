@@ -1,0 +1,21 @@
+//! # genzoo-core
+//!
+//! The shared core of genzoo: backend choice, the traits every model family
+//! implements ([`Family`], [`TrainData`]), the per-step context that applies
+//! optimizer updates ([`StepContext`]), seeding, tensor↔image helpers,
+//! record I/O with shape validation, and the error type.
+//!
+//! Nothing here names a concrete model: families live in `genzoo-models`,
+//! the training loop in `genzoo-train`.
+
+pub mod backend;
+pub mod error;
+pub mod family;
+pub mod grad;
+pub mod image;
+pub mod record;
+pub mod seed;
+
+pub use backend::{BackendKind, CpuBackend, CpuDevice};
+pub use error::{Error, Result};
+pub use family::{Family, ImageBatch, Metrics, StepContext, TrainData};

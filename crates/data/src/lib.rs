@@ -1,0 +1,22 @@
+//! # genzoo-data
+//!
+//! Data for genzoo's families: MNIST-format (IDX) files, raw or gzipped,
+//! found locally or downloaded with checksums into a cache; in-memory image
+//! datasets; and deterministic, seeded batching with random access by
+//! (epoch, batch index), which is what makes exact resume possible.
+//!
+//! ```no_run
+//! use genzoo_data::{DatasetSource, Locator, load_image_dataset};
+//! let source: DatasetSource = "fashion-mnist".parse().unwrap();
+//! let (train, test) = load_image_dataset(&source, &Locator::from_env(None)).unwrap();
+//! assert_eq!(train.dims(), (1, 28, 28));
+//! ```
+
+pub mod dataset;
+pub mod download;
+pub mod idx;
+pub mod mnist;
+pub mod synthetic;
+
+pub use dataset::{ImageData, ImageDataset, Scaling};
+pub use mnist::{DatasetSource, Locator, load_image_dataset};

@@ -1,0 +1,124 @@
+//! The VAE's training step: one Adam update on the batch mean of
+//! reconstruction + β·KL.
+
+use std::path::Path;
+
+use burn::module::AutodiffModule;
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{Adam, AdamConfig, GradientsParams};
+use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
+use genzoo_core::family::SampleRequest;
+use genzoo_core::record::{load_module, load_optimizer, save_module, save_optimizer};
+use genzoo_core::{Family, ImageBatch, Metrics, Result, StepContext};
+
+use super::model::{Vae, VaeConfig};
+use super::objective::{elbo_terms, iwae_nll};
+
+/// A VAE with its Adam optimizer: the `vae` family.
+pub struct VaeTrainer<B: AutodiffBackend> {
+    /// The network.
+    pub model: Vae<B>,
+    optimizer: OptimizerAdaptor<Adam, Vae<B>, B>,
+    config: VaeConfig,
+    device: B::Device,
+}
+
+impl<B: AutodiffBackend> VaeTrainer<B> {
+    /// A freshly initialised VAE and optimizer.
+    pub fn new(config: VaeConfig, device: &B::Device) -> Self {
+        let model = config.init::<B>(device);
+        let optimizer = AdamConfig::new()
+            .with_beta_1(config.adam_beta1)
+            .with_beta_2(config.adam_beta2)
+            .with_epsilon(config.adam_eps)
+            .init();
+        Self { model, optimizer, config, device: device.clone() }
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &VaeConfig {
+        &self.config
+    }
+
+    /// The importance-weighted NLL estimate (nats per image) of a batch, averaged.
+    pub fn iwae_nll(&self, batch: &ImageBatch<B>, k: usize) -> f64 {
+        let model = self.model.valid();
+        iwae_nll(&model, batch.images.clone().inner(), batch.labels.clone().inner(), k).mean().into_scalar().elem()
+    }
+
+    /// Reconstructions of a batch's images in `[0, 1]`.
+    pub fn reconstruct(&self, batch: &ImageBatch<B>) -> Tensor<B::InnerBackend, 4> {
+        self.model.valid().reconstruct(batch.images.clone().inner(), batch.labels.clone().inner())
+    }
+}
+
+impl<B: AutodiffBackend> Family<B> for VaeTrainer<B> {
+    type Batch = ImageBatch<B>;
+
+    fn num_params(&self) -> usize {
+        self.model.num_params()
+    }
+
+    fn train_step(mut self, batch: ImageBatch<B>, ctx: &mut StepContext) -> Result<(Self, Metrics)> {
+        let pixels = self.config.pixels() as f64;
+        let terms = elbo_terms(&self.model, batch.images, batch.labels);
+        let loss = terms.loss(self.config.beta);
+        let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        self.model = ctx.apply(&mut self.optimizer, self.model, grads)?;
+
+        let mean = |t: Tensor<B, 1>| -> f64 { t.mean().into_scalar().elem() };
+        let neg_elbo = mean(terms.neg_elbo());
+        let metrics = Metrics::new()
+            .with("loss", loss.into_scalar().elem())
+            .with("neg_elbo", neg_elbo)
+            .with("bits_per_dim", neg_elbo / (pixels * std::f64::consts::LN_2))
+            .with("reconstruction", mean(terms.reconstruction))
+            .with("kl", mean(terms.kl));
+        Ok((self, metrics))
+    }
+
+    fn eval_batch(&self, batch: ImageBatch<B>) -> Result<Metrics> {
+        let pixels = self.config.pixels() as f64;
+        let model = self.model.valid();
+        let terms = elbo_terms(&model, batch.images.inner(), batch.labels.inner());
+        let mean = |t: Tensor<B::InnerBackend, 1>| -> f64 { t.mean().into_scalar().elem() };
+        let neg_elbo = mean(terms.neg_elbo());
+        Ok(Metrics::new()
+            .with("neg_elbo", neg_elbo)
+            .with("bits_per_dim", neg_elbo / (pixels * std::f64::consts::LN_2))
+            .with("reconstruction", mean(terms.reconstruction))
+            .with("kl", mean(terms.kl)))
+    }
+
+    fn sample_images(&self, request: &SampleRequest) -> Result<Tensor<B::InnerBackend, 4>> {
+        let device = &self.device;
+        let classes = self.model.num_classes();
+        if let Some(c) = request.class
+            && c >= classes.max(1)
+        {
+            return Err(genzoo_core::Error::Config(if classes == 0 {
+                "this VAE is not class-conditional: --class needs a conditional preset (cvae-mlp, cvae-conv)".into()
+            } else {
+                format!("class {c} is out of range: the model knows classes 0..{}", classes - 1)
+            }));
+        }
+        // Without a class, a conditional model cycles through the classes (one per column of an 8-wide grid... or row).
+        let labels: Vec<i64> =
+            (0..request.n).map(|i| request.class.unwrap_or(if classes > 0 { i % classes } else { 0 }) as i64).collect();
+        let labels = Tensor::<B::InnerBackend, 1, Int>::from_data(TensorData::new(labels, [request.n]), device);
+        B::InnerBackend::seed(device, request.seed);
+        Ok(self.model.valid().sample(labels, device))
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        save_module(&self.model, &dir.join("model"))?;
+        save_optimizer::<B, _, _>(&self.optimizer, &dir.join("optimizer"))
+    }
+
+    fn load(mut self, dir: &Path) -> Result<Self> {
+        self.model = load_module(self.model, &dir.join("model"), &self.device)?;
+        self.optimizer = load_optimizer::<B, _, _>(self.optimizer, &dir.join("optimizer"), &self.device)?;
+        Ok(self)
+    }
+}

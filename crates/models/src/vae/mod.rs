@@ -1,0 +1,14 @@
+//! Variational autoencoders (Kingma & Welling 2014), with β-VAE (Higgins et
+//! al. 2017) and class conditioning (Sohn et al. 2015).
+//!
+//! - [`model`]: encoder q(z|x[,y]) and decoder p(x|z[,y]), MLP or convolutional.
+//! - [`objective`]: the negative ELBO (Bernoulli NLL + β·KL) and the
+//!   importance-weighted bound (Burda et al. 2016).
+//! - [`family`]: the training step with Adam.
+
+pub mod family;
+pub mod model;
+pub mod objective;
+
+pub use family::VaeTrainer;
+pub use model::{Vae, VaeArchitecture, VaeConfig};

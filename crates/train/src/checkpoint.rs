@@ -1,0 +1,238 @@
+//! Checkpoints: written atomically, verified by checksum, pruned to the
+//! newest K, and loaded only into the model that wrote them.
+//!
+//! Layout: `checkpoints/step-00001000/` holding the family's files (weights,
+//! optimizer states), `config.toml` when the run has one, and
+//! `manifest.json` (format version, model identity, counters, SHA-256 of
+//! every file). A checkpoint is assembled in a temporary directory and
+//! renamed into place only when complete, so a crash never leaves a
+//! half-written `step-*` directory.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use genzoo_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The checkpoint format this build writes and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// What a checkpoint must match to be loaded: the model's name and its
+/// config's fingerprint (the model config as TOML).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointIdentity {
+    /// Preset or model name (`vae-mlp`).
+    pub model: String,
+    /// The model config, serialised; any change in architecture changes it.
+    pub fingerprint: String,
+}
+
+/// The contents of `manifest.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Checkpoint format version.
+    pub format_version: u32,
+    /// genzoo version that wrote it.
+    pub genzoo_version: String,
+    /// Which model and config wrote it.
+    pub identity: CheckpointIdentity,
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Data position: the epoch of the next batch.
+    pub epoch: u64,
+    /// Data position: the index of the next batch within `epoch`.
+    pub batch_in_epoch: usize,
+    /// The run's total steps (the schedule's horizon).
+    pub total_steps: u64,
+    /// The run's seed; with `step` it determines every later random draw
+    /// (genzoo re-seeds from (seed, step) at each step, so this is the RNG state).
+    pub seed: u64,
+    /// The learning rate of the last step taken (the schedule's state is `step`).
+    pub lr: f64,
+    /// SHA-256 of every other file in the checkpoint.
+    pub files: Vec<(String, String)>,
+}
+
+const MANIFEST: &str = "manifest.json";
+
+/// Name of the checkpoint directory for `step`.
+pub fn dir_name(step: u64) -> String {
+    format!("step-{step:08}")
+}
+
+/// SHA-256 of a file, as lowercase hex.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Writes a checkpoint into `checkpoints/step-N` atomically: `write_files`
+/// fills a temporary directory, then checksums and the manifest are added
+/// and the directory is renamed into place. Returns its path.
+pub fn write_checkpoint(
+    checkpoints: &Path,
+    mut manifest: Manifest,
+    write_files: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    std::fs::create_dir_all(checkpoints).map_err(|e| Error::io(checkpoints, e))?;
+    let final_dir = checkpoints.join(dir_name(manifest.step));
+    let tmp = checkpoints.join(format!(".tmp-{}-{}", dir_name(manifest.step), std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    }
+    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    let result = (|| {
+        write_files(&tmp)?;
+        let mut names: Vec<String> = std::fs::read_dir(&tmp)
+            .map_err(|e| Error::io(&tmp, e))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_file())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != MANIFEST)
+            .collect();
+        names.sort();
+        manifest.files = names
+            .into_iter()
+            .map(|n| {
+                let p = tmp.join(&n);
+                // Flush each file to disk before the rename publishes the checkpoint.
+                std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(|e| Error::io(&p, e))?;
+                Ok((n, sha256_file(&p)?))
+            })
+            .collect::<Result<_>>()?;
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Other(e.to_string()))?;
+        let mpath = tmp.join(MANIFEST);
+        std::fs::write(&mpath, json).map_err(|e| Error::io(&mpath, e))?;
+        std::fs::File::open(&mpath).and_then(|f| f.sync_all()).map_err(|e| Error::io(&mpath, e))?;
+        if final_dir.exists() {
+            std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
+        }
+        std::fs::rename(&tmp, &final_dir).map_err(|e| Error::io(&final_dir, e))?;
+        if let Ok(d) = std::fs::File::open(checkpoints) {
+            let _ = d.sync_all();
+        }
+        Ok(final_dir.clone())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+/// The checkpoint directories under `checkpoints`, oldest first.
+pub fn list_checkpoints(checkpoints: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    if !checkpoints.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(checkpoints)
+        .map_err(|e| Error::io(checkpoints, e))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let step = name.strip_prefix("step-")?.parse::<u64>().ok()?;
+            e.path().is_dir().then(|| (step, e.path()))
+        })
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// Deletes all but the newest `keep` checkpoints.
+pub fn prune(checkpoints: &Path, keep: usize) -> Result<()> {
+    let all = list_checkpoints(checkpoints)?;
+    let excess = all.len().saturating_sub(keep);
+    for (_, dir) in all.into_iter().take(excess) {
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    Ok(())
+}
+
+/// Why a checkpoint cannot be used.
+#[derive(Debug)]
+pub enum Unusable {
+    /// Damaged (unreadable manifest, missing file, checksum mismatch): try an older one.
+    Corrupt(String),
+    /// Intact but not for this run (other model or config, newer format): stop.
+    Incompatible(Error),
+}
+
+/// Reads and verifies a checkpoint: manifest, format version, identity and
+/// every file's checksum.
+pub fn verify(dir: &Path, identity: &CheckpointIdentity) -> std::result::Result<Manifest, Unusable> {
+    let mpath = dir.join(MANIFEST);
+    let text = std::fs::read(&mpath).map_err(|e| Unusable::Corrupt(format!("cannot read {MANIFEST}: {e}")))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&text).map_err(|e| Unusable::Corrupt(format!("{MANIFEST} is not valid: {e}")))?;
+    if manifest.format_version > FORMAT_VERSION {
+        return Err(Unusable::Incompatible(Error::checkpoint(
+            dir,
+            format!(
+                "written in checkpoint format {} by genzoo {}; this genzoo ({}) reads format {FORMAT_VERSION} at most: upgrade genzoo",
+                manifest.format_version,
+                manifest.genzoo_version,
+                env!("CARGO_PKG_VERSION")
+            ),
+        )));
+    }
+    if manifest.identity.model != identity.model {
+        return Err(Unusable::Incompatible(Error::checkpoint(
+            dir,
+            format!("it belongs to model '{}', not '{}'", manifest.identity.model, identity.model),
+        )));
+    }
+    if manifest.identity.fingerprint != identity.fingerprint {
+        return Err(Unusable::Incompatible(Error::checkpoint(
+            dir,
+            format!(
+                "it was written with another model config:\n--- checkpoint\n{}\n--- this run\n{}",
+                manifest.identity.fingerprint.trim(),
+                identity.fingerprint.trim()
+            ),
+        )));
+    }
+    for (name, want) in &manifest.files {
+        let p = dir.join(name);
+        let got = sha256_file(&p).map_err(|e| Unusable::Corrupt(e.to_string()))?;
+        if &got != want {
+            return Err(Unusable::Corrupt(format!("{name} fails its checksum (corrupt or truncated)")));
+        }
+    }
+    Ok(manifest)
+}
+
+/// The newest usable checkpoint, falling back past corrupt ones with a
+/// warning (through `warn`). `Ok(None)` when there is no checkpoint at all.
+/// An incompatible checkpoint is an error: it means the run directory
+/// belongs to another model or config, and nothing should be overwritten.
+pub fn latest_good(
+    checkpoints: &Path,
+    identity: &CheckpointIdentity,
+    mut warn: impl FnMut(&str),
+) -> Result<Option<(PathBuf, Manifest)>> {
+    let all = list_checkpoints(checkpoints)?;
+    if all.is_empty() {
+        return Ok(None);
+    }
+    let mut problems = Vec::new();
+    for (_, dir) in all.iter().rev() {
+        match verify(dir, identity) {
+            Ok(m) => return Ok(Some((dir.clone(), m))),
+            Err(Unusable::Incompatible(e)) => return Err(e),
+            Err(Unusable::Corrupt(why)) => {
+                warn(&format!("warning: checkpoint {} is unusable ({why}); falling back to the previous one", dir.display()));
+                problems.push(format!("{}: {why}", dir.display()));
+            }
+        }
+    }
+    Err(Error::checkpoint(checkpoints, format!("no usable checkpoint: {}", problems.join("; "))))
+}

@@ -1,0 +1,251 @@
+//! Run configuration: plain serde structs with defaults, written resolved
+//! to `config.toml` in every run directory.
+//!
+//! A config file may hold any subset of the resolved file's keys; they are
+//! laid over the preset's values, and command-line flags over both.
+//!
+//! ```toml
+//! preset = "vae-mlp"
+//! [model]
+//! beta = 2.0
+//! [data]
+//! dataset = "fashion-mnist"
+//! [train]
+//! epochs = 5
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use genzoo_core::{Error, Result};
+use genzoo_data::Scaling;
+use genzoo_models::{ModelConfig, preset};
+use serde::{Deserialize, Serialize};
+
+use crate::schedule::Schedule;
+
+/// The training loop's settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Budget in optimizer steps (takes precedence over `epochs`).
+    pub steps: Option<u64>,
+    /// Budget in epochs (used when `steps` is not set; 1 when neither is).
+    pub epochs: Option<u64>,
+    /// Examples per step.
+    pub batch_size: usize,
+    /// Base learning rate.
+    pub lr: f64,
+    /// Learning-rate schedule.
+    pub schedule: Schedule,
+    /// Clip the global gradient norm to this value (PyTorch's `clip_grad_norm_`).
+    pub clip_norm: Option<f64>,
+    /// Seed of everything random: initialisation, data order, noise.
+    pub seed: u64,
+    /// Write averaged training metrics every N steps.
+    pub log_every: u64,
+    /// Evaluate on held-out data every N steps (0: at the end of every epoch).
+    pub eval_every: u64,
+    /// Evaluate on at most this many held-out batches (all when unset).
+    pub eval_batches: Option<usize>,
+    /// Write a sample grid every N steps (0: only at the end).
+    pub sample_every: u64,
+    /// Images in a sample grid.
+    pub samples: usize,
+    /// Write a checkpoint every N steps (0: at the end of every epoch). One is always written at the end.
+    pub checkpoint_every: u64,
+    /// How many checkpoints to keep (the newest).
+    pub keep_checkpoints: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            steps: None,
+            epochs: None,
+            batch_size: 128,
+            lr: 1e-3,
+            schedule: Schedule::Constant,
+            clip_norm: None,
+            seed: 0,
+            log_every: 50,
+            eval_every: 0,
+            eval_batches: None,
+            sample_every: 0,
+            samples: 64,
+            checkpoint_every: 0,
+            keep_checkpoints: 3,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Total steps of the run for an epoch of `batches_per_epoch` batches.
+    pub fn total_steps(&self, batches_per_epoch: usize) -> Result<u64> {
+        let total = match (self.steps, self.epochs) {
+            (Some(s), _) => s,
+            (None, Some(e)) => e * batches_per_epoch as u64,
+            (None, None) => batches_per_epoch as u64,
+        };
+        if total == 0 {
+            return Err(Error::Config("the budget is zero steps: set steps or epochs to at least 1".into()));
+        }
+        Ok(total)
+    }
+
+    /// Rejects settings no run can use.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            return Err(Error::Config("batch_size must be at least 1".into()));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(Error::Config(format!("lr must be a positive number, got {}", self.lr)));
+        }
+        if let Some(c) = self.clip_norm
+            && !(c > 0.0)
+        {
+            return Err(Error::Config(format!("clip_norm must be positive, got {c}")));
+        }
+        if self.keep_checkpoints == 0 {
+            return Err(Error::Config("keep_checkpoints must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Where the data comes from and how it is prepared.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DataConfig {
+    /// `mnist`, `fashion-mnist`, or `idx:<DIR>`.
+    pub dataset: String,
+    /// A directory holding the dataset's files (overrides the search).
+    pub data_dir: Option<PathBuf>,
+    /// Use only the first N training (and test) images, for quick runs.
+    pub limit: Option<usize>,
+    /// Pixel scaling.
+    pub scaling: Scaling,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self { dataset: "mnist".into(), data_dir: None, limit: None, scaling: Scaling::Unit }
+    }
+}
+
+/// Everything that defines a run; `config.toml` in the run directory.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// The preset the run started from.
+    pub preset: String,
+    /// The model (the preset's, with overrides).
+    pub model: ModelConfig,
+    /// The data.
+    #[serde(default)]
+    pub data: DataConfig,
+    /// The loop.
+    #[serde(default)]
+    pub train: TrainConfig,
+}
+
+impl RunConfig {
+    /// The resolved config of preset `name` with its reference recipe.
+    pub fn from_preset(name: &str) -> Result<Self> {
+        let p = preset(name).ok_or_else(|| {
+            let planned = genzoo_models::presets::PLANNED.iter().any(|(n, _)| *n == name);
+            Error::Config(if planned {
+                format!("preset '{name}' is planned but not built yet; `genzoo list` shows what is available")
+            } else {
+                format!("unknown preset '{name}'; `genzoo list` shows the presets")
+            })
+        })?;
+        let scaling = match p.scaling {
+            "signed" => Scaling::Signed,
+            _ => Scaling::Unit,
+        };
+        Ok(Self {
+            preset: p.name.to_string(),
+            model: p.model,
+            data: DataConfig { scaling, ..Default::default() },
+            train: TrainConfig { batch_size: p.batch_size, lr: p.lr, ..Default::default() },
+        })
+    }
+
+    /// Lays the TOML text `overrides` (any subset of the keys) over this config.
+    pub fn merge_toml(&self, overrides: &str, origin: &str) -> Result<Self> {
+        let patch: toml::Table = toml::from_str(overrides).map_err(|e| Error::Config(format!("{origin}: {e}")))?;
+        let mut base = toml::Table::try_from(self).map_err(|e| Error::Config(e.to_string()))?;
+        merge(&mut base, patch);
+        toml::Value::Table(base).try_into().map_err(|e: toml::de::Error| Error::Config(format!("{origin}: {e}")))
+    }
+
+    /// Reads a config file: its `preset` (or `default_preset`) resolved, then its keys laid over it.
+    pub fn from_file(path: &Path, default_preset: Option<&str>) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let name = match (default_preset, table.get("preset").and_then(|v| v.as_str())) {
+            (Some(cli), Some(file)) if cli != file => {
+                return Err(Error::Config(format!("{} is for preset '{file}' but the command names '{cli}'", path.display())));
+            }
+            (_, Some(file)) => file.to_string(),
+            (Some(cli), None) => cli.to_string(),
+            (None, None) => return Err(Error::Config(format!("{} names no preset (add `preset = \"vae-mlp\"`)", path.display()))),
+        };
+        Self::from_preset(&name)?.merge_toml(&text, &path.display().to_string())
+    }
+
+    /// The config as TOML text.
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// Reads a resolved `config.toml`.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+    }
+
+    /// The model config as TOML: what a checkpoint must match to be loaded.
+    pub fn model_fingerprint(&self) -> Result<String> {
+        toml::to_string(&self.model).map_err(|e| Error::Config(e.to_string()))
+    }
+}
+
+/// Deep-merges `patch` into `base` (tables recursively, everything else replaced).
+fn merge(base: &mut toml::Table, patch: toml::Table) {
+    for (k, v) in patch {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(p)) => merge(b, p),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preset_round_trips_through_toml() {
+        let c = RunConfig::from_preset("vae-mlp").unwrap();
+        let text = c.to_toml().unwrap();
+        let back: RunConfig = toml::from_str(&text).unwrap();
+        assert_eq!(c, back);
+    }
+
+    #[test]
+    fn overrides_merge_and_typos_are_rejected() {
+        let c = RunConfig::from_preset("vae-mlp").unwrap();
+        let m = c.merge_toml("[model]\nbeta = 2.5\n[train]\nepochs = 3\n", "test").unwrap();
+        let ModelConfig::Vae(v) = &m.model;
+        assert_eq!(v.beta, 2.5);
+        assert_eq!(v.hidden, 400);
+        assert_eq!(m.train.epochs, Some(3));
+        assert_eq!(m.train.batch_size, 128);
+        let err = c.merge_toml("[train]\nepoch = 3\n", "f.toml").unwrap_err().to_string();
+        assert!(err.contains("epoch") && err.contains("f.toml"), "{err}");
+        assert!(RunConfig::from_preset("dcgan-28").unwrap_err().to_string().contains("planned"));
+    }
+}

@@ -1,0 +1,37 @@
+//! # genzoo-train
+//!
+//! The training engine every family plugs into: one straight loop
+//! ([`Trainer`]) with a step or epoch budget, learning-rate schedules,
+//! global-norm clipping, per-step seeding, evaluation on held-out data,
+//! `metrics.jsonl`/`metrics.csv`, sample grids, and atomic, checksummed
+//! checkpoints with exact resume.
+//!
+//! ```no_run
+//! use genzoo_core::CpuDevice;
+//! use genzoo_data::{ImageData, Locator, Scaling, load_image_dataset};
+//! use genzoo_models::vae::{VaeConfig, VaeTrainer};
+//! use genzoo_train::{RunDir, TrainConfig, Trainer};
+//! type B = burn::backend::Autodiff<burn::backend::Flex>;
+//!
+//! let (train, test) = load_image_dataset(&"mnist".parse().unwrap(), &Locator::from_env(None)).unwrap();
+//! let data = ImageData::new(train, test, 128, Scaling::Unit, 0).unwrap();
+//! let device = CpuDevice::default();
+//! let vae = VaeTrainer::<B>::new(VaeConfig::default(), &device);
+//! let config = TrainConfig { epochs: Some(1), lr: 1e-3, ..Default::default() };
+//! let run = RunDir::create("runs/vae", false).unwrap();
+//! let outcome = Trainer::new(run, config).fit(vae, &data, &device).unwrap();
+//! println!("trained {} steps", outcome.step);
+//! ```
+
+pub mod checkpoint;
+pub mod config;
+pub mod logger;
+pub mod run_dir;
+pub mod schedule;
+pub mod trainer;
+
+pub use checkpoint::{CheckpointIdentity, Manifest};
+pub use config::{DataConfig, RunConfig, TrainConfig};
+pub use run_dir::RunDir;
+pub use schedule::Schedule;
+pub use trainer::{TrainOutcome, Trainer};

@@ -1,0 +1,315 @@
+//! The training loop: one straight loop for every family.
+//!
+//! Each step: re-seed the backend from (seed, step); fetch batch
+//! (epoch, index); ask the family for one step through a [`StepContext`]
+//! carrying the scheduled learning rate and clipping; stop on a non-finite
+//! metric; then log, evaluate, draw samples and checkpoint when due.
+
+use std::time::Instant;
+
+use burn::tensor::backend::AutodiffBackend;
+use genzoo_core::family::SampleRequest;
+use genzoo_core::image::{default_columns, save_grid};
+use genzoo_core::seed::{derive, seed_step};
+use genzoo_core::{Error, Family, Metrics, Result, StepContext, TrainData};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use crate::checkpoint::{self, CheckpointIdentity, Manifest};
+use crate::config::TrainConfig;
+use crate::logger::MetricsLogger;
+use crate::run_dir::RunDir;
+
+/// What a finished (or stopped) training call returns.
+pub struct TrainOutcome<F> {
+    /// The trained family.
+    pub family: F,
+    /// Steps taken in total (including those before a resume).
+    pub step: u64,
+    /// The run's total steps.
+    pub total_steps: u64,
+    /// The last averaged training metrics written to the log.
+    pub last_train: Metrics,
+    /// The last evaluation metrics (without the `test_` prefix).
+    pub last_eval: Option<Metrics>,
+    /// Wall-clock seconds of this call's training steps (excluding evaluation and I/O).
+    pub train_seconds: f64,
+    /// Steps taken in this call.
+    pub steps_this_call: u64,
+}
+
+/// The engine. Configure it with the builder methods, then call [`Trainer::fit`].
+pub struct Trainer {
+    run: RunDir,
+    config: TrainConfig,
+    identity: CheckpointIdentity,
+    config_text: Option<String>,
+    resume: bool,
+    stop_after: Option<u64>,
+    progress: bool,
+}
+
+impl Trainer {
+    /// A trainer writing into `run` with `config`.
+    pub fn new(run: RunDir, config: TrainConfig) -> Self {
+        Self {
+            run,
+            config,
+            identity: CheckpointIdentity { model: "model".into(), fingerprint: String::new() },
+            config_text: None,
+            resume: false,
+            stop_after: None,
+            progress: true,
+        }
+    }
+
+    /// Names the model and its config; checkpoints of any other model or
+    /// config are refused on resume.
+    pub fn identity(mut self, model: impl Into<String>, fingerprint: impl Into<String>) -> Self {
+        self.identity = CheckpointIdentity { model: model.into(), fingerprint: fingerprint.into() };
+        self
+    }
+
+    /// The run's resolved config, copied into every checkpoint.
+    pub fn config_text(mut self, text: impl Into<String>) -> Self {
+        self.config_text = Some(text.into());
+        self
+    }
+
+    /// Continue from the newest good checkpoint, if there is one.
+    pub fn resume(mut self, resume: bool) -> Self {
+        self.resume = resume;
+        self
+    }
+
+    /// Stop after this many steps in this call (the budget and schedule
+    /// stay those of the whole run); a later call with `resume` continues.
+    pub fn stop_after(mut self, steps: Option<u64>) -> Self {
+        self.stop_after = steps;
+        self
+    }
+
+    /// Show a progress bar (on by default; hidden anyway when stderr is not a terminal).
+    pub fn progress(mut self, show: bool) -> Self {
+        self.progress = show;
+        self
+    }
+
+    /// Trains `family` on `data` until the budget is spent (or `stop_after`).
+    pub fn fit<B, F, D>(self, family: F, data: &D, device: &B::Device) -> Result<TrainOutcome<F>>
+    where
+        B: AutodiffBackend,
+        F: Family<B>,
+        D: TrainData<B, Batch = F::Batch>,
+    {
+        let cfg = &self.config;
+        cfg.validate()?;
+        let batches_per_epoch = data.batches_per_epoch().max(1);
+        let total = cfg.total_steps(batches_per_epoch)?;
+        let logger = MetricsLogger::new(self.run.metrics_file(), self.run.metrics_csv());
+        let ckpt_dir = self.run.checkpoints_dir();
+
+        let bar = if self.progress {
+            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
+        } else {
+            ProgressBar::hidden()
+        };
+        bar.set_style(
+            ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
+                .expect("valid template"),
+        );
+        let say = |msg: &str| {
+            if bar.is_hidden() {
+                eprintln!("{msg}");
+            } else {
+                bar.println(msg);
+            }
+        };
+
+        // Where to start: step 0, or the newest good checkpoint.
+        let mut family = family;
+        let mut step: u64 = 0;
+        let (mut epoch, mut index) = (0u64, 0usize);
+        if self.resume {
+            match checkpoint::latest_good(&ckpt_dir, &self.identity, |w| say(w))? {
+                Some((dir, manifest)) => {
+                    family = family.load(&dir)?;
+                    step = manifest.step;
+                    (epoch, index) = (manifest.epoch, manifest.batch_in_epoch);
+                    logger.truncate_after(step)?;
+                    say(&format!("resuming from {} (step {step} of {total})", dir.display()));
+                }
+                None => say(&format!("no checkpoint in {} yet: starting from step 0", ckpt_dir.display())),
+            }
+        } else if !checkpoint::list_checkpoints(&ckpt_dir)?.is_empty() {
+            return Err(Error::Config(format!(
+                "{} already holds checkpoints: resume the run or start a new one elsewhere",
+                ckpt_dir.display()
+            )));
+        }
+
+        let params = family.num_params();
+        say(&format!("{} parameters; {total} steps ({batches_per_epoch} per epoch)", params));
+        bar.set_position(step);
+
+        let end = match self.stop_after {
+            Some(n) => (step + n).min(total),
+            None => total,
+        };
+        let mut window = MetricWindow::default();
+        let mut last_train = Metrics::new();
+        let mut last_eval = None;
+        let mut train_seconds = 0.0;
+        let start_step = step;
+        let mut window_start = Instant::now();
+
+        while step < end {
+            seed_step::<B>(device, cfg.seed, step + 1);
+            let batch = data.train_batch(epoch, index, device);
+            let mut ctx = StepContext {
+                step: step + 1,
+                base_lr: cfg.lr,
+                lr_factor: cfg.schedule.factor(cfg.lr, step, total),
+                clip_norm: cfg.clip_norm,
+                grad_norms: Vec::new(),
+            };
+            let lr = ctx.lr();
+            let t0 = Instant::now();
+            let (next, mut metrics) = family.train_step(batch, &mut ctx)?;
+            train_seconds += t0.elapsed().as_secs_f64();
+            family = next;
+            if let Some((name, value)) = metrics.first_non_finite() {
+                bar.abandon();
+                return Err(Error::NonFinite { step: step + 1, name: format!("train_{name}"), value });
+            }
+            if let Some(norm) = ctx.grad_norms.first() {
+                metrics.push("grad_norm", *norm);
+            }
+            step += 1;
+            index += 1;
+            if index >= batches_per_epoch {
+                (epoch, index) = (epoch + 1, 0);
+            }
+            window.add(&metrics);
+            bar.set_position(step);
+            if let Some((name, value)) = metrics.0.first() {
+                bar.set_message(format!("{name} {value:.4}"));
+            }
+
+            let last = step == end;
+            let epoch_end = index == 0;
+            if step % cfg.log_every.max(1) == 0 || last {
+                let elapsed = window_start.elapsed().as_secs_f64().max(1e-9);
+                last_train = window.mean();
+                let mut record: Vec<(String, f64)> = last_train.iter().map(|(k, v)| (format!("train_{k}"), v)).collect();
+                record.push(("lr".into(), lr));
+                record.push(("epoch".into(), epoch as f64 + index as f64 / batches_per_epoch as f64));
+                record.push(("steps_per_sec".into(), window.count as f64 / elapsed));
+                logger.log(step, &record)?;
+                window = MetricWindow::default();
+                window_start = Instant::now();
+            }
+            let eval_due = if cfg.eval_every == 0 { epoch_end || step == total } else { step % cfg.eval_every == 0 || step == total };
+            if eval_due && data.eval_batches() > 0 {
+                let eval = evaluate(&family, data, device, cfg, step)?;
+                let record: Vec<(String, f64)> = eval.iter().map(|(k, v)| (format!("test_{k}"), v)).collect();
+                logger.log(step, &record)?;
+                say(&format!(
+                    "step {step}: {}",
+                    record.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(", ")
+                ));
+                if let Some((name, value)) = eval.first_non_finite() {
+                    bar.abandon();
+                    return Err(Error::NonFinite { step, name: format!("test_{name}"), value });
+                }
+                last_eval = Some(eval);
+            }
+            if cfg.sample_every > 0 && step % cfg.sample_every == 0 {
+                write_grid(&family, &self.run, cfg, &format!("step-{step:08}.png"))?;
+            }
+            let ckpt_due = if cfg.checkpoint_every == 0 { epoch_end } else { step % cfg.checkpoint_every == 0 };
+            if ckpt_due || last {
+                let manifest = Manifest {
+                    format_version: checkpoint::FORMAT_VERSION,
+                    genzoo_version: env!("CARGO_PKG_VERSION").into(),
+                    identity: self.identity.clone(),
+                    step,
+                    epoch,
+                    batch_in_epoch: index,
+                    total_steps: total,
+                    seed: cfg.seed,
+                    lr,
+                    files: Vec::new(),
+                };
+                checkpoint::write_checkpoint(&ckpt_dir, manifest, |dir| {
+                    family.save(dir)?;
+                    if let Some(text) = &self.config_text {
+                        std::fs::write(dir.join("config.toml"), text).map_err(|e| Error::io(dir, e))?;
+                    }
+                    Ok(())
+                })?;
+                checkpoint::prune(&ckpt_dir, cfg.keep_checkpoints)?;
+            }
+        }
+        if step == total && step > start_step {
+            write_grid(&family, &self.run, cfg, "final.png")?;
+        }
+        bar.finish_and_clear();
+        Ok(TrainOutcome { family, step, total_steps: total, last_train, last_eval, train_seconds, steps_this_call: step - start_step })
+    }
+}
+
+/// Averages a family's metrics over held-out batches, weighting by batch size.
+pub fn evaluate<B, F, D>(family: &F, data: &D, device: &B::Device, cfg: &TrainConfig, step: u64) -> Result<Metrics>
+where
+    B: AutodiffBackend,
+    F: Family<B>,
+    D: TrainData<B, Batch = F::Batch>,
+{
+    // Evaluation noise is seeded too, so an evaluation is reproducible.
+    B::seed(device, derive(cfg.seed, "eval", step));
+    let batches = cfg.eval_batches.map_or(data.eval_batches(), |n| n.min(data.eval_batches()));
+    let mut sums: Vec<(String, f64)> = Vec::new();
+    let mut count = 0usize;
+    for i in 0..batches {
+        let (batch, n) = data.eval_batch(i, device);
+        let m = family.eval_batch(batch)?;
+        for (k, v) in m.iter() {
+            match sums.iter_mut().find(|(name, _)| name == k) {
+                Some((_, s)) => *s += v * n as f64,
+                None => sums.push((k.to_string(), v * n as f64)),
+            }
+        }
+        count += n;
+    }
+    Ok(Metrics(sums.into_iter().map(|(k, s)| (k, s / count.max(1) as f64)).collect()))
+}
+
+fn write_grid<B: AutodiffBackend, F: Family<B>>(family: &F, run: &RunDir, cfg: &TrainConfig, name: &str) -> Result<()> {
+    // One fixed noise seed for every grid of a run, so grids show progress, not noise.
+    let request = SampleRequest { n: cfg.samples, seed: derive(cfg.seed, "grid", 0), class: None };
+    let images = family.sample_images(&request)?;
+    save_grid(images, default_columns(cfg.samples), &run.samples_dir().join(name))
+}
+
+/// Running sums of training metrics between two log lines.
+#[derive(Default)]
+struct MetricWindow {
+    sums: Vec<(String, f64)>,
+    count: usize,
+}
+
+impl MetricWindow {
+    fn add(&mut self, m: &Metrics) {
+        for (k, v) in m.iter() {
+            match self.sums.iter_mut().find(|(name, _)| name == k) {
+                Some((_, s)) => *s += v,
+                None => self.sums.push((k.to_string(), v)),
+            }
+        }
+        self.count += 1;
+    }
+
+    fn mean(&self) -> Metrics {
+        Metrics(self.sums.iter().map(|(k, s)| (k.clone(), s / self.count.max(1) as f64)).collect())
+    }
+}

@@ -1,0 +1,388 @@
+//! The `genzoo` command line: `train`, `resume`, `sample`, `info`, `list`.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::backend::AutodiffBackend;
+use clap::{Args, Parser, Subcommand};
+use genzoo_core::backend::{BackendTask, with_backend};
+use genzoo_core::family::SampleRequest;
+use genzoo_core::image::{default_columns, save_grid};
+use genzoo_core::{BackendKind, Error, Family, ImageBatch, Result};
+use genzoo_data::{DatasetSource, ImageData, Locator, load_image_dataset};
+use genzoo_models::presets::{FamilyTask, PLANNED, with_family};
+use genzoo_models::presets;
+use genzoo_train::checkpoint::latest_good;
+use genzoo_train::{RunConfig, RunDir, Trainer};
+
+/// Train and compare generative models (VAE, GAN, DDPM, GPT) on burn.
+#[derive(Parser, Debug)]
+#[command(name = "genzoo", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Train a preset (see `genzoo list`).
+    Train(TrainArgs),
+    /// Continue an interrupted run from its newest good checkpoint.
+    Resume {
+        /// The run directory.
+        run: PathBuf,
+        #[command(flatten)]
+        overrides: Overrides,
+    },
+    /// Draw samples from a trained run into a PNG grid.
+    Sample(SampleArgs),
+    /// Show a run's model, parameters, progress and last metrics.
+    Info {
+        /// The run directory.
+        #[arg(long)]
+        run: PathBuf,
+    },
+    /// List the model families and presets.
+    List,
+}
+
+#[derive(Args, Debug)]
+struct TrainArgs {
+    /// The preset to train (`vae-mlp`, `vae-conv`, `beta-vae`, `cvae-mlp`, ...).
+    preset: String,
+    /// Run directory (default: runs/<preset>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// A TOML file with any of config.toml's keys, laid over the preset.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Continue the run in --out from its newest good checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Replace the contents of a non-empty --out.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+/// Flags that override the config (and the preset's recipe).
+#[derive(Args, Debug, Default)]
+struct Overrides {
+    /// `mnist`, `fashion-mnist`, or `idx:<DIR>`.
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Directory with the dataset's IDX files (raw or .gz).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Budget in optimizer steps (replaces --epochs).
+    #[arg(long)]
+    steps: Option<u64>,
+    /// Budget in epochs (replaces --steps).
+    #[arg(long)]
+    epochs: Option<u64>,
+    /// Use only the first N training and test images.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Checkpoint every N steps (0: every epoch).
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    /// Sample grid every N steps (0: at the end only).
+    #[arg(long)]
+    sample_every: Option<u64>,
+    /// Evaluate on the test split every N steps (0: every epoch).
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// Write training metrics every N steps.
+    #[arg(long)]
+    log_every: Option<u64>,
+    /// cpu (default), wgpu or cuda (the latter two need the cargo features of the same names).
+    #[arg(long, default_value = "cpu")]
+    backend: BackendKind,
+}
+
+impl Overrides {
+    fn apply(&self, c: &mut RunConfig) {
+        if let Some(v) = &self.dataset {
+            c.data.dataset = v.clone();
+        }
+        if let Some(v) = &self.data_dir {
+            c.data.data_dir = Some(v.clone());
+        }
+        if let Some(v) = self.limit {
+            c.data.limit = Some(v);
+        }
+        let t = &mut c.train;
+        if let Some(v) = self.batch_size {
+            t.batch_size = v;
+        }
+        if let Some(v) = self.lr {
+            t.lr = v;
+        }
+        if let Some(v) = self.seed {
+            t.seed = v;
+        }
+        if let Some(v) = self.steps {
+            (t.steps, t.epochs) = (Some(v), None);
+        }
+        if let Some(v) = self.epochs {
+            (t.steps, t.epochs) = (None, Some(v));
+        }
+        if let Some(v) = self.checkpoint_every {
+            t.checkpoint_every = v;
+        }
+        if let Some(v) = self.sample_every {
+            t.sample_every = v;
+        }
+        if let Some(v) = self.eval_every {
+            t.eval_every = v;
+        }
+        if let Some(v) = self.log_every {
+            t.log_every = v;
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+struct SampleArgs {
+    /// The run directory.
+    #[arg(long)]
+    run: PathBuf,
+    /// Number of samples.
+    #[arg(long, default_value_t = 64)]
+    n: usize,
+    /// Seed of the sampling noise (same seed and checkpoint: the same image, byte for byte).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Sample this class (class-conditional models).
+    #[arg(long)]
+    class: Option<usize>,
+    /// Output PNG.
+    #[arg(long, default_value = "samples.png")]
+    out: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    backend: BackendKind,
+}
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Train(args) => train(args),
+        Command::Resume { run, overrides } => {
+            let config = RunConfig::load(&run.join("config.toml"))?;
+            train(TrainArgs { preset: config.preset, out: Some(run), config: None, resume: true, overwrite: false, overrides })
+        }
+        Command::Sample(args) => sample(args),
+        Command::Info { run } => info(&run),
+        Command::List => {
+            list();
+            Ok(())
+        }
+    }
+}
+
+fn train(args: TrainArgs) -> Result<()> {
+    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&args.preset));
+    let existing = out.join("config.toml");
+    let mut config = if args.resume && existing.exists() {
+        let c = RunConfig::load(&existing)?;
+        if c.preset != args.preset {
+            return Err(Error::Config(format!("{} is a run of '{}', not '{}'", out.display(), c.preset, args.preset)));
+        }
+        match &args.config {
+            Some(path) => c.merge_toml(&std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?, &path.display().to_string())?,
+            None => c,
+        }
+    } else {
+        match &args.config {
+            Some(path) => RunConfig::from_file(path, Some(&args.preset))?,
+            None => RunConfig::from_preset(&args.preset)?,
+        }
+    };
+    args.overrides.apply(&mut config);
+    config.train.validate()?;
+
+    let source: DatasetSource = config.data.dataset.parse()?;
+    let (mut train_set, mut test_set) = load_image_dataset(&source, &Locator::from_env(config.data.data_dir.clone()))?;
+    if let Some(n) = config.data.limit {
+        (train_set, test_set) = (train_set.take(n), test_set.take(n));
+    }
+    let (c, h, w) = train_set.dims();
+    config.model.adapt_to_data(c, h, w, train_set.num_classes());
+    config.model.validate()?;
+    eprintln!("{}: {} training and {} test images of {c}x{h}x{w}", source.name(), train_set.len(), test_set.len());
+    let data = ImageData::new(train_set, test_set, config.train.batch_size, config.data.scaling, config.train.seed)?;
+
+    let run = if args.resume { RunDir::open(&out).or_else(|_| RunDir::create(&out, false))? } else { RunDir::create(&out, args.overwrite)? };
+    let text = config.to_toml()?;
+    std::fs::write(run.config_file(), &text).map_err(|e| Error::io(run.config_file(), e))?;
+    let job = TrainJob { config, run, data, resume: args.resume, text };
+    with_backend(args.overrides.backend, job)
+}
+
+struct TrainJob {
+    config: RunConfig,
+    run: RunDir,
+    data: ImageData,
+    resume: bool,
+    text: String,
+}
+
+impl BackendTask for TrainJob {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let model = self.config.model.clone();
+        with_family::<B, _>(&model, &device, FitJob { job: self, device: device.clone() })
+    }
+}
+
+struct FitJob<B: AutodiffBackend> {
+    job: TrainJob,
+    device: B::Device,
+}
+
+impl<B: AutodiffBackend> FamilyTask<B> for FitJob<B> {
+    type Output = ();
+    fn run<F: Family<B, Batch = ImageBatch<B>>>(self, family: F) -> Result<()> {
+        let TrainJob { config, run, data, resume, text } = self.job;
+        let started = Instant::now();
+        let trainer = Trainer::new(run.clone(), config.train.clone())
+            .identity(config.preset.clone(), config.model_fingerprint()?)
+            .config_text(text)
+            .resume(resume);
+        let outcome = trainer.fit(family, &data, &self.device)?;
+        let per_epoch = <ImageData as genzoo_core::TrainData<B>>::batches_per_epoch(&data) as f64;
+        let secs = outcome.train_seconds;
+        let steps = outcome.steps_this_call.max(1) as f64;
+        println!(
+            "trained {} steps this call ({}/{} in total) in {:.1} s wall, {:.1} s in steps: {:.1} ms/step, {:.1} s/epoch",
+            outcome.steps_this_call,
+            outcome.step,
+            outcome.total_steps,
+            started.elapsed().as_secs_f64(),
+            secs,
+            1000.0 * secs / steps,
+            secs / steps * per_epoch
+        );
+        if let Some(eval) = &outcome.last_eval {
+            println!("test: {}", eval.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(", "));
+        }
+        println!("run directory: {}", run.root().display());
+        Ok(())
+    }
+}
+
+fn load_run(run_path: &Path) -> Result<(RunDir, RunConfig, PathBuf)> {
+    let run = RunDir::open(run_path)?;
+    let config = RunConfig::load(&run.config_file())?;
+    let identity = genzoo_train::CheckpointIdentity { model: config.preset.clone(), fingerprint: config.model_fingerprint()? };
+    let (dir, _) = latest_good(&run.checkpoints_dir(), &identity, |w| eprintln!("{w}"))?
+        .ok_or_else(|| Error::Config(format!("{} has no checkpoint yet: train it first", run.root().display())))?;
+    Ok((run, config, dir))
+}
+
+fn sample(args: SampleArgs) -> Result<()> {
+    let (_, config, checkpoint) = load_run(&args.run)?;
+    let request = SampleRequest { n: args.n.max(1), seed: args.seed, class: args.class };
+    with_backend(args.backend, SampleJob { config, checkpoint, request, out: args.out })
+}
+
+struct SampleJob {
+    config: RunConfig,
+    checkpoint: PathBuf,
+    request: SampleRequest,
+    out: PathBuf,
+}
+
+impl BackendTask for SampleJob {
+    type Output = ();
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+        let model = self.config.model.clone();
+        with_family::<B, _>(&model, &device, self)
+    }
+}
+
+impl<B: AutodiffBackend> FamilyTask<B> for SampleJob {
+    type Output = ();
+    fn run<F: Family<B, Batch = ImageBatch<B>>>(self, family: F) -> Result<()> {
+        let family = family.load(&self.checkpoint)?;
+        let started = Instant::now();
+        let images = family.sample_images(&self.request)?;
+        save_grid(images, default_columns(self.request.n), &self.out)?;
+        println!(
+            "wrote {} samples from {} to {} in {:.2} s",
+            self.request.n,
+            self.checkpoint.display(),
+            self.out.display(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+}
+
+fn info(run_path: &Path) -> Result<()> {
+    let run = RunDir::open(run_path)?;
+    let config = RunConfig::load(&run.config_file())?;
+    struct Count;
+    impl<B: AutodiffBackend> FamilyTask<B> for Count {
+        type Output = usize;
+        fn run<F: Family<B, Batch = ImageBatch<B>>>(self, family: F) -> Result<usize> {
+            Ok(family.num_params())
+        }
+    }
+    struct CountOnCpu(genzoo_models::ModelConfig);
+    impl BackendTask for CountOnCpu {
+        type Output = usize;
+        fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<usize> {
+            with_family::<B, _>(&self.0, &device, Count)
+        }
+    }
+    let params = with_backend(BackendKind::Cpu, CountOnCpu(config.model.clone()))?;
+    println!("run:        {}", run.root().display());
+    println!("preset:     {} ({} family)", config.preset, config.model.family());
+    println!("parameters: {params}");
+    println!("dataset:    {}", config.data.dataset);
+    let identity = genzoo_train::CheckpointIdentity { model: config.preset.clone(), fingerprint: config.model_fingerprint()? };
+    match latest_good(&run.checkpoints_dir(), &identity, |w| eprintln!("{w}"))? {
+        Some((dir, m)) => println!("checkpoint: step {} of {} ({})", m.step, m.total_steps, dir.display()),
+        None => println!("checkpoint: none yet"),
+    }
+    if run.metrics_file().exists() {
+        let records = genzoo_train::logger::read_jsonl(&run.metrics_file())?;
+        let mut last: Vec<(String, String)> = Vec::new();
+        for r in &records {
+            for (k, v) in r {
+                if k == "step" {
+                    continue;
+                }
+                let step = r.get("step").and_then(|s| s.as_u64()).unwrap_or(0);
+                let text = format!("{} (step {step})", v.as_f64().map_or(v.to_string(), |f| format!("{f:.4}")));
+                match last.iter_mut().find(|(n, _)| n == k) {
+                    Some((_, t)) => *t = text,
+                    None => last.push((k.clone(), text)),
+                }
+            }
+        }
+        println!("last metrics:");
+        for (k, v) in last {
+            println!("  {k:<24} {v}");
+        }
+    }
+    Ok(())
+}
+
+fn list() {
+    println!("{:<12} {:<8} description", "preset", "family");
+    for p in presets() {
+        println!("{:<12} {:<8} {}", p.name, p.model.family(), p.description);
+    }
+    for (name, what) in PLANNED {
+        println!("{name:<12} {:<8} {what}", "-");
+    }
+}

@@ -1,0 +1,9 @@
+use clap::Parser;
+
+fn main() {
+    let cli = genzoo::cli::Cli::parse();
+    if let Err(e) = genzoo::cli::run(cli) {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,251 @@
+//! The training engine end to end through the library: loss goes down,
+//! exact resume, corrupt-checkpoint fallback, the NaN stop, and refusing
+//! checkpoints of other models.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::{Autodiff, Flex};
+use burn::module::AutodiffModule;
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{Adam, AdamConfig, GradientsParams};
+use burn::prelude::*;
+use genzoo::core::family::SampleRequest;
+use genzoo::core::record::{load_module, load_optimizer, param_values, save_module, save_optimizer};
+use genzoo::core::{CpuDevice, Error, Family, ImageBatch, Metrics, Result, StepContext};
+use genzoo::data::{ImageData, ImageDataset, Scaling, synthetic};
+use genzoo::models::vae::{VaeConfig, VaeTrainer};
+use genzoo::train::checkpoint::list_checkpoints;
+use genzoo::train::logger::read_jsonl;
+use genzoo::train::{RunDir, TrainConfig, Trainer};
+
+type B = Autodiff<Flex>;
+
+const SIZE: usize = 12;
+
+/// burn's CPU RNG is one per process: tests that check bit-exact results
+/// must not draw random numbers at the same time as another test.
+static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn data(seed: u64) -> ImageData {
+    let (x, y) = synthetic::images(96, SIZE, 4, 1);
+    let (tx, ty) = synthetic::images(32, SIZE, 4, 2);
+    let train = ImageDataset::new(x, y, (1, SIZE, SIZE), vec![]).unwrap();
+    let test = ImageDataset::new(tx, ty, (1, SIZE, SIZE), vec![]).unwrap();
+    ImageData::new(train, test, 16, Scaling::Unit, seed).unwrap()
+}
+
+fn vae_config() -> VaeConfig {
+    VaeConfig { height: SIZE, width: SIZE, hidden: 32, latent: 4, ..Default::default() }
+}
+
+fn train_config(steps: u64) -> TrainConfig {
+    TrainConfig {
+        steps: Some(steps),
+        batch_size: 16,
+        lr: 3e-3,
+        seed: 7,
+        log_every: 1,
+        checkpoint_every: 4,
+        keep_checkpoints: 10,
+        samples: 4,
+        ..Default::default()
+    }
+}
+
+fn fresh_vae() -> VaeTrainer<B> {
+    // Initialisation is seeded like everything else.
+    <Flex as Backend>::seed(&CpuDevice::default(), 11);
+    VaeTrainer::<B>::new(vae_config(), &CpuDevice::default())
+}
+
+fn trainer(dir: &Path, cfg: TrainConfig, resume: bool) -> Trainer {
+    let run = if resume { RunDir::open(dir).unwrap() } else { RunDir::create(dir, false).unwrap() };
+    Trainer::new(run, cfg).identity("tiny-vae", toml::to_string(&vae_config()).unwrap()).resume(resume).progress(false)
+}
+
+fn weights(f: &VaeTrainer<B>) -> Vec<f32> {
+    param_values(&f.model.valid())
+}
+
+#[test]
+fn loss_goes_down_on_a_tiny_run() {
+    let _guard = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let out = trainer(tmp.path(), train_config(60), false).fit(fresh_vae(), &data(1), &CpuDevice::default()).unwrap();
+    assert_eq!(out.step, 60);
+    let records = read_jsonl(&tmp.path().join("metrics.jsonl")).unwrap();
+    let losses: Vec<f64> = records.iter().filter_map(|r| r.get("train_loss")?.as_f64()).collect();
+    let first: f64 = losses[..5].iter().sum::<f64>() / 5.0;
+    let last: f64 = losses[losses.len() - 5..].iter().sum::<f64>() / 5.0;
+    assert!(last < 0.8 * first, "loss should fall: first {first}, last {last}");
+    // Evaluation ran at every epoch end (96 / 16 = 6 steps), logged with the test_ prefix.
+    let evals = records.iter().filter(|r| r.contains_key("test_neg_elbo")).count();
+    assert_eq!(evals, 10);
+    assert!(tmp.path().join("samples/final.png").exists());
+}
+
+#[test]
+fn resume_is_exact() {
+    let _guard = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let device = CpuDevice::default();
+    let straight = trainer(&tmp.path().join("straight"), train_config(16), false).fit(fresh_vae(), &data(3), &device).unwrap();
+
+    let split = tmp.path().join("split");
+    let first = trainer(&split, train_config(16), false).stop_after(Some(8)).fit(fresh_vae(), &data(3), &device).unwrap();
+    assert_eq!(first.step, 8);
+    // A new process would start from a fresh model and optimizer: so do we.
+    let resumed = trainer(&split, train_config(16), true).fit(fresh_vae(), &data(3), &device).unwrap();
+    assert_eq!(resumed.step, 16);
+    assert_eq!(resumed.steps_this_call, 8);
+    // Bitwise: same weights, hence same optimizer state and data order too.
+    assert_eq!(weights(&straight.family), weights(&resumed.family));
+
+    // The logs agree as well (the resumed run did not duplicate records).
+    let a = read_jsonl(&tmp.path().join("straight/metrics.jsonl")).unwrap();
+    let b = read_jsonl(&split.join("metrics.jsonl")).unwrap();
+    let losses = |r: &Vec<serde_json::Map<String, serde_json::Value>>| -> Vec<(u64, f64)> {
+        r.iter().filter_map(|m| Some((m.get("step")?.as_u64()?, m.get("train_loss")?.as_f64()?))).collect()
+    };
+    assert_eq!(losses(&a), losses(&b));
+}
+
+#[test]
+fn corrupt_checkpoint_falls_back_to_the_previous_one() {
+    let _guard = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let device = CpuDevice::default();
+    let straight = trainer(&tmp.path().join("straight"), train_config(16), false).fit(fresh_vae(), &data(5), &device).unwrap();
+
+    let run = tmp.path().join("run");
+    trainer(&run, train_config(16), false).stop_after(Some(12)).fit(fresh_vae(), &data(5), &device).unwrap();
+    let ckpts = list_checkpoints(&run.join("checkpoints")).unwrap();
+    assert_eq!(ckpts.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![4, 8, 12]);
+    // Truncate the newest checkpoint's weights, as a crash or a full disk would.
+    let newest = ckpts[2].1.join("model.mpk");
+    let bytes = std::fs::read(&newest).unwrap();
+    std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
+
+    let resumed = trainer(&run, train_config(16), true).fit(fresh_vae(), &data(5), &device).unwrap();
+    assert_eq!(resumed.steps_this_call, 8, "resumed from step 8, the last good checkpoint");
+    assert_eq!(weights(&straight.family), weights(&resumed.family));
+}
+
+#[test]
+fn checkpoints_of_another_config_or_a_newer_format_are_refused() {
+    let _guard = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let device = CpuDevice::default();
+    let run = tmp.path().join("run");
+    trainer(&run, train_config(4), false).fit(fresh_vae(), &data(1), &device).unwrap();
+
+    // Another config under the same name: refused, and nothing is written.
+    let other = Trainer::new(RunDir::open(&run).unwrap(), train_config(8))
+        .identity("tiny-vae", "architecture = \"conv\"")
+        .resume(true)
+        .progress(false);
+    let err = other.fit(fresh_vae(), &data(1), &device).err().expect("must refuse").to_string();
+    assert!(err.contains("another model config"), "{err}");
+    let err = Trainer::new(RunDir::open(&run).unwrap(), train_config(8))
+        .identity("other-model", toml::to_string(&vae_config()).unwrap())
+        .resume(true)
+        .progress(false)
+        .fit(fresh_vae(), &data(1), &device)
+        .err()
+        .expect("must refuse")
+        .to_string();
+    assert!(err.contains("belongs to model 'tiny-vae'"), "{err}");
+
+    // Weights of another shape, loaded directly: refused with the tensor named.
+    let ckpt = list_checkpoints(&run.join("checkpoints")).unwrap().pop().unwrap().1;
+    let bigger = VaeTrainer::<B>::new(VaeConfig { hidden: 64, ..vae_config() }, &device);
+    let err = bigger.load(&ckpt).err().expect("must refuse").to_string();
+    assert!(err.contains("shape") && err.contains("hidden"), "{err}");
+
+    // A checkpoint from a newer format version.
+    let manifest = ckpt.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap().replace("\"format_version\": 1", "\"format_version\": 99");
+    std::fs::write(&manifest, text).unwrap();
+    let err = trainer(&run, train_config(8), true).fit(fresh_vae(), &data(1), &device).err().expect("must refuse").to_string();
+    assert!(err.contains("format 99") && err.contains("upgrade"), "{err}");
+}
+
+#[test]
+fn a_new_run_refuses_a_directory_with_checkpoints() {
+    let _guard = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    trainer(&run, train_config(4), false).fit(fresh_vae(), &data(1), &CpuDevice::default()).unwrap();
+    assert!(RunDir::create(&run, false).is_err());
+}
+
+/// A family whose loss turns NaN at a chosen step: the engine must stop there.
+struct NanAt<B: burn::tensor::backend::AutodiffBackend> {
+    net: Linear<B>,
+    optimizer: OptimizerAdaptor<Adam, Linear<B>, B>,
+    nan_step: u64,
+    device: B::Device,
+}
+
+impl Family<B> for NanAt<B> {
+    type Batch = ImageBatch<B>;
+    fn num_params(&self) -> usize {
+        self.net.num_params()
+    }
+    fn train_step(mut self, batch: ImageBatch<B>, ctx: &mut StepContext) -> Result<(Self, Metrics)> {
+        let n = batch.len();
+        let x = batch.images.reshape([n as i32, -1]);
+        let mut loss = (self.net.forward(x.clone()) - x).powi_scalar(2).mean();
+        if ctx.step == self.nan_step {
+            loss = loss * f32::NAN;
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &self.net);
+        self.net = ctx.apply(&mut self.optimizer, self.net, grads)?;
+        let value = loss.into_scalar().elem::<f64>();
+        Ok((self, Metrics::new().with("loss", value)))
+    }
+    fn eval_batch(&self, _: ImageBatch<B>) -> Result<Metrics> {
+        Ok(Metrics::new())
+    }
+    fn sample_images(&self, r: &SampleRequest) -> Result<Tensor<Flex, 4>> {
+        Ok(Tensor::zeros([r.n, 1, SIZE, SIZE], &self.device))
+    }
+    fn save(&self, dir: &Path) -> Result<()> {
+        save_module(&self.net, &dir.join("net"))?;
+        save_optimizer::<B, _, _>(&self.optimizer, &dir.join("optim"))
+    }
+    fn load(mut self, dir: &Path) -> Result<Self> {
+        self.net = load_module(self.net, &dir.join("net"), &self.device)?;
+        self.optimizer = load_optimizer::<B, _, _>(self.optimizer, &dir.join("optim"), &self.device)?;
+        Ok(self)
+    }
+}
+
+#[test]
+fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
+    let _guard = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let device = CpuDevice::default();
+    let family = NanAt::<B> {
+        net: LinearConfig::new(SIZE * SIZE, SIZE * SIZE).init(&device),
+        optimizer: AdamConfig::new().init(),
+        nan_step: 7,
+        device,
+    };
+    let err = trainer(tmp.path(), train_config(20), false).fit(family, &data(1), &device).err().expect("must stop");
+    match &err {
+        Error::NonFinite { step, name, .. } => assert_eq!((*step, name.as_str()), (7, "train_loss")),
+        other => panic!("expected NonFinite, got {other}"),
+    }
+    assert!(err.to_string().contains("step 7"));
+    let ckpts: Vec<(u64, PathBuf)> = list_checkpoints(&tmp.path().join("checkpoints")).unwrap();
+    assert_eq!(ckpts.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![4]);
+    // The surviving checkpoint verifies and loads.
+    let identity = genzoo::train::CheckpointIdentity { model: "tiny-vae".into(), fingerprint: toml::to_string(&vae_config()).unwrap() };
+    assert!(genzoo::train::checkpoint::verify(&ckpts[0].1, &identity).is_ok());
+}
