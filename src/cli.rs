@@ -10,8 +10,8 @@ use genzoo_core::family::SampleRequest;
 use genzoo_core::image::{default_columns, save_grid};
 use genzoo_core::{BackendKind, Error, Family, ImageBatch, Result};
 use genzoo_data::{DatasetSource, ImageData, Locator, load_image_dataset};
-use genzoo_models::presets::{FamilyTask, PLANNED, with_family};
 use genzoo_models::presets;
+use genzoo_models::presets::{FamilyTask, PLANNED, with_family};
 use genzoo_train::checkpoint::latest_good;
 use genzoo_train::{RunConfig, RunDir, Trainer};
 
@@ -160,7 +160,7 @@ struct SampleArgs {
     /// Seed of the sampling noise (same seed and checkpoint: the same image, byte for byte).
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Sample this class (class-conditional models).
+    /// Sample this class (class-conditional presets: cvae-mlp, cvae-conv, cdcgan-28).
     #[arg(long)]
     class: Option<usize>,
     /// Output PNG.
@@ -176,7 +176,14 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train(args),
         Command::Resume { run, overrides } => {
             let config = RunConfig::load(&run.join("config.toml"))?;
-            train(TrainArgs { preset: config.preset, out: Some(run), config: None, resume: true, overwrite: false, overrides })
+            train(TrainArgs {
+                preset: config.preset,
+                out: Some(run),
+                config: None,
+                resume: true,
+                overwrite: false,
+                overrides,
+            })
         }
         Command::Sample(args) => sample(args),
         Command::Info { run } => info(&run),
@@ -188,15 +195,26 @@ pub fn run(cli: Cli) -> Result<()> {
 }
 
 fn train(args: TrainArgs) -> Result<()> {
-    let out = args.out.clone().unwrap_or_else(|| PathBuf::from("runs").join(&args.preset));
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(&args.preset));
     let existing = out.join("config.toml");
     let mut config = if args.resume && existing.exists() {
         let c = RunConfig::load(&existing)?;
         if c.preset != args.preset {
-            return Err(Error::Config(format!("{} is a run of '{}', not '{}'", out.display(), c.preset, args.preset)));
+            return Err(Error::Config(format!(
+                "{} is a run of '{}', not '{}'",
+                out.display(),
+                c.preset,
+                args.preset
+            )));
         }
         match &args.config {
-            Some(path) => c.merge_toml(&std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?, &path.display().to_string())?,
+            Some(path) => c.merge_toml(
+                &std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?,
+                &path.display().to_string(),
+            )?,
             None => c,
         }
     } else {
@@ -208,21 +226,45 @@ fn train(args: TrainArgs) -> Result<()> {
     args.overrides.apply(&mut config);
     config.train.validate()?;
 
+    // Fail before anything is written when the backend cannot run.
+    genzoo_core::backend::check_available(args.overrides.backend)?;
     let source: DatasetSource = config.data.dataset.parse()?;
-    let (mut train_set, mut test_set) = load_image_dataset(&source, &Locator::from_env(config.data.data_dir.clone()))?;
+    let (mut train_set, mut test_set) =
+        load_image_dataset(&source, &Locator::from_env(config.data.data_dir.clone()))?;
     if let Some(n) = config.data.limit {
         (train_set, test_set) = (train_set.take(n), test_set.take(n));
     }
     let (c, h, w) = train_set.dims();
     config.model.adapt_to_data(c, h, w, train_set.num_classes());
     config.model.validate()?;
-    eprintln!("{}: {} training and {} test images of {c}x{h}x{w}", source.name(), train_set.len(), test_set.len());
-    let data = ImageData::new(train_set, test_set, config.train.batch_size, config.data.scaling, config.train.seed)?;
+    eprintln!(
+        "{}: {} training and {} test images of {c}x{h}x{w}",
+        source.name(),
+        train_set.len(),
+        test_set.len()
+    );
+    let data = ImageData::new(
+        train_set,
+        test_set,
+        config.train.batch_size,
+        config.data.scaling,
+        config.train.seed,
+    )?;
 
-    let run = if args.resume { RunDir::open(&out).or_else(|_| RunDir::create(&out, false))? } else { RunDir::create(&out, args.overwrite)? };
+    let run = if args.resume {
+        RunDir::open(&out).or_else(|_| RunDir::create(&out, false))?
+    } else {
+        RunDir::create(&out, args.overwrite)?
+    };
     let text = config.to_toml()?;
     std::fs::write(run.config_file(), &text).map_err(|e| Error::io(run.config_file(), e))?;
-    let job = TrainJob { config, run, data, resume: args.resume, text };
+    let job = TrainJob {
+        config,
+        run,
+        data,
+        resume: args.resume,
+        text,
+    };
     with_backend(args.overrides.backend, job)
 }
 
@@ -238,7 +280,14 @@ impl BackendTask for TrainJob {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let model = self.config.model.clone();
-        with_family::<B, _>(&model, &device, FitJob { job: self, device: device.clone() })
+        with_family::<B, _>(
+            &model,
+            &device,
+            FitJob {
+                job: self,
+                device: device.clone(),
+            },
+        )
     }
 }
 
@@ -250,7 +299,13 @@ struct FitJob<B: AutodiffBackend> {
 impl<B: AutodiffBackend> FamilyTask<B> for FitJob<B> {
     type Output = ();
     fn run<F: Family<B, Batch = ImageBatch<B>>>(self, family: F) -> Result<()> {
-        let TrainJob { config, run, data, resume, text } = self.job;
+        let TrainJob {
+            config,
+            run,
+            data,
+            resume,
+            text,
+        } = self.job;
         let started = Instant::now();
         let trainer = Trainer::new(run.clone(), config.train.clone())
             .identity(config.preset.clone(), config.model_fingerprint()?)
@@ -271,7 +326,13 @@ impl<B: AutodiffBackend> FamilyTask<B> for FitJob<B> {
             secs / steps * per_epoch
         );
         if let Some(eval) = &outcome.last_eval {
-            println!("test: {}", eval.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(", "));
+            println!(
+                "test: {}",
+                eval.iter()
+                    .map(|(k, v)| format!("{k} {v:.4}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
         }
         println!("run directory: {}", run.root().display());
         Ok(())
@@ -281,16 +342,36 @@ impl<B: AutodiffBackend> FamilyTask<B> for FitJob<B> {
 fn load_run(run_path: &Path) -> Result<(RunDir, RunConfig, PathBuf)> {
     let run = RunDir::open(run_path)?;
     let config = RunConfig::load(&run.config_file())?;
-    let identity = genzoo_train::CheckpointIdentity { model: config.preset.clone(), fingerprint: config.model_fingerprint()? };
+    let identity = genzoo_train::CheckpointIdentity {
+        model: config.preset.clone(),
+        fingerprint: config.model_fingerprint()?,
+    };
     let (dir, _) = latest_good(&run.checkpoints_dir(), &identity, |w| eprintln!("{w}"))?
-        .ok_or_else(|| Error::Config(format!("{} has no checkpoint yet: train it first", run.root().display())))?;
+        .ok_or_else(|| {
+            Error::Config(format!(
+                "{} has no checkpoint yet: train it first",
+                run.root().display()
+            ))
+        })?;
     Ok((run, config, dir))
 }
 
 fn sample(args: SampleArgs) -> Result<()> {
     let (_, config, checkpoint) = load_run(&args.run)?;
-    let request = SampleRequest { n: args.n.max(1), seed: args.seed, class: args.class };
-    with_backend(args.backend, SampleJob { config, checkpoint, request, out: args.out })
+    let request = SampleRequest {
+        n: args.n.max(1),
+        seed: args.seed,
+        class: args.class,
+    };
+    with_backend(
+        args.backend,
+        SampleJob {
+            config,
+            checkpoint,
+            request,
+            out: args.out,
+        },
+    )
 }
 
 struct SampleJob {
@@ -345,12 +426,24 @@ fn info(run_path: &Path) -> Result<()> {
     }
     let params = with_backend(BackendKind::Cpu, CountOnCpu(config.model.clone()))?;
     println!("run:        {}", run.root().display());
-    println!("preset:     {} ({} family)", config.preset, config.model.family());
+    println!(
+        "preset:     {} ({} family)",
+        config.preset,
+        config.model.family()
+    );
     println!("parameters: {params}");
     println!("dataset:    {}", config.data.dataset);
-    let identity = genzoo_train::CheckpointIdentity { model: config.preset.clone(), fingerprint: config.model_fingerprint()? };
+    let identity = genzoo_train::CheckpointIdentity {
+        model: config.preset.clone(),
+        fingerprint: config.model_fingerprint()?,
+    };
     match latest_good(&run.checkpoints_dir(), &identity, |w| eprintln!("{w}"))? {
-        Some((dir, m)) => println!("checkpoint: step {} of {} ({})", m.step, m.total_steps, dir.display()),
+        Some((dir, m)) => println!(
+            "checkpoint: step {} of {} ({})",
+            m.step,
+            m.total_steps,
+            dir.display()
+        ),
         None => println!("checkpoint: none yet"),
     }
     if run.metrics_file().exists() {
@@ -362,7 +455,10 @@ fn info(run_path: &Path) -> Result<()> {
                     continue;
                 }
                 let step = r.get("step").and_then(|s| s.as_u64()).unwrap_or(0);
-                let text = format!("{} (step {step})", v.as_f64().map_or(v.to_string(), |f| format!("{f:.4}")));
+                let text = format!(
+                    "{} (step {step})",
+                    v.as_f64().map_or(v.to_string(), |f| format!("{f:.4}"))
+                );
                 match last.iter_mut().find(|(n, _)| n == k) {
                     Some((_, t)) => *t = text,
                     None => last.push((k.clone(), text)),

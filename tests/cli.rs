@@ -17,13 +17,21 @@ fn genzoo(args: &[&str], cwd: &Path) -> Output {
 }
 
 fn ok(out: &Output) -> String {
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "genzoo failed:\n{text}");
     text
 }
 
 fn fails(out: &Output) -> String {
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(!out.status.success(), "genzoo should have failed:\n{text}");
     text
 }
@@ -34,7 +42,18 @@ fn train_sample_info_resume() {
     let dir = tmp.path();
     write_idx_dataset(&dir.join("digits"), 64, 32, 28, 10).unwrap();
     let train = |extra: &[&str]| {
-        let mut args = vec!["train", "vae-mlp", "--dataset", "idx:digits", "--out", "runs/vae", "--batch-size", "16", "--steps", "6"];
+        let mut args = vec![
+            "train",
+            "vae-mlp",
+            "--dataset",
+            "idx:digits",
+            "--out",
+            "runs/vae",
+            "--batch-size",
+            "16",
+            "--steps",
+            "6",
+        ];
         args.extend_from_slice(extra);
         genzoo(&args, dir)
     };
@@ -42,14 +61,36 @@ fn train_sample_info_resume() {
     assert!(text.contains("652824 parameters"), "{text}");
     assert!(text.contains("test: neg_elbo"), "{text}");
     let run = dir.join("runs/vae");
-    for f in ["config.toml", "metrics.jsonl", "metrics.csv", "samples/step-00000003.png", "samples/final.png", "checkpoints/step-00000006/manifest.json"] {
+    for f in [
+        "config.toml",
+        "metrics.jsonl",
+        "metrics.csv",
+        "samples/step-00000003.png",
+        "samples/final.png",
+        "checkpoints/step-00000006/manifest.json",
+    ] {
         assert!(run.join(f).exists(), "missing {f}");
     }
 
     // Same seed and checkpoint: byte-identical grids; another seed: another grid.
-    ok(&genzoo(&["sample", "--run", "runs/vae", "--n", "16", "--seed", "3", "--out", "a.png"], dir));
-    ok(&genzoo(&["sample", "--run", "runs/vae", "--n", "16", "--seed", "3", "--out", "b.png"], dir));
-    ok(&genzoo(&["sample", "--run", "runs/vae", "--n", "16", "--seed", "4", "--out", "c.png"], dir));
+    ok(&genzoo(
+        &[
+            "sample", "--run", "runs/vae", "--n", "16", "--seed", "3", "--out", "a.png",
+        ],
+        dir,
+    ));
+    ok(&genzoo(
+        &[
+            "sample", "--run", "runs/vae", "--n", "16", "--seed", "3", "--out", "b.png",
+        ],
+        dir,
+    ));
+    ok(&genzoo(
+        &[
+            "sample", "--run", "runs/vae", "--n", "16", "--seed", "4", "--out", "c.png",
+        ],
+        dir,
+    ));
     let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
     assert_eq!(read("a.png"), read("b.png"));
     assert_ne!(read("a.png"), read("c.png"));
@@ -57,22 +98,39 @@ fn train_sample_info_resume() {
     assert_eq!((img.width(), img.height()), (4 * 30 + 2, 4 * 30 + 2));
 
     let info = ok(&genzoo(&["info", "--run", "runs/vae"], dir));
-    for needle in ["vae-mlp", "652824", "step 6 of 6", "test_neg_elbo", "train_loss"] {
+    for needle in [
+        "vae-mlp",
+        "652824",
+        "step 6 of 6",
+        "test_neg_elbo",
+        "train_loss",
+    ] {
         assert!(info.contains(needle), "info lacks '{needle}':\n{info}");
     }
 
     // A second run into the same directory is refused and deletes nothing.
     let err = fails(&train(&[]));
-    assert!(err.contains("--resume") && err.contains("--overwrite"), "{err}");
+    assert!(
+        err.contains("--resume") && err.contains("--overwrite"),
+        "{err}"
+    );
     assert!(run.join("checkpoints/step-00000006").exists());
 
     // Extend the budget and resume.
     let text = ok(&genzoo(&["resume", "runs/vae", "--steps", "9"], dir));
-    assert!(text.contains("resuming from") && text.contains("step 6 of 9"), "{text}");
+    assert!(
+        text.contains("resuming from") && text.contains("step 6 of 9"),
+        "{text}"
+    );
     assert!(run.join("checkpoints/step-00000009").exists());
 
     // Sampling a class from an unconditional model is a clear error.
-    let err = fails(&genzoo(&["sample", "--run", "runs/vae", "--class", "3", "--out", "d.png"], dir));
+    let err = fails(&genzoo(
+        &[
+            "sample", "--run", "runs/vae", "--class", "3", "--out", "d.png",
+        ],
+        dir,
+    ));
     assert!(err.contains("not class-conditional"), "{err}");
 }
 
@@ -82,12 +140,45 @@ fn resume_without_checkpoint_starts_at_zero_and_conditional_sampling_works() {
     let dir = tmp.path();
     write_idx_dataset(&dir.join("digits"), 32, 16, 28, 10).unwrap();
     let text = ok(&genzoo(
-        &["train", "cvae-mlp", "--dataset", "idx:digits", "--out", "runs/c", "--steps", "2", "--batch-size", "16", "--resume"],
+        &[
+            "train",
+            "cvae-mlp",
+            "--dataset",
+            "idx:digits",
+            "--out",
+            "runs/c",
+            "--steps",
+            "2",
+            "--batch-size",
+            "16",
+            "--resume",
+        ],
         dir,
     ));
-    assert!(text.contains("no checkpoint") && text.contains("starting from step 0"), "{text}");
-    ok(&genzoo(&["sample", "--run", "runs/c", "--n", "8", "--class", "7", "--out", "seven.png"], dir));
-    let err = fails(&genzoo(&["sample", "--run", "runs/c", "--n", "8", "--class", "10", "--out", "x.png"], dir));
+    assert!(
+        text.contains("no checkpoint") && text.contains("starting from step 0"),
+        "{text}"
+    );
+    ok(&genzoo(
+        &[
+            "sample",
+            "--run",
+            "runs/c",
+            "--n",
+            "8",
+            "--class",
+            "7",
+            "--out",
+            "seven.png",
+        ],
+        dir,
+    ));
+    let err = fails(&genzoo(
+        &[
+            "sample", "--run", "runs/c", "--n", "8", "--class", "10", "--out", "x.png",
+        ],
+        dir,
+    ));
     assert!(err.contains("out of range"), "{err}");
 }
 
@@ -96,18 +187,40 @@ fn data_errors_are_clear() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     // Missing files: the message names them.
-    let err = fails(&genzoo(&["train", "vae-mlp", "--dataset", "idx:nowhere", "--steps", "1"], dir));
+    let err = fails(&genzoo(
+        &[
+            "train",
+            "vae-mlp",
+            "--dataset",
+            "idx:nowhere",
+            "--steps",
+            "1",
+        ],
+        dir,
+    ));
     assert!(err.contains("train-images-idx3-ubyte"), "{err}");
     // Offline with no data: the message says how to provide it.
-    let err = fails(&genzoo(&["train", "vae-mlp", "--dataset", "mnist", "--steps", "1"], dir));
-    assert!(err.contains("--data-dir") && err.contains("GENZOO_MNIST_MIRROR"), "{err}");
+    let err = fails(&genzoo(
+        &["train", "vae-mlp", "--dataset", "mnist", "--steps", "1"],
+        dir,
+    ));
+    assert!(
+        err.contains("--data-dir") && err.contains("GENZOO_MNIST_MIRROR"),
+        "{err}"
+    );
     // A truncated image file: named, never silently fewer images.
     write_idx_dataset(&dir.join("bad"), 32, 16, 28, 10).unwrap();
     let f = dir.join("bad/t10k-images-idx3-ubyte");
     let bytes = std::fs::read(&f).unwrap();
     std::fs::write(&f, &bytes[..bytes.len() - 100]).unwrap();
-    let err = fails(&genzoo(&["train", "vae-mlp", "--dataset", "idx:bad", "--steps", "1"], dir));
-    assert!(err.contains("t10k-images-idx3-ubyte") && err.contains("truncated"), "{err}");
+    let err = fails(&genzoo(
+        &["train", "vae-mlp", "--dataset", "idx:bad", "--steps", "1"],
+        dir,
+    ));
+    assert!(
+        err.contains("t10k-images-idx3-ubyte") && err.contains("truncated"),
+        "{err}"
+    );
     // Unknown and planned presets.
     assert!(fails(&genzoo(&["train", "vae-xl"], dir)).contains("genzoo list"));
     assert!(fails(&genzoo(&["train", "ddpm-unet"], dir)).contains("planned"));
@@ -117,12 +230,33 @@ fn data_errors_are_clear() {
 fn a_backend_that_is_not_compiled_in_names_its_feature() {
     let tmp = tempfile::tempdir().unwrap();
     write_idx_dataset(&tmp.path().join("digits"), 32, 16, 28, 10).unwrap();
-    for (backend, compiled) in [("wgpu", cfg!(feature = "wgpu")), ("cuda", cfg!(feature = "cuda"))] {
+    for (backend, compiled) in [
+        ("wgpu", cfg!(feature = "wgpu")),
+        ("cuda", cfg!(feature = "cuda")),
+    ] {
         if compiled {
             continue;
         }
-        let err = fails(&genzoo(&["train", "vae-mlp", "--dataset", "idx:digits", "--steps", "1", "--backend", backend, "--out", backend], tmp.path()));
+        let err = fails(&genzoo(
+            &[
+                "train",
+                "vae-mlp",
+                "--dataset",
+                "idx:digits",
+                "--steps",
+                "1",
+                "--backend",
+                backend,
+                "--out",
+                backend,
+            ],
+            tmp.path(),
+        ));
         assert!(err.contains(&format!("--features {backend}")), "{err}");
+        assert!(
+            !tmp.path().join(backend).exists(),
+            "a failed start must not leave a run directory"
+        );
     }
 }
 
@@ -130,7 +264,14 @@ fn a_backend_that_is_not_compiled_in_names_its_feature() {
 fn list_shows_built_and_planned_presets() {
     let tmp = tempfile::tempdir().unwrap();
     let text = ok(&genzoo(&["list"], tmp.path()));
-    for needle in ["vae-mlp", "vae-conv", "beta-vae", "cvae-mlp", "dcgan-28 ", "planned"] {
+    for needle in [
+        "vae-mlp",
+        "vae-conv",
+        "beta-vae",
+        "cvae-mlp",
+        "dcgan-28 ",
+        "planned",
+    ] {
         assert!(text.contains(needle), "list lacks '{needle}':\n{text}");
     }
 }

@@ -11,7 +11,9 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{Adam, AdamConfig, GradientsParams};
 use burn::prelude::*;
 use genzoo::core::family::SampleRequest;
-use genzoo::core::record::{load_module, load_optimizer, param_values, save_module, save_optimizer};
+use genzoo::core::record::{
+    load_module, load_optimizer, param_values, save_module, save_optimizer,
+};
 use genzoo::core::{CpuDevice, Error, Family, ImageBatch, Metrics, Result, StepContext};
 use genzoo::data::{ImageData, ImageDataset, Scaling, synthetic};
 use genzoo::models::vae::{VaeConfig, VaeTrainer};
@@ -40,7 +42,13 @@ fn data(seed: u64) -> ImageData {
 }
 
 fn vae_config() -> VaeConfig {
-    VaeConfig { height: SIZE, width: SIZE, hidden: 32, latent: 4, ..Default::default() }
+    VaeConfig {
+        height: SIZE,
+        width: SIZE,
+        hidden: 32,
+        latent: 4,
+        ..Default::default()
+    }
 }
 
 fn train_config(steps: u64) -> TrainConfig {
@@ -64,8 +72,15 @@ fn fresh_vae() -> VaeTrainer<B> {
 }
 
 fn trainer(dir: &Path, cfg: TrainConfig, resume: bool) -> Trainer {
-    let run = if resume { RunDir::open(dir).unwrap() } else { RunDir::create(dir, false).unwrap() };
-    Trainer::new(run, cfg).identity("tiny-vae", toml::to_string(&vae_config()).unwrap()).resume(resume).progress(false)
+    let run = if resume {
+        RunDir::open(dir).unwrap()
+    } else {
+        RunDir::create(dir, false).unwrap()
+    };
+    Trainer::new(run, cfg)
+        .identity("tiny-vae", toml::to_string(&vae_config()).unwrap())
+        .resume(resume)
+        .progress(false)
 }
 
 fn weights(f: &VaeTrainer<B>) -> Vec<f32> {
@@ -76,15 +91,26 @@ fn weights(f: &VaeTrainer<B>) -> Vec<f32> {
 fn loss_goes_down_on_a_tiny_run() {
     let _guard = lock();
     let tmp = tempfile::tempdir().unwrap();
-    let out = trainer(tmp.path(), train_config(60), false).fit(fresh_vae(), &data(1), &CpuDevice::default()).unwrap();
+    let out = trainer(tmp.path(), train_config(60), false)
+        .fit(fresh_vae(), &data(1), &CpuDevice::default())
+        .unwrap();
     assert_eq!(out.step, 60);
     let records = read_jsonl(&tmp.path().join("metrics.jsonl")).unwrap();
-    let losses: Vec<f64> = records.iter().filter_map(|r| r.get("train_loss")?.as_f64()).collect();
+    let losses: Vec<f64> = records
+        .iter()
+        .filter_map(|r| r.get("train_loss")?.as_f64())
+        .collect();
     let first: f64 = losses[..5].iter().sum::<f64>() / 5.0;
     let last: f64 = losses[losses.len() - 5..].iter().sum::<f64>() / 5.0;
-    assert!(last < 0.8 * first, "loss should fall: first {first}, last {last}");
+    assert!(
+        last < 0.8 * first,
+        "loss should fall: first {first}, last {last}"
+    );
     // Evaluation ran at every epoch end (96 / 16 = 6 steps), logged with the test_ prefix.
-    let evals = records.iter().filter(|r| r.contains_key("test_neg_elbo")).count();
+    let evals = records
+        .iter()
+        .filter(|r| r.contains_key("test_neg_elbo"))
+        .count();
     assert_eq!(evals, 10);
     assert!(tmp.path().join("samples/final.png").exists());
 }
@@ -94,13 +120,20 @@ fn resume_is_exact() {
     let _guard = lock();
     let tmp = tempfile::tempdir().unwrap();
     let device = CpuDevice::default();
-    let straight = trainer(&tmp.path().join("straight"), train_config(16), false).fit(fresh_vae(), &data(3), &device).unwrap();
+    let straight = trainer(&tmp.path().join("straight"), train_config(16), false)
+        .fit(fresh_vae(), &data(3), &device)
+        .unwrap();
 
     let split = tmp.path().join("split");
-    let first = trainer(&split, train_config(16), false).stop_after(Some(8)).fit(fresh_vae(), &data(3), &device).unwrap();
+    let first = trainer(&split, train_config(16), false)
+        .stop_after(Some(8))
+        .fit(fresh_vae(), &data(3), &device)
+        .unwrap();
     assert_eq!(first.step, 8);
     // A new process would start from a fresh model and optimizer: so do we.
-    let resumed = trainer(&split, train_config(16), true).fit(fresh_vae(), &data(3), &device).unwrap();
+    let resumed = trainer(&split, train_config(16), true)
+        .fit(fresh_vae(), &data(3), &device)
+        .unwrap();
     assert_eq!(resumed.step, 16);
     assert_eq!(resumed.steps_this_call, 8);
     // Bitwise: same weights, hence same optimizer state and data order too.
@@ -110,7 +143,9 @@ fn resume_is_exact() {
     let a = read_jsonl(&tmp.path().join("straight/metrics.jsonl")).unwrap();
     let b = read_jsonl(&split.join("metrics.jsonl")).unwrap();
     let losses = |r: &Vec<serde_json::Map<String, serde_json::Value>>| -> Vec<(u64, f64)> {
-        r.iter().filter_map(|m| Some((m.get("step")?.as_u64()?, m.get("train_loss")?.as_f64()?))).collect()
+        r.iter()
+            .filter_map(|m| Some((m.get("step")?.as_u64()?, m.get("train_loss")?.as_f64()?)))
+            .collect()
     };
     assert_eq!(losses(&a), losses(&b));
 }
@@ -120,19 +155,32 @@ fn corrupt_checkpoint_falls_back_to_the_previous_one() {
     let _guard = lock();
     let tmp = tempfile::tempdir().unwrap();
     let device = CpuDevice::default();
-    let straight = trainer(&tmp.path().join("straight"), train_config(16), false).fit(fresh_vae(), &data(5), &device).unwrap();
+    let straight = trainer(&tmp.path().join("straight"), train_config(16), false)
+        .fit(fresh_vae(), &data(5), &device)
+        .unwrap();
 
     let run = tmp.path().join("run");
-    trainer(&run, train_config(16), false).stop_after(Some(12)).fit(fresh_vae(), &data(5), &device).unwrap();
+    trainer(&run, train_config(16), false)
+        .stop_after(Some(12))
+        .fit(fresh_vae(), &data(5), &device)
+        .unwrap();
     let ckpts = list_checkpoints(&run.join("checkpoints")).unwrap();
-    assert_eq!(ckpts.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![4, 8, 12]);
+    assert_eq!(
+        ckpts.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        vec![4, 8, 12]
+    );
     // Truncate the newest checkpoint's weights, as a crash or a full disk would.
     let newest = ckpts[2].1.join("model.mpk");
     let bytes = std::fs::read(&newest).unwrap();
     std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
 
-    let resumed = trainer(&run, train_config(16), true).fit(fresh_vae(), &data(5), &device).unwrap();
-    assert_eq!(resumed.steps_this_call, 8, "resumed from step 8, the last good checkpoint");
+    let resumed = trainer(&run, train_config(16), true)
+        .fit(fresh_vae(), &data(5), &device)
+        .unwrap();
+    assert_eq!(
+        resumed.steps_this_call, 8,
+        "resumed from step 8, the last good checkpoint"
+    );
     assert_eq!(weights(&straight.family), weights(&resumed.family));
 }
 
@@ -142,14 +190,20 @@ fn checkpoints_of_another_config_or_a_newer_format_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let device = CpuDevice::default();
     let run = tmp.path().join("run");
-    trainer(&run, train_config(4), false).fit(fresh_vae(), &data(1), &device).unwrap();
+    trainer(&run, train_config(4), false)
+        .fit(fresh_vae(), &data(1), &device)
+        .unwrap();
 
     // Another config under the same name: refused, and nothing is written.
     let other = Trainer::new(RunDir::open(&run).unwrap(), train_config(8))
         .identity("tiny-vae", "architecture = \"conv\"")
         .resume(true)
         .progress(false);
-    let err = other.fit(fresh_vae(), &data(1), &device).err().expect("must refuse").to_string();
+    let err = other
+        .fit(fresh_vae(), &data(1), &device)
+        .err()
+        .expect("must refuse")
+        .to_string();
     assert!(err.contains("another model config"), "{err}");
     let err = Trainer::new(RunDir::open(&run).unwrap(), train_config(8))
         .identity("other-model", toml::to_string(&vae_config()).unwrap())
@@ -162,17 +216,36 @@ fn checkpoints_of_another_config_or_a_newer_format_are_refused() {
     assert!(err.contains("belongs to model 'tiny-vae'"), "{err}");
 
     // Weights of another shape, loaded directly: refused with the tensor named.
-    let ckpt = list_checkpoints(&run.join("checkpoints")).unwrap().pop().unwrap().1;
-    let bigger = VaeTrainer::<B>::new(VaeConfig { hidden: 64, ..vae_config() }, &device);
+    let ckpt = list_checkpoints(&run.join("checkpoints"))
+        .unwrap()
+        .pop()
+        .unwrap()
+        .1;
+    let bigger = VaeTrainer::<B>::new(
+        VaeConfig {
+            hidden: 64,
+            ..vae_config()
+        },
+        &device,
+    );
     let err = bigger.load(&ckpt).err().expect("must refuse").to_string();
     assert!(err.contains("shape") && err.contains("hidden"), "{err}");
 
     // A checkpoint from a newer format version.
     let manifest = ckpt.join("manifest.json");
-    let text = std::fs::read_to_string(&manifest).unwrap().replace("\"format_version\": 1", "\"format_version\": 99");
+    let text = std::fs::read_to_string(&manifest)
+        .unwrap()
+        .replace("\"format_version\": 1", "\"format_version\": 99");
     std::fs::write(&manifest, text).unwrap();
-    let err = trainer(&run, train_config(8), true).fit(fresh_vae(), &data(1), &device).err().expect("must refuse").to_string();
-    assert!(err.contains("format 99") && err.contains("upgrade"), "{err}");
+    let err = trainer(&run, train_config(8), true)
+        .fit(fresh_vae(), &data(1), &device)
+        .err()
+        .expect("must refuse")
+        .to_string();
+    assert!(
+        err.contains("format 99") && err.contains("upgrade"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -180,7 +253,9 @@ fn a_new_run_refuses_a_directory_with_checkpoints() {
     let _guard = lock();
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    trainer(&run, train_config(4), false).fit(fresh_vae(), &data(1), &CpuDevice::default()).unwrap();
+    trainer(&run, train_config(4), false)
+        .fit(fresh_vae(), &data(1), &CpuDevice::default())
+        .unwrap();
     assert!(RunDir::create(&run, false).is_err());
 }
 
@@ -197,7 +272,11 @@ impl Family<B> for NanAt<B> {
     fn num_params(&self) -> usize {
         self.net.num_params()
     }
-    fn train_step(mut self, batch: ImageBatch<B>, ctx: &mut StepContext) -> Result<(Self, Metrics)> {
+    fn train_step(
+        mut self,
+        batch: ImageBatch<B>,
+        ctx: &mut StepContext,
+    ) -> Result<(Self, Metrics)> {
         let n = batch.len();
         let x = batch.images.reshape([n as i32, -1]);
         let mut loss = (self.net.forward(x.clone()) - x).powi_scalar(2).mean();
@@ -221,7 +300,8 @@ impl Family<B> for NanAt<B> {
     }
     fn load(mut self, dir: &Path) -> Result<Self> {
         self.net = load_module(self.net, &dir.join("net"), &self.device)?;
-        self.optimizer = load_optimizer::<B, _, _>(self.optimizer, &dir.join("optim"), &self.device)?;
+        self.optimizer =
+            load_optimizer::<B, _, _>(self.optimizer, &dir.join("optim"), &self.device)?;
         Ok(self)
     }
 }
@@ -237,15 +317,23 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
         nan_step: 7,
         device,
     };
-    let err = trainer(tmp.path(), train_config(20), false).fit(family, &data(1), &device).err().expect("must stop");
+    let err = trainer(tmp.path(), train_config(20), false)
+        .fit(family, &data(1), &device)
+        .err()
+        .expect("must stop");
     match &err {
-        Error::NonFinite { step, name, .. } => assert_eq!((*step, name.as_str()), (7, "train_loss")),
+        Error::NonFinite { step, name, .. } => {
+            assert_eq!((*step, name.as_str()), (7, "train_loss"))
+        }
         other => panic!("expected NonFinite, got {other}"),
     }
     assert!(err.to_string().contains("step 7"));
     let ckpts: Vec<(u64, PathBuf)> = list_checkpoints(&tmp.path().join("checkpoints")).unwrap();
     assert_eq!(ckpts.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![4]);
     // The surviving checkpoint verifies and loads.
-    let identity = genzoo::train::CheckpointIdentity { model: "tiny-vae".into(), fingerprint: toml::to_string(&vae_config()).unwrap() };
+    let identity = genzoo::train::CheckpointIdentity {
+        model: "tiny-vae".into(),
+        fingerprint: toml::to_string(&vae_config()).unwrap(),
+    };
     assert!(genzoo::train::checkpoint::verify(&ckpts[0].1, &identity).is_ok());
 }

@@ -110,7 +110,11 @@ pub fn with_backend<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Out
         BackendKind::Wgpu => {
             use burn::backend::{Autodiff, Wgpu, wgpu::WgpuDevice};
             let device = WgpuDevice::default();
-            probe::<Wgpu>(&device, "wgpu", "no usable wgpu adapter was found (on Linux without a GPU, install a software Vulkan driver: `apt-get install mesa-vulkan-drivers`)")?;
+            probe::<Wgpu>(
+                &device,
+                "wgpu",
+                "no usable wgpu adapter was found (on Linux without a GPU, install a software Vulkan driver: `apt-get install mesa-vulkan-drivers`)",
+            )?;
             task.run::<Autodiff<Wgpu>>(device)
         }
         #[cfg(feature = "cuda")]
@@ -126,10 +130,27 @@ pub fn with_backend<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Out
     }
 }
 
+/// Checks that backend `kind` is compiled in and has a usable device,
+/// without running anything else: call it before creating files.
+pub fn check_available(kind: BackendKind) -> Result<()> {
+    struct Nothing;
+    impl BackendTask for Nothing {
+        type Output = ();
+        fn run<B: AutodiffBackend>(self, _: B::Device) -> Result<()> {
+            Ok(())
+        }
+    }
+    with_backend(kind, Nothing)
+}
+
 /// Runs one tiny operation inside `catch_unwind`: GPU backends panic on the
 /// first operation when no device is usable, and a panic is no error message.
 #[allow(dead_code)]
-fn probe<B: burn::tensor::backend::Backend>(device: &B::Device, name: &str, hint: &str) -> Result<()> {
+fn probe<B: burn::tensor::backend::Backend>(
+    device: &B::Device,
+    name: &str,
+    hint: &str,
+) -> Result<()> {
     let device = device.clone();
     let previous_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
@@ -146,7 +167,9 @@ fn probe<B: burn::tensor::backend::Backend>(device: &B::Device, name: &str, hint
                 .cloned()
                 .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
                 .unwrap_or_default();
-            Err(Error::Backend(format!("the {name} backend failed its first operation: {hint}. {detail}")))
+            Err(Error::Backend(format!(
+                "the {name} backend failed its first operation: {hint}. {detail}"
+            )))
         }
     }
 }
@@ -159,9 +182,16 @@ fn cuda_driver_present() -> Result<()> {
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .chain(
-            ["/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/cuda/lib64", "/usr/local/nvidia/lib64", "/usr/lib/wsl/lib"]
-                .iter()
-                .map(std::path::PathBuf::from),
+            [
+                "/usr/lib/x86_64-linux-gnu",
+                "/usr/lib64",
+                "/usr/lib",
+                "/usr/local/cuda/lib64",
+                "/usr/local/nvidia/lib64",
+                "/usr/lib/wsl/lib",
+            ]
+            .iter()
+            .map(std::path::PathBuf::from),
         )
         .any(|dir| candidates.iter().any(|c| dir.join(c).exists()));
     if found {
@@ -203,7 +233,10 @@ mod tests {
                 }
             } else {
                 let msg = result.unwrap_err().to_string();
-                assert!(msg.contains(&format!("--features {}", kind.feature().unwrap())), "{msg}");
+                assert!(
+                    msg.contains(&format!("--features {}", kind.feature().unwrap())),
+                    "{msg}"
+                );
             }
         }
     }

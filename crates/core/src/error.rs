@@ -35,7 +35,9 @@ pub enum Error {
     #[error("{0}")]
     Backend(String),
     /// A loss or metric became NaN or infinite.
-    #[error("{name} is {value} at step {step}; training stopped (the last checkpoint is kept intact)")]
+    #[error(
+        "{name} is {value} at step {step}; training stopped (the last checkpoint is kept intact)"
+    )]
     NonFinite {
         /// The step at which the value was produced (1-based: the step that was being taken).
         step: u64,
@@ -52,11 +54,17 @@ pub enum Error {
 impl Error {
     /// Wraps an I/O error with the path it concerns.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io { path: path.into(), source }
+        Error::Io {
+            path: path.into(),
+            source,
+        }
     }
 
     /// A checkpoint error for `path`.
     pub fn checkpoint(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Error::Checkpoint { path: path.into(), reason: reason.into() }
+        Error::Checkpoint {
+            path: path.into(),
+            reason: reason.into(),
+        }
     }
 }

@@ -152,12 +152,26 @@ pub struct StepContext {
     pub clip_norm: Option<f64>,
     /// Global gradient norm (before clipping) of each `apply` of this step, in call order.
     pub grad_norms: Vec<f64>,
+    /// Warnings raised during the step; the engine prints them with the step number.
+    pub warnings: Vec<String>,
 }
 
 impl StepContext {
     /// A context for `step` with a constant learning rate and no clipping.
     pub fn new(step: u64, base_lr: f64) -> Self {
-        Self { step, base_lr, lr_factor: 1.0, clip_norm: None, grad_norms: Vec::new() }
+        Self {
+            step,
+            base_lr,
+            lr_factor: 1.0,
+            clip_norm: None,
+            grad_norms: Vec::new(),
+            warnings: Vec::new(),
+        }
+    }
+
+    /// Raises a warning (a family noticing trouble it should not hide).
+    pub fn warn(&mut self, message: impl Into<String>) {
+        self.warnings.push(message.into());
     }
 
     /// The scheduled learning rate for `base` (families with several
@@ -172,7 +186,12 @@ impl StepContext {
     }
 
     /// Applies `grads` to `module` with `optimizer` at the engine's learning rate.
-    pub fn apply<B, M, O>(&mut self, optimizer: &mut O, module: M, grads: GradientsParams) -> Result<M>
+    pub fn apply<B, M, O>(
+        &mut self,
+        optimizer: &mut O,
+        module: M,
+        grads: GradientsParams,
+    ) -> Result<M>
     where
         B: AutodiffBackend,
         M: AutodiffModule<B>,

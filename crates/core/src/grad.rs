@@ -34,16 +34,26 @@ struct Scale<'a, B: AutodiffBackend> {
 impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_, B> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
         if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-            self.grads.register::<B::InnerBackend, D>(param.id, g * self.factor);
+            self.grads
+                .register::<B::InnerBackend, D>(param.id, g * self.factor);
         }
     }
 }
 
 /// The global L2 norm of `module`'s gradients in `grads`.
-pub fn global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(module: &M, grads: &GradientsParams) -> f64 {
-    let mut v = SquaredNorm::<B> { grads, total: None, _b: PhantomData };
+pub fn global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
+    module: &M,
+    grads: &GradientsParams,
+) -> f64 {
+    let mut v = SquaredNorm::<B> {
+        grads,
+        total: None,
+        _b: PhantomData,
+    };
     module.visit(&mut v);
-    v.total.map(|t| t.into_scalar().elem::<f64>().sqrt()).unwrap_or(0.0)
+    v.total
+        .map(|t| t.into_scalar().elem::<f64>().sqrt())
+        .unwrap_or(0.0)
 }
 
 /// Scales all of `module`'s gradients so that their global L2 norm is at
@@ -59,7 +69,11 @@ pub fn clip_global_norm<B: AutodiffBackend, M: AutodiffModule<B>>(
     // PyTorch's formula: clip_coef = max_norm / (norm + 1e-6), applied when < 1.
     let coef = max_norm / (norm + 1e-6);
     if coef < 1.0 {
-        module.visit(&mut Scale::<B> { grads, factor: coef, _b: PhantomData });
+        module.visit(&mut Scale::<B> {
+            grads,
+            factor: coef,
+            _b: PhantomData,
+        });
     }
     norm
 }
@@ -79,14 +93,27 @@ mod tests {
         let mut grads = GradientsParams::from_grads(loss.backward(), &lin);
         let before = global_norm::<CpuAutodiff, _>(&lin, &grads);
         // weight grads are all 40, bias grads 4: norm sqrt(6*1600 + 2*16)
-        assert!((before - (6.0f64 * 1600.0 + 32.0).sqrt()).abs() < 1e-3, "{before}");
+        assert!(
+            (before - (6.0f64 * 1600.0 + 32.0).sqrt()).abs() < 1e-3,
+            "{before}"
+        );
         let returned = clip_global_norm::<CpuAutodiff, _>(&lin, &mut grads, 1.0);
         assert!((returned - before).abs() < 1e-9);
         let after = global_norm::<CpuAutodiff, _>(&lin, &grads);
         assert!((after - 1.0).abs() < 1e-4, "{after}");
         // The ratio between weight and bias gradients is preserved (global, not per tensor).
-        let w = grads.get::<burn::backend::Flex, 2>(lin.weight.id).unwrap().into_data().to_vec::<f32>().unwrap();
-        let b = grads.get::<burn::backend::Flex, 1>(lin.bias.as_ref().unwrap().id).unwrap().into_data().to_vec::<f32>().unwrap();
+        let w = grads
+            .get::<burn::backend::Flex, 2>(lin.weight.id)
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let b = grads
+            .get::<burn::backend::Flex, 1>(lin.bias.as_ref().unwrap().id)
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
         assert!((w[0] / b[0] - 10.0).abs() < 1e-3);
     }
 }

@@ -12,7 +12,9 @@ use crate::error::{Error, Result};
 pub fn grid<B: Backend>(images: Tensor<B, 4>, columns: usize) -> Result<::image::DynamicImage> {
     let [n, c, h, w] = images.dims();
     if c != 1 && c != 3 {
-        return Err(Error::Other(format!("cannot draw images with {c} channels (1 or 3 expected)")));
+        return Err(Error::Other(format!(
+            "cannot draw images with {c} channels (1 or 3 expected)"
+        )));
     }
     if n == 0 {
         return Err(Error::Other("cannot draw a grid of zero images".into()));
@@ -37,7 +39,11 @@ pub fn grid<B: Backend>(images: Tensor<B, 4>, columns: usize) -> Result<::image:
                     let v = data[((i * c + ch) * h + y) * w + x];
                     (v * 255.0).round() as u8
                 };
-                let rgb = if c == 1 { [px(0); 3] } else { [px(0), px(1), px(2)] };
+                let rgb = if c == 1 {
+                    [px(0); 3]
+                } else {
+                    [px(0), px(1), px(2)]
+                };
                 out.put_pixel((x0 + x) as u32, (y0 + y) as u32, ::image::Rgb(rgb));
             }
         }

@@ -9,6 +9,7 @@
 //! the training loop in `genzoo-train`.
 
 pub mod backend;
+pub mod ema;
 pub mod error;
 pub mod family;
 pub mod grad;

@@ -39,12 +39,56 @@ pub fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<us
             self.path.pop();
         }
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-            self.out.push((self.path.join("."), param.val().dims().to_vec()));
+            self.out
+                .push((self.path.join("."), param.val().dims().to_vec()));
         }
     }
-    let mut v = Shapes { path: Vec::new(), out: Vec::new() };
+    let mut v = Shapes {
+        path: Vec::new(),
+        out: Vec::new(),
+    };
     module.visit(&mut v);
     v.out
+}
+
+/// Number of trainable scalars: every float tensor except non-trainable
+/// state, which by convention lives in fields named `running_*` (burn's
+/// BatchNorm statistics, genzoo's spectral-norm vectors). burn's
+/// `num_params` counts that state too.
+pub fn trainable_params<B: Backend, M: Module<B>>(module: &M) -> usize {
+    param_shapes::<B, M>(module)
+        .iter()
+        .filter(|(path, _)| {
+            !path
+                .rsplit('.')
+                .next()
+                .unwrap_or("")
+                .starts_with("running_")
+        })
+        .map(|(_, shape)| shape.iter().product::<usize>())
+        .sum()
+}
+
+/// The values of the trainable parameters only (see [`trainable_params`]),
+/// flattened in visit order.
+pub fn trainable_values<B: Backend, M: Module<B>>(module: &M) -> Vec<f32> {
+    let shapes = param_shapes::<B, M>(module);
+    let values = param_values::<B, M>(module);
+    let mut out = Vec::new();
+    let mut offset = 0;
+    for (path, shape) in shapes {
+        let len: usize = shape.iter().product();
+        if !path
+            .rsplit('.')
+            .next()
+            .unwrap_or("")
+            .starts_with("running_")
+        {
+            out.extend_from_slice(&values[offset..offset + len]);
+        }
+        offset += len;
+    }
+    out
 }
 
 /// Every float parameter's values, flattened and concatenated in visit
@@ -55,7 +99,8 @@ pub fn param_values<B: Backend, M: Module<B>>(module: &M) -> Vec<f32> {
     impl<B: Backend> ModuleVisitor<B> for Values {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
             let data = param.val().into_data().convert::<f32>();
-            self.0.extend(data.to_vec::<f32>().expect("f32 after convert"));
+            self.0
+                .extend(data.to_vec::<f32>().expect("f32 after convert"));
         }
     }
     let mut v = Values(Vec::new());
@@ -89,7 +134,11 @@ pub fn save_module<B: Backend, M: Module<B>>(module: &M, stem: &Path) -> Result<
 
 /// Loads `stem.mpk` into `module`, refusing any tensor whose shape differs
 /// from the module's (a checkpoint of another architecture or config).
-pub fn load_module<B: Backend, M: Module<B>>(module: M, stem: &Path, device: &B::Device) -> Result<M> {
+pub fn load_module<B: Backend, M: Module<B>>(
+    module: M,
+    stem: &Path,
+    device: &B::Device,
+) -> Result<M> {
     let file = record_file(stem);
     if !file.exists() {
         return Err(Error::checkpoint(&file, "file is missing"));
@@ -102,14 +151,20 @@ pub fn load_module<B: Backend, M: Module<B>>(module: M, stem: &Path, device: &B:
     if expected.len() != found.len() {
         return Err(Error::checkpoint(
             &file,
-            format!("holds {} tensors, the model has {}", found.len(), expected.len()),
+            format!(
+                "holds {} tensors, the model has {}",
+                found.len(),
+                expected.len()
+            ),
         ));
     }
     for ((name, want), (_, got)) in expected.iter().zip(&found) {
         if want != got {
             return Err(Error::checkpoint(
                 &file,
-                format!("tensor '{name}' has shape {got:?} in the file but {want:?} in the model: it was saved from another architecture or config"),
+                format!(
+                    "tensor '{name}' has shape {got:?} in the file but {want:?} in the model: it was saved from another architecture or config"
+                ),
             ));
         }
     }
@@ -123,8 +178,17 @@ where
     M: AutodiffModule<B>,
     O: Optimizer<M, B>,
 {
-    Recorder::<B>::record(&FileRecorder::new(), optimizer.to_record(), stem.to_path_buf())
-        .map_err(|e| Error::checkpoint(record_file(stem), format!("cannot write optimizer state: {e}")))
+    Recorder::<B>::record(
+        &FileRecorder::new(),
+        optimizer.to_record(),
+        stem.to_path_buf(),
+    )
+    .map_err(|e| {
+        Error::checkpoint(
+            record_file(stem),
+            format!("cannot write optimizer state: {e}"),
+        )
+    })
 }
 
 /// Loads an optimizer's state from `stem.mpk`. Hyper-parameters come from
@@ -139,8 +203,10 @@ where
     if !file.exists() {
         return Err(Error::checkpoint(&file, "file is missing"));
     }
-    let record = Recorder::<B>::load(&FileRecorder::new(), stem.to_path_buf(), device)
-        .map_err(|e| Error::checkpoint(&file, format!("not an optimizer state of this model: {e}")))?;
+    let record =
+        Recorder::<B>::load(&FileRecorder::new(), stem.to_path_buf(), device).map_err(|e| {
+            Error::checkpoint(&file, format!("not an optimizer state of this model: {e}"))
+        })?;
     Ok(optimizer.load_record(record))
 }
 
@@ -162,8 +228,13 @@ mod tests {
         let b = loaded.weight.val().into_data().to_vec::<f32>().unwrap();
         assert_eq!(a, b);
         let big: Linear<CpuBackend> = LinearConfig::new(4, 16).init(&dev);
-        let err = load_module(big, &dir.join("m"), &dev).unwrap_err().to_string();
-        assert!(err.contains("weight") && err.contains("[4, 8]") && err.contains("[4, 16]"), "{err}");
+        let err = load_module(big, &dir.join("m"), &dev)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("weight") && err.contains("[4, 8]") && err.contains("[4, 16]"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).ok();
     }
 }

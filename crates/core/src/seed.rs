@@ -19,7 +19,9 @@ pub fn mix64(mut z: u64) -> u64 {
 /// Derives a stream seed from a run seed, a purpose tag and an index
 /// (a step, an epoch, a replica rank...).
 pub fn derive(seed: u64, purpose: &str, index: u64) -> u64 {
-    let tag = purpose.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    let tag = purpose.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    });
     mix64(mix64(seed ^ tag).wrapping_add(index))
 }
 

@@ -62,7 +62,12 @@ pub struct ImageDataset {
 
 impl ImageDataset {
     /// A dataset from raw parts. `pixels.len()` must be `labels.len() * c * h * w`.
-    pub fn new(pixels: Vec<u8>, labels: Vec<u8>, dims: (usize, usize, usize), class_names: Vec<String>) -> Result<Self> {
+    pub fn new(
+        pixels: Vec<u8>,
+        labels: Vec<u8>,
+        dims: (usize, usize, usize),
+        class_names: Vec<String>,
+    ) -> Result<Self> {
         let (channels, height, width) = dims;
         let per = channels * height * width;
         if per == 0 || pixels.len() != labels.len() * per {
@@ -72,12 +77,25 @@ impl ImageDataset {
                 labels.len()
             )));
         }
-        Ok(Self { pixels, labels, channels, height, width, class_names })
+        Ok(Self {
+            pixels,
+            labels,
+            channels,
+            height,
+            width,
+            class_names,
+        })
     }
 
     /// A dataset from an IDX image array (`[n, h, w]` or `[n, c, h, w]`) and
     /// an IDX label array (`[n]`); the paths are for error messages.
-    pub fn from_idx(images: &IdxArray, labels: &IdxArray, images_path: &Path, labels_path: &Path, class_names: Vec<String>) -> Result<Self> {
+    pub fn from_idx(
+        images: &IdxArray,
+        labels: &IdxArray,
+        images_path: &Path,
+        labels_path: &Path,
+        class_names: Vec<String>,
+    ) -> Result<Self> {
         let dims = match images.dims.as_slice() {
             &[_, h, w] => (1, h, w),
             &[_, c, h, w] => (c, h, w),
@@ -89,7 +107,11 @@ impl ImageDataset {
             }
         };
         if labels.dims.len() != 1 {
-            return Err(Error::Data(format!("{}: a label file has one dimension, this one has {:?}", labels_path.display(), labels.dims)));
+            return Err(Error::Data(format!(
+                "{}: a label file has one dimension, this one has {:?}",
+                labels_path.display(),
+                labels.dims
+            )));
         }
         if labels.dims[0] != images.dims[0] {
             return Err(Error::Data(format!(
@@ -117,7 +139,12 @@ impl ImageDataset {
     }
     /// Number of classes: the class names, or the largest label + 1.
     pub fn num_classes(&self) -> usize {
-        let from_labels = self.labels.iter().copied().max().map_or(0, |m| m as usize + 1);
+        let from_labels = self
+            .labels
+            .iter()
+            .copied()
+            .max()
+            .map_or(0, |m| m as usize + 1);
         self.class_names.len().max(from_labels)
     }
     /// The label of image `i`.
@@ -134,11 +161,20 @@ impl ImageDataset {
     pub fn take(&self, n: usize) -> Self {
         let n = n.min(self.len());
         let per = self.channels * self.height * self.width;
-        Self { pixels: self.pixels[..n * per].to_vec(), labels: self.labels[..n].to_vec(), ..self.clone() }
+        Self {
+            pixels: self.pixels[..n * per].to_vec(),
+            labels: self.labels[..n].to_vec(),
+            ..self.clone()
+        }
     }
 
     /// The images at `indices` as a batch on `device`.
-    pub fn batch<B: Backend>(&self, indices: &[usize], scaling: Scaling, device: &B::Device) -> ImageBatch<B> {
+    pub fn batch<B: Backend>(
+        &self,
+        indices: &[usize],
+        scaling: Scaling,
+        device: &B::Device,
+    ) -> ImageBatch<B> {
         let per = self.channels * self.height * self.width;
         let mut xs = Vec::with_capacity(indices.len() * per);
         let mut ys = Vec::with_capacity(indices.len());
@@ -148,7 +184,10 @@ impl ImageDataset {
         }
         let n = indices.len();
         ImageBatch {
-            images: Tensor::from_data(TensorData::new(xs, [n, self.channels, self.height, self.width]), device),
+            images: Tensor::from_data(
+                TensorData::new(xs, [n, self.channels, self.height, self.width]),
+                device,
+            ),
             labels: Tensor::from_data(TensorData::new(ys, [n]), device),
         }
     }
@@ -180,14 +219,28 @@ pub struct ImageData {
 
 impl ImageData {
     /// Training data over `train`, evaluation over `test`.
-    pub fn new(train: ImageDataset, test: ImageDataset, batch_size: usize, scaling: Scaling, seed: u64) -> Result<Self> {
+    pub fn new(
+        train: ImageDataset,
+        test: ImageDataset,
+        batch_size: usize,
+        scaling: Scaling,
+        seed: u64,
+    ) -> Result<Self> {
         if batch_size == 0 {
             return Err(Error::Config("batch size must be at least 1".into()));
         }
         if train.is_empty() {
             return Err(Error::Data("the training set is empty".into()));
         }
-        Ok(Self { train, test, batch_size, scaling, seed, drop_last: false, permutation: Mutex::new(None) })
+        Ok(Self {
+            train,
+            test,
+            batch_size,
+            scaling,
+            seed,
+            drop_last: false,
+            permutation: Mutex::new(None),
+        })
     }
 
     /// The order in which epoch `epoch` visits the training images.
@@ -215,7 +268,11 @@ impl<B: Backend> TrainData<B> for ImageData {
 
     fn batches_per_epoch(&self) -> usize {
         let n = self.train.len();
-        if self.drop_last && n >= self.batch_size { n / self.batch_size } else { n.div_ceil(self.batch_size) }
+        if self.drop_last && n >= self.batch_size {
+            n / self.batch_size
+        } else {
+            n.div_ceil(self.batch_size)
+        }
     }
 
     fn train_batch(&self, epoch: u64, index: usize, device: &B::Device) -> ImageBatch<B> {
@@ -273,12 +330,24 @@ mod tests {
     fn batches_cover_the_epoch_and_keep_the_last_partial_batch() {
         let data = ImageData::new(tiny(10), tiny(3), 4, Scaling::Unit, 1).unwrap();
         let dev = CpuDevice::default();
-        assert_eq!(<ImageData as TrainData<CpuBackend>>::batches_per_epoch(&data), 3);
-        let sizes: Vec<usize> = (0..3).map(|i| TrainData::<CpuBackend>::train_batch(&data, 0, i, &dev).len()).collect();
+        assert_eq!(
+            <ImageData as TrainData<CpuBackend>>::batches_per_epoch(&data),
+            3
+        );
+        let sizes: Vec<usize> = (0..3)
+            .map(|i| TrainData::<CpuBackend>::train_batch(&data, 0, i, &dev).len())
+            .collect();
         assert_eq!(sizes, vec![4, 4, 2]);
         let (b, n) = TrainData::<CpuBackend>::eval_batch(&data, 0, &dev);
         assert_eq!((b.len(), n), (3, 3));
-        assert_eq!(b.labels.into_data().convert::<i64>().to_vec::<i64>().unwrap(), vec![0, 1, 2]);
+        assert_eq!(
+            b.labels
+                .into_data()
+                .convert::<i64>()
+                .to_vec::<i64>()
+                .unwrap(),
+            vec![0, 1, 2]
+        );
     }
 
     #[test]
@@ -292,9 +361,16 @@ mod tests {
 
     #[test]
     fn mismatched_counts_are_errors() {
-        let images = crate::idx::IdxArray { dims: vec![2, 2, 2], data: vec![0; 8] };
-        let labels = crate::idx::IdxArray { dims: vec![3], data: vec![0; 3] };
-        let err = ImageDataset::from_idx(&images, &labels, Path::new("x"), Path::new("y"), vec![]).unwrap_err();
+        let images = crate::idx::IdxArray {
+            dims: vec![2, 2, 2],
+            data: vec![0; 8],
+        };
+        let labels = crate::idx::IdxArray {
+            dims: vec![3],
+            data: vec![0; 3],
+        };
+        let err = ImageDataset::from_idx(&images, &labels, Path::new("x"), Path::new("y"), vec![])
+            .unwrap_err();
         assert!(err.to_string().contains("2 images") && err.to_string().contains("3 labels"));
     }
 }

@@ -15,11 +15,17 @@ use md5::{Digest, Md5};
 /// Downloads `url` to `dest`, checking its MD5 (lowercase hex). On any
 /// failure `dest` is untouched and no temporary file remains.
 pub fn download_verified(url: &str, dest: &Path, md5_hex: &str) -> Result<()> {
-    let dir = dest.parent().ok_or_else(|| Error::Other(format!("{} has no parent directory", dest.display())))?;
+    let dir = dest
+        .parent()
+        .ok_or_else(|| Error::Other(format!("{} has no parent directory", dest.display())))?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    let file_name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("download");
+    let file_name = dest
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("download");
     let tmp = dir.join(format!(".{file_name}.part-{}", std::process::id()));
-    let result = fetch_into(url, &tmp, md5_hex).and_then(|()| std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e)));
+    let result = fetch_into(url, &tmp, md5_hex)
+        .and_then(|()| std::fs::rename(&tmp, dest).map_err(|e| Error::io(dest, e)));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -32,13 +38,18 @@ fn fetch_into(url: &str, tmp: &Path, md5_hex: &str) -> Result<()> {
         .timeout_recv_body(Some(Duration::from_secs(600)))
         .build()
         .into();
-    let response = agent.get(url).call().map_err(|e| Error::Data(format!("{url}: {e}")))?;
+    let response = agent
+        .get(url)
+        .call()
+        .map_err(|e| Error::Data(format!("{url}: {e}")))?;
     let mut reader = response.into_body().into_reader();
     let mut file = std::fs::File::create(tmp).map_err(|e| Error::io(tmp, e))?;
     let mut hasher = Md5::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
-        let n = reader.read(&mut buf).map_err(|e| Error::Data(format!("{url}: download interrupted: {e}")))?;
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| Error::Data(format!("{url}: download interrupted: {e}")))?;
         if n == 0 {
             break;
         }
@@ -48,7 +59,9 @@ fn fetch_into(url: &str, tmp: &Path, md5_hex: &str) -> Result<()> {
     file.sync_all().map_err(|e| Error::io(tmp, e))?;
     let got = hex(&hasher.finalize());
     if got != md5_hex {
-        return Err(Error::Data(format!("{url}: checksum mismatch (MD5 {got}, expected {md5_hex}); the file was discarded")));
+        return Err(Error::Data(format!(
+            "{url}: checksum mismatch (MD5 {got}, expected {md5_hex}); the file was discarded"
+        )));
     }
     Ok(())
 }
@@ -90,7 +103,10 @@ pub(crate) mod tests {
                 let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
                 match files.iter().find(|(p, _)| *p == path) {
                     Some((_, body)) => {
-                        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                            body.len()
+                        );
                         stream.write_all(head.as_bytes()).ok();
                         stream.write_all(body).ok();
                     }
@@ -109,9 +125,18 @@ pub(crate) mod tests {
         let base = serve(vec![("/f.gz".into(), body.clone())], 2);
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("f.gz");
-        let err = download_verified(&format!("{base}/f.gz"), &dest, "00000000000000000000000000000000").unwrap_err();
+        let err = download_verified(
+            &format!("{base}/f.gz"),
+            &dest,
+            "00000000000000000000000000000000",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("checksum mismatch"), "{err}");
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "nothing may remain after a failed download");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "nothing may remain after a failed download"
+        );
         download_verified(&format!("{base}/f.gz"), &dest, &md5_hex(&body)).unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), body);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);

@@ -30,7 +30,12 @@ pub fn read_idx(path: &Path) -> Result<IdxArray> {
         let mut out = Vec::with_capacity(raw.len() * 4);
         flate2::read::GzDecoder::new(raw.as_slice())
             .read_to_end(&mut out)
-            .map_err(|e| Error::Data(format!("{}: corrupt or truncated gzip stream: {e}", path.display())))?;
+            .map_err(|e| {
+                Error::Data(format!(
+                    "{}: corrupt or truncated gzip stream: {e}",
+                    path.display()
+                ))
+            })?;
         out
     } else {
         raw
@@ -61,10 +66,15 @@ pub fn parse_idx(bytes: &[u8]) -> std::result::Result<IdxArray, String> {
     }
     let header = 4 + 4 * ndims;
     if bytes.len() < header {
-        return Err(format!("truncated header: {} bytes, {header} expected for {ndims} dimensions", bytes.len()));
+        return Err(format!(
+            "truncated header: {} bytes, {header} expected for {ndims} dimensions",
+            bytes.len()
+        ));
     }
     let dims: Vec<usize> = (0..ndims)
-        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize)
+        .map(|i| {
+            u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().expect("4 bytes")) as usize
+        })
         .collect();
     let expected = dims
         .iter()
@@ -82,7 +92,10 @@ pub fn parse_idx(bytes: &[u8]) -> std::result::Result<IdxArray, String> {
             found - expected
         ));
     }
-    Ok(IdxArray { dims, data: bytes[header..].to_vec() })
+    Ok(IdxArray {
+        dims,
+        data: bytes[header..].to_vec(),
+    })
 }
 
 /// Encodes an array as IDX bytes (for tests and tools that write datasets).
@@ -112,7 +125,10 @@ mod tests {
     fn rejects_truncated_data_and_header() {
         let bytes = encode_idx(&[2, 2, 3], &[0; 12]);
         let err = parse_idx(&bytes[..bytes.len() - 1]).unwrap_err();
-        assert!(err.contains("truncated") && err.contains("12") && err.contains("11"), "{err}");
+        assert!(
+            err.contains("truncated") && err.contains("12") && err.contains("11"),
+            "{err}"
+        );
         let err = parse_idx(&bytes[..9]).unwrap_err();
         assert!(err.contains("truncated header"), "{err}");
     }
@@ -135,7 +151,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let bytes = encode_idx(&[3, 2], &[1, 2, 3, 4, 5, 6]);
         let gz = dir.path().join("a.idx.gz");
-        let mut enc = flate2::write::GzEncoder::new(std::fs::File::create(&gz).unwrap(), flate2::Compression::fast());
+        let mut enc = flate2::write::GzEncoder::new(
+            std::fs::File::create(&gz).unwrap(),
+            flate2::Compression::fast(),
+        );
         enc.write_all(&bytes).unwrap();
         enc.finish().unwrap();
         assert_eq!(read_idx(&gz).unwrap().data, vec![1, 2, 3, 4, 5, 6]);
@@ -150,6 +169,9 @@ mod tests {
         let raw = dir.path().join("short-idx3-ubyte");
         std::fs::write(&raw, &bytes[..bytes.len() - 2]).unwrap();
         let err = read_idx(&raw).unwrap_err().to_string();
-        assert!(err.contains("short-idx3-ubyte") && err.contains("truncated"), "{err}");
+        assert!(
+            err.contains("short-idx3-ubyte") && err.contains("truncated"),
+            "{err}"
+        );
     }
 }

@@ -86,7 +86,10 @@ pub static KNOWN: [KnownDataset; 2] = [
         name: "mnist",
         aliases: &["MNIST"],
         mirror_env: "GENZOO_MNIST_MIRROR",
-        mirrors: &["https://ossci-datasets.s3.amazonaws.com/mnist/", "https://storage.googleapis.com/cvdf-datasets/mnist/"],
+        mirrors: &[
+            "https://ossci-datasets.s3.amazonaws.com/mnist/",
+            "https://storage.googleapis.com/cvdf-datasets/mnist/",
+        ],
         md5: [
             "f68b3c2dcbeaaa9fbdd348bbdeb94873",
             "d53e105ee54ea40749a09fcbcd1e9432",
@@ -109,7 +112,18 @@ pub static KNOWN: [KnownDataset; 2] = [
             "bef4ecab320f06d8554ea6380940ec79",
             "bb300cfdad3c16e7a12a480ee83cd310",
         ],
-        classes: &["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+        classes: &[
+            "T-shirt/top",
+            "Trouser",
+            "Pullover",
+            "Dress",
+            "Coat",
+            "Sandal",
+            "Shirt",
+            "Sneaker",
+            "Bag",
+            "Ankle boot",
+        ],
     },
 ];
 
@@ -143,7 +157,12 @@ impl Locator {
             .map(|c| c.join("genzoo"));
         let mirror_overrides = KNOWN
             .iter()
-            .filter_map(|k| std::env::var(k.mirror_env).ok().filter(|v| !v.is_empty()).map(|v| (k.name.to_string(), v)))
+            .filter_map(|k| {
+                std::env::var(k.mirror_env)
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .map(|v| (k.name.to_string(), v))
+            })
             .collect();
         Locator {
             data_dir,
@@ -180,7 +199,12 @@ pub fn find_files(dir: &Path) -> (Vec<PathBuf>, Vec<&'static str>) {
     let mut missing = Vec::new();
     for name in FILES {
         let dotted = name.replacen("-idx", ".idx", 1);
-        let candidates = [name.to_string(), format!("{name}.gz"), dotted.clone(), format!("{dotted}.gz")];
+        let candidates = [
+            name.to_string(),
+            format!("{name}.gz"),
+            dotted.clone(),
+            format!("{dotted}.gz"),
+        ];
         match candidates.iter().map(|c| dir.join(c)).find(|p| p.is_file()) {
             Some(p) => found.push(p),
             None => missing.push(name),
@@ -192,7 +216,10 @@ pub fn find_files(dir: &Path) -> (Vec<PathBuf>, Vec<&'static str>) {
 fn complete(dir: &Path, origin: &'static str) -> Option<DatasetFiles> {
     let (found, missing) = find_files(dir);
     if missing.is_empty() {
-        Some(DatasetFiles { paths: found.try_into().expect("four files"), origin })
+        Some(DatasetFiles {
+            paths: found.try_into().expect("four files"),
+            origin,
+        })
     } else {
         None
     }
@@ -208,7 +235,9 @@ pub fn resolve(source: &DatasetSource, locator: &Locator) -> Result<DatasetFiles
     if let Some((dir, origin)) = explicit {
         return complete(&dir, origin).ok_or_else(|| missing_error(&dir, origin));
     }
-    let DatasetSource::Named(known) = source else { unreachable!("handled above") };
+    let DatasetSource::Named(known) = source else {
+        unreachable!("handled above")
+    };
     let mut looked = Vec::new();
     let mut candidates: Vec<(PathBuf, &'static str)> = Vec::new();
     if let Some(root) = &locator.data_root {
@@ -236,7 +265,8 @@ pub fn resolve(source: &DatasetSource, locator: &Locator) -> Result<DatasetFiles
     if !locator.allow_download {
         return Err(offline_error(known, &cache, &looked, None));
     }
-    download_into(known, &cache, &locator.mirrors(known)).map_err(|e| offline_error(known, &cache, &looked, Some(e)))?;
+    download_into(known, &cache, &locator.mirrors(known))
+        .map_err(|e| offline_error(known, &cache, &looked, Some(e)))?;
     complete(&cache, "download").ok_or_else(|| missing_error(&cache, "download"))
 }
 
@@ -276,7 +306,12 @@ fn missing_error(dir: &Path, origin: &str) -> Error {
     ))
 }
 
-fn offline_error(known: &KnownDataset, cache: &Path, looked: &[String], cause: Option<Error>) -> Error {
+fn offline_error(
+    known: &KnownDataset,
+    cache: &Path,
+    looked: &[String],
+    cause: Option<Error>,
+) -> Error {
     let (_, missing) = find_files(cache);
     let why = match cause {
         Some(e) => format!("the download failed ({e})"),
@@ -296,15 +331,30 @@ fn offline_error(known: &KnownDataset, cache: &Path, looked: &[String], cause: O
 }
 
 /// Finds and loads a dataset's train and test splits as the files define them.
-pub fn load_image_dataset(source: &DatasetSource, locator: &Locator) -> Result<(ImageDataset, ImageDataset)> {
+pub fn load_image_dataset(
+    source: &DatasetSource,
+    locator: &Locator,
+) -> Result<(ImageDataset, ImageDataset)> {
     let files = resolve(source, locator)?;
     let classes: Vec<String> = match source {
         DatasetSource::Named(k) => k.classes.iter().map(|s| s.to_string()).collect(),
         DatasetSource::IdxDir(_) => Vec::new(),
     };
     let [train_x, train_y, test_x, test_y] = &files.paths;
-    let train = ImageDataset::from_idx(&read_idx(train_x)?, &read_idx(train_y)?, train_x, train_y, classes.clone())?;
-    let test = ImageDataset::from_idx(&read_idx(test_x)?, &read_idx(test_y)?, test_x, test_y, classes)?;
+    let train = ImageDataset::from_idx(
+        &read_idx(train_x)?,
+        &read_idx(train_y)?,
+        train_x,
+        train_y,
+        classes.clone(),
+    )?;
+    let test = ImageDataset::from_idx(
+        &read_idx(test_x)?,
+        &read_idx(test_y)?,
+        test_x,
+        test_y,
+        classes,
+    )?;
     if train.dims() != test.dims() {
         return Err(Error::Data(format!(
             "train images are {:?} but test images are {:?} ({})",
@@ -323,7 +373,10 @@ mod tests {
 
     fn write_dataset(dir: &Path, n: usize) {
         std::fs::create_dir_all(dir).unwrap();
-        for (name, dims) in FILES.iter().zip([vec![n, 4, 4], vec![n], vec![n, 4, 4], vec![n]]) {
+        for (name, dims) in FILES
+            .iter()
+            .zip([vec![n, 4, 4], vec![n], vec![n, 4, 4], vec![n]])
+        {
             let len: usize = dims.iter().product();
             std::fs::write(dir.join(name), encode_idx(&dims, &vec![1u8; len])).unwrap();
         }
@@ -368,8 +421,15 @@ mod tests {
     #[test]
     fn offline_error_lists_missing_files_and_remedies() {
         let tmp = tempfile::tempdir().unwrap();
-        let err = resolve(&"fashion-mnist".parse().unwrap(), &locator(tmp.path())).unwrap_err().to_string();
-        for needle in ["train-images-idx3-ubyte", "--data-dir", "GENZOO_FASHION_MNIST_MIRROR", "GENZOO_OFFLINE"] {
+        let err = resolve(&"fashion-mnist".parse().unwrap(), &locator(tmp.path()))
+            .unwrap_err()
+            .to_string();
+        for needle in [
+            "train-images-idx3-ubyte",
+            "--data-dir",
+            "GENZOO_FASHION_MNIST_MIRROR",
+            "GENZOO_OFFLINE",
+        ] {
             assert!(err.contains(needle), "missing '{needle}' in: {err}");
         }
     }
@@ -383,7 +443,8 @@ mod tests {
             .map(|d| encode_idx(d, &vec![7u8; d.iter().product()]))
             .collect();
         let md5: Vec<String> = bodies.iter().map(|b| crate::download::md5_hex(b)).collect();
-        let md5: [&'static str; 4] = std::array::from_fn(|i| &*Box::leak(md5[i].clone().into_boxed_str()));
+        let md5: [&'static str; 4] =
+            std::array::from_fn(|i| &*Box::leak(md5[i].clone().into_boxed_str()));
         let known: &'static KnownDataset = Box::leak(Box::new(KnownDataset {
             name: "tiny",
             aliases: &[],
@@ -392,7 +453,11 @@ mod tests {
             md5,
             classes: &[],
         }));
-        let served = FILES.iter().zip(&bodies).map(|(f, b)| (format!("/d/{f}.gz"), b.clone())).collect();
+        let served = FILES
+            .iter()
+            .zip(&bodies)
+            .map(|(f, b)| (format!("/d/{f}.gz"), b.clone()))
+            .collect();
         let base = crate::download::tests::serve(served, 8);
         let tmp = tempfile::tempdir().unwrap();
         let mut loc = locator(tmp.path());
@@ -402,6 +467,9 @@ mod tests {
         assert_eq!(files.origin, "download");
         assert!(files.paths[0].starts_with(tmp.path().join("cache/tiny")));
         // A second resolve finds the cache (the server has stopped serving by then).
-        assert_eq!(resolve(&DatasetSource::Named(known), &loc).unwrap().origin, "cache");
+        assert_eq!(
+            resolve(&DatasetSource::Named(known), &loc).unwrap().origin,
+            "cache"
+        );
     }
 }

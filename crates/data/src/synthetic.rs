@@ -20,12 +20,19 @@ pub fn images(n: usize, size: usize, classes: usize, salt: u64) -> (Vec<u8>, Vec
     let side = (size / 3).max(1);
     for i in 0..n {
         let c = i % classes;
-        let (cx, cy) = ((c * 7) % (size - side + 1), (c * 3 + c / 3) % (size - side + 1));
+        let (cx, cy) = (
+            (c * 7) % (size - side + 1),
+            (c * 3 + c / 3) % (size - side + 1),
+        );
         for y in 0..size {
             for x in 0..size {
                 let inside = x >= cx && x < cx + side && y >= cy && y < cy + side;
                 let h = crate::synthetic::hash(salt ^ ((i * size * size + y * size + x) as u64));
-                let v = if inside { 200 + (h % 56) as u8 } else { (h % 24) as u8 };
+                let v = if inside {
+                    200 + (h % 56) as u8
+                } else {
+                    (h % 24) as u8
+                };
                 pixels.push(v);
             }
         }
@@ -40,7 +47,13 @@ fn hash(x: u64) -> u64 {
 
 /// Writes the four files of an MNIST-format dataset into `dir` (raw IDX):
 /// `n_train` and `n_test` images of `size`×`size` pixels in `classes` classes.
-pub fn write_idx_dataset(dir: &Path, n_train: usize, n_test: usize, size: usize, classes: usize) -> Result<()> {
+pub fn write_idx_dataset(
+    dir: &Path,
+    n_train: usize,
+    n_test: usize,
+    size: usize,
+    classes: usize,
+) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let (train_x, train_y) = images(n_train, size, classes, 1);
     let (test_x, test_y) = images(n_test, size, classes, 2);

@@ -5,10 +5,20 @@
 //! [`genzoo_core::Family`] implementation) in `family.rs`, and named
 //! configurations in [`presets`].
 //!
-//! Built so far: [`vae`] (MLP and convolutional, β-VAE, class-conditional).
-//! GAN, DDPM and transformer families are planned.
+//! Built so far: [`vae`] (MLP and convolutional, β-VAE, class-conditional)
+//! and [`gan`] (DCGAN, class-conditional DCGAN, SNGAN, WGAN-GP). DDPM and
+//! transformer families are planned.
 
+pub mod gan;
 pub mod presets;
 pub mod vae;
 
 pub use presets::{ModelConfig, Preset, preset, presets};
+
+/// burn's CPU RNG is one per process: unit tests that seed it and expect
+/// exact draws hold this lock so that parallel tests do not interleave.
+#[cfg(test)]
+pub(crate) fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}

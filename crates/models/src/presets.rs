@@ -7,6 +7,7 @@ use burn::tensor::backend::AutodiffBackend;
 use genzoo_core::{Family, ImageBatch, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::gan::{DiscriminatorKind, GanConfig, GanLoss, GanTrainer};
 use crate::vae::{VaeArchitecture, VaeConfig, VaeTrainer};
 
 /// The configuration of any family's model, tagged by family.
@@ -15,6 +16,8 @@ use crate::vae::{VaeArchitecture, VaeConfig, VaeTrainer};
 pub enum ModelConfig {
     /// A variational autoencoder.
     Vae(VaeConfig),
+    /// A generative adversarial network.
+    Gan(GanConfig),
 }
 
 impl ModelConfig {
@@ -22,13 +25,28 @@ impl ModelConfig {
     pub fn family(&self) -> &'static str {
         match self {
             ModelConfig::Vae(_) => "vae",
+            ModelConfig::Gan(_) => "gan",
         }
     }
 
     /// Sets the image shape and number of classes from the data.
-    pub fn adapt_to_data(&mut self, channels: usize, height: usize, width: usize, num_classes: usize) {
+    pub fn adapt_to_data(
+        &mut self,
+        channels: usize,
+        height: usize,
+        width: usize,
+        num_classes: usize,
+    ) {
         match self {
             ModelConfig::Vae(c) => {
+                c.channels = channels;
+                c.height = height;
+                c.width = width;
+                if c.conditional {
+                    c.num_classes = num_classes;
+                }
+            }
+            ModelConfig::Gan(c) => {
                 c.channels = channels;
                 c.height = height;
                 c.width = width;
@@ -43,6 +61,7 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<()> {
         match self {
             ModelConfig::Vae(c) => c.validate(),
+            ModelConfig::Gan(c) => c.validate(),
         }
     }
 }
@@ -67,6 +86,7 @@ pub struct Preset {
 /// Every preset, in the order `genzoo list` shows them.
 pub fn presets() -> Vec<Preset> {
     let vae = VaeConfig::default();
+    let gan = GanConfig::default();
     vec![
         Preset {
             name: "vae-mlp",
@@ -79,7 +99,10 @@ pub fn presets() -> Vec<Preset> {
         Preset {
             name: "vae-conv",
             description: "convolutional VAE: two stride-2 convs, 400-unit dense layer, 20-d latent",
-            model: ModelConfig::Vae(VaeConfig { architecture: VaeArchitecture::Conv, ..vae.clone() }),
+            model: ModelConfig::Vae(VaeConfig {
+                architecture: VaeArchitecture::Conv,
+                ..vae.clone()
+            }),
             batch_size: 128,
             lr: 1e-3,
             scaling: "unit",
@@ -87,7 +110,10 @@ pub fn presets() -> Vec<Preset> {
         Preset {
             name: "beta-vae",
             description: "β-VAE (β = 4) on the MLP architecture: a more factorised latent at the cost of sharpness",
-            model: ModelConfig::Vae(VaeConfig { beta: 4.0, ..vae.clone() }),
+            model: ModelConfig::Vae(VaeConfig {
+                beta: 4.0,
+                ..vae.clone()
+            }),
             batch_size: 128,
             lr: 1e-3,
             scaling: "unit",
@@ -95,7 +121,11 @@ pub fn presets() -> Vec<Preset> {
         Preset {
             name: "cvae-mlp",
             description: "class-conditional VAE: the label one-hot enters encoder and decoder; sample any class",
-            model: ModelConfig::Vae(VaeConfig { conditional: true, num_classes: 10, ..vae.clone() }),
+            model: ModelConfig::Vae(VaeConfig {
+                conditional: true,
+                num_classes: 10,
+                ..vae.clone()
+            }),
             batch_size: 128,
             lr: 1e-3,
             scaling: "unit",
@@ -103,22 +133,81 @@ pub fn presets() -> Vec<Preset> {
         Preset {
             name: "cvae-conv",
             description: "class-conditional convolutional VAE",
-            model: ModelConfig::Vae(VaeConfig { architecture: VaeArchitecture::Conv, conditional: true, num_classes: 10, ..vae }),
+            model: ModelConfig::Vae(VaeConfig {
+                architecture: VaeArchitecture::Conv,
+                conditional: true,
+                num_classes: 10,
+                ..vae
+            }),
             batch_size: 128,
             lr: 1e-3,
             scaling: "unit",
+        },
+        Preset {
+            name: "dcgan-28",
+            description: "reference InfoGAN-style MNIST DCGAN, BCE loss, Adam 2e-4 (G 778,305 + D 138,817 params)",
+            model: ModelConfig::Gan(gan.clone()),
+            batch_size: 64,
+            lr: 2e-4,
+            scaling: "signed",
+        },
+        Preset {
+            name: "cdcgan-28",
+            description: "class-conditional DCGAN: label embedding into G, projection discriminator",
+            model: ModelConfig::Gan(GanConfig {
+                conditional: true,
+                num_classes: 10,
+                ..gan.clone()
+            }),
+            batch_size: 64,
+            lr: 2e-4,
+            scaling: "signed",
+        },
+        Preset {
+            name: "sngan-28",
+            description: "stable variant: spectral normalisation on every D weight, hinge loss",
+            model: ModelConfig::Gan(GanConfig {
+                discriminator: DiscriminatorKind::Spectral,
+                loss: GanLoss::Hinge,
+                ..gan.clone()
+            }),
+            batch_size: 64,
+            lr: 2e-4,
+            scaling: "signed",
+        },
+        Preset {
+            name: "wgan-gp-28",
+            description: "WGAN-GP: Wasserstein critic (no BatchNorm), gradient penalty 10, 5 critic steps per G step",
+            model: ModelConfig::Gan(GanConfig {
+                discriminator: DiscriminatorKind::Plain,
+                loss: GanLoss::Wasserstein,
+                gradient_penalty: 10.0,
+                n_critic: 5,
+                g_betas: (0.0, 0.9),
+                d_betas: (0.0, 0.9),
+                ..gan
+            }),
+            batch_size: 64,
+            lr: 1e-4,
+            scaling: "signed",
         },
     ]
 }
 
 /// Presets of families that are designed but not built yet (for `genzoo list`).
-pub const PLANNED: [(&str, &str); 6] = [
-    ("dcgan-28", "GAN: InfoGAN-style MNIST DCGAN (planned)"),
-    ("cdcgan-28", "GAN: class-conditional DCGAN (planned)"),
-    ("sngan-28", "GAN: spectral norm + hinge loss (planned)"),
-    ("ddpm-unet", "DDPM: small U-Net, DDPM and DDIM samplers, EMA (planned)"),
-    ("gpt-char", "transformer: nanoGPT's character-level CPU config (planned)"),
-    ("gpt-pixel", "transformer: GPT over 16-level pixels (planned)"),
+pub const PLANNED: [(&str, &str); 3] = [
+    (
+        "ddpm-unet",
+        "DDPM: small U-Net, DDPM and DDIM samplers, EMA (planned)",
+    ),
+    (
+        "gpt-char",
+        "transformer: nanoGPT's character-level CPU config (planned)",
+    ),
+    (
+        "gpt-pixel",
+        "transformer: GPT over 16-level pixels (planned)",
+    ),
 ];
 
 /// The preset called `name`.
@@ -135,9 +224,14 @@ pub trait FamilyTask<B: AutodiffBackend> {
 }
 
 /// Builds the family `config` describes (freshly initialised) and runs `task` with it.
-pub fn with_family<B: AutodiffBackend, T: FamilyTask<B>>(config: &ModelConfig, device: &B::Device, task: T) -> Result<T::Output> {
+pub fn with_family<B: AutodiffBackend, T: FamilyTask<B>>(
+    config: &ModelConfig,
+    device: &B::Device,
+    task: T,
+) -> Result<T::Output> {
     config.validate()?;
     match config {
         ModelConfig::Vae(c) => task.run(VaeTrainer::<B>::new(c.clone(), device)),
+        ModelConfig::Gan(c) => task.run(GanTrainer::<B>::new(c.clone(), device)),
     }
 }

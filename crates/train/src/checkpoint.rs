@@ -73,7 +73,11 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 /// Writes a checkpoint into `checkpoints/step-N` atomically: `write_files`
@@ -86,7 +90,11 @@ pub fn write_checkpoint(
 ) -> Result<PathBuf> {
     std::fs::create_dir_all(checkpoints).map_err(|e| Error::io(checkpoints, e))?;
     let final_dir = checkpoints.join(dir_name(manifest.step));
-    let tmp = checkpoints.join(format!(".tmp-{}-{}", dir_name(manifest.step), std::process::id()));
+    let tmp = checkpoints.join(format!(
+        ".tmp-{}-{}",
+        dir_name(manifest.step),
+        std::process::id()
+    ));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
@@ -106,14 +114,18 @@ pub fn write_checkpoint(
             .map(|n| {
                 let p = tmp.join(&n);
                 // Flush each file to disk before the rename publishes the checkpoint.
-                std::fs::File::open(&p).and_then(|f| f.sync_all()).map_err(|e| Error::io(&p, e))?;
+                std::fs::File::open(&p)
+                    .and_then(|f| f.sync_all())
+                    .map_err(|e| Error::io(&p, e))?;
                 Ok((n, sha256_file(&p)?))
             })
             .collect::<Result<_>>()?;
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Other(e.to_string()))?;
         let mpath = tmp.join(MANIFEST);
         std::fs::write(&mpath, json).map_err(|e| Error::io(&mpath, e))?;
-        std::fs::File::open(&mpath).and_then(|f| f.sync_all()).map_err(|e| Error::io(&mpath, e))?;
+        std::fs::File::open(&mpath)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(&mpath, e))?;
         if final_dir.exists() {
             std::fs::remove_dir_all(&final_dir).map_err(|e| Error::io(&final_dir, e))?;
         }
@@ -168,11 +180,15 @@ pub enum Unusable {
 
 /// Reads and verifies a checkpoint: manifest, format version, identity and
 /// every file's checksum.
-pub fn verify(dir: &Path, identity: &CheckpointIdentity) -> std::result::Result<Manifest, Unusable> {
+pub fn verify(
+    dir: &Path,
+    identity: &CheckpointIdentity,
+) -> std::result::Result<Manifest, Unusable> {
     let mpath = dir.join(MANIFEST);
-    let text = std::fs::read(&mpath).map_err(|e| Unusable::Corrupt(format!("cannot read {MANIFEST}: {e}")))?;
-    let manifest: Manifest =
-        serde_json::from_slice(&text).map_err(|e| Unusable::Corrupt(format!("{MANIFEST} is not valid: {e}")))?;
+    let text = std::fs::read(&mpath)
+        .map_err(|e| Unusable::Corrupt(format!("cannot read {MANIFEST}: {e}")))?;
+    let manifest: Manifest = serde_json::from_slice(&text)
+        .map_err(|e| Unusable::Corrupt(format!("{MANIFEST} is not valid: {e}")))?;
     if manifest.format_version > FORMAT_VERSION {
         return Err(Unusable::Incompatible(Error::checkpoint(
             dir,
@@ -187,7 +203,10 @@ pub fn verify(dir: &Path, identity: &CheckpointIdentity) -> std::result::Result<
     if manifest.identity.model != identity.model {
         return Err(Unusable::Incompatible(Error::checkpoint(
             dir,
-            format!("it belongs to model '{}', not '{}'", manifest.identity.model, identity.model),
+            format!(
+                "it belongs to model '{}', not '{}'",
+                manifest.identity.model, identity.model
+            ),
         )));
     }
     if manifest.identity.fingerprint != identity.fingerprint {
@@ -204,7 +223,9 @@ pub fn verify(dir: &Path, identity: &CheckpointIdentity) -> std::result::Result<
         let p = dir.join(name);
         let got = sha256_file(&p).map_err(|e| Unusable::Corrupt(e.to_string()))?;
         if &got != want {
-            return Err(Unusable::Corrupt(format!("{name} fails its checksum (corrupt or truncated)")));
+            return Err(Unusable::Corrupt(format!(
+                "{name} fails its checksum (corrupt or truncated)"
+            )));
         }
     }
     Ok(manifest)
@@ -229,10 +250,16 @@ pub fn latest_good(
             Ok(m) => return Ok(Some((dir.clone(), m))),
             Err(Unusable::Incompatible(e)) => return Err(e),
             Err(Unusable::Corrupt(why)) => {
-                warn(&format!("warning: checkpoint {} is unusable ({why}); falling back to the previous one", dir.display()));
+                warn(&format!(
+                    "warning: checkpoint {} is unusable ({why}); falling back to the previous one",
+                    dir.display()
+                ));
                 problems.push(format!("{}: {why}", dir.display()));
             }
         }
     }
-    Err(Error::checkpoint(checkpoints, format!("no usable checkpoint: {}", problems.join("; "))))
+    Err(Error::checkpoint(
+        checkpoints,
+        format!("no usable checkpoint: {}", problems.join("; ")),
+    ))
 }

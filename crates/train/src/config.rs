@@ -87,7 +87,9 @@ impl TrainConfig {
             (None, None) => batches_per_epoch as u64,
         };
         if total == 0 {
-            return Err(Error::Config("the budget is zero steps: set steps or epochs to at least 1".into()));
+            return Err(Error::Config(
+                "the budget is zero steps: set steps or epochs to at least 1".into(),
+            ));
         }
         Ok(total)
     }
@@ -98,12 +100,17 @@ impl TrainConfig {
             return Err(Error::Config("batch_size must be at least 1".into()));
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(Error::Config(format!("lr must be a positive number, got {}", self.lr)));
+            return Err(Error::Config(format!(
+                "lr must be a positive number, got {}",
+                self.lr
+            )));
         }
         if let Some(c) = self.clip_norm
             && !(c > 0.0)
         {
-            return Err(Error::Config(format!("clip_norm must be positive, got {c}")));
+            return Err(Error::Config(format!(
+                "clip_norm must be positive, got {c}"
+            )));
         }
         if self.keep_checkpoints == 0 {
             return Err(Error::Config("keep_checkpoints must be at least 1".into()));
@@ -128,7 +135,12 @@ pub struct DataConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        Self { dataset: "mnist".into(), data_dir: None, limit: None, scaling: Scaling::Unit }
+        Self {
+            dataset: "mnist".into(),
+            data_dir: None,
+            limit: None,
+            scaling: Scaling::Unit,
+        }
     }
 }
 
@@ -166,30 +178,49 @@ impl RunConfig {
         Ok(Self {
             preset: p.name.to_string(),
             model: p.model,
-            data: DataConfig { scaling, ..Default::default() },
-            train: TrainConfig { batch_size: p.batch_size, lr: p.lr, ..Default::default() },
+            data: DataConfig {
+                scaling,
+                ..Default::default()
+            },
+            train: TrainConfig {
+                batch_size: p.batch_size,
+                lr: p.lr,
+                ..Default::default()
+            },
         })
     }
 
     /// Lays the TOML text `overrides` (any subset of the keys) over this config.
     pub fn merge_toml(&self, overrides: &str, origin: &str) -> Result<Self> {
-        let patch: toml::Table = toml::from_str(overrides).map_err(|e| Error::Config(format!("{origin}: {e}")))?;
+        let patch: toml::Table =
+            toml::from_str(overrides).map_err(|e| Error::Config(format!("{origin}: {e}")))?;
         let mut base = toml::Table::try_from(self).map_err(|e| Error::Config(e.to_string()))?;
         merge(&mut base, patch);
-        toml::Value::Table(base).try_into().map_err(|e: toml::de::Error| Error::Config(format!("{origin}: {e}")))
+        toml::Value::Table(base)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Config(format!("{origin}: {e}")))
     }
 
     /// Reads a config file: its `preset` (or `default_preset`) resolved, then its keys laid over it.
     pub fn from_file(path: &Path, default_preset: Option<&str>) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let table: toml::Table = toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let table: toml::Table =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         let name = match (default_preset, table.get("preset").and_then(|v| v.as_str())) {
             (Some(cli), Some(file)) if cli != file => {
-                return Err(Error::Config(format!("{} is for preset '{file}' but the command names '{cli}'", path.display())));
+                return Err(Error::Config(format!(
+                    "{} is for preset '{file}' but the command names '{cli}'",
+                    path.display()
+                )));
             }
             (_, Some(file)) => file.to_string(),
             (Some(cli), None) => cli.to_string(),
-            (None, None) => return Err(Error::Config(format!("{} names no preset (add `preset = \"vae-mlp\"`)", path.display()))),
+            (None, None) => {
+                return Err(Error::Config(format!(
+                    "{} names no preset (add `preset = \"vae-mlp\"`)",
+                    path.display()
+                )));
+            }
         };
         Self::from_preset(&name)?.merge_toml(&text, &path.display().to_string())
     }
@@ -238,14 +269,26 @@ mod tests {
     #[test]
     fn overrides_merge_and_typos_are_rejected() {
         let c = RunConfig::from_preset("vae-mlp").unwrap();
-        let m = c.merge_toml("[model]\nbeta = 2.5\n[train]\nepochs = 3\n", "test").unwrap();
-        let ModelConfig::Vae(v) = &m.model;
+        let m = c
+            .merge_toml("[model]\nbeta = 2.5\n[train]\nepochs = 3\n", "test")
+            .unwrap();
+        let ModelConfig::Vae(v) = &m.model else {
+            panic!("vae-mlp is a VAE")
+        };
         assert_eq!(v.beta, 2.5);
         assert_eq!(v.hidden, 400);
         assert_eq!(m.train.epochs, Some(3));
         assert_eq!(m.train.batch_size, 128);
-        let err = c.merge_toml("[train]\nepoch = 3\n", "f.toml").unwrap_err().to_string();
+        let err = c
+            .merge_toml("[train]\nepoch = 3\n", "f.toml")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("epoch") && err.contains("f.toml"), "{err}");
-        assert!(RunConfig::from_preset("dcgan-28").unwrap_err().to_string().contains("planned"));
+        assert!(
+            RunConfig::from_preset("dcgan-28")
+                .unwrap_err()
+                .to_string()
+                .contains("planned")
+        );
     }
 }

@@ -26,7 +26,10 @@ impl MetricsLogger {
         let mut obj = serde_json::Map::new();
         obj.insert("step".into(), step.into());
         for (k, v) in values {
-            obj.insert(k.clone(), serde_json::Number::from_f64(*v).map_or(serde_json::Value::Null, Into::into));
+            obj.insert(
+                k.clone(),
+                serde_json::Number::from_f64(*v).map_or(serde_json::Value::Null, Into::into),
+            );
         }
         let line = serde_json::Value::Object(obj).to_string();
         append(&self.jsonl, &format!("{line}\n"))?;
@@ -45,14 +48,26 @@ impl MetricsLogger {
     /// after its last checkpoint), so a resumed run does not log them twice.
     pub fn truncate_after(&self, step: u64) -> Result<()> {
         rewrite_filtered(&self.jsonl, |line| {
-            serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v.get("step")?.as_u64()).is_none_or(|s| s <= step)
+            serde_json::from_str::<serde_json::Value>(line)
+                .ok()
+                .and_then(|v| v.get("step")?.as_u64())
+                .is_none_or(|s| s <= step)
         })?;
-        rewrite_filtered(&self.csv, |line| line.split(',').next().and_then(|s| s.parse::<u64>().ok()).is_none_or(|s| s <= step))
+        rewrite_filtered(&self.csv, |line| {
+            line.split(',')
+                .next()
+                .and_then(|s| s.parse::<u64>().ok())
+                .is_none_or(|s| s <= step)
+        })
     }
 }
 
 fn append(path: &Path, text: &str) -> Result<()> {
-    let mut f = OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
     f.write_all(text.as_bytes()).map_err(|e| Error::io(path, e))
 }
 
@@ -61,7 +76,11 @@ fn rewrite_filtered(path: &Path, keep: impl Fn(&str) -> bool) -> Result<()> {
         return Ok(());
     }
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let kept: String = text.lines().filter(|l| keep(l)).map(|l| format!("{l}\n")).collect();
+    let kept: String = text
+        .lines()
+        .filter(|l| keep(l))
+        .map(|l| format!("{l}\n"))
+        .collect();
     if kept.len() == text.len() {
         return Ok(());
     }
@@ -75,6 +94,8 @@ pub fn read_jsonl(path: &Path) -> Result<Vec<serde_json::Map<String, serde_json:
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).map_err(|e| Error::Other(format!("{}: {e}", path.display()))))
+        .map(|l| {
+            serde_json::from_str(l).map_err(|e| Error::Other(format!("{}: {e}", path.display())))
+        })
         .collect()
 }

@@ -34,7 +34,10 @@ impl RunDir {
     pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
         let root = path.into();
         if !root.is_dir() {
-            return Err(Error::Config(format!("{} is not a run directory (it does not exist)", root.display())));
+            return Err(Error::Config(format!(
+                "{} is not a run directory (it does not exist)",
+                root.display()
+            )));
         }
         Ok(Self { root })
     }
@@ -67,9 +70,15 @@ impl RunDir {
 
 fn is_empty_dir(path: &Path) -> Result<bool> {
     if !path.is_dir() {
-        return Err(Error::Config(format!("{} exists and is not a directory", path.display())));
+        return Err(Error::Config(format!(
+            "{} exists and is not a directory",
+            path.display()
+        )));
     }
-    Ok(std::fs::read_dir(path).map_err(|e| Error::io(path, e))?.next().is_none())
+    Ok(std::fs::read_dir(path)
+        .map_err(|e| Error::io(path, e))?
+        .next()
+        .is_none())
 }
 
 #[cfg(test)]
@@ -83,8 +92,14 @@ mod tests {
         RunDir::create(&dir, false).unwrap();
         std::fs::write(dir.join("keep.txt"), "data").unwrap();
         let err = RunDir::create(&dir, false).unwrap_err().to_string();
-        assert!(err.contains("--resume") && err.contains("--overwrite"), "{err}");
-        assert!(dir.join("keep.txt").exists(), "nothing may be deleted without --overwrite");
+        assert!(
+            err.contains("--resume") && err.contains("--overwrite"),
+            "{err}"
+        );
+        assert!(
+            dir.join("keep.txt").exists(),
+            "nothing may be deleted without --overwrite"
+        );
         RunDir::create(&dir, true).unwrap();
         assert!(!dir.join("keep.txt").exists());
     }

@@ -32,7 +32,10 @@ impl Schedule {
     pub fn lr(&self, base: f64, step: u64, total: u64) -> f64 {
         match *self {
             Schedule::Constant => base,
-            Schedule::Cosine { warmup_steps, min_lr } => {
+            Schedule::Cosine {
+                warmup_steps,
+                min_lr,
+            } => {
                 if step < warmup_steps {
                     // nanoGPT: learning_rate * (it + 1) / (warmup_iters + 1)
                     return base * (step + 1) as f64 / (warmup_steps + 1) as f64;
@@ -50,7 +53,11 @@ impl Schedule {
 
     /// The multiplier of the base rate at `step`.
     pub fn factor(&self, base: f64, step: u64, total: u64) -> f64 {
-        if base == 0.0 { 1.0 } else { self.lr(base, step, total) / base }
+        if base == 0.0 {
+            1.0
+        } else {
+            self.lr(base, step, total) / base
+        }
     }
 }
 
@@ -60,7 +67,10 @@ mod tests {
 
     #[test]
     fn cosine_warms_up_then_decays_monotonically() {
-        let s = Schedule::Cosine { warmup_steps: 100, min_lr: 1e-4 };
+        let s = Schedule::Cosine {
+            warmup_steps: 100,
+            min_lr: 1e-4,
+        };
         let lrs: Vec<f64> = (0..2000).map(|t| s.lr(1e-3, t, 2000)).collect();
         assert!(lrs[0] < lrs[50] && lrs[50] < lrs[99]);
         assert!((lrs[100] - 1e-3).abs() < 1e-12);

@@ -54,7 +54,10 @@ impl Trainer {
         Self {
             run,
             config,
-            identity: CheckpointIdentity { model: "model".into(), fingerprint: String::new() },
+            identity: CheckpointIdentity {
+                model: "model".into(),
+                fingerprint: String::new(),
+            },
             config_text: None,
             resume: false,
             stop_after: None,
@@ -65,7 +68,10 @@ impl Trainer {
     /// Names the model and its config; checkpoints of any other model or
     /// config are refused on resume.
     pub fn identity(mut self, model: impl Into<String>, fingerprint: impl Into<String>) -> Self {
-        self.identity = CheckpointIdentity { model: model.into(), fingerprint: fingerprint.into() };
+        self.identity = CheckpointIdentity {
+            model: model.into(),
+            fingerprint: fingerprint.into(),
+        };
         self
     }
 
@@ -114,8 +120,10 @@ impl Trainer {
             ProgressBar::hidden()
         };
         bar.set_style(
-            ProgressStyle::with_template("{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}")
-                .expect("valid template"),
+            ProgressStyle::with_template(
+                "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+            )
+            .expect("valid template"),
         );
         let say = |msg: &str| {
             if bar.is_hidden() {
@@ -136,9 +144,15 @@ impl Trainer {
                     step = manifest.step;
                     (epoch, index) = (manifest.epoch, manifest.batch_in_epoch);
                     logger.truncate_after(step)?;
-                    say(&format!("resuming from {} (step {step} of {total})", dir.display()));
+                    say(&format!(
+                        "resuming from {} (step {step} of {total})",
+                        dir.display()
+                    ));
                 }
-                None => say(&format!("no checkpoint in {} yet: starting from step 0", ckpt_dir.display())),
+                None => say(&format!(
+                    "no checkpoint in {} yet: starting from step 0",
+                    ckpt_dir.display()
+                )),
             }
         } else if !checkpoint::list_checkpoints(&ckpt_dir)?.is_empty() {
             return Err(Error::Config(format!(
@@ -148,7 +162,10 @@ impl Trainer {
         }
 
         let params = family.num_params();
-        say(&format!("{} parameters; {total} steps ({batches_per_epoch} per epoch)", params));
+        say(&format!(
+            "{} parameters; {total} steps ({batches_per_epoch} per epoch)",
+            params
+        ));
         bar.set_position(step);
 
         let end = match self.stop_after {
@@ -171,6 +188,7 @@ impl Trainer {
                 lr_factor: cfg.schedule.factor(cfg.lr, step, total),
                 clip_norm: cfg.clip_norm,
                 grad_norms: Vec::new(),
+                warnings: Vec::new(),
             };
             let lr = ctx.lr();
             let t0 = Instant::now();
@@ -179,7 +197,14 @@ impl Trainer {
             family = next;
             if let Some((name, value)) = metrics.first_non_finite() {
                 bar.abandon();
-                return Err(Error::NonFinite { step: step + 1, name: format!("train_{name}"), value });
+                return Err(Error::NonFinite {
+                    step: step + 1,
+                    name: format!("train_{name}"),
+                    value,
+                });
+            }
+            for warning in &ctx.warnings {
+                say(&format!("warning at step {}: {warning}", step + 1));
             }
             if let Some(norm) = ctx.grad_norms.first() {
                 metrics.push("grad_norm", *norm);
@@ -200,33 +225,56 @@ impl Trainer {
             if step % cfg.log_every.max(1) == 0 || last {
                 let elapsed = window_start.elapsed().as_secs_f64().max(1e-9);
                 last_train = window.mean();
-                let mut record: Vec<(String, f64)> = last_train.iter().map(|(k, v)| (format!("train_{k}"), v)).collect();
+                let mut record: Vec<(String, f64)> = last_train
+                    .iter()
+                    .map(|(k, v)| (format!("train_{k}"), v))
+                    .collect();
                 record.push(("lr".into(), lr));
-                record.push(("epoch".into(), epoch as f64 + index as f64 / batches_per_epoch as f64));
+                record.push((
+                    "epoch".into(),
+                    epoch as f64 + index as f64 / batches_per_epoch as f64,
+                ));
                 record.push(("steps_per_sec".into(), window.count as f64 / elapsed));
                 logger.log(step, &record)?;
                 window = MetricWindow::default();
                 window_start = Instant::now();
             }
-            let eval_due = if cfg.eval_every == 0 { epoch_end || step == total } else { step % cfg.eval_every == 0 || step == total };
+            let eval_due = if cfg.eval_every == 0 {
+                epoch_end || step == total
+            } else {
+                step % cfg.eval_every == 0 || step == total
+            };
             if eval_due && data.eval_batches() > 0 {
                 let eval = evaluate(&family, data, device, cfg, step)?;
-                let record: Vec<(String, f64)> = eval.iter().map(|(k, v)| (format!("test_{k}"), v)).collect();
+                let record: Vec<(String, f64)> =
+                    eval.iter().map(|(k, v)| (format!("test_{k}"), v)).collect();
                 logger.log(step, &record)?;
                 say(&format!(
                     "step {step}: {}",
-                    record.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(", ")
+                    record
+                        .iter()
+                        .map(|(k, v)| format!("{k} {v:.4}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ));
                 if let Some((name, value)) = eval.first_non_finite() {
                     bar.abandon();
-                    return Err(Error::NonFinite { step, name: format!("test_{name}"), value });
+                    return Err(Error::NonFinite {
+                        step,
+                        name: format!("test_{name}"),
+                        value,
+                    });
                 }
                 last_eval = Some(eval);
             }
             if cfg.sample_every > 0 && step % cfg.sample_every == 0 {
                 write_grid(&family, &self.run, cfg, &format!("step-{step:08}.png"))?;
             }
-            let ckpt_due = if cfg.checkpoint_every == 0 { epoch_end } else { step % cfg.checkpoint_every == 0 };
+            let ckpt_due = if cfg.checkpoint_every == 0 {
+                epoch_end
+            } else {
+                step % cfg.checkpoint_every == 0
+            };
             if ckpt_due || last {
                 let manifest = Manifest {
                     format_version: checkpoint::FORMAT_VERSION,
@@ -243,7 +291,8 @@ impl Trainer {
                 checkpoint::write_checkpoint(&ckpt_dir, manifest, |dir| {
                     family.save(dir)?;
                     if let Some(text) = &self.config_text {
-                        std::fs::write(dir.join("config.toml"), text).map_err(|e| Error::io(dir, e))?;
+                        std::fs::write(dir.join("config.toml"), text)
+                            .map_err(|e| Error::io(dir, e))?;
                     }
                     Ok(())
                 })?;
@@ -252,14 +301,29 @@ impl Trainer {
         }
         if step == total && step > start_step {
             write_grid(&family, &self.run, cfg, "final.png")?;
+            write_progress_strip(&self.run.samples_dir())?;
         }
         bar.finish_and_clear();
-        Ok(TrainOutcome { family, step, total_steps: total, last_train, last_eval, train_seconds, steps_this_call: step - start_step })
+        Ok(TrainOutcome {
+            family,
+            step,
+            total_steps: total,
+            last_train,
+            last_eval,
+            train_seconds,
+            steps_this_call: step - start_step,
+        })
     }
 }
 
 /// Averages a family's metrics over held-out batches, weighting by batch size.
-pub fn evaluate<B, F, D>(family: &F, data: &D, device: &B::Device, cfg: &TrainConfig, step: u64) -> Result<Metrics>
+pub fn evaluate<B, F, D>(
+    family: &F,
+    data: &D,
+    device: &B::Device,
+    cfg: &TrainConfig,
+    step: u64,
+) -> Result<Metrics>
 where
     B: AutodiffBackend,
     F: Family<B>,
@@ -267,7 +331,9 @@ where
 {
     // Evaluation noise is seeded too, so an evaluation is reproducible.
     B::seed(device, derive(cfg.seed, "eval", step));
-    let batches = cfg.eval_batches.map_or(data.eval_batches(), |n| n.min(data.eval_batches()));
+    let batches = cfg
+        .eval_batches
+        .map_or(data.eval_batches(), |n| n.min(data.eval_batches()));
     let mut sums: Vec<(String, f64)> = Vec::new();
     let mut count = 0usize;
     for i in 0..batches {
@@ -281,14 +347,78 @@ where
         }
         count += n;
     }
-    Ok(Metrics(sums.into_iter().map(|(k, s)| (k, s / count.max(1) as f64)).collect()))
+    Ok(Metrics(
+        sums.into_iter()
+            .map(|(k, s)| (k, s / count.max(1) as f64))
+            .collect(),
+    ))
 }
 
-fn write_grid<B: AutodiffBackend, F: Family<B>>(family: &F, run: &RunDir, cfg: &TrainConfig, name: &str) -> Result<()> {
+fn write_grid<B: AutodiffBackend, F: Family<B>>(
+    family: &F,
+    run: &RunDir,
+    cfg: &TrainConfig,
+    name: &str,
+) -> Result<()> {
     // One fixed noise seed for every grid of a run, so grids show progress, not noise.
-    let request = SampleRequest { n: cfg.samples, seed: derive(cfg.seed, "grid", 0), class: None };
+    let request = SampleRequest {
+        n: cfg.samples,
+        seed: derive(cfg.seed, "grid", 0),
+        class: None,
+    };
     let images = family.sample_images(&request)?;
-    save_grid(images, default_columns(cfg.samples), &run.samples_dir().join(name))
+    save_grid(
+        images,
+        default_columns(cfg.samples),
+        &run.samples_dir().join(name),
+    )
+}
+
+/// Lays up to 8 of the run's periodic grids (`step-*.png`, evenly spaced,
+/// the last included) side by side in `progress.png`: training at a glance.
+fn write_progress_strip(samples: &std::path::Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(samples) else {
+        return Ok(());
+    };
+    let mut grids: Vec<std::path::PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("step-") && n.ends_with(".png"))
+        })
+        .collect();
+    grids.sort();
+    if grids.len() < 2 {
+        return Ok(());
+    }
+    let picks: Vec<&std::path::PathBuf> = if grids.len() <= 8 {
+        grids.iter().collect()
+    } else {
+        (0..8).map(|i| &grids[i * (grids.len() - 1) / 7]).collect()
+    };
+    let images = picks
+        .iter()
+        .map(|p| {
+            image::open(p)
+                .map(|i| i.to_rgb8())
+                .map_err(|e| Error::Other(format!("{}: {e}", p.display())))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let (w, h) = (
+        images.iter().map(|i| i.width()).sum::<u32>(),
+        images.iter().map(|i| i.height()).max().unwrap_or(0),
+    );
+    let mut strip = image::RgbImage::new(w, h);
+    let mut x = 0;
+    for img in &images {
+        image::imageops::replace(&mut strip, img, x as i64, 0);
+        x += img.width();
+    }
+    let path = samples.join("progress.png");
+    strip
+        .save(&path)
+        .map_err(|e| Error::Other(format!("{}: {e}", path.display())))
 }
 
 /// Running sums of training metrics between two log lines.
@@ -310,6 +440,11 @@ impl MetricWindow {
     }
 
     fn mean(&self) -> Metrics {
-        Metrics(self.sums.iter().map(|(k, s)| (k.clone(), s / self.count.max(1) as f64)).collect())
+        Metrics(
+            self.sums
+                .iter()
+                .map(|(k, s)| (k.clone(), s / self.count.max(1) as f64))
+                .collect(),
+        )
     }
 }

@@ -33,7 +33,12 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
             .with_beta_2(config.adam_beta2)
             .with_epsilon(config.adam_eps)
             .init();
-        Self { model, optimizer, config, device: device.clone() }
+        Self {
+            model,
+            optimizer,
+            config,
+            device: device.clone(),
+        }
     }
 
     /// The configuration it was built from.
@@ -44,12 +49,22 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
     /// The importance-weighted NLL estimate (nats per image) of a batch, averaged.
     pub fn iwae_nll(&self, batch: &ImageBatch<B>, k: usize) -> f64 {
         let model = self.model.valid();
-        iwae_nll(&model, batch.images.clone().inner(), batch.labels.clone().inner(), k).mean().into_scalar().elem()
+        iwae_nll(
+            &model,
+            batch.images.clone().inner(),
+            batch.labels.clone().inner(),
+            k,
+        )
+        .mean()
+        .into_scalar()
+        .elem()
     }
 
     /// Reconstructions of a batch's images in `[0, 1]`.
     pub fn reconstruct(&self, batch: &ImageBatch<B>) -> Tensor<B::InnerBackend, 4> {
-        self.model.valid().reconstruct(batch.images.clone().inner(), batch.labels.clone().inner())
+        self.model
+            .valid()
+            .reconstruct(batch.images.clone().inner(), batch.labels.clone().inner())
     }
 }
 
@@ -60,7 +75,11 @@ impl<B: AutodiffBackend> Family<B> for VaeTrainer<B> {
         self.model.num_params()
     }
 
-    fn train_step(mut self, batch: ImageBatch<B>, ctx: &mut StepContext) -> Result<(Self, Metrics)> {
+    fn train_step(
+        mut self,
+        batch: ImageBatch<B>,
+        ctx: &mut StepContext,
+    ) -> Result<(Self, Metrics)> {
         let pixels = self.config.pixels() as f64;
         let terms = elbo_terms(&self.model, batch.images, batch.labels);
         let loss = terms.loss(self.config.beta);
@@ -100,13 +119,24 @@ impl<B: AutodiffBackend> Family<B> for VaeTrainer<B> {
             return Err(genzoo_core::Error::Config(if classes == 0 {
                 "this VAE is not class-conditional: --class needs a conditional preset (cvae-mlp, cvae-conv)".into()
             } else {
-                format!("class {c} is out of range: the model knows classes 0..{}", classes - 1)
+                format!(
+                    "class {c} is out of range: the model knows classes 0..{}",
+                    classes - 1
+                )
             }));
         }
         // Without a class, a conditional model cycles through the classes (one per column of an 8-wide grid... or row).
-        let labels: Vec<i64> =
-            (0..request.n).map(|i| request.class.unwrap_or(if classes > 0 { i % classes } else { 0 }) as i64).collect();
-        let labels = Tensor::<B::InnerBackend, 1, Int>::from_data(TensorData::new(labels, [request.n]), device);
+        let labels: Vec<i64> = (0..request.n)
+            .map(|i| {
+                request
+                    .class
+                    .unwrap_or(if classes > 0 { i % classes } else { 0 }) as i64
+            })
+            .collect();
+        let labels = Tensor::<B::InnerBackend, 1, Int>::from_data(
+            TensorData::new(labels, [request.n]),
+            device,
+        );
         B::InnerBackend::seed(device, request.seed);
         Ok(self.model.valid().sample(labels, device))
     }
@@ -118,7 +148,8 @@ impl<B: AutodiffBackend> Family<B> for VaeTrainer<B> {
 
     fn load(mut self, dir: &Path) -> Result<Self> {
         self.model = load_module(self.model, &dir.join("model"), &self.device)?;
-        self.optimizer = load_optimizer::<B, _, _>(self.optimizer, &dir.join("optimizer"), &self.device)?;
+        self.optimizer =
+            load_optimizer::<B, _, _>(self.optimizer, &dir.join("optimizer"), &self.device)?;
         Ok(self)
     }
 }

@@ -86,7 +86,11 @@ impl VaeConfig {
 
     /// Width of the one-hot label input (0 when unconditional).
     pub fn label_width(&self) -> usize {
-        if self.conditional { self.num_classes } else { 0 }
+        if self.conditional {
+            self.num_classes
+        } else {
+            0
+        }
     }
 
     /// Rejects configurations no network can be built from.
@@ -95,14 +99,22 @@ impl VaeConfig {
         if self.pixels() == 0 || self.hidden == 0 || self.latent == 0 {
             return bad("channels, height, width, hidden and latent must be positive".into());
         }
-        if self.architecture == VaeArchitecture::Conv && (self.height % 4 != 0 || self.width % 4 != 0) {
-            return bad(format!("the conv architecture needs height and width divisible by 4, got {}x{}", self.height, self.width));
+        if self.architecture == VaeArchitecture::Conv
+            && (self.height % 4 != 0 || self.width % 4 != 0)
+        {
+            return bad(format!(
+                "the conv architecture needs height and width divisible by 4, got {}x{}",
+                self.height, self.width
+            ));
         }
         if self.conditional && self.num_classes < 2 {
             return bad("a conditional VAE needs at least 2 classes".into());
         }
         if !(self.beta >= 0.0 && self.beta.is_finite()) {
-            return bad(format!("beta must be a non-negative number, got {}", self.beta));
+            return bad(format!(
+                "beta must be a non-negative number, got {}",
+                self.beta
+            ));
         }
         Ok(())
     }
@@ -113,12 +125,26 @@ impl VaeConfig {
         let [c1, c2] = CONV_CHANNELS;
         let (h4, w4) = (self.height / 4, self.width / 4);
         let conv = |cin: usize, cout: usize| {
-            Conv2dConfig::new([cin, cout], [4, 4]).with_stride([2, 2]).with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1)).init(device)
+            Conv2dConfig::new([cin, cout], [4, 4])
+                .with_stride([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(device)
         };
-        let deconv = |cin: usize, cout: usize| ConvTranspose2dConfig::new([cin, cout], [4, 4]).with_stride([2, 2]).with_padding([1, 1]).init(device);
+        let deconv = |cin: usize, cout: usize| {
+            ConvTranspose2dConfig::new([cin, cout], [4, 4])
+                .with_stride([2, 2])
+                .with_padding([1, 1])
+                .init(device)
+        };
         let (features, flat) = match self.architecture {
             VaeArchitecture::Mlp => (None, self.pixels()),
-            VaeArchitecture::Conv => (Some(ConvFeatures { conv1: conv(self.channels, c1), conv2: conv(c1, c2) }), c2 * h4 * w4),
+            VaeArchitecture::Conv => (
+                Some(ConvFeatures {
+                    conv1: conv(self.channels, c1),
+                    conv2: conv(c1, c2),
+                }),
+                c2 * h4 * w4,
+            ),
         };
         let encoder = Encoder {
             features,
@@ -128,7 +154,13 @@ impl VaeConfig {
         };
         let (upsample, out) = match self.architecture {
             VaeArchitecture::Mlp => (None, self.pixels()),
-            VaeArchitecture::Conv => (Some(ConvUpsample { deconv1: deconv(c2, c1), deconv2: deconv(c1, self.channels) }), c2 * h4 * w4),
+            VaeArchitecture::Conv => (
+                Some(ConvUpsample {
+                    deconv1: deconv(c2, c1),
+                    deconv2: deconv(c1, self.channels),
+                }),
+                c2 * h4 * w4,
+            ),
         };
         let decoder = Decoder {
             hidden: LinearConfig::new(self.latent + y, self.hidden).init(device),
@@ -218,7 +250,11 @@ impl<B: Backend> Vae<B> {
     /// - images: `[batch, channels, height, width]`
     /// - condition: `[batch, num_classes]`
     /// - returns (μ, log σ²): `[batch, latent]` each
-    pub fn encode(&self, images: Tensor<B, 4>, condition: Option<Tensor<B, 2>>) -> (Tensor<B, 2>, Tensor<B, 2>) {
+    pub fn encode(
+        &self,
+        images: Tensor<B, 4>,
+        condition: Option<Tensor<B, 2>>,
+    ) -> (Tensor<B, 2>, Tensor<B, 2>) {
         let n = images.dims()[0];
         let flat = match &self.encoder.features {
             None => images.reshape([n as i32, -1]),
@@ -230,7 +266,10 @@ impl<B: Backend> Vae<B> {
         };
         let input = with_condition(flat, condition);
         let h = relu(self.encoder.hidden.forward(input)); // [N, hidden]
-        (self.encoder.mu.forward(h.clone()), self.encoder.log_var.forward(h))
+        (
+            self.encoder.mu.forward(h.clone()),
+            self.encoder.log_var.forward(h),
+        )
     }
 
     /// Bernoulli logits of p(x|z,y).
@@ -295,6 +334,7 @@ mod tests {
 
     #[test]
     fn vae_mlp_has_the_reference_parameter_count() {
+        let _guard = crate::rng_lock();
         // Linear(784,400) + 2×Linear(400,20) + Linear(20,400) + Linear(400,784), weights and biases:
         // 314,000 + 2×8,020 + 8,400 + 314,384 = 652,824
         let model: Vae<CpuBackend> = VaeConfig::default().init(&CpuDevice::default());
@@ -303,11 +343,20 @@ mod tests {
 
     #[test]
     fn shapes_for_every_variant() {
+        let _guard = crate::rng_lock();
         let dev = CpuDevice::default();
         for architecture in [VaeArchitecture::Mlp, VaeArchitecture::Conv] {
             for (c, h, w) in [(1, 28, 28), (3, 32, 32)] {
                 for conditional in [false, true] {
-                    let cfg = VaeConfig { architecture, channels: c, height: h, width: w, conditional, num_classes: if conditional { 10 } else { 0 }, ..Default::default() };
+                    let cfg = VaeConfig {
+                        architecture,
+                        channels: c,
+                        height: h,
+                        width: w,
+                        conditional,
+                        num_classes: if conditional { 10 } else { 0 },
+                        ..Default::default()
+                    };
                     let model: Vae<CpuBackend> = cfg.init(&dev);
                     let x = Tensor::<CpuBackend, 4>::ones([3, c, h, w], &dev);
                     let labels = Tensor::<CpuBackend, 1, Int>::from_ints([1, 2, 3], &dev);
@@ -327,9 +376,24 @@ mod tests {
 
     #[test]
     fn invalid_configs_are_rejected() {
-        let conv_odd = VaeConfig { architecture: VaeArchitecture::Conv, height: 30, ..Default::default() };
-        assert!(conv_odd.validate().unwrap_err().to_string().contains("divisible by 4"));
-        let cond = VaeConfig { conditional: true, num_classes: 0, ..Default::default() };
+        let _guard = crate::rng_lock();
+        let conv_odd = VaeConfig {
+            architecture: VaeArchitecture::Conv,
+            height: 30,
+            ..Default::default()
+        };
+        assert!(
+            conv_odd
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("divisible by 4")
+        );
+        let cond = VaeConfig {
+            conditional: true,
+            num_classes: 0,
+            ..Default::default()
+        };
         assert!(cond.validate().is_err());
     }
 }

@@ -44,11 +44,15 @@ impl<B: Backend> ElboTerms<B> {
 /// # Shapes
 /// - logits, targets: `[batch, ...]` (any rank, flattened per example)
 /// - returns: `[batch]`
-pub fn bernoulli_nll<B: Backend, const D: usize>(logits: Tensor<B, D>, targets: Tensor<B, D>) -> Tensor<B, 1> {
+pub fn bernoulli_nll<B: Backend, const D: usize>(
+    logits: Tensor<B, D>,
+    targets: Tensor<B, D>,
+) -> Tensor<B, 1> {
     let n = logits.dims()[0];
     let logits = logits.reshape([n as i32, -1]);
     let targets = targets.reshape([n as i32, -1]);
-    let per_pixel = relu(logits.clone()) - logits.clone() * targets + logits.abs().neg().exp().log1p();
+    let per_pixel =
+        relu(logits.clone()) - logits.clone() * targets + logits.abs().neg().exp().log1p();
     per_pixel.sum_dim(1).reshape([n])
 }
 
@@ -64,12 +68,19 @@ pub fn gaussian_kl<B: Backend>(mu: Tensor<B, 2>, log_var: Tensor<B, 2>) -> Tenso
 }
 
 /// One-sample estimate of the objective's terms for a batch.
-pub fn elbo_terms<B: Backend>(model: &Vae<B>, images: Tensor<B, 4>, labels: Tensor<B, 1, Int>) -> ElboTerms<B> {
+pub fn elbo_terms<B: Backend>(
+    model: &Vae<B>,
+    images: Tensor<B, 4>,
+    labels: Tensor<B, 1, Int>,
+) -> ElboTerms<B> {
     let condition = model.condition(labels);
     let (mu, log_var) = model.encode(images.clone(), condition.clone());
     let z = Vae::reparameterize(mu.clone(), log_var.clone());
     let logits = model.decode(z, condition);
-    ElboTerms { reconstruction: bernoulli_nll(logits, images), kl: gaussian_kl(mu, log_var) }
+    ElboTerms {
+        reconstruction: bernoulli_nll(logits, images),
+        kl: gaussian_kl(mu, log_var),
+    }
 }
 
 /// The importance-weighted estimate of −log p(x) (Burda et al. 2016, eq. 8)
@@ -80,7 +91,12 @@ pub fn elbo_terms<B: Backend>(model: &Vae<B>, images: Tensor<B, 4>, labels: Tens
 /// ```
 ///
 /// It is an upper bound on the NLL that tightens as k grows (k = 1 is the −ELBO).
-pub fn iwae_nll<B: Backend>(model: &Vae<B>, images: Tensor<B, 4>, labels: Tensor<B, 1, Int>, k: usize) -> Tensor<B, 1> {
+pub fn iwae_nll<B: Backend>(
+    model: &Vae<B>,
+    images: Tensor<B, 4>,
+    labels: Tensor<B, 1, Int>,
+    k: usize,
+) -> Tensor<B, 1> {
     let k = k.max(1);
     let [n, c, h, w] = images.dims();
     let condition = model.condition(labels);
@@ -93,8 +109,14 @@ pub fn iwae_nll<B: Backend>(model: &Vae<B>, images: Tensor<B, 4>, labels: Tensor
     let logits = model.decode(z.clone(), condition.map(|c| c.repeat_dim(0, k)));
     let log_px_z = bernoulli_nll(logits, images.repeat_dim(0, k)).neg(); // [k·n]
     let ln_2pi = (2.0 * std::f64::consts::PI).ln();
-    let log_pz = (z.clone().powi_scalar(2) + ln_2pi).sum_dim(1).reshape([k * n]) * -0.5;
-    let log_qz = ((z - mu_k).powi_scalar(2) / log_var_k.clone().exp() + log_var_k + ln_2pi).sum_dim(1).reshape([k * n]) * -0.5;
+    let log_pz = (z.clone().powi_scalar(2) + ln_2pi)
+        .sum_dim(1)
+        .reshape([k * n])
+        * -0.5;
+    let log_qz = ((z - mu_k).powi_scalar(2) / log_var_k.clone().exp() + log_var_k + ln_2pi)
+        .sum_dim(1)
+        .reshape([k * n])
+        * -0.5;
     let log_w = (log_px_z + log_pz - log_qz).reshape([k, n]);
     // log-mean-exp over the k samples, stabilised by the max.
     let max = log_w.clone().max_dim(0); // [1, n]
@@ -111,6 +133,7 @@ mod tests {
 
     #[test]
     fn bce_matches_the_naive_formula() {
+        let _guard = crate::rng_lock();
         let dev = CpuDevice::default();
         let l = Tensor::<CpuBackend, 2>::from_floats([[0.5, -2.0, 3.0]], &dev);
         let x = Tensor::<CpuBackend, 2>::from_floats([[1.0, 0.25, 0.0]], &dev);
@@ -127,9 +150,16 @@ mod tests {
 
     #[test]
     fn kl_is_zero_at_the_prior_and_positive_elsewhere() {
+        let _guard = crate::rng_lock();
         let dev = CpuDevice::default();
         let zero = Tensor::<CpuBackend, 2>::zeros([2, 3], &dev);
-        assert!(gaussian_kl(zero.clone(), zero.clone()).abs().max().into_scalar() < 1e-7);
+        assert!(
+            gaussian_kl(zero.clone(), zero.clone())
+                .abs()
+                .max()
+                .into_scalar()
+                < 1e-7
+        );
         let mu = Tensor::<CpuBackend, 2>::ones([1, 1], &dev);
         // KL(N(1,1) || N(0,1)) = 0.5
         assert!((gaussian_kl(mu, Tensor::zeros([1, 1], &dev)).into_scalar() - 0.5).abs() < 1e-6);
@@ -137,12 +167,32 @@ mod tests {
 
     #[test]
     fn iwae_bound_is_tighter_than_the_elbo_on_average() {
+        let _guard = crate::rng_lock();
         let dev = CpuDevice::default();
         CpuBackend::seed(&dev, 3);
-        let model = VaeConfig { hidden: 32, latent: 4, height: 8, width: 8, ..Default::default() }.init::<CpuBackend>(&dev);
-        let x = Tensor::<CpuBackend, 4>::random([16, 1, 8, 8], burn::tensor::Distribution::Uniform(0.0, 1.0), &dev);
+        let model = VaeConfig {
+            hidden: 32,
+            latent: 4,
+            height: 8,
+            width: 8,
+            ..Default::default()
+        }
+        .init::<CpuBackend>(&dev);
+        let x = Tensor::<CpuBackend, 4>::random(
+            [16, 1, 8, 8],
+            burn::tensor::Distribution::Uniform(0.0, 1.0),
+            &dev,
+        );
         let labels = Tensor::<CpuBackend, 1, Int>::zeros([16], &dev);
-        let elbo: f32 = (0..20).map(|_| elbo_terms(&model, x.clone(), labels.clone()).neg_elbo().mean().into_scalar()).sum::<f32>() / 20.0;
+        let elbo: f32 = (0..20)
+            .map(|_| {
+                elbo_terms(&model, x.clone(), labels.clone())
+                    .neg_elbo()
+                    .mean()
+                    .into_scalar()
+            })
+            .sum::<f32>()
+            / 20.0;
         let iwae: f32 = iwae_nll(&model, x, labels, 64).mean().into_scalar();
         assert!(iwae < elbo, "IWAE {iwae} should be below the -ELBO {elbo}");
         assert!(iwae > 0.0);
