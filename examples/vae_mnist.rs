@@ -60,8 +60,8 @@ fn main() -> Result<()> {
 
     // 4. Reconstructions: 16 test images (top two rows) above their reconstructions.
     let (batch, _) = TrainData::<B>::eval_batch(&data, 0, &device);
-    let originals = batch.images.clone().inner().slice([0..16]);
-    let reconstructions = vae.reconstruct(&batch).slice([0..16]);
+    let originals = batch.images.clone().inner().narrow(0, 0, 16);
+    let reconstructions = vae.reconstruct(&batch).narrow(0, 0, 16);
     save_grid(
         Tensor::cat(vec![originals, reconstructions], 0),
         8,

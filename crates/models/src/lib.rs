@@ -3,7 +3,7 @@
 //! The model families, one folder each: the network in one file that reads
 //! like its paper, the objective beside it, the training step (the
 //! [`genzoo_core::Family`] implementation) in `family.rs`, and named
-//! configurations in [`presets`].
+//! configurations in [`presets`](mod@presets).
 //!
 //! Built so far: [`vae`] (MLP and convolutional, β-VAE, class-conditional)
 //! and [`gan`] (DCGAN, class-conditional DCGAN, SNGAN, WGAN-GP). DDPM and

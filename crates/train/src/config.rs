@@ -106,7 +106,7 @@ impl TrainConfig {
             )));
         }
         if let Some(c) = self.clip_norm
-            && !(c > 0.0)
+            && c.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
         {
             return Err(Error::Config(format!(
                 "clip_norm must be positive, got {c}"

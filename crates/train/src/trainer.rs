@@ -222,7 +222,7 @@ impl Trainer {
 
             let last = step == end;
             let epoch_end = index == 0;
-            if step % cfg.log_every.max(1) == 0 || last {
+            if step.is_multiple_of(cfg.log_every.max(1)) || last {
                 let elapsed = window_start.elapsed().as_secs_f64().max(1e-9);
                 last_train = window.mean();
                 let mut record: Vec<(String, f64)> = last_train
@@ -242,7 +242,7 @@ impl Trainer {
             let eval_due = if cfg.eval_every == 0 {
                 epoch_end || step == total
             } else {
-                step % cfg.eval_every == 0 || step == total
+                step.is_multiple_of(cfg.eval_every) || step == total
             };
             if eval_due && data.eval_batches() > 0 {
                 let eval = evaluate(&family, data, device, cfg, step)?;
@@ -267,13 +267,13 @@ impl Trainer {
                 }
                 last_eval = Some(eval);
             }
-            if cfg.sample_every > 0 && step % cfg.sample_every == 0 {
+            if cfg.sample_every > 0 && step.is_multiple_of(cfg.sample_every) {
                 write_grid(&family, &self.run, cfg, &format!("step-{step:08}.png"))?;
             }
             let ckpt_due = if cfg.checkpoint_every == 0 {
                 epoch_end
             } else {
-                step % cfg.checkpoint_every == 0
+                step.is_multiple_of(cfg.checkpoint_every)
             };
             if ckpt_due || last {
                 let manifest = Manifest {

@@ -96,7 +96,7 @@ impl GanConfig {
     /// Rejects configurations no GAN can be built or trained from.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(format!("gan: {m}")));
-        if self.height % 4 != 0 || self.width % 4 != 0 || self.height == 0 || self.width == 0 {
+        if !self.height.is_multiple_of(4) || !self.width.is_multiple_of(4) || self.height == 0 || self.width == 0 {
             return bad(format!(
                 "height and width must be positive multiples of 4, got {}x{}",
                 self.height, self.width
@@ -350,7 +350,7 @@ impl<B: AutodiffBackend> Family<B> for GanTrainer<B> {
             ctx,
         )?;
         let mut metrics = Metrics::new().with("d_loss", d.loss);
-        if ctx.step % self.config.n_critic == 0 {
+        if ctx.step.is_multiple_of(self.config.n_critic) {
             let (g_loss, g_norm) = self.generator_update(fake, batch.labels, ctx)?;
             metrics.push("g_loss", g_loss);
             metrics.push("g_grad_norm", g_norm);

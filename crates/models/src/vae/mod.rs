@@ -1,7 +1,7 @@
 //! Variational autoencoders (Kingma & Welling 2014), with β-VAE (Higgins et
 //! al. 2017) and class conditioning (Sohn et al. 2015).
 //!
-//! - [`model`]: encoder q(z|x[,y]) and decoder p(x|z[,y]), MLP or convolutional.
+//! - [`model`]: encoder q(z | x, y) and decoder p(x | z, y) (y only when class-conditional), MLP or convolutional.
 //! - [`objective`]: the negative ELBO (Bernoulli NLL + β·KL) and the
 //!   importance-weighted bound (Burda et al. 2016).
 //! - [`family`]: the training step with Adam.

@@ -100,7 +100,7 @@ impl VaeConfig {
             return bad("channels, height, width, hidden and latent must be positive".into());
         }
         if self.architecture == VaeArchitecture::Conv
-            && (self.height % 4 != 0 || self.width % 4 != 0)
+            && (!self.height.is_multiple_of(4) || !self.width.is_multiple_of(4))
         {
             return bad(format!(
                 "the conv architecture needs height and width divisible by 4, got {}x{}",
