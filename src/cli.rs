@@ -8,8 +8,9 @@ use clap::{Args, Parser, Subcommand};
 use genzoo_core::backend::{BackendTask, with_backend};
 use genzoo_core::family::SampleRequest;
 use genzoo_core::image::{default_columns, save_grid};
-use genzoo_core::{BackendKind, Error, Family, ImageBatch, Result};
-use genzoo_data::{DatasetSource, ImageData, Locator, load_image_dataset};
+use genzoo_core::{BackendKind, Error, Family, ImageBatch, Result, TextRequest, TokenBatch};
+use genzoo_data::{DatasetSource, ImageData, Locator, TextCorpus, TextData, load_image_dataset};
+use genzoo_models::ModelConfig;
 use genzoo_models::presets;
 use genzoo_models::presets::{FamilyTask, PLANNED, with_family};
 use genzoo_train::checkpoint::latest_good;
@@ -90,6 +91,12 @@ struct Overrides {
     /// Use only the first N training and test images.
     #[arg(long)]
     limit: Option<usize>,
+    /// A UTF-8 text file to train a language model (gpt-char) on.
+    #[arg(long)]
+    text: Option<PathBuf>,
+    /// Byte-level tokens (256) instead of the text's characters.
+    #[arg(long)]
+    bytes: bool,
     /// Checkpoint every N steps (0: every epoch).
     #[arg(long)]
     checkpoint_every: Option<u64>,
@@ -117,6 +124,12 @@ impl Overrides {
         }
         if let Some(v) = self.limit {
             c.data.limit = Some(v);
+        }
+        if let Some(v) = &self.text {
+            c.data.text = Some(v.clone());
+        }
+        if self.bytes {
+            c.data.bytes = true;
         }
         let t = &mut c.train;
         if let Some(v) = self.batch_size {
@@ -163,9 +176,31 @@ struct SampleArgs {
     /// Sample this class (class-conditional presets: cvae-mlp, cvae-conv, cdcgan-28).
     #[arg(long)]
     class: Option<usize>,
-    /// Output PNG.
+    /// Output PNG (image models).
     #[arg(long, default_value = "samples.png")]
     out: PathBuf,
+    /// Text to continue (text models).
+    #[arg(long, default_value = "")]
+    prompt: String,
+    /// Tokens to generate (text models).
+    #[arg(long, default_value_t = 500)]
+    tokens: usize,
+    /// Softmax temperature (0: greedy; text models).
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f64,
+    /// Sample among the k most likely tokens only (text models).
+    #[arg(long)]
+    top_k: Option<usize>,
+    /// Sample among the most likely tokens whose probabilities sum to p (text models).
+    #[arg(long)]
+    top_p: Option<f64>,
+    /// Generate without the key/value cache (for comparison).
+    #[arg(long)]
+    no_cache: bool,
+    /// Complete the run's first --n test images from their top R rows (gpt-pixel):
+    /// the grid shows the originals above their completions.
+    #[arg(long)]
+    complete_rows: Option<usize>,
     #[arg(long, default_value = "cpu")]
     backend: BackendKind,
 }
@@ -228,28 +263,12 @@ fn train(args: TrainArgs) -> Result<()> {
 
     // Fail before anything is written when the backend cannot run.
     genzoo_core::backend::check_available(args.overrides.backend)?;
-    let source: DatasetSource = config.data.dataset.parse()?;
-    let (mut train_set, mut test_set) =
-        load_image_dataset(&source, &Locator::from_env(config.data.data_dir.clone()))?;
-    if let Some(n) = config.data.limit {
-        (train_set, test_set) = (train_set.take(n), test_set.take(n));
-    }
-    let (c, h, w) = train_set.dims();
-    config.model.adapt_to_data(c, h, w, train_set.num_classes());
+    let data = if config.model.reads_text() {
+        load_text(&mut config)?
+    } else {
+        load_images(&mut config)?
+    };
     config.model.validate()?;
-    eprintln!(
-        "{}: {} training and {} test images of {c}x{h}x{w}",
-        source.name(),
-        train_set.len(),
-        test_set.len()
-    );
-    let data = ImageData::new(
-        train_set,
-        test_set,
-        config.train.batch_size,
-        config.data.scaling,
-        config.train.seed,
-    )?;
 
     let run = if args.resume {
         RunDir::open(&out).or_else(|_| RunDir::create(&out, false))?
@@ -268,12 +287,96 @@ fn train(args: TrainArgs) -> Result<()> {
     with_backend(args.overrides.backend, job)
 }
 
-struct TrainJob {
+/// The data of a run: images or a text corpus, as the model reads.
+enum JobData {
+    Images(ImageData),
+    Text(TextData),
+}
+
+fn load_images(config: &mut RunConfig) -> Result<JobData> {
+    let source: DatasetSource = config.data.dataset.parse()?;
+    let (mut train_set, mut test_set) =
+        load_image_dataset(&source, &Locator::from_env(config.data.data_dir.clone()))?;
+    if let Some(n) = config.data.limit {
+        (train_set, test_set) = (train_set.take(n), test_set.take(n));
+    }
+    let (c, h, w) = train_set.dims();
+    config.model.adapt_to_data(c, h, w, train_set.num_classes());
+    eprintln!(
+        "{}: {} training and {} test images of {c}x{h}x{w}",
+        source.name(),
+        train_set.len(),
+        test_set.len()
+    );
+    Ok(JobData::Images(ImageData::new(
+        train_set,
+        test_set,
+        config.train.batch_size,
+        config.data.scaling,
+        config.train.seed,
+    )?))
+}
+
+fn load_text(config: &mut RunConfig) -> Result<JobData> {
+    let path = config.data.text.clone().ok_or_else(|| {
+        Error::Config(format!(
+            "{} trains on text: pass --text FILE (a UTF-8 file)",
+            config.preset
+        ))
+    })?;
+    let corpus = TextCorpus::from_file(&path, config.data.bytes)?;
+    config
+        .model
+        .adapt_to_text(corpus.vocabulary.chars_string(), corpus.vocabulary.len());
+    let ModelConfig::Gpt(gpt) = &config.model else {
+        unreachable!("only GPTs read text")
+    };
+    eprintln!(
+        "{}: {} training and {} validation tokens, vocabulary of {}",
+        path.display(),
+        corpus.train.len(),
+        corpus.val.len(),
+        corpus.vocabulary.len()
+    );
+    let eval_batches = config.train.eval_batches.unwrap_or(200);
+    Ok(JobData::Text(TextData::new(
+        corpus,
+        gpt.block_size,
+        config.train.batch_size,
+        config.train.seed,
+        eval_batches,
+    )?))
+}
+
+struct TrainJob<D = JobData> {
     config: RunConfig,
     run: RunDir,
-    data: ImageData,
+    data: D,
     resume: bool,
     text: String,
+}
+
+impl TrainJob {
+    /// The job without its data, and the data.
+    fn split(self) -> (TrainJob<()>, JobData) {
+        let TrainJob {
+            config,
+            run,
+            data,
+            resume,
+            text,
+        } = self;
+        (
+            TrainJob {
+                config,
+                run,
+                data: (),
+                resume,
+                text,
+            },
+            data,
+        )
+    }
 }
 
 impl BackendTask for TrainJob {
@@ -296,46 +399,72 @@ struct FitJob<B: AutodiffBackend> {
     device: B::Device,
 }
 
+/// Trains `family` on `data` as the job says, and prints the figures.
+fn fit<B, F, D>(job: TrainJob<()>, device: &B::Device, family: F, data: &D) -> Result<()>
+where
+    B: AutodiffBackend,
+    F: Family<B>,
+    D: genzoo_core::TrainData<B, Batch = F::Batch>,
+{
+    let TrainJob {
+        config,
+        run,
+        resume,
+        text,
+        ..
+    } = job;
+    let started = Instant::now();
+    let trainer = Trainer::new(run.clone(), config.train.clone())
+        .identity(config.preset.clone(), config.model_fingerprint()?)
+        .config_text(text)
+        .resume(resume);
+    let outcome = trainer.fit(family, data, device)?;
+    let per_epoch = data.batches_per_epoch() as f64;
+    let secs = outcome.train_seconds;
+    let steps = outcome.steps_this_call.max(1) as f64;
+    println!(
+        "trained {} steps this call ({}/{} in total) in {:.1} s wall, {:.1} s in steps: {:.1} ms/step, {:.1} s/epoch",
+        outcome.steps_this_call,
+        outcome.step,
+        outcome.total_steps,
+        started.elapsed().as_secs_f64(),
+        secs,
+        1000.0 * secs / steps,
+        secs / steps * per_epoch
+    );
+    if let Some(eval) = &outcome.last_eval {
+        println!(
+            "{}: {}",
+            data.eval_split(),
+            eval.iter()
+                .map(|(k, v)| format!("{k} {v:.4}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    println!("run directory: {}", run.root().display());
+    Ok(())
+}
+
 impl<B: AutodiffBackend> FamilyTask<B> for FitJob<B> {
     type Output = ();
     fn run<F: Family<B, Batch = ImageBatch<B>>>(self, family: F) -> Result<()> {
-        let TrainJob {
-            config,
-            run,
-            data,
-            resume,
-            text,
-        } = self.job;
-        let started = Instant::now();
-        let trainer = Trainer::new(run.clone(), config.train.clone())
-            .identity(config.preset.clone(), config.model_fingerprint()?)
-            .config_text(text)
-            .resume(resume);
-        let outcome = trainer.fit(family, &data, &self.device)?;
-        let per_epoch = <ImageData as genzoo_core::TrainData<B>>::batches_per_epoch(&data) as f64;
-        let secs = outcome.train_seconds;
-        let steps = outcome.steps_this_call.max(1) as f64;
-        println!(
-            "trained {} steps this call ({}/{} in total) in {:.1} s wall, {:.1} s in steps: {:.1} ms/step, {:.1} s/epoch",
-            outcome.steps_this_call,
-            outcome.step,
-            outcome.total_steps,
-            started.elapsed().as_secs_f64(),
-            secs,
-            1000.0 * secs / steps,
-            secs / steps * per_epoch
-        );
-        if let Some(eval) = &outcome.last_eval {
-            println!(
-                "test: {}",
-                eval.iter()
-                    .map(|(k, v)| format!("{k} {v:.4}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            );
+        let (job, data) = self.job.split();
+        match data {
+            JobData::Images(data) => fit(job, &self.device, family, &data),
+            JobData::Text(_) => Err(Error::Config(
+                "an image model was given a text corpus".into(),
+            )),
         }
-        println!("run directory: {}", run.root().display());
-        Ok(())
+    }
+    fn run_text<F: Family<B, Batch = TokenBatch<B>>>(self, family: F) -> Result<()> {
+        let (job, data) = self.job.split();
+        match data {
+            JobData::Text(data) => fit(job, &self.device, family, &data),
+            JobData::Images(_) => Err(Error::Config(
+                "a text model was given images: pass --text FILE".into(),
+            )),
+        }
     }
 }
 
@@ -363,12 +492,32 @@ fn sample(args: SampleArgs) -> Result<()> {
         seed: args.seed,
         class: args.class,
     };
+    let text = TextRequest {
+        prompt: args.prompt,
+        tokens: args.tokens,
+        temperature: args.temperature,
+        top_k: args.top_k,
+        top_p: args.top_p,
+        seed: args.seed,
+        use_cache: !args.no_cache,
+    };
+    let complete = match args.complete_rows {
+        Some(rows) => {
+            let source: DatasetSource = config.data.dataset.parse()?;
+            let (_, test) =
+                load_image_dataset(&source, &Locator::from_env(config.data.data_dir.clone()))?;
+            Some((test.take(request.n), rows))
+        }
+        None => None,
+    };
     with_backend(
         args.backend,
         SampleJob {
             config,
             checkpoint,
             request,
+            text,
+            complete,
             out: args.out,
         },
     )
@@ -378,6 +527,8 @@ struct SampleJob {
     config: RunConfig,
     checkpoint: PathBuf,
     request: SampleRequest,
+    text: TextRequest,
+    complete: Option<(genzoo_data::ImageDataset, usize)>,
     out: PathBuf,
 }
 
@@ -385,23 +536,65 @@ impl BackendTask for SampleJob {
     type Output = ();
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
         let model = self.config.model.clone();
-        with_family::<B, _>(&model, &device, self)
+        with_family::<B, _>(
+            &model,
+            &device,
+            SampleRun::<B> {
+                job: self,
+                device: device.clone(),
+            },
+        )
     }
 }
 
-impl<B: AutodiffBackend> FamilyTask<B> for SampleJob {
+struct SampleRun<B: AutodiffBackend> {
+    job: SampleJob,
+    device: B::Device,
+}
+
+impl<B: AutodiffBackend> FamilyTask<B> for SampleRun<B> {
     type Output = ();
     fn run<F: Family<B, Batch = ImageBatch<B>>>(self, family: F) -> Result<()> {
-        let family = family.load(&self.checkpoint)?;
+        let family = family.load(&self.job.checkpoint)?;
         let started = Instant::now();
-        let images = family.sample_images(&self.request)?;
-        save_grid(images, default_columns(self.request.n), &self.out)?;
+        let images = match &self.job.complete {
+            Some((test, rows)) => {
+                let indices: Vec<usize> = (0..test.len()).collect();
+                let originals = test
+                    .batch::<B::InnerBackend>(&indices, genzoo_data::Scaling::Unit, &self.device)
+                    .images;
+                let completed =
+                    family.complete_images(originals.clone(), *rows, self.job.request.seed)?;
+                burn::tensor::Tensor::cat(vec![originals, completed], 0)
+            }
+            None => family.sample_images(&self.job.request)?,
+        };
+        save_grid(images, default_columns(self.job.request.n), &self.job.out)?;
         println!(
             "wrote {} samples from {} to {} in {:.2} s",
-            self.request.n,
-            self.checkpoint.display(),
-            self.out.display(),
+            self.job.request.n,
+            self.job.checkpoint.display(),
+            self.job.out.display(),
             started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
+    fn run_text<F: Family<B, Batch = TokenBatch<B>>>(self, family: F) -> Result<()> {
+        let family = family.load(&self.job.checkpoint)?;
+        let started = Instant::now();
+        let text = family.generate_text(&self.job.text)?;
+        let secs = started.elapsed().as_secs_f64();
+        println!("{}{text}", self.job.text.prompt);
+        eprintln!(
+            "generated {} tokens in {secs:.2} s ({:.0} tokens/s, {} key/value cache)",
+            self.job.text.tokens,
+            self.job.text.tokens as f64 / secs.max(1e-9),
+            if self.job.text.use_cache {
+                "with the"
+            } else {
+                "without the"
+            }
         );
         Ok(())
     }
@@ -414,6 +607,9 @@ fn info(run_path: &Path) -> Result<()> {
     impl<B: AutodiffBackend> FamilyTask<B> for Count {
         type Output = usize;
         fn run<F: Family<B, Batch = ImageBatch<B>>>(self, family: F) -> Result<usize> {
+            Ok(family.num_params())
+        }
+        fn run_text<F: Family<B, Batch = TokenBatch<B>>>(self, family: F) -> Result<usize> {
             Ok(family.num_params())
         }
     }

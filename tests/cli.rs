@@ -275,3 +275,57 @@ fn list_shows_built_and_planned_presets() {
         assert!(text.contains(needle), "list lacks '{needle}':\n{text}");
     }
 }
+
+#[test]
+fn gpt_char_trains_on_a_text_file_and_continues_a_prompt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("poem.txt"),
+        "The quick brown fox jumps over the lazy dog.\n".repeat(30),
+    )
+    .unwrap();
+    let text = ok(&genzoo(
+        &[
+            "train", "gpt-char", "--text", "poem.txt", "--steps", "4", "--out", "runs/g",
+        ],
+        dir,
+    ));
+    assert!(
+        text.contains("vocabulary of 30") && text.contains("val: loss"),
+        "{text}"
+    );
+    let config = std::fs::read_to_string(dir.join("runs/g/config.toml")).unwrap();
+    assert!(
+        config.contains("vocabulary = ") && config.contains("vocab_size = 30"),
+        "{config}"
+    );
+    let out = genzoo(
+        &[
+            "sample", "--run", "runs/g", "--prompt", "The ", "--tokens", "20", "--seed", "2",
+        ],
+        dir,
+    );
+    let printed = String::from_utf8_lossy(&ok_out(&out)).into_owned();
+    assert!(
+        printed.starts_with("The ") && printed.trim_end().chars().count() >= 4,
+        "{printed}"
+    );
+    let err = fails(&genzoo(
+        &[
+            "sample", "--run", "runs/g", "--prompt", "Zebra", "--tokens", "5",
+        ],
+        dir,
+    ));
+    assert!(err.contains("'Z'") && err.contains("vocabulary"), "{err}");
+    let err = fails(&genzoo(
+        &["train", "gpt-char", "--steps", "1", "--out", "runs/none"],
+        dir,
+    ));
+    assert!(err.contains("--text"), "{err}");
+}
+
+fn ok_out(out: &Output) -> Vec<u8> {
+    ok(out);
+    out.stdout.clone()
+}

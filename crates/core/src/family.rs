@@ -76,6 +76,15 @@ impl<B: Backend> ImageBatch<B> {
     }
 }
 
+/// A batch of token sequences and their next-token targets.
+#[derive(Clone, Debug)]
+pub struct TokenBatch<B: Backend> {
+    /// Input tokens, `[batch, t]`.
+    pub inputs: Tensor<B, 2, Int>,
+    /// The token following each input position, `[batch, t]`.
+    pub targets: Tensor<B, 2, Int>,
+}
+
 /// Training and evaluation data with deterministic random access.
 ///
 /// Batch `index` of `epoch` must depend only on the data, the seed, `epoch`
@@ -92,6 +101,29 @@ pub trait TrainData<B: Backend> {
     fn eval_batches(&self) -> usize;
     /// Evaluation batch `index` and the number of examples in it.
     fn eval_batch(&self, index: usize, device: &B::Device) -> (Self::Batch, usize);
+    /// The name of the held-out split, used as the prefix of evaluation metrics.
+    fn eval_split(&self) -> &'static str {
+        "test"
+    }
+}
+
+/// What text to generate and how to sample it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TextRequest {
+    /// The text to continue.
+    pub prompt: String,
+    /// Tokens to generate.
+    pub tokens: usize,
+    /// Softmax temperature (0: greedy).
+    pub temperature: f64,
+    /// Sample only among the k most likely tokens.
+    pub top_k: Option<usize>,
+    /// Sample only among the most likely tokens whose probabilities sum to p.
+    pub top_p: Option<f64>,
+    /// Seed of the sampling.
+    pub seed: u64,
+    /// Use the key/value cache.
+    pub use_cache: bool,
 }
 
 /// What to sample: how many, from which seed, optionally of which class.
@@ -130,6 +162,32 @@ pub trait Family<B: AutodiffBackend>: Sized {
 
     /// Draws samples as images in `[0, 1]`, `[n, channels, height, width]`.
     fn sample_images(&self, request: &SampleRequest) -> Result<Tensor<B::InnerBackend, 4>>;
+
+    /// Completes images from their top `rows` rows (autoregressive image
+    /// models only). `images` are in `[0, 1]`, `[n, channels, height, width]`.
+    fn complete_images(
+        &self,
+        _images: Tensor<B::InnerBackend, 4>,
+        _rows: usize,
+        _seed: u64,
+    ) -> Result<Tensor<B::InnerBackend, 4>> {
+        Err(crate::Error::Config(
+            "only autoregressive image models (gpt-pixel) complete partial images".into(),
+        ))
+    }
+
+    /// Whether [`Family::sample_images`] draws images (`false` for text models,
+    /// whose progress samples are text instead).
+    fn draws_images(&self) -> bool {
+        true
+    }
+
+    /// Generates text after a prompt (language models only).
+    fn generate_text(&self, _request: &TextRequest) -> Result<String> {
+        Err(crate::Error::Config(
+            "this model generates images, not text: use --out grid.png".into(),
+        ))
+    }
 
     /// Writes the networks and optimizer states into `dir` (which exists).
     fn save(&self, dir: &Path) -> Result<()>;

@@ -19,4 +19,6 @@ pub mod seed;
 
 pub use backend::{BackendKind, CpuBackend, CpuDevice};
 pub use error::{Error, Result};
-pub use family::{Family, ImageBatch, Metrics, StepContext, TrainData};
+pub use family::{
+    Family, ImageBatch, Metrics, SampleRequest, StepContext, TextRequest, TokenBatch, TrainData,
+};

@@ -17,6 +17,8 @@ pub mod download;
 pub mod idx;
 pub mod mnist;
 pub mod synthetic;
+pub mod text;
 
 pub use dataset::{ImageData, ImageDataset, Scaling};
 pub use mnist::{DatasetSource, Locator, load_image_dataset};
+pub use text::{TextCorpus, TextData, Vocabulary};

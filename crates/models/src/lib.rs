@@ -6,10 +6,11 @@
 //! configurations in [`presets`](mod@presets).
 //!
 //! Built so far: [`vae`] (MLP and convolutional, β-VAE, class-conditional)
-//! and [`gan`] (DCGAN, class-conditional DCGAN, SNGAN, WGAN-GP). DDPM and
-//! transformer families are planned.
+//! [`gan`] (DCGAN, class-conditional DCGAN, SNGAN, WGAN-GP) and [`gpt`]
+//! (over text and over pixels). The DDPM family is planned.
 
 pub mod gan;
+pub mod gpt;
 pub mod presets;
 pub mod vae;
 

@@ -4,10 +4,11 @@
 //! `shared/reference-models.md` writes them.
 
 use burn::tensor::backend::AutodiffBackend;
-use genzoo_core::{Family, ImageBatch, Result};
+use genzoo_core::{Error, Family, ImageBatch, Result, TokenBatch};
 use serde::{Deserialize, Serialize};
 
 use crate::gan::{DiscriminatorKind, GanConfig, GanLoss, GanTrainer};
+use crate::gpt::{GptConfig, GptInput, GptPixel, GptText};
 use crate::vae::{VaeArchitecture, VaeConfig, VaeTrainer};
 
 /// The configuration of any family's model, tagged by family.
@@ -18,6 +19,8 @@ pub enum ModelConfig {
     Vae(VaeConfig),
     /// A generative adversarial network.
     Gan(GanConfig),
+    /// A GPT over text or pixels.
+    Gpt(GptConfig),
 }
 
 impl ModelConfig {
@@ -26,6 +29,26 @@ impl ModelConfig {
         match self {
             ModelConfig::Vae(_) => "vae",
             ModelConfig::Gan(_) => "gan",
+            ModelConfig::Gpt(_) => "gpt",
+        }
+    }
+
+    /// Whether the model reads text (and trains on a text corpus) rather than images.
+    pub fn reads_text(&self) -> bool {
+        matches!(
+            self,
+            ModelConfig::Gpt(GptConfig {
+                input: GptInput::Text { .. },
+                ..
+            })
+        )
+    }
+
+    /// Sets a text model's vocabulary (characters in token order, or `None` for bytes).
+    pub fn adapt_to_text(&mut self, vocabulary: Option<String>, vocab_size: usize) {
+        if let ModelConfig::Gpt(c) = self {
+            c.vocab_size = vocab_size;
+            c.input = GptInput::Text { vocabulary };
         }
     }
 
@@ -54,6 +77,13 @@ impl ModelConfig {
                     c.num_classes = num_classes;
                 }
             }
+            ModelConfig::Gpt(c) => {
+                if let GptInput::Pixels { levels, shape } = &mut c.input {
+                    *shape = (channels, height, width);
+                    c.vocab_size = *levels + 1;
+                    c.block_size = channels * height * width + 1;
+                }
+            }
         }
     }
 
@@ -62,6 +92,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Vae(c) => c.validate(),
             ModelConfig::Gan(c) => c.validate(),
+            ModelConfig::Gpt(c) => c.validate(),
         }
     }
 }
@@ -81,6 +112,12 @@ pub struct Preset {
     pub lr: f64,
     /// Pixel scaling the model expects (`unit` or `signed`).
     pub scaling: &'static str,
+    /// Cosine decay to this learning rate after `warmup_steps` (constant rate when unset).
+    pub min_lr: Option<f64>,
+    /// Linear warm-up steps of the cosine schedule.
+    pub warmup_steps: u64,
+    /// Global gradient-norm clipping.
+    pub clip_norm: Option<f64>,
 }
 
 /// Every preset, in the order `genzoo list` shows them.
@@ -95,6 +132,7 @@ pub fn presets() -> Vec<Preset> {
             batch_size: 128,
             lr: 1e-3,
             scaling: "unit",
+            ..Preset::BASE
         },
         Preset {
             name: "vae-conv",
@@ -106,6 +144,7 @@ pub fn presets() -> Vec<Preset> {
             batch_size: 128,
             lr: 1e-3,
             scaling: "unit",
+            ..Preset::BASE
         },
         Preset {
             name: "beta-vae",
@@ -117,6 +156,7 @@ pub fn presets() -> Vec<Preset> {
             batch_size: 128,
             lr: 1e-3,
             scaling: "unit",
+            ..Preset::BASE
         },
         Preset {
             name: "cvae-mlp",
@@ -129,6 +169,7 @@ pub fn presets() -> Vec<Preset> {
             batch_size: 128,
             lr: 1e-3,
             scaling: "unit",
+            ..Preset::BASE
         },
         Preset {
             name: "cvae-conv",
@@ -142,6 +183,7 @@ pub fn presets() -> Vec<Preset> {
             batch_size: 128,
             lr: 1e-3,
             scaling: "unit",
+            ..Preset::BASE
         },
         Preset {
             name: "dcgan-28",
@@ -150,6 +192,7 @@ pub fn presets() -> Vec<Preset> {
             batch_size: 64,
             lr: 2e-4,
             scaling: "signed",
+            ..Preset::BASE
         },
         Preset {
             name: "cdcgan-28",
@@ -162,6 +205,7 @@ pub fn presets() -> Vec<Preset> {
             batch_size: 64,
             lr: 2e-4,
             scaling: "signed",
+            ..Preset::BASE
         },
         Preset {
             name: "sngan-28",
@@ -174,6 +218,7 @@ pub fn presets() -> Vec<Preset> {
             batch_size: 64,
             lr: 2e-4,
             scaling: "signed",
+            ..Preset::BASE
         },
         Preset {
             name: "wgan-gp-28",
@@ -190,25 +235,61 @@ pub fn presets() -> Vec<Preset> {
             batch_size: 64,
             lr: 1e-4,
             scaling: "signed",
+            ..Preset::BASE
+        },
+        Preset {
+            name: "gpt-char",
+            description: "reference character-level GPT (nanoGPT's CPU config: 4 layers, 4 heads, 128 wide; 804,096 params on 65 chars)",
+            model: ModelConfig::Gpt(GptConfig::default()),
+            batch_size: 12,
+            lr: 1e-3,
+            scaling: "unit",
+            min_lr: Some(1e-4),
+            warmup_steps: 100,
+            clip_norm: Some(1.0),
+        },
+        Preset {
+            name: "gpt-pixel",
+            description: "the same transformer over 16-level pixels in raster order (890,240 params on 28x28)",
+            model: ModelConfig::Gpt(GptConfig {
+                vocab_size: 17,
+                block_size: 785,
+                input: GptInput::Pixels {
+                    levels: 16,
+                    shape: (1, 28, 28),
+                },
+                ..GptConfig::default()
+            }),
+            batch_size: 12,
+            lr: 1e-3,
+            scaling: "unit",
+            min_lr: Some(1e-4),
+            warmup_steps: 100,
+            clip_norm: Some(1.0),
         },
     ]
 }
 
+impl Preset {
+    /// Field defaults for the presets above: constant rate, no clipping.
+    const BASE: Preset = Preset {
+        name: "",
+        description: "",
+        model: ModelConfig::Vae(VaeConfig::REFERENCE),
+        batch_size: 128,
+        lr: 1e-3,
+        scaling: "unit",
+        min_lr: None,
+        warmup_steps: 0,
+        clip_norm: None,
+    };
+}
+
 /// Presets of families that are designed but not built yet (for `genzoo list`).
-pub const PLANNED: [(&str, &str); 3] = [
-    (
-        "ddpm-unet",
-        "DDPM: small U-Net, DDPM and DDIM samplers, EMA (planned)",
-    ),
-    (
-        "gpt-char",
-        "transformer: nanoGPT's character-level CPU config (planned)",
-    ),
-    (
-        "gpt-pixel",
-        "transformer: GPT over 16-level pixels (planned)",
-    ),
-];
+pub const PLANNED: [(&str, &str); 1] = [(
+    "ddpm-unet",
+    "DDPM: small U-Net, DDPM and DDIM samplers, EMA (planned)",
+)];
 
 /// The preset called `name`.
 pub fn preset(name: &str) -> Option<Preset> {
@@ -216,11 +297,17 @@ pub fn preset(name: &str) -> Option<Preset> {
 }
 
 /// Code that runs on whichever family a [`ModelConfig`] names.
-pub trait FamilyTask<B: AutodiffBackend> {
+pub trait FamilyTask<B: AutodiffBackend>: Sized {
     /// What the task returns.
     type Output;
-    /// Runs the task with the built family.
+    /// Runs the task with a family that trains on images.
     fn run<F: Family<B, Batch = ImageBatch<B>>>(self, family: F) -> Result<Self::Output>;
+    /// Runs the task with a family that trains on text.
+    fn run_text<F: Family<B, Batch = TokenBatch<B>>>(self, _family: F) -> Result<Self::Output> {
+        Err(Error::Config(
+            "this command does not handle text models".into(),
+        ))
+    }
 }
 
 /// Builds the family `config` describes (freshly initialised) and runs `task` with it.
@@ -233,5 +320,9 @@ pub fn with_family<B: AutodiffBackend, T: FamilyTask<B>>(
     match config {
         ModelConfig::Vae(c) => task.run(VaeTrainer::<B>::new(c.clone(), device)),
         ModelConfig::Gan(c) => task.run(GanTrainer::<B>::new(c.clone(), device)),
+        ModelConfig::Gpt(c) => match &c.input {
+            GptInput::Text { .. } => task.run_text(GptText::<B>::new(c.clone(), &c.input, device)?),
+            GptInput::Pixels { .. } => task.run(GptPixel::<B>::new(c.clone(), &c.input, device)?),
+        },
     }
 }

@@ -131,6 +131,10 @@ pub struct DataConfig {
     pub limit: Option<usize>,
     /// Pixel scaling.
     pub scaling: Scaling,
+    /// A UTF-8 text file, for language models.
+    pub text: Option<PathBuf>,
+    /// Byte-level tokens (256) instead of the text's characters.
+    pub bytes: bool,
 }
 
 impl Default for DataConfig {
@@ -140,6 +144,8 @@ impl Default for DataConfig {
             data_dir: None,
             limit: None,
             scaling: Scaling::Unit,
+            text: None,
+            bytes: false,
         }
     }
 }
@@ -175,6 +181,17 @@ impl RunConfig {
             "signed" => Scaling::Signed,
             _ => Scaling::Unit,
         };
+        let schedule = match p.min_lr {
+            Some(min_lr) => Schedule::Cosine {
+                warmup_steps: p.warmup_steps,
+                min_lr,
+            },
+            None => Schedule::Constant,
+        };
+        // Language models evaluate on a fixed number of random windows every
+        // 250 steps (nanoGPT: eval_iters 200, eval_interval 250).
+        let eval_batches = p.model.reads_text().then_some(200);
+        let eval_every = if p.model.reads_text() { 250 } else { 0 };
         Ok(Self {
             preset: p.name.to_string(),
             model: p.model,
@@ -185,6 +202,10 @@ impl RunConfig {
             train: TrainConfig {
                 batch_size: p.batch_size,
                 lr: p.lr,
+                schedule,
+                clip_norm: p.clip_norm,
+                eval_batches,
+                eval_every,
                 ..Default::default()
             },
         })
@@ -285,7 +306,7 @@ mod tests {
             .to_string();
         assert!(err.contains("epoch") && err.contains("f.toml"), "{err}");
         assert!(
-            RunConfig::from_preset("dcgan-28")
+            RunConfig::from_preset("ddpm-unet")
                 .unwrap_err()
                 .to_string()
                 .contains("planned")

@@ -11,7 +11,7 @@ use burn::tensor::backend::AutodiffBackend;
 use genzoo_core::family::SampleRequest;
 use genzoo_core::image::{default_columns, save_grid};
 use genzoo_core::seed::{derive, seed_step};
-use genzoo_core::{Error, Family, Metrics, Result, StepContext, TrainData};
+use genzoo_core::{Error, Family, Metrics, Result, StepContext, TextRequest, TrainData};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::checkpoint::{self, CheckpointIdentity, Manifest};
@@ -29,7 +29,7 @@ pub struct TrainOutcome<F> {
     pub total_steps: u64,
     /// The last averaged training metrics written to the log.
     pub last_train: Metrics,
-    /// The last evaluation metrics (without the `test_` prefix).
+    /// The last evaluation metrics (without the `test_`/`val_` prefix).
     pub last_eval: Option<Metrics>,
     /// Wall-clock seconds of this call's training steps (excluding evaluation and I/O).
     pub train_seconds: f64,
@@ -246,8 +246,11 @@ impl Trainer {
             };
             if eval_due && data.eval_batches() > 0 {
                 let eval = evaluate(&family, data, device, cfg, step)?;
-                let record: Vec<(String, f64)> =
-                    eval.iter().map(|(k, v)| (format!("test_{k}"), v)).collect();
+                let split = data.eval_split();
+                let record: Vec<(String, f64)> = eval
+                    .iter()
+                    .map(|(k, v)| (format!("{split}_{k}"), v))
+                    .collect();
                 logger.log(step, &record)?;
                 say(&format!(
                     "step {step}: {}",
@@ -261,7 +264,7 @@ impl Trainer {
                     bar.abandon();
                     return Err(Error::NonFinite {
                         step,
-                        name: format!("test_{name}"),
+                        name: format!("{split}_{name}"),
                         value,
                     });
                 }
@@ -361,9 +364,26 @@ fn write_grid<B: AutodiffBackend, F: Family<B>>(
     name: &str,
 ) -> Result<()> {
     // One fixed noise seed for every grid of a run, so grids show progress, not noise.
+    let seed = derive(cfg.seed, "grid", 0);
+    if !family.draws_images() {
+        // Text models write a text sample instead of a grid.
+        let request = TextRequest {
+            prompt: String::new(),
+            tokens: 300,
+            temperature: 0.8,
+            top_k: None,
+            top_p: None,
+            seed,
+            use_cache: true,
+        };
+        let text = family.generate_text(&request)?;
+        let path = run.samples_dir().join(name).with_extension("txt");
+        std::fs::create_dir_all(run.samples_dir()).map_err(|e| Error::io(run.samples_dir(), e))?;
+        return std::fs::write(&path, text).map_err(|e| Error::io(&path, e));
+    }
     let request = SampleRequest {
         n: cfg.samples,
-        seed: derive(cfg.seed, "grid", 0),
+        seed,
         class: None,
     };
     let images = family.sample_images(&request)?;

@@ -96,7 +96,11 @@ impl GanConfig {
     /// Rejects configurations no GAN can be built or trained from.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(format!("gan: {m}")));
-        if !self.height.is_multiple_of(4) || !self.width.is_multiple_of(4) || self.height == 0 || self.width == 0 {
+        if !self.height.is_multiple_of(4)
+            || !self.width.is_multiple_of(4)
+            || self.height == 0
+            || self.width == 0
+        {
             return bad(format!(
                 "height and width must be positive multiples of 4, got {}x{}",
                 self.height, self.width
@@ -628,6 +632,40 @@ mod tests {
             .unwrap();
         assert!(m2.get("g_loss").is_some_and(f64::is_finite));
         assert!(m2.get("d_loss").is_some_and(f64::is_finite));
+    }
+
+    #[test]
+    fn collapse_guard_warns_once_with_the_step() {
+        let _guard = crate::rng_lock();
+        let dev = CpuDevice::default();
+        // Thresholds every step meets, so the guard must fire after `patience` steps.
+        let config = GanConfig {
+            height: 8,
+            width: 8,
+            collapse_d_loss: 1e9,
+            collapse_g_loss: -1e9,
+            collapse_patience: 3,
+            ..Default::default()
+        };
+        let mut gan = GanTrainer::<AB>::new(config, &dev);
+        let batch = ImageBatch {
+            images: Tensor::<AB, 4>::random([4, 1, 8, 8], Distribution::Uniform(-1.0, 1.0), &dev),
+            labels: Tensor::<AB, 1, Int>::zeros([4], &dev),
+        };
+        let mut warned_at = Vec::new();
+        for step in 1..=5 {
+            let mut ctx = StepContext::new(step, 2e-4);
+            gan = gan.train_step(batch.clone(), &mut ctx).unwrap().0;
+            if !ctx.warnings.is_empty() {
+                assert!(
+                    ctx.warnings[0].contains(&format!("step {step}")),
+                    "{:?}",
+                    ctx.warnings
+                );
+                warned_at.push(step);
+            }
+        }
+        assert_eq!(warned_at, vec![3]);
     }
 
     #[test]

@@ -56,22 +56,27 @@ pub struct VaeConfig {
     pub adam_eps: f32,
 }
 
+impl VaeConfig {
+    /// The `vae-mlp` reference configuration (also `Default`).
+    pub const REFERENCE: VaeConfig = VaeConfig {
+        architecture: VaeArchitecture::Mlp,
+        channels: 1,
+        height: 28,
+        width: 28,
+        hidden: 400,
+        latent: 20,
+        beta: 1.0,
+        conditional: false,
+        num_classes: 0,
+        adam_beta1: 0.9,
+        adam_beta2: 0.999,
+        adam_eps: 1e-8,
+    };
+}
+
 impl Default for VaeConfig {
     fn default() -> Self {
-        Self {
-            architecture: VaeArchitecture::Mlp,
-            channels: 1,
-            height: 28,
-            width: 28,
-            hidden: 400,
-            latent: 20,
-            beta: 1.0,
-            conditional: false,
-            num_classes: 0,
-            adam_beta1: 0.9,
-            adam_beta2: 0.999,
-            adam_eps: 1e-8,
-        }
+        Self::REFERENCE
     }
 }
 

@@ -1,0 +1,286 @@
+//! Text corpora for language models: a vocabulary (the distinct characters
+//! of the training text, or the 256 byte values), a 90/10 train/validation
+//! split, and batches of random windows, seeded.
+
+use std::path::Path;
+
+use burn::prelude::*;
+use genzoo_core::seed::host_rng;
+use genzoo_core::{Error, Result, TokenBatch, TrainData};
+use rand::Rng;
+
+/// How text becomes tokens.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Vocabulary {
+    /// One token per distinct character, in sorted order (nanoGPT's `shakespeare_char`).
+    Chars(Vec<char>),
+    /// One token per byte of the UTF-8 text: 256 tokens, no mapping to save.
+    Bytes,
+}
+
+impl Vocabulary {
+    /// The characters of `text`, sorted and deduplicated.
+    pub fn chars_of(text: &str) -> Self {
+        let mut chars: Vec<char> = text.chars().collect();
+        chars.sort_unstable();
+        chars.dedup();
+        Vocabulary::Chars(chars)
+    }
+
+    /// A character vocabulary from its characters in token order (as saved in a config).
+    pub fn from_chars(chars: &str) -> Self {
+        Vocabulary::Chars(chars.chars().collect())
+    }
+
+    /// Number of tokens.
+    pub fn len(&self) -> usize {
+        match self {
+            Vocabulary::Chars(c) => c.len(),
+            Vocabulary::Bytes => 256,
+        }
+    }
+
+    /// Whether there are no tokens.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The characters in token order (`None` for bytes).
+    pub fn chars_string(&self) -> Option<String> {
+        match self {
+            Vocabulary::Chars(c) => Some(c.iter().collect()),
+            Vocabulary::Bytes => None,
+        }
+    }
+
+    /// Tokens of `text`; a character outside the vocabulary is an error naming it.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        match self {
+            Vocabulary::Bytes => Ok(text.bytes().map(u32::from).collect()),
+            Vocabulary::Chars(chars) => text
+                .chars()
+                .map(|ch| {
+                    chars.binary_search(&ch).map(|i| i as u32).or_else(|_| {
+                        chars.iter().position(|&c| c == ch).map(|i| i as u32).ok_or_else(|| {
+                            Error::Data(format!("character {ch:?} is not in the model's vocabulary of {} characters", chars.len()))
+                        })
+                    })
+                })
+                .collect(),
+        }
+    }
+
+    /// Text of `tokens` (bytes that are not valid UTF-8 are replaced).
+    pub fn decode(&self, tokens: &[u32]) -> String {
+        match self {
+            Vocabulary::Bytes => {
+                String::from_utf8_lossy(&tokens.iter().map(|&t| t as u8).collect::<Vec<_>>())
+                    .into_owned()
+            }
+            Vocabulary::Chars(chars) => tokens
+                .iter()
+                .filter_map(|&t| chars.get(t as usize))
+                .collect(),
+        }
+    }
+}
+
+/// A tokenised corpus split 90/10 into training and validation tokens.
+#[derive(Clone, Debug)]
+pub struct TextCorpus {
+    /// The vocabulary.
+    pub vocabulary: Vocabulary,
+    /// The first 90% of the tokens.
+    pub train: Vec<u32>,
+    /// The last 10%.
+    pub val: Vec<u32>,
+}
+
+impl TextCorpus {
+    /// Reads a UTF-8 file and tokenises it (`bytes`: byte-level, else characters).
+    pub fn from_file(path: &Path, bytes: bool) -> Result<Self> {
+        let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let text = String::from_utf8(raw)
+            .map_err(|e| Error::Data(format!("{}: not UTF-8 text: {e}", path.display())))?;
+        Self::from_text(&text, bytes).map_err(|e| Error::Data(format!("{}: {e}", path.display())))
+    }
+
+    /// Tokenises `text` and splits it.
+    pub fn from_text(text: &str, bytes: bool) -> Result<Self> {
+        let vocabulary = if bytes {
+            Vocabulary::Bytes
+        } else {
+            Vocabulary::chars_of(text)
+        };
+        let tokens = vocabulary.encode(text)?;
+        if tokens.len() < 20 {
+            return Err(Error::Data(format!(
+                "the text has only {} tokens: too short to train on",
+                tokens.len()
+            )));
+        }
+        let split = tokens.len() * 9 / 10;
+        Ok(Self {
+            vocabulary,
+            train: tokens[..split].to_vec(),
+            val: tokens[split..].to_vec(),
+        })
+    }
+}
+
+/// Random windows of a corpus: batch `(epoch, index)` and validation batch
+/// `i` depend only on the seed and those numbers.
+#[derive(Clone, Debug)]
+pub struct TextData {
+    /// The corpus.
+    pub corpus: TextCorpus,
+    /// Tokens per window (the model's context).
+    pub block_size: usize,
+    /// Windows per batch.
+    pub batch_size: usize,
+    /// Seed of the window positions.
+    pub seed: u64,
+    /// Validation batches per evaluation (nanoGPT's `eval_iters`).
+    pub eval_batches: usize,
+}
+
+impl TextData {
+    /// Batches over `corpus`; both splits must be longer than one window.
+    pub fn new(
+        corpus: TextCorpus,
+        block_size: usize,
+        batch_size: usize,
+        seed: u64,
+        eval_batches: usize,
+    ) -> Result<Self> {
+        for (name, split) in [("training", &corpus.train), ("validation", &corpus.val)] {
+            if split.len() <= block_size + 1 {
+                return Err(Error::Data(format!(
+                    "the {name} split has {} tokens, fewer than one window of block_size + 1 = {}",
+                    split.len(),
+                    block_size + 1
+                )));
+            }
+        }
+        Ok(Self {
+            corpus,
+            block_size,
+            batch_size,
+            seed,
+            eval_batches,
+        })
+    }
+
+    fn windows<B: Backend>(
+        &self,
+        tokens: &[u32],
+        stream: &str,
+        index: u64,
+        device: &B::Device,
+    ) -> TokenBatch<B> {
+        let mut rng = host_rng(self.seed, stream, index);
+        let (n, t) = (self.batch_size, self.block_size);
+        let mut inputs = Vec::with_capacity(n * t);
+        let mut targets = Vec::with_capacity(n * t);
+        for _ in 0..n {
+            let start = rng.random_range(0..tokens.len() - t - 1);
+            inputs.extend(tokens[start..start + t].iter().map(|&x| x as i64));
+            targets.extend(tokens[start + 1..start + t + 1].iter().map(|&x| x as i64));
+        }
+        TokenBatch {
+            inputs: Tensor::from_data(TensorData::new(inputs, [n, t]), device),
+            targets: Tensor::from_data(TensorData::new(targets, [n, t]), device),
+        }
+    }
+}
+
+impl<B: Backend> TrainData<B> for TextData {
+    type Batch = TokenBatch<B>;
+
+    /// One "epoch" is as many windows as there are training tokens.
+    fn batches_per_epoch(&self) -> usize {
+        (self.corpus.train.len() / (self.batch_size * self.block_size)).max(1)
+    }
+
+    fn train_batch(&self, epoch: u64, index: usize, device: &B::Device) -> TokenBatch<B> {
+        let global = epoch * TrainData::<B>::batches_per_epoch(self) as u64 + index as u64;
+        self.windows(&self.corpus.train, "text-train", global, device)
+    }
+
+    fn eval_batches(&self) -> usize {
+        self.eval_batches
+    }
+
+    fn eval_batch(&self, index: usize, device: &B::Device) -> (TokenBatch<B>, usize) {
+        (
+            self.windows(&self.corpus.val, "text-val", index as u64, device),
+            self.batch_size,
+        )
+    }
+
+    fn eval_split(&self) -> &'static str {
+        "val"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use genzoo_core::{CpuBackend, CpuDevice};
+
+    #[test]
+    fn vocabulary_round_trips() {
+        let text = "hello, world!\nÀ bientôt.";
+        let v = Vocabulary::chars_of(text);
+        assert_eq!(v.decode(&v.encode(text).unwrap()), text);
+        let again = Vocabulary::from_chars(&v.chars_string().unwrap());
+        assert_eq!(again, v);
+        assert!(
+            v.encode("xyz").unwrap_err().to_string().contains("'x'") || v.encode("xyz").is_err()
+        );
+        let b = Vocabulary::Bytes;
+        assert_eq!(b.decode(&b.encode(text).unwrap()), text);
+        assert_eq!(b.len(), 256);
+    }
+
+    #[test]
+    fn windows_are_shifted_by_one_and_seeded() {
+        let text: String = (0..500)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let corpus = TextCorpus::from_text(&text, false).unwrap();
+        assert_eq!((corpus.train.len(), corpus.val.len()), (450, 50));
+        let data = TextData::new(corpus, 8, 4, 3, 2).unwrap();
+        let dev = CpuDevice::default();
+        let a: TokenBatch<CpuBackend> = data.train_batch(0, 1, &dev);
+        let b: TokenBatch<CpuBackend> = data.train_batch(0, 1, &dev);
+        let x = a
+            .inputs
+            .into_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .unwrap();
+        let y = a
+            .targets
+            .into_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .unwrap();
+        assert_eq!(
+            x,
+            b.inputs
+                .into_data()
+                .convert::<i64>()
+                .to_vec::<i64>()
+                .unwrap()
+        );
+        for row in 0..4 {
+            assert_eq!(
+                x[row * 8 + 1..row * 8 + 8],
+                y[row * 8..row * 8 + 7],
+                "targets are the inputs shifted by one"
+            );
+        }
+        assert_eq!(TrainData::<CpuBackend>::eval_split(&data), "val");
+    }
+}

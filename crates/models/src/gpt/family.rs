@@ -1,0 +1,580 @@
+//! The GPT training step: next-token cross-entropy, AdamW with decoupled
+//! weight decay on parameters of two or more dimensions only (nanoGPT's
+//! `configure_optimizers`), through the engine's schedule and clipping.
+
+use std::marker::PhantomData;
+use std::path::Path;
+
+use burn::module::{AutodiffModule, ModuleMapper, Param};
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{Adam, AdamConfig, GradientsParams};
+use burn::prelude::*;
+use burn::tensor::activation::log_softmax;
+use burn::tensor::backend::AutodiffBackend;
+use genzoo_core::record::{load_module, load_optimizer, save_module, save_optimizer};
+use genzoo_core::{
+    Error, Family, ImageBatch, Metrics, Result, SampleRequest, StepContext, TextRequest, TokenBatch,
+};
+use serde::{Deserialize, Serialize};
+
+use super::model::{Gpt, GptConfig};
+use super::sample::{Sampling, generate};
+
+/// What the transformer reads.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum GptInput {
+    /// Text: `vocabulary` holds the characters in token order, or is absent for bytes (256 tokens).
+    Text {
+        /// The characters of the vocabulary (set from the training text).
+        vocabulary: Option<String>,
+    },
+    /// Images: each pixel quantised to `levels` grey levels, raster order, after a start token.
+    Pixels {
+        /// Grey levels (the start token is `levels`).
+        levels: usize,
+        /// Image channels, height and width (set from the data).
+        shape: (usize, usize, usize),
+    },
+}
+
+/// Decoupled weight decay θ ← θ·(1 − lr·λ) on parameters of rank ≥ 2 (as
+/// PyTorch's AdamW applies it before the Adam update).
+struct DecayMatrices<B> {
+    factor: f64,
+    _b: PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> ModuleMapper<B> for DecayMatrices<B> {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<B, D>>) -> Param<Tensor<B, D>> {
+        if D < 2 {
+            return param;
+        }
+        let (id, value, mapper) = param.consume();
+        // Detached: the decay is an update, not part of any graph.
+        let decayed = Tensor::from_inner(value.inner() * self.factor).require_grad();
+        Param::from_mapped_value(id, decayed, mapper)
+    }
+}
+
+/// The network, its optimizer and the device: what text and pixel GPTs share.
+struct GptCore<B: AutodiffBackend> {
+    model: Gpt<B>,
+    optimizer: OptimizerAdaptor<Adam, Gpt<B>, B>,
+    config: GptConfig,
+    device: B::Device,
+}
+
+impl<B: AutodiffBackend> GptCore<B> {
+    fn new(config: GptConfig, device: &B::Device) -> Self {
+        let model = config.init::<B>(device);
+        let optimizer = AdamConfig::new()
+            .with_beta_1(config.beta1)
+            .with_beta_2(config.beta2)
+            .with_epsilon(config.eps)
+            .init();
+        Self {
+            model,
+            optimizer,
+            config,
+            device: device.clone(),
+        }
+    }
+
+    /// One AdamW step on next-token cross-entropy; returns the loss in nats per token.
+    fn step(
+        mut self,
+        inputs: Tensor<B, 2, Int>,
+        targets: Tensor<B, 2, Int>,
+        ctx: &mut StepContext,
+    ) -> Result<(Self, f64)> {
+        let loss = cross_entropy(self.model.forward(inputs), targets);
+        let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+        let lr = ctx.lr();
+        if self.config.weight_decay > 0.0 {
+            self.model = self.model.map(&mut DecayMatrices {
+                factor: 1.0 - lr * self.config.weight_decay,
+                _b: PhantomData,
+            });
+        }
+        self.model = ctx.apply(&mut self.optimizer, self.model, grads)?;
+        Ok((self, loss.into_scalar().elem()))
+    }
+
+    fn eval(
+        &self,
+        inputs: Tensor<B::InnerBackend, 2, Int>,
+        targets: Tensor<B::InnerBackend, 2, Int>,
+    ) -> f64 {
+        cross_entropy(self.model.valid().forward(inputs), targets)
+            .into_scalar()
+            .elem()
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        save_module(&self.model, &dir.join("model"))?;
+        save_optimizer::<B, _, _>(&self.optimizer, &dir.join("optimizer"))
+    }
+
+    fn load(mut self, dir: &Path) -> Result<Self> {
+        self.model = load_module(self.model, &dir.join("model"), &self.device)?;
+        self.optimizer =
+            load_optimizer::<B, _, _>(self.optimizer, &dir.join("optimizer"), &self.device)?;
+        Ok(self)
+    }
+}
+
+/// Mean next-token cross-entropy in nats.
+///
+/// # Shapes
+/// - logits: `[batch, t, vocab]`, targets: `[batch, t]` → `[1]`
+pub fn cross_entropy<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int>) -> Tensor<B, 1> {
+    let [b, t, v] = logits.dims();
+    let log_probs = log_softmax(logits.reshape([b * t, v]), 1);
+    log_probs
+        .gather(1, targets.reshape([b * t, 1]))
+        .mean()
+        .neg()
+}
+
+fn loss_metrics(loss: f64, per: &str) -> Metrics {
+    Metrics::new()
+        .with("loss", loss)
+        .with("perplexity", loss.exp())
+        .with(per, loss / std::f64::consts::LN_2)
+}
+
+/// A GPT over text: the `gpt-char` family.
+pub struct GptText<B: AutodiffBackend> {
+    core: GptCore<B>,
+    vocabulary: Option<String>,
+}
+
+impl<B: AutodiffBackend> GptText<B> {
+    /// A fresh model for the vocabulary in `input` (characters, or bytes when absent).
+    pub fn new(config: GptConfig, input: &GptInput, device: &B::Device) -> Result<Self> {
+        let GptInput::Text { vocabulary } = input else {
+            return Err(Error::Config("GptText needs a text input".into()));
+        };
+        Ok(Self {
+            core: GptCore::new(config, device),
+            vocabulary: vocabulary.clone(),
+        })
+    }
+
+    /// The network.
+    pub fn model(&self) -> &Gpt<B> {
+        &self.core.model
+    }
+
+    fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        match &self.vocabulary {
+            None => Ok(text.bytes().map(u32::from).collect()),
+            Some(chars) => text
+                .chars()
+                .map(|c| {
+                    chars
+                        .chars()
+                        .position(|v| v == c)
+                        .map(|i| i as u32)
+                        .ok_or_else(|| {
+                            Error::Config(format!(
+                                "the prompt's character {c:?} is not in the model's vocabulary"
+                            ))
+                        })
+                })
+                .collect(),
+        }
+    }
+
+    fn decode(&self, tokens: &[u32]) -> String {
+        match &self.vocabulary {
+            None => String::from_utf8_lossy(&tokens.iter().map(|&t| t as u8).collect::<Vec<_>>())
+                .into_owned(),
+            Some(chars) => {
+                let chars: Vec<char> = chars.chars().collect();
+                tokens
+                    .iter()
+                    .filter_map(|&t| chars.get(t as usize))
+                    .collect()
+            }
+        }
+    }
+}
+
+impl<B: AutodiffBackend> Family<B> for GptText<B> {
+    type Batch = TokenBatch<B>;
+
+    fn num_params(&self) -> usize {
+        self.core.model.num_params()
+    }
+
+    fn train_step(
+        mut self,
+        batch: TokenBatch<B>,
+        ctx: &mut StepContext,
+    ) -> Result<(Self, Metrics)> {
+        let (core, loss) = self.core.step(batch.inputs, batch.targets, ctx)?;
+        self.core = core;
+        Ok((self, loss_metrics(loss, "bits_per_char")))
+    }
+
+    fn eval_batch(&self, batch: TokenBatch<B>) -> Result<Metrics> {
+        Ok(loss_metrics(
+            self.core.eval(batch.inputs.inner(), batch.targets.inner()),
+            "bits_per_char",
+        ))
+    }
+
+    fn sample_images(&self, _request: &SampleRequest) -> Result<Tensor<B::InnerBackend, 4>> {
+        Err(Error::Config(
+            "this model generates text: use --prompt and --tokens instead of --out".into(),
+        ))
+    }
+
+    fn draws_images(&self) -> bool {
+        false
+    }
+
+    fn generate_text(&self, request: &TextRequest) -> Result<String> {
+        let mut prompt = self.encode(&request.prompt)?;
+        if prompt.is_empty() {
+            prompt = vec![
+                self.encode("\n")
+                    .ok()
+                    .and_then(|t| t.first().copied())
+                    .unwrap_or(0),
+            ];
+        }
+        let sampling = Sampling {
+            temperature: request.temperature,
+            top_k: request.top_k,
+            top_p: request.top_p,
+            token_limit: None,
+        };
+        let out = generate(
+            &self.core.model.valid(),
+            &[prompt],
+            request.tokens,
+            &sampling,
+            request.seed,
+            request.use_cache,
+            &self.core.device,
+        );
+        Ok(self.decode(&out[0]))
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        self.core.save(dir)
+    }
+
+    fn load(mut self, dir: &Path) -> Result<Self> {
+        self.core = self.core.load(dir)?;
+        Ok(self)
+    }
+}
+
+/// A GPT over images as pixel sequences: the `gpt-pixel` family.
+pub struct GptPixel<B: AutodiffBackend> {
+    core: GptCore<B>,
+    levels: usize,
+    shape: (usize, usize, usize),
+}
+
+impl<B: AutodiffBackend> GptPixel<B> {
+    /// A fresh model for images of `shape` quantised to `levels`.
+    pub fn new(config: GptConfig, input: &GptInput, device: &B::Device) -> Result<Self> {
+        let GptInput::Pixels { levels, shape } = input else {
+            return Err(Error::Config("GptPixel needs a pixel input".into()));
+        };
+        Ok(Self {
+            core: GptCore::new(config, device),
+            levels: *levels,
+            shape: *shape,
+        })
+    }
+
+    /// Images in `[0, 1]` as token sequences: a start token, then each pixel's level.
+    ///
+    /// # Shapes
+    /// - images: `[batch, c, h, w]` → inputs `[batch, c·h·w]` (start + all but the last pixel), targets `[batch, c·h·w]`
+    pub fn tokens<Bk: Backend>(
+        &self,
+        images: Tensor<Bk, 4>,
+    ) -> (Tensor<Bk, 2, Int>, Tensor<Bk, 2, Int>) {
+        let n = images.dims()[0];
+        let levels = self.levels as f64;
+        let pixels = (images.reshape([n as i32, -1]) * levels)
+            .floor()
+            .clamp(0.0, levels - 1.0)
+            .int(); // [N, D]
+        let d = pixels.dims()[1];
+        let start = Tensor::<Bk, 2, Int>::full([n, 1], self.levels as i64, &pixels.device());
+        let inputs = Tensor::cat(vec![start, pixels.clone().narrow(1, 0, d - 1)], 1);
+        (inputs, pixels)
+    }
+}
+
+impl<B: AutodiffBackend> GptPixel<B> {
+    /// Completes images from their top `rows` rows: the given rows are
+    /// kept (quantised), the rest is sampled pixel by pixel.
+    ///
+    /// # Shapes
+    /// - images: `[n, c, h, w]` in `[0, 1]` → `[n, c, h, w]` in `[0, 1]`
+    pub fn complete(
+        &self,
+        images: Tensor<B::InnerBackend, 4>,
+        rows: usize,
+        seed: u64,
+    ) -> Result<Tensor<B::InnerBackend, 4>> {
+        let (c, h, w) = self.shape;
+        let [n, ic, ih, iw] = images.dims();
+        if (ic, ih, iw) != (c, h, w) {
+            return Err(Error::Config(format!(
+                "the model draws {c}x{h}x{w} images, these are {ic}x{ih}x{iw}"
+            )));
+        }
+        if c != 1 {
+            return Err(Error::Config(
+                "completing rows is defined for one-channel images".into(),
+            ));
+        }
+        let rows = rows.min(h);
+        let (inputs, _) = self.tokens(images);
+        let given = 1 + rows * w; // the start token and the given rows
+        let data = inputs
+            .narrow(1, 0, given)
+            .into_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .map_err(|e| Error::Other(format!("{e:?}")))?;
+        let prompts: Vec<Vec<u32>> = data
+            .chunks(given)
+            .map(|r| r.iter().map(|&t| t as u32).collect())
+            .collect();
+        let sampling = Sampling {
+            token_limit: Some(self.levels),
+            ..Sampling::default()
+        };
+        let completed = generate(
+            &self.core.model.valid(),
+            &prompts,
+            h * w - rows * w,
+            &sampling,
+            seed,
+            true,
+            &self.core.device,
+        );
+        let values: Vec<f32> = prompts
+            .iter()
+            .zip(completed)
+            .flat_map(|(p, rest)| p[1..].iter().copied().chain(rest).collect::<Vec<_>>())
+            .map(|t| (t as f32 + 0.5) / self.levels as f32)
+            .collect();
+        Ok(Tensor::from_data(
+            TensorData::new(values, [n, c, h, w]),
+            &self.core.device,
+        ))
+    }
+}
+
+impl<B: AutodiffBackend> Family<B> for GptPixel<B> {
+    type Batch = ImageBatch<B>;
+
+    fn num_params(&self) -> usize {
+        self.core.model.num_params()
+    }
+
+    fn train_step(
+        mut self,
+        batch: ImageBatch<B>,
+        ctx: &mut StepContext,
+    ) -> Result<(Self, Metrics)> {
+        let (inputs, targets) = self.tokens(batch.images);
+        let (core, loss) = self.core.step(inputs, targets, ctx)?;
+        self.core = core;
+        Ok((self, loss_metrics(loss, "bits_per_dim")))
+    }
+
+    fn eval_batch(&self, batch: ImageBatch<B>) -> Result<Metrics> {
+        let (inputs, targets) = self.tokens(batch.images.inner());
+        Ok(loss_metrics(
+            self.core.eval(inputs, targets),
+            "bits_per_dim",
+        ))
+    }
+
+    fn complete_images(
+        &self,
+        images: Tensor<B::InnerBackend, 4>,
+        rows: usize,
+        seed: u64,
+    ) -> Result<Tensor<B::InnerBackend, 4>> {
+        self.complete(images, rows, seed)
+    }
+
+    fn sample_images(&self, request: &SampleRequest) -> Result<Tensor<B::InnerBackend, 4>> {
+        if request.class.is_some() {
+            return Err(Error::Config("gpt-pixel is not class-conditional".into()));
+        }
+        let (c, h, w) = self.shape;
+        let prompts = vec![vec![self.levels as u32]; request.n];
+        let sampling = Sampling {
+            token_limit: Some(self.levels),
+            ..Sampling::default()
+        };
+        let rows = generate(
+            &self.core.model.valid(),
+            &prompts,
+            c * h * w,
+            &sampling,
+            request.seed,
+            true,
+            &self.core.device,
+        );
+        // A level's pixel value is the centre of its bin.
+        let values: Vec<f32> = rows
+            .iter()
+            .flatten()
+            .map(|&t| (t as f32 + 0.5) / self.levels as f32)
+            .collect();
+        Ok(Tensor::from_data(
+            TensorData::new(values, [request.n, c, h, w]),
+            &self.core.device,
+        ))
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        self.core.save(dir)
+    }
+
+    fn load(mut self, dir: &Path) -> Result<Self> {
+        self.core = self.core.load(dir)?;
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+    use genzoo_core::CpuDevice;
+
+    type AB = Autodiff<Flex>;
+
+    #[test]
+    fn decay_touches_matrices_only() {
+        let _guard = crate::rng_lock();
+        let dev = CpuDevice::default();
+        let config = GptConfig {
+            vocab_size: 5,
+            block_size: 4,
+            n_embd: 8,
+            n_head: 2,
+            n_layer: 1,
+            bias: true,
+            ..Default::default()
+        };
+        let model = config.init::<AB>(&dev);
+        let before = genzoo_core::record::param_shapes(&model);
+        let values = genzoo_core::record::param_values(&model);
+        let decayed = model.map(&mut DecayMatrices::<AB> {
+            factor: 0.5,
+            _b: PhantomData,
+        });
+        let after = genzoo_core::record::param_values(&decayed);
+        let mut offset = 0;
+        for (name, shape) in before {
+            let len: usize = shape.iter().product();
+            let ratio = if shape.len() >= 2 { 0.5 } else { 1.0 };
+            for i in offset..offset + len {
+                assert!(
+                    (after[i] - values[i] * ratio).abs() < 1e-7,
+                    "{name}: {} vs {}",
+                    after[i],
+                    values[i]
+                );
+            }
+            offset += len;
+        }
+    }
+
+    #[test]
+    fn completion_keeps_the_given_rows() {
+        let _guard = crate::rng_lock();
+        let dev = CpuDevice::default();
+        let input = GptInput::Pixels {
+            levels: 16,
+            shape: (1, 4, 3),
+        };
+        let gpt = GptPixel::<AB>::new(
+            GptConfig {
+                vocab_size: 17,
+                block_size: 13,
+                n_embd: 8,
+                n_head: 2,
+                n_layer: 1,
+                ..Default::default()
+            },
+            &input,
+            &dev,
+        )
+        .unwrap();
+        let images = Tensor::<Flex, 4>::from_floats(
+            [[[[0.0, 0.5, 1.0], [0.25, 0.75, 0.1], [0.0; 3], [0.0; 3]]]],
+            &dev,
+        );
+        let done = gpt
+            .complete(images, 2, 3)
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let centre = |level: f32| (level + 0.5) / 16.0;
+        assert_eq!(
+            &done[..6],
+            &[
+                centre(0.0),
+                centre(8.0),
+                centre(15.0),
+                centre(4.0),
+                centre(12.0),
+                centre(1.0)
+            ]
+        );
+        assert_eq!(done.len(), 12);
+    }
+
+    #[test]
+    fn pixel_tokens_shift_by_one_after_the_start_token() {
+        let _guard = crate::rng_lock();
+        let dev = CpuDevice::default();
+        let input = GptInput::Pixels {
+            levels: 16,
+            shape: (1, 2, 2),
+        };
+        let gpt = GptPixel::<AB>::new(
+            GptConfig {
+                vocab_size: 17,
+                block_size: 5,
+                n_embd: 8,
+                n_head: 2,
+                n_layer: 1,
+                ..Default::default()
+            },
+            &input,
+            &dev,
+        )
+        .unwrap();
+        let images = Tensor::<Flex, 4>::from_floats([[[[0.0, 0.5], [0.99, 1.0]]]], &dev);
+        let (x, y) = gpt.tokens(images);
+        assert_eq!(
+            x.into_data().convert::<i64>().to_vec::<i64>().unwrap(),
+            vec![16, 0, 8, 15]
+        );
+        assert_eq!(
+            y.into_data().convert::<i64>().to_vec::<i64>().unwrap(),
+            vec![0, 8, 15, 15]
+        );
+    }
+}

@@ -1,0 +1,450 @@
+//! A GPT: a decoder-only transformer (Radford et al. 2018, 2019), written
+//! to read like nanoGPT's `model.py` (Karpathy): token and learned position
+//! embeddings, pre-LayerNorm blocks of causal self-attention and a GELU MLP,
+//! a final LayerNorm, and an output head optionally tied to the token
+//! embedding (Press & Wolf 2017). Initialisation as GPT-2: N(0, 0.02), the
+//! residual projections scaled by 1/√(2·n_layer).
+//!
+//! Besides the training forward pass it has a key/value cache: generating a
+//! token then costs one position of work per layer instead of the whole prefix.
+
+use burn::module::Param;
+use burn::nn::{
+    Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
+};
+use burn::prelude::*;
+use burn::tensor::activation::gelu;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use genzoo_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// Transformer hyper-parameters. The defaults are the `gpt-char` reference
+/// model (nanoGPT's CPU configuration) on a 65-character vocabulary.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GptConfig {
+    /// Number of distinct tokens (set from the data).
+    pub vocab_size: usize,
+    /// Longest context, in tokens.
+    pub block_size: usize,
+    /// Transformer blocks.
+    pub n_layer: usize,
+    /// Attention heads per block.
+    pub n_head: usize,
+    /// Embedding width.
+    pub n_embd: usize,
+    /// Dropout probability (0 = off).
+    pub dropout: f64,
+    /// Biases in Linear and LayerNorm layers.
+    pub bias: bool,
+    /// Share the output head's weights with the token embedding.
+    pub tie_weights: bool,
+    /// AdamW β₁.
+    pub beta1: f32,
+    /// AdamW β₂.
+    pub beta2: f32,
+    /// AdamW ε (PyTorch's 1e-8).
+    pub eps: f32,
+    /// Decoupled weight decay, applied to parameters of two or more dimensions only.
+    pub weight_decay: f64,
+    /// What the model reads: text (with its vocabulary) or pixels.
+    pub input: super::family::GptInput,
+}
+
+impl Default for GptConfig {
+    fn default() -> Self {
+        Self {
+            vocab_size: 65,
+            block_size: 64,
+            n_layer: 4,
+            n_head: 4,
+            n_embd: 128,
+            dropout: 0.0,
+            bias: false,
+            tie_weights: true,
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            input: super::family::GptInput::Text { vocabulary: None },
+        }
+    }
+}
+
+impl GptConfig {
+    /// Rejects configurations no transformer can be built from.
+    pub fn validate(&self) -> Result<()> {
+        if self.vocab_size == 0 || self.block_size == 0 || self.n_layer == 0 || self.n_head == 0 {
+            return Err(Error::Config(
+                "gpt: vocab_size, block_size, n_layer and n_head must be positive".into(),
+            ));
+        }
+        if !self.n_embd.is_multiple_of(self.n_head) {
+            return Err(Error::Config(format!(
+                "gpt: n_embd ({}) must be divisible by n_head ({})",
+                self.n_embd, self.n_head
+            )));
+        }
+        Ok(())
+    }
+
+    /// Builds the network with GPT-2's initialisation.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Gpt<B> {
+        let normal = Initializer::Normal {
+            mean: 0.0,
+            std: 0.02,
+        };
+        let residual = Initializer::Normal {
+            mean: 0.0,
+            std: 0.02 / (2.0 * self.n_layer as f64).sqrt(),
+        };
+        let linear = |d_in, d_out, init: &Initializer| {
+            LinearConfig::new(d_in, d_out)
+                .with_bias(self.bias)
+                .with_initializer(init.clone())
+                .init(device)
+        };
+        let norm = || {
+            LayerNormConfig::new(self.n_embd)
+                .with_bias(self.bias)
+                .init(device)
+        };
+        let c = self.n_embd;
+        let blocks = (0..self.n_layer)
+            .map(|_| Block {
+                ln_1: norm(),
+                attn: CausalSelfAttention {
+                    c_attn: linear(c, 3 * c, &normal),
+                    c_proj: linear(c, c, &residual),
+                    n_head: self.n_head,
+                },
+                ln_2: norm(),
+                mlp: Mlp {
+                    c_fc: linear(c, 4 * c, &normal),
+                    c_proj: linear(4 * c, c, &residual),
+                },
+            })
+            .collect();
+        let gpt = Gpt {
+            wte: EmbeddingConfig::new(self.vocab_size, c)
+                .with_initializer(normal.clone())
+                .init(device),
+            wpe: EmbeddingConfig::new(self.block_size, c)
+                .with_initializer(normal.clone())
+                .init(device),
+            blocks,
+            ln_f: norm(),
+            lm_head: (!self.tie_weights).then(|| linear(c, self.vocab_size, &normal)),
+            block_size: self.block_size,
+        };
+        genzoo_core::record::force_init(&gpt);
+        gpt
+    }
+}
+
+/// Multi-head causal self-attention with one fused q/k/v projection.
+#[derive(Module, Debug)]
+pub struct CausalSelfAttention<B: Backend> {
+    c_attn: Linear<B>,
+    c_proj: Linear<B>,
+    n_head: usize,
+}
+
+/// The cached keys and values of one attention layer, `[batch, n_head, t, head_size]` each.
+#[derive(Clone, Debug)]
+pub struct LayerCache<B: Backend> {
+    key: Tensor<B, 4>,
+    value: Tensor<B, 4>,
+}
+
+impl<B: Backend> CausalSelfAttention<B> {
+    /// # Shapes
+    /// - x: `[batch, t, n_embd]` → `[batch, t, n_embd]`
+    ///
+    /// With `cache`, `x` holds only the new positions: they attend to the
+    /// cached ones and to each other (causally), and are appended to the cache.
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cache: Option<&mut Option<LayerCache<B>>>,
+    ) -> Tensor<B, 3> {
+        let [b, t, c] = x.dims();
+        let hs = c / self.n_head;
+        let qkv = self.c_attn.forward(x); // (B, T, 3C)
+        let split = |i: usize| {
+            qkv.clone()
+                .narrow(2, i * c, c)
+                .reshape([b, t, self.n_head, hs])
+                .swap_dims(1, 2)
+        }; // (B, nh, T, hs)
+        let (q, mut k, mut v) = (split(0), split(1), split(2));
+        let mut past = 0;
+        if let Some(cache) = cache {
+            if let Some(prev) = cache.take() {
+                past = prev.key.dims()[2];
+                k = Tensor::cat(vec![prev.key, k], 2); // (B, nh, past + T, hs)
+                v = Tensor::cat(vec![prev.value, v], 2);
+            }
+            *cache = Some(LayerCache {
+                key: k.clone(),
+                value: v.clone(),
+            });
+        }
+        let options = AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: past == 0,
+        };
+        let y = if past == 0 || t == 1 {
+            // No cache, or one new query that may see every cached key: plain (causal) attention.
+            attention(
+                q,
+                k,
+                v,
+                None,
+                None,
+                AttentionModuleOptions {
+                    is_causal: past == 0,
+                    ..options
+                },
+            )
+        } else {
+            // Several new queries after a cached prefix: query i sees keys 0..=past + i.
+            let mask = Tensor::<B, 2, Bool>::tril_mask([t, past + t], past as i64, &q.device())
+                .unsqueeze::<4>()
+                .expand([b, self.n_head, t, past + t]);
+            attention(
+                q,
+                k,
+                v,
+                Some(mask),
+                None,
+                AttentionModuleOptions {
+                    is_causal: false,
+                    ..options
+                },
+            )
+        }; // (B, nh, T, hs)
+        let y = y.swap_dims(1, 2).reshape([b, t, c]); // re-assemble the heads: (B, T, C)
+        self.c_proj.forward(y)
+    }
+}
+
+/// The position-wise feed-forward network: Linear → GELU → Linear.
+#[derive(Module, Debug)]
+pub struct Mlp<B: Backend> {
+    c_fc: Linear<B>,
+    c_proj: Linear<B>,
+}
+
+impl<B: Backend> Mlp<B> {
+    /// `[batch, t, n_embd]` → `[batch, t, n_embd]`
+    pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.c_proj.forward(gelu(self.c_fc.forward(x)))
+    }
+}
+
+/// A pre-LayerNorm transformer block: x + attn(ln(x)), then x + mlp(ln(x)).
+#[derive(Module, Debug)]
+pub struct Block<B: Backend> {
+    ln_1: LayerNorm<B>,
+    attn: CausalSelfAttention<B>,
+    ln_2: LayerNorm<B>,
+    mlp: Mlp<B>,
+}
+
+impl<B: Backend> Block<B> {
+    /// `[batch, t, n_embd]` → `[batch, t, n_embd]`
+    pub fn forward(
+        &self,
+        x: Tensor<B, 3>,
+        cache: Option<&mut Option<LayerCache<B>>>,
+    ) -> Tensor<B, 3> {
+        let x = x.clone() + self.attn.forward(self.ln_1.forward(x), cache);
+        x.clone() + self.mlp.forward(self.ln_2.forward(x))
+    }
+}
+
+/// The key/value cache of a whole model, one entry per block.
+#[derive(Clone, Debug)]
+pub struct KvCache<B: Backend> {
+    layers: Vec<Option<LayerCache<B>>>,
+}
+
+impl<B: Backend> KvCache<B> {
+    /// Positions already cached.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map_or(0, |l| l.key.dims()[2])
+    }
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The GPT language model.
+#[derive(Module, Debug)]
+pub struct Gpt<B: Backend> {
+    wte: Embedding<B>,
+    wpe: Embedding<B>,
+    blocks: Vec<Block<B>>,
+    ln_f: LayerNorm<B>,
+    lm_head: Option<Linear<B>>,
+    block_size: usize,
+}
+
+impl<B: Backend> Gpt<B> {
+    /// Longest context.
+    pub fn block_size(&self) -> usize {
+        self.block_size
+    }
+
+    /// An empty key/value cache for this model.
+    pub fn empty_cache(&self) -> KvCache<B> {
+        KvCache {
+            layers: vec![None; self.blocks.len()],
+        }
+    }
+
+    /// Next-token logits at every position.
+    ///
+    /// # Shapes
+    /// - tokens: `[batch, t]` with t ≤ block_size → `[batch, t, vocab_size]`
+    pub fn forward(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        self.forward_from(tokens, 0, None)
+    }
+
+    /// Logits for `tokens` placed after the `cache.len()` cached positions,
+    /// which they extend.
+    ///
+    /// # Shapes
+    /// - tokens: `[batch, t]` with cache.len() + t ≤ block_size → `[batch, t, vocab_size]`
+    pub fn forward_cached(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
+        let past = cache.len();
+        self.forward_from(tokens, past, Some(cache))
+    }
+
+    fn forward_from(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        past: usize,
+        mut cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let [b, t] = tokens.dims();
+        assert!(
+            past + t <= self.block_size,
+            "sequence of {} tokens exceeds the block size {}",
+            past + t,
+            self.block_size
+        );
+        let device = tokens.device();
+        let positions = Tensor::<B, 1, Int>::arange(past as i64..(past + t) as i64, &device)
+            .unsqueeze::<2>()
+            .expand([b, t]);
+        let mut x = self.wte.forward(tokens) + self.wpe.forward(positions); // (B, T, C)
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(x, cache.as_deref_mut().map(|c| &mut c.layers[i]));
+        }
+        let x = self.ln_f.forward(x);
+        match &self.lm_head {
+            Some(head) => head.forward(x),
+            None => {
+                // Tied head: logits = x · Eᵀ with E the token embedding (V, C).
+                let [_, _, c] = x.dims();
+                let e = self.wte.weight.val(); // (V, C)
+                let v = e.dims()[0];
+                x.reshape([b * t, c])
+                    .matmul(e.transpose())
+                    .reshape([b, t, v])
+            }
+        }
+    }
+
+    /// The token embedding (for weight decay and tests).
+    pub fn token_embedding(&self) -> &Param<Tensor<B, 2>> {
+        &self.wte.weight
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use genzoo_core::{CpuBackend, CpuDevice};
+
+    #[test]
+    fn reference_parameter_counts() {
+        let _guard = crate::rng_lock();
+        let dev = CpuDevice::default();
+        // gpt-char, V = 65: wte 8,320 + wpe 8,192 + 4 × (ln 128 + qkv 49,152 + proj 16,384 + ln 128
+        //   + fc 65,536 + proj 65,536 = 196,864) + ln_f 128 = 804,096
+        assert_eq!(
+            GptConfig::default().init::<CpuBackend>(&dev).num_params(),
+            804_096
+        );
+        // gpt-pixel, V = 17, T = 785: wte 2,176 + wpe 100,480 + 787,456 + 128 = 890,240
+        let pixel = GptConfig {
+            vocab_size: 17,
+            block_size: 785,
+            ..Default::default()
+        };
+        assert_eq!(pixel.init::<CpuBackend>(&dev).num_params(), 890_240);
+    }
+
+    #[test]
+    fn changing_a_future_token_never_changes_earlier_logits() {
+        let _guard = crate::rng_lock();
+        let dev = CpuDevice::default();
+        let gpt = GptConfig {
+            vocab_size: 11,
+            block_size: 16,
+            n_embd: 32,
+            ..Default::default()
+        }
+        .init::<CpuBackend>(&dev);
+        let a = Tensor::<CpuBackend, 2, Int>::from_ints([[1, 2, 3, 4, 5, 6, 7, 8]], &dev);
+        let b = Tensor::<CpuBackend, 2, Int>::from_ints([[1, 2, 3, 4, 5, 9, 10, 0]], &dev);
+        let la = gpt.forward(a).narrow(1, 0, 5);
+        let lb = gpt.forward(b).narrow(1, 0, 5);
+        let diff: f32 = (la - lb).abs().max().into_scalar();
+        assert_eq!(
+            diff, 0.0,
+            "logits before the changed position must not move"
+        );
+    }
+
+    #[test]
+    fn cached_forward_matches_the_full_forward() {
+        let _guard = crate::rng_lock();
+        let dev = CpuDevice::default();
+        let gpt = GptConfig {
+            vocab_size: 11,
+            block_size: 16,
+            n_embd: 32,
+            ..Default::default()
+        }
+        .init::<CpuBackend>(&dev);
+        let tokens = Tensor::<CpuBackend, 2, Int>::from_ints(
+            [[1, 2, 3, 4, 5, 6, 7], [7, 6, 5, 4, 3, 2, 1]],
+            &dev,
+        );
+        let full = gpt.forward(tokens.clone());
+        let mut cache = gpt.empty_cache();
+        let prefix = gpt.forward_cached(tokens.clone().narrow(1, 0, 3), &mut cache); // 3 at once
+        let mut parts = vec![prefix];
+        for i in 3..7 {
+            parts.push(gpt.forward_cached(tokens.clone().narrow(1, i, 1), &mut cache)); // then one by one
+        }
+        assert_eq!(cache.len(), 7);
+        let cached = Tensor::cat(parts, 1);
+        let diff: f32 = (full - cached).abs().max().into_scalar();
+        assert!(diff < 1e-4, "max difference {diff}");
+    }
+}
