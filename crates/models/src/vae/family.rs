@@ -125,7 +125,7 @@ impl<B: AutodiffBackend> Family<B> for VaeTrainer<B> {
                 )
             }));
         }
-        // Without a class, a conditional model cycles through the classes (one per column of an 8-wide grid... or row).
+        // Without a class, a conditional model cycles through its classes: image i shows class i mod classes.
         let labels: Vec<i64> = (0..request.n)
             .map(|i| {
                 request

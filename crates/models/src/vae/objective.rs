@@ -98,10 +98,9 @@ pub fn iwae_nll<B: Backend>(
     k: usize,
 ) -> Tensor<B, 1> {
     let k = k.max(1);
-    let [n, c, h, w] = images.dims();
+    let n = images.dims()[0];
     let condition = model.condition(labels);
     let (mu, log_var) = model.encode(images.clone(), condition.clone());
-    let latent = mu.dims()[1];
     // Tile everything k times along the batch: row i·n + j is sample i of example j.
     let mu_k = mu.repeat_dim(0, k); // [k·n, latent]
     let log_var_k = log_var.repeat_dim(0, k);
@@ -121,7 +120,6 @@ pub fn iwae_nll<B: Backend>(
     // log-mean-exp over the k samples, stabilised by the max.
     let max = log_w.clone().max_dim(0); // [1, n]
     let lme = (log_w - max.clone()).exp().mean_dim(0).log() + max;
-    let _ = (c, h, w, latent);
     lme.reshape([n]).neg()
 }
 
