@@ -137,6 +137,40 @@ pub struct SampleRequest {
     pub class: Option<usize>,
 }
 
+impl SampleRequest {
+    /// The labels of the `n` samples for a model of `num_classes` classes
+    /// (0: unconditional): the requested class for all, or else classes in
+    /// turn (image i shows class i mod num_classes). A class the model does
+    /// not know is an error; `conditional_presets` names where to look.
+    pub fn labels<B: Backend>(
+        &self,
+        num_classes: usize,
+        conditional_presets: &str,
+        device: &B::Device,
+    ) -> Result<Tensor<B, 1, Int>> {
+        if let Some(c) = self.class
+            && c >= num_classes.max(1)
+        {
+            return Err(crate::Error::Config(if num_classes == 0 {
+                format!("this model is not class-conditional: --class needs {conditional_presets}")
+            } else {
+                format!(
+                    "class {c} is out of range: the model knows classes 0..{}",
+                    num_classes - 1
+                )
+            }));
+        }
+        let labels: Vec<i64> = (0..self.n)
+            .map(|i| {
+                self.class
+                    .unwrap_or(if num_classes > 0 { i % num_classes } else { 0 })
+                    as i64
+            })
+            .collect();
+        Ok(Tensor::from_data(TensorData::new(labels, [self.n]), device))
+    }
+}
+
 /// A trainable generative model family: its networks, its optimizers, one
 /// training step, evaluation, sampling and checkpoint I/O.
 ///

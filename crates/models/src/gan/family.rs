@@ -417,29 +417,7 @@ impl<B: AutodiffBackend> Family<B> for GanTrainer<B> {
         } else {
             0
         };
-        if let Some(c) = request.class
-            && c >= classes.max(1)
-        {
-            return Err(Error::Config(if classes == 0 {
-                "this GAN is not class-conditional: --class needs cdcgan-28".into()
-            } else {
-                format!(
-                    "class {c} is out of range: the model knows classes 0..{}",
-                    classes - 1
-                )
-            }));
-        }
-        let labels: Vec<i64> = (0..request.n)
-            .map(|i| {
-                request
-                    .class
-                    .unwrap_or(if classes > 0 { i % classes } else { 0 }) as i64
-            })
-            .collect();
-        let labels = Tensor::<B::InnerBackend, 1, Int>::from_data(
-            TensorData::new(labels, [request.n]),
-            &self.device,
-        );
+        let labels = request.labels::<B::InnerBackend>(classes, "cdcgan-28", &self.device)?;
         B::InnerBackend::seed(&self.device, request.seed);
         let z = self.noise::<B::InnerBackend>(request.n, &self.device);
         // [-1, 1] → [0, 1]

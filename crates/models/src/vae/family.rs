@@ -112,31 +112,11 @@ impl<B: AutodiffBackend> Family<B> for VaeTrainer<B> {
 
     fn sample_images(&self, request: &SampleRequest) -> Result<Tensor<B::InnerBackend, 4>> {
         let device = &self.device;
-        let classes = self.model.num_classes();
-        if let Some(c) = request.class
-            && c >= classes.max(1)
-        {
-            return Err(genzoo_core::Error::Config(if classes == 0 {
-                "this VAE is not class-conditional: --class needs a conditional preset (cvae-mlp, cvae-conv)".into()
-            } else {
-                format!(
-                    "class {c} is out of range: the model knows classes 0..{}",
-                    classes - 1
-                )
-            }));
-        }
-        // Without a class, a conditional model cycles through its classes: image i shows class i mod classes.
-        let labels: Vec<i64> = (0..request.n)
-            .map(|i| {
-                request
-                    .class
-                    .unwrap_or(if classes > 0 { i % classes } else { 0 }) as i64
-            })
-            .collect();
-        let labels = Tensor::<B::InnerBackend, 1, Int>::from_data(
-            TensorData::new(labels, [request.n]),
+        let labels = request.labels::<B::InnerBackend>(
+            self.model.num_classes(),
+            "a conditional preset (cvae-mlp, cvae-conv)",
             device,
-        );
+        )?;
         B::InnerBackend::seed(device, request.seed);
         Ok(self.model.valid().sample(labels, device))
     }
