@@ -16,6 +16,7 @@ pub mod grad;
 pub mod image;
 pub mod record;
 pub mod seed;
+pub mod vocabulary;
 
 pub use backend::{BackendKind, CpuBackend, CpuDevice};
 pub use error::{Error, Result};

@@ -12,6 +12,7 @@ use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
 use genzoo_core::record::{load_module, load_optimizer, save_module, save_optimizer};
+use genzoo_core::vocabulary::Vocabulary;
 use genzoo_core::{
     Error, Family, ImageBatch, Metrics, Result, SampleRequest, StepContext, TextRequest, TokenBatch,
 };
@@ -147,7 +148,7 @@ fn loss_metrics(loss: f64, per: &str) -> Metrics {
 /// A GPT over text: the `gpt-char` family.
 pub struct GptText<B: AutodiffBackend> {
     core: GptCore<B>,
-    vocabulary: Option<String>,
+    vocabulary: Vocabulary,
 }
 
 impl<B: AutodiffBackend> GptText<B> {
@@ -158,47 +159,15 @@ impl<B: AutodiffBackend> GptText<B> {
         };
         Ok(Self {
             core: GptCore::new(config, device),
-            vocabulary: vocabulary.clone(),
+            vocabulary: vocabulary
+                .as_deref()
+                .map_or(Vocabulary::Bytes, Vocabulary::from_chars),
         })
     }
 
     /// The network.
     pub fn model(&self) -> &Gpt<B> {
         &self.core.model
-    }
-
-    fn encode(&self, text: &str) -> Result<Vec<u32>> {
-        match &self.vocabulary {
-            None => Ok(text.bytes().map(u32::from).collect()),
-            Some(chars) => text
-                .chars()
-                .map(|c| {
-                    chars
-                        .chars()
-                        .position(|v| v == c)
-                        .map(|i| i as u32)
-                        .ok_or_else(|| {
-                            Error::Config(format!(
-                                "the prompt's character {c:?} is not in the model's vocabulary"
-                            ))
-                        })
-                })
-                .collect(),
-        }
-    }
-
-    fn decode(&self, tokens: &[u32]) -> String {
-        match &self.vocabulary {
-            None => String::from_utf8_lossy(&tokens.iter().map(|&t| t as u8).collect::<Vec<_>>())
-                .into_owned(),
-            Some(chars) => {
-                let chars: Vec<char> = chars.chars().collect();
-                tokens
-                    .iter()
-                    .filter_map(|&t| chars.get(t as usize))
-                    .collect()
-            }
-        }
     }
 }
 
@@ -237,10 +206,11 @@ impl<B: AutodiffBackend> Family<B> for GptText<B> {
     }
 
     fn generate_text(&self, request: &TextRequest) -> Result<String> {
-        let mut prompt = self.encode(&request.prompt)?;
+        let mut prompt = self.vocabulary.encode(&request.prompt)?;
         if prompt.is_empty() {
             prompt = vec![
-                self.encode("\n")
+                self.vocabulary
+                    .encode("\n")
                     .ok()
                     .and_then(|t| t.first().copied())
                     .unwrap_or(0),
@@ -261,7 +231,7 @@ impl<B: AutodiffBackend> Family<B> for GptText<B> {
             request.use_cache,
             &self.core.device,
         );
-        Ok(self.decode(&out[0]))
+        Ok(self.vocabulary.decode(&out[0]))
     }
 
     fn save(&self, dir: &Path) -> Result<()> {
