@@ -471,10 +471,7 @@ impl<B: AutodiffBackend> FamilyTask<B> for FitJob<B> {
 fn load_run(run_path: &Path) -> Result<(RunDir, RunConfig, PathBuf)> {
     let run = RunDir::open(run_path)?;
     let config = RunConfig::load(&run.config_file())?;
-    let identity = genzoo_train::CheckpointIdentity {
-        model: config.preset.clone(),
-        fingerprint: config.model_fingerprint()?,
-    };
+    let identity = config.identity()?;
     let (dir, _) = latest_good(&run.checkpoints_dir(), &identity, |w| eprintln!("{w}"))?
         .ok_or_else(|| {
             Error::Config(format!(
@@ -629,10 +626,7 @@ fn info(run_path: &Path) -> Result<()> {
     );
     println!("parameters: {params}");
     println!("dataset:    {}", config.data.dataset);
-    let identity = genzoo_train::CheckpointIdentity {
-        model: config.preset.clone(),
-        fingerprint: config.model_fingerprint()?,
-    };
+    let identity = config.identity()?;
     match latest_good(&run.checkpoints_dir(), &identity, |w| eprintln!("{w}"))? {
         Some((dir, m)) => println!(
             "checkpoint: step {} of {} ({})",

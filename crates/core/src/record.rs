@@ -58,15 +58,18 @@ pub fn param_shapes<B: Backend, M: Module<B>>(module: &M) -> Vec<(String, Vec<us
 pub fn trainable_params<B: Backend, M: Module<B>>(module: &M) -> usize {
     param_shapes::<B, M>(module)
         .iter()
-        .filter(|(path, _)| {
-            !path
-                .rsplit('.')
-                .next()
-                .unwrap_or("")
-                .starts_with("running_")
-        })
+        .filter(|(path, _)| is_trainable(path))
         .map(|(_, shape)| shape.iter().product::<usize>())
         .sum()
+}
+
+/// Whether the tensor at dotted `path` is trainable (not a `running_*` field).
+fn is_trainable(path: &str) -> bool {
+    !path
+        .rsplit('.')
+        .next()
+        .unwrap_or("")
+        .starts_with("running_")
 }
 
 /// The values of the trainable parameters only (see [`trainable_params`]),
@@ -78,12 +81,7 @@ pub fn trainable_values<B: Backend, M: Module<B>>(module: &M) -> Vec<f32> {
     let mut offset = 0;
     for (path, shape) in shapes {
         let len: usize = shape.iter().product();
-        if !path
-            .rsplit('.')
-            .next()
-            .unwrap_or("")
-            .starts_with("running_")
-        {
+        if is_trainable(&path) {
             out.extend_from_slice(&values[offset..offset + len]);
         }
         offset += len;

@@ -21,6 +21,7 @@ use genzoo_data::Scaling;
 use genzoo_models::{ModelConfig, preset};
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::CheckpointIdentity;
 use crate::schedule::Schedule;
 
 /// The training loop's settings.
@@ -260,6 +261,14 @@ impl RunConfig {
     /// The model config as TOML: what a checkpoint must match to be loaded.
     pub fn model_fingerprint(&self) -> Result<String> {
         toml::to_string(&self.model).map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// What this run's checkpoints must match: the preset and the model config.
+    pub fn identity(&self) -> Result<CheckpointIdentity> {
+        Ok(CheckpointIdentity {
+            model: self.preset.clone(),
+            fingerprint: self.model_fingerprint()?,
+        })
     }
 }
 

@@ -214,7 +214,7 @@ impl Trainer {
             if index >= batches_per_epoch {
                 (epoch, index) = (epoch + 1, 0);
             }
-            window.add(&metrics);
+            window.add(&metrics, 1.0);
             bar.set_position(step);
             if let Some((name, value)) = metrics.0.first() {
                 bar.set_message(format!("{name} {value:.4}"));
@@ -337,24 +337,12 @@ where
     let batches = cfg
         .eval_batches
         .map_or(data.eval_batches(), |n| n.min(data.eval_batches()));
-    let mut sums: Vec<(String, f64)> = Vec::new();
-    let mut count = 0usize;
+    let mut totals = MetricWindow::default();
     for i in 0..batches {
         let (batch, n) = data.eval_batch(i, device);
-        let m = family.eval_batch(batch)?;
-        for (k, v) in m.iter() {
-            match sums.iter_mut().find(|(name, _)| name == k) {
-                Some((_, s)) => *s += v * n as f64,
-                None => sums.push((k.to_string(), v * n as f64)),
-            }
-        }
-        count += n;
+        totals.add(&family.eval_batch(batch)?, n as f64);
     }
-    Ok(Metrics(
-        sums.into_iter()
-            .map(|(k, s)| (k, s / count.max(1) as f64))
-            .collect(),
-    ))
+    Ok(totals.mean())
 }
 
 fn write_grid<B: AutodiffBackend, F: Family<B>>(
@@ -441,29 +429,34 @@ fn write_progress_strip(samples: &std::path::Path) -> Result<()> {
         .map_err(|e| Error::Other(format!("{}: {e}", path.display())))
 }
 
-/// Running sums of training metrics between two log lines.
+/// Weighted running sums of metrics: training steps between two log lines
+/// (weight 1 each), or held-out batches (weighted by their size).
 #[derive(Default)]
 struct MetricWindow {
     sums: Vec<(String, f64)>,
+    weight: f64,
     count: usize,
 }
 
 impl MetricWindow {
-    fn add(&mut self, m: &Metrics) {
+    fn add(&mut self, m: &Metrics, weight: f64) {
         for (k, v) in m.iter() {
             match self.sums.iter_mut().find(|(name, _)| name == k) {
-                Some((_, s)) => *s += v,
-                None => self.sums.push((k.to_string(), v)),
+                Some((_, s)) => *s += v * weight,
+                None => self.sums.push((k.to_string(), v * weight)),
             }
         }
+        self.weight += weight;
         self.count += 1;
     }
 
+    /// The weighted mean of each metric.
     fn mean(&self) -> Metrics {
+        let weight = if self.weight > 0.0 { self.weight } else { 1.0 };
         Metrics(
             self.sums
                 .iter()
-                .map(|(k, s)| (k.clone(), s / self.count.max(1) as f64))
+                .map(|(k, s)| (k.clone(), s / weight))
                 .collect(),
         )
     }

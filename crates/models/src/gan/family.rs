@@ -145,6 +145,15 @@ impl GanConfig {
 
 type AdamOf<M, B> = OptimizerAdaptor<Adam, M, B>;
 
+/// Share of real images with a positive logit and fake ones with a non-positive one.
+///
+/// # Shapes
+/// - real, fake: `[batch]` → `[1]`
+fn discriminator_accuracy<Bk: Backend>(real: Tensor<Bk, 1>, fake: Tensor<Bk, 1>) -> Tensor<Bk, 1> {
+    let n = real.dims()[0] + fake.dims()[0];
+    (real.greater_elem(0.0).float().sum() + fake.lower_equal_elem(0.0).float().sum()) / n as f64
+}
+
 /// A generator and a discriminator with their optimizers: the `gan` family.
 pub struct GanTrainer<B: AutodiffBackend> {
     /// The generator.
@@ -260,9 +269,7 @@ impl<B: AutodiffBackend> GanTrainer<B> {
         self.discriminator =
             ctx.apply_with_lr(&mut self.d_optimizer, self.discriminator.clone(), grads, lr)?;
         let scalar = |t: Tensor<B, 1>| -> f64 { t.into_scalar().elem() };
-        let accuracy = (real_logits.clone().greater_elem(0.0).float().sum()
-            + fake_logits.clone().lower_equal_elem(0.0).float().sum())
-            / (2 * n) as f64;
+        let accuracy = discriminator_accuracy(real_logits.clone(), fake_logits.clone());
         let (real_mean, fake_mean) = match self.config.loss {
             // D(x) as a probability for the BCE loss, as PyTorch's DCGAN example prints it.
             GanLoss::NonSaturating => (
@@ -400,9 +407,7 @@ impl<B: AutodiffBackend> Family<B> for GanTrainer<B> {
             .generator(fake_logits.clone())
             .into_scalar()
             .elem();
-        let accuracy: f64 = ((real_logits.greater_elem(0.0).float().sum()
-            + fake_logits.lower_equal_elem(0.0).float().sum())
-            / (2 * n) as f64)
+        let accuracy: f64 = discriminator_accuracy(real_logits, fake_logits)
             .into_scalar()
             .elem();
         Ok(Metrics::new()

@@ -191,41 +191,19 @@ impl<B: Backend> CausalSelfAttention<B> {
                 value: v.clone(),
             });
         }
+        // No cache: causal attention. One new query after a cached prefix may
+        // see every key. Several new queries after a prefix: query i sees keys 0..=past + i.
+        let mask = (past > 0 && t > 1).then(|| {
+            Tensor::<B, 2, Bool>::tril_mask([t, past + t], past as i64, &q.device())
+                .unsqueeze::<4>()
+                .expand([b, self.n_head, t, past + t])
+        });
         let options = AttentionModuleOptions {
             scale: None,
             softcap: None,
             is_causal: past == 0,
         };
-        let y = if past == 0 || t == 1 {
-            // No cache, or one new query that may see every cached key: plain (causal) attention.
-            attention(
-                q,
-                k,
-                v,
-                None,
-                None,
-                AttentionModuleOptions {
-                    is_causal: past == 0,
-                    ..options
-                },
-            )
-        } else {
-            // Several new queries after a cached prefix: query i sees keys 0..=past + i.
-            let mask = Tensor::<B, 2, Bool>::tril_mask([t, past + t], past as i64, &q.device())
-                .unsqueeze::<4>()
-                .expand([b, self.n_head, t, past + t]);
-            attention(
-                q,
-                k,
-                v,
-                Some(mask),
-                None,
-                AttentionModuleOptions {
-                    is_causal: false,
-                    ..options
-                },
-            )
-        }; // (B, nh, T, hs)
+        let y = attention(q, k, v, mask, None, options); // (B, nh, T, hs)
         let y = y.swap_dims(1, 2).reshape([b, t, c]); // re-assemble the heads: (B, T, C)
         self.c_proj.forward(y)
     }
