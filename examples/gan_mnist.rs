@@ -58,6 +58,7 @@ fn main() -> Result<()> {
         n: 100,
         seed: 7,
         class: None,
+        ..Default::default()
     })?;
     save_grid(samples, 10, &run.root().join("samples/hundred.png"))?;
     println!("see {}/samples/", run.root().display());

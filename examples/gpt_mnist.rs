@@ -65,6 +65,7 @@ fn main() -> Result<()> {
         n: 16,
         seed: 0,
         class: None,
+        ..Default::default()
     })?;
     save_grid(samples, 4, &run.root().join("samples.png"))?;
     println!("wrote {}/samples.png", run.root().display());

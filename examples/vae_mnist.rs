@@ -55,6 +55,7 @@ fn main() -> Result<()> {
         n: 64,
         seed: 1,
         class: None,
+        ..Default::default()
     })?;
     save_grid(samples, 8, &run.root().join("samples.png"))?;
 

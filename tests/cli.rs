@@ -221,9 +221,8 @@ fn data_errors_are_clear() {
         err.contains("t10k-images-idx3-ubyte") && err.contains("truncated"),
         "{err}"
     );
-    // Unknown and planned presets.
+    // An unknown preset.
     assert!(fails(&genzoo(&["train", "vae-xl"], dir)).contains("genzoo list"));
-    assert!(fails(&genzoo(&["train", "ddpm-unet"], dir)).contains("planned"));
 }
 
 #[test]
@@ -261,7 +260,7 @@ fn a_backend_that_is_not_compiled_in_names_its_feature() {
 }
 
 #[test]
-fn list_shows_built_and_planned_presets() {
+fn list_shows_every_family() {
     let tmp = tempfile::tempdir().unwrap();
     let text = ok(&genzoo(&["list"], tmp.path()));
     for needle in [
@@ -270,7 +269,8 @@ fn list_shows_built_and_planned_presets() {
         "beta-vae",
         "cvae-mlp",
         "dcgan-28 ",
-        "planned",
+        "ddpm-unet",
+        "gpt-char",
     ] {
         assert!(text.contains(needle), "list lacks '{needle}':\n{text}");
     }
@@ -328,4 +328,125 @@ fn gpt_char_trains_on_a_text_file_and_continues_a_prompt() {
 fn ok_out(out: &Output) -> Vec<u8> {
     ok(out);
     out.stdout.clone()
+}
+
+#[test]
+fn ddpm_trains_and_samples_with_either_sampler_and_a_trajectory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_idx_dataset(&dir.join("digits"), 16, 8, 28, 10).unwrap();
+    let text = ok(&genzoo(
+        &[
+            "train",
+            "ddpm-unet",
+            "--dataset",
+            "idx:digits",
+            "--out",
+            "runs/ddpm",
+            "--batch-size",
+            "4",
+            "--steps",
+            "2",
+        ],
+        dir,
+    ));
+    assert!(text.contains("583713 parameters"), "{text}");
+    let text = ok(&genzoo(
+        &[
+            "sample",
+            "--run",
+            "runs/ddpm",
+            "--n",
+            "4",
+            "--sampler",
+            "ddim",
+            "--steps",
+            "5",
+            "--eta",
+            "0",
+            "--trajectory",
+            "--out",
+            "grid.png",
+        ],
+        dir,
+    ));
+    assert!(text.contains("trajectory"), "{text}");
+    let strip = image::open(dir.join("grid-trajectory.png")).unwrap();
+    assert!(
+        strip.width() > 5 * strip.height(),
+        "a strip of 10 frames: {}x{}",
+        strip.width(),
+        strip.height()
+    );
+    // Same seed, deterministic DDIM: the same file byte for byte.
+    ok(&genzoo(
+        &[
+            "sample",
+            "--run",
+            "runs/ddpm",
+            "--n",
+            "4",
+            "--steps",
+            "5",
+            "--out",
+            "again.png",
+        ],
+        dir,
+    ));
+    assert_eq!(
+        std::fs::read(dir.join("grid.png")).unwrap(),
+        std::fs::read(dir.join("again.png")).unwrap()
+    );
+    ok(&genzoo(
+        &[
+            "sample",
+            "--run",
+            "runs/ddpm",
+            "--n",
+            "1",
+            "--sampler",
+            "ddpm",
+            "--out",
+            "ddpm.png",
+        ],
+        dir,
+    ));
+    assert!(dir.join("ddpm.png").exists());
+    // Options that do not fit the model are refused with the reason.
+    let err = fails(&genzoo(
+        &["sample", "--run", "runs/ddpm", "--guidance", "2"],
+        dir,
+    ));
+    assert!(err.contains("class-conditional"), "{err}");
+    let err = fails(&genzoo(
+        &[
+            "sample",
+            "--run",
+            "runs/ddpm",
+            "--sampler",
+            "ddpm",
+            "--steps",
+            "10",
+        ],
+        dir,
+    ));
+    assert!(err.contains("DDIM"), "{err}");
+    ok(&genzoo(
+        &[
+            "train",
+            "vae-mlp",
+            "--dataset",
+            "idx:digits",
+            "--out",
+            "runs/vae",
+            "--steps",
+            "1",
+        ],
+        dir,
+    ));
+    let err = fails(&genzoo(
+        &["sample", "--run", "runs/vae", "--sampler", "ddim"],
+        dir,
+    ));
+    assert!(err.contains("diffusion"), "{err}");
 }

@@ -194,6 +194,7 @@ fn gpt_pixel_trains_on_images_and_samples_them() {
             n: 3,
             seed: 1,
             class: None,
+            ..Default::default()
         })
         .unwrap();
     assert_eq!(samples.dims(), [3, 1, 6, 6]);

@@ -135,6 +135,35 @@ pub struct SampleRequest {
     pub seed: u64,
     /// The class to sample, for class-conditional models.
     pub class: Option<usize>,
+    /// How iterative samplers (diffusion) run; unset fields take the model's defaults.
+    pub sampler: SamplerOptions,
+}
+
+/// Options of iterative samplers (the DDPM family's). Unset fields take the
+/// model's configured defaults; families without an iterative sampler
+/// reject any that is set.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SamplerOptions {
+    /// The sampler's name (`ddpm` or `ddim`).
+    pub method: Option<String>,
+    /// Network evaluations (DDIM).
+    pub steps: Option<usize>,
+    /// DDIM's stochasticity η ∈ [0, 1].
+    pub eta: Option<f64>,
+    /// Classifier-free guidance weight w (0: none).
+    pub guidance: Option<f64>,
+    /// Show a progress bar over the sampling steps.
+    pub progress: bool,
+}
+
+impl SamplerOptions {
+    /// Whether any sampler setting is given.
+    pub fn is_set(&self) -> bool {
+        self.method.is_some()
+            || self.steps.is_some()
+            || self.eta.is_some()
+            || self.guidance.is_some()
+    }
 }
 
 impl SampleRequest {
@@ -207,6 +236,34 @@ pub trait Family<B: AutodiffBackend>: Sized {
     ) -> Result<Tensor<B::InnerBackend, 4>> {
         Err(crate::Error::Config(
             "only autoregressive image models (gpt-pixel) complete partial images".into(),
+        ))
+    }
+
+    /// The denoising trajectory of one sample: `frames` images of x_t from
+    /// pure noise to the final sample, `[frames, channels, height, width]`
+    /// in `[0, 1]` (diffusion models only).
+    fn sample_trajectory(
+        &self,
+        _request: &SampleRequest,
+        _frames: usize,
+    ) -> Result<Tensor<B::InnerBackend, 4>> {
+        Err(crate::Error::Config(
+            "only diffusion models (ddpm-unet) have a denoising trajectory".into(),
+        ))
+    }
+
+    /// A bound on (or the exact) negative log-likelihood of each image in
+    /// bits per dimension, for 8-bit images given in `[0, 1]`,
+    /// `[n, channels, height, width]`. `effort` trades accuracy for time where
+    /// the family computes an estimate (DDPM: the number of bound terms).
+    fn bits_per_dim(
+        &self,
+        _images: Tensor<B::InnerBackend, 4>,
+        _effort: Option<usize>,
+        _seed: u64,
+    ) -> Result<Vec<f64>> {
+        Err(crate::Error::Config(
+            "this model has no likelihood in bits/dim yet".into(),
         ))
     }
 

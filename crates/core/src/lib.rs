@@ -21,5 +21,6 @@ pub mod vocabulary;
 pub use backend::{BackendKind, CpuBackend, CpuDevice};
 pub use error::{Error, Result};
 pub use family::{
-    Family, ImageBatch, Metrics, SampleRequest, StepContext, TextRequest, TokenBatch, TrainData,
+    Family, ImageBatch, Metrics, SampleRequest, SamplerOptions, StepContext, TextRequest,
+    TokenBatch, TrainData,
 };

@@ -5,10 +5,12 @@
 //! [`genzoo_core::Family`] implementation) in `family.rs`, and named
 //! configurations in [`presets`](mod@presets).
 //!
-//! Built so far: [`vae`] (MLP and convolutional, β-VAE, class-conditional)
-//! [`gan`] (DCGAN, class-conditional DCGAN, SNGAN, WGAN-GP) and [`gpt`]
-//! (over text and over pixels). The DDPM family is planned.
+//! The families: [`vae`] (MLP and convolutional, β-VAE, class-conditional),
+//! [`gan`] (DCGAN, class-conditional DCGAN, SNGAN, WGAN-GP), [`ddpm`]
+//! (U-Net, DDPM and DDIM samplers, EMA, classifier-free guidance) and
+//! [`gpt`] (over text and over pixels).
 
+pub mod ddpm;
 pub mod gan;
 pub mod gpt;
 pub mod presets;

@@ -7,6 +7,7 @@ use burn::tensor::backend::AutodiffBackend;
 use genzoo_core::{Error, Family, ImageBatch, Result, TokenBatch};
 use serde::{Deserialize, Serialize};
 
+use crate::ddpm::{DdpmConfig, DdpmTrainer, UNetConfig};
 use crate::gan::{DiscriminatorKind, GanConfig, GanLoss, GanTrainer};
 use crate::gpt::{GptConfig, GptInput, GptPixel, GptText};
 use crate::vae::{VaeArchitecture, VaeConfig, VaeTrainer};
@@ -19,6 +20,8 @@ pub enum ModelConfig {
     Vae(VaeConfig),
     /// A generative adversarial network.
     Gan(GanConfig),
+    /// A denoising diffusion model.
+    Ddpm(DdpmConfig),
     /// A GPT over text or pixels.
     Gpt(GptConfig),
 }
@@ -29,6 +32,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Vae(_) => "vae",
             ModelConfig::Gan(_) => "gan",
+            ModelConfig::Ddpm(_) => "ddpm",
             ModelConfig::Gpt(_) => "gpt",
         }
     }
@@ -77,6 +81,14 @@ impl ModelConfig {
                     c.num_classes = num_classes;
                 }
             }
+            ModelConfig::Ddpm(c) => {
+                c.unet.channels = channels;
+                c.unet.height = height;
+                c.unet.width = width;
+                if c.conditional {
+                    c.unet.num_classes = num_classes;
+                }
+            }
             ModelConfig::Gpt(c) => {
                 if let GptInput::Pixels { levels, shape } = &mut c.input {
                     *shape = (channels, height, width);
@@ -92,6 +104,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Vae(c) => c.validate(),
             ModelConfig::Gan(c) => c.validate(),
+            ModelConfig::Ddpm(c) => c.validate(),
             ModelConfig::Gpt(c) => c.validate(),
         }
     }
@@ -238,6 +251,31 @@ pub fn presets() -> Vec<Preset> {
             ..Preset::BASE
         },
         Preset {
+            name: "ddpm-unet",
+            description: "reference DDPM: 583,713-param U-Net, T = 1000 linear schedule, ε-prediction, EMA 0.999; DDIM-50 samples",
+            model: ModelConfig::Ddpm(DdpmConfig::default()),
+            batch_size: 128,
+            lr: 2e-4,
+            scaling: "signed",
+            ..Preset::BASE
+        },
+        Preset {
+            name: "cddpm-unet",
+            description: "class-conditional DDPM: label embedding, 10% label dropout, classifier-free guidance",
+            model: ModelConfig::Ddpm(DdpmConfig {
+                conditional: true,
+                unet: UNetConfig {
+                    num_classes: 10,
+                    ..UNetConfig::default()
+                },
+                ..DdpmConfig::default()
+            }),
+            batch_size: 128,
+            lr: 2e-4,
+            scaling: "signed",
+            ..Preset::BASE
+        },
+        Preset {
             name: "gpt-char",
             description: "reference character-level GPT (nanoGPT's CPU config: 4 layers, 4 heads, 128 wide; 804,096 params on 65 chars)",
             model: ModelConfig::Gpt(GptConfig::default()),
@@ -285,12 +323,6 @@ impl Preset {
     };
 }
 
-/// Presets of families that are designed but not built yet (for `genzoo list`).
-pub const PLANNED: [(&str, &str); 1] = [(
-    "ddpm-unet",
-    "DDPM: small U-Net, DDPM and DDIM samplers, EMA (planned)",
-)];
-
 /// The preset called `name`.
 pub fn preset(name: &str) -> Option<Preset> {
     presets().into_iter().find(|p| p.name == name)
@@ -320,6 +352,7 @@ pub fn with_family<B: AutodiffBackend, T: FamilyTask<B>>(
     match config {
         ModelConfig::Vae(c) => task.run(VaeTrainer::<B>::new(c.clone(), device)),
         ModelConfig::Gan(c) => task.run(GanTrainer::<B>::new(c.clone(), device)),
+        ModelConfig::Ddpm(c) => task.run(DdpmTrainer::<B>::new(c.clone(), device)),
         ModelConfig::Gpt(c) => match &c.input {
             GptInput::Text { .. } => task.run_text(GptText::<B>::new(c.clone(), &c.input, device)?),
             GptInput::Pixels { .. } => task.run(GptPixel::<B>::new(c.clone(), &c.input, device)?),

@@ -171,12 +171,9 @@ impl RunConfig {
     /// The resolved config of preset `name` with its reference recipe.
     pub fn from_preset(name: &str) -> Result<Self> {
         let p = preset(name).ok_or_else(|| {
-            let planned = genzoo_models::presets::PLANNED.iter().any(|(n, _)| *n == name);
-            Error::Config(if planned {
-                format!("preset '{name}' is planned but not built yet; `genzoo list` shows what is available")
-            } else {
-                format!("unknown preset '{name}'; `genzoo list` shows the presets")
-            })
+            Error::Config(format!(
+                "unknown preset '{name}'; `genzoo list` shows the presets"
+            ))
         })?;
         let scaling = match p.scaling {
             "signed" => Scaling::Signed,

@@ -373,6 +373,7 @@ fn write_grid<B: AutodiffBackend, F: Family<B>>(
         n: cfg.samples,
         seed,
         class: None,
+        ..Default::default()
     };
     let images = family.sample_images(&request)?;
     save_grid(

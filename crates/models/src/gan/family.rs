@@ -528,6 +528,7 @@ mod tests {
                         n: 4,
                         seed: 1,
                         class: None,
+                        ..Default::default()
                     })
                     .unwrap();
                 let (lo, hi): (f32, f32) = (

@@ -1,0 +1,661 @@
+//! The DDPM's training step, sampling and likelihood: a U-Net trained with
+//! Adam on the simple loss, an EMA of its weights that samples are drawn from,
+//! classifier-free guidance for class-conditional models (Ho & Salimans 2022).
+
+use std::path::Path;
+
+use burn::optim::adaptor::OptimizerAdaptor;
+use burn::optim::{Adam, AdamConfig, GradientsParams};
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use burn::tensor::backend::AutodiffBackend;
+use genzoo_core::ema::Ema;
+use genzoo_core::family::SampleRequest;
+use genzoo_core::record::{
+    load_module, load_optimizer, save_module, save_optimizer, trainable_params,
+};
+use genzoo_core::seed::host_rng;
+use genzoo_core::{Error, Family, ImageBatch, Metrics, Result, StepContext};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+use super::objective::{self, Prediction, q_sample};
+use super::sampler::{Ddim, Ddpm, DdpmVariance, Denoised, Sampler};
+use super::schedule::{BetaSchedule, NoiseSchedule};
+use super::unet::{UNet, UNetConfig};
+
+/// Which sampler draws samples, and its settings.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SamplerConfig {
+    /// `ddim` or `ddpm`.
+    pub method: SamplerMethod,
+    /// DDIM's number of steps.
+    pub steps: usize,
+    /// DDIM's η.
+    pub eta: f64,
+    /// DDPM's reverse variance.
+    pub variance: DdpmVariance,
+    /// Classifier-free guidance weight w: ε̃ = (1 + w)·ε(x, y) − w·ε(x, ∅).
+    pub guidance: f64,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        Self {
+            method: SamplerMethod::Ddim,
+            steps: 50,
+            eta: 0.0,
+            variance: DdpmVariance::Posterior,
+            guidance: 0.0,
+        }
+    }
+}
+
+/// The two samplers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SamplerMethod {
+    /// Ancestral sampling through all T steps.
+    Ddpm,
+    /// DDIM on a subsequence of the steps.
+    Ddim,
+}
+
+/// DDPM hyper-parameters. The defaults are the `ddpm-unet` reference model.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DdpmConfig {
+    /// The noise predictor.
+    pub unet: UNetConfig,
+    /// T, the number of diffusion steps.
+    pub timesteps: usize,
+    /// How β_t grows.
+    pub beta_schedule: BetaSchedule,
+    /// ε or v.
+    pub prediction: Prediction,
+    /// Condition on the class (with classifier-free guidance).
+    pub conditional: bool,
+    /// Probability of training on the "no class" label (conditional models).
+    pub label_dropout: f64,
+    /// EMA decay of the sampling weights.
+    pub ema_decay: f64,
+    /// Ramp the EMA decay up as min(decay, (1 + n)/(10 + n)) so short runs
+    /// do not sample from weights dominated by the initialisation.
+    pub ema_warmup: bool,
+    /// Adam β₁, β₂.
+    pub betas: (f32, f32),
+    /// Adam ε (PyTorch's 1e-8).
+    pub adam_eps: f32,
+    /// The default sampler (progress grids, `genzoo sample` without options).
+    pub sampler: SamplerConfig,
+}
+
+impl Default for DdpmConfig {
+    fn default() -> Self {
+        Self {
+            unet: UNetConfig::default(),
+            timesteps: 1000,
+            beta_schedule: BetaSchedule::default(),
+            prediction: Prediction::Epsilon,
+            conditional: false,
+            label_dropout: 0.1,
+            ema_decay: 0.999,
+            ema_warmup: true,
+            betas: (0.9, 0.999),
+            adam_eps: 1e-8,
+            sampler: SamplerConfig::default(),
+        }
+    }
+}
+
+impl DdpmConfig {
+    /// Rejects configurations no DDPM can be built or trained from.
+    pub fn validate(&self) -> Result<()> {
+        self.unet.validate()?;
+        let bad = |m: String| Err(Error::Config(format!("ddpm: {m}")));
+        if self.timesteps < 2 {
+            return bad(format!(
+                "timesteps must be at least 2, got {}",
+                self.timesteps
+            ));
+        }
+        if self.conditional != (self.unet.num_classes > 0) {
+            return bad(
+                "conditional = true needs unet.num_classes ≥ 2 (set from the data) and the reverse"
+                    .into(),
+            );
+        }
+        if self.conditional && self.unet.num_classes < 2 {
+            return bad("a conditional DDPM needs at least 2 classes".into());
+        }
+        if !(0.0..1.0).contains(&self.label_dropout) {
+            return bad(format!(
+                "label_dropout must be in [0, 1), got {}",
+                self.label_dropout
+            ));
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return bad(format!(
+                "ema_decay must be in [0, 1), got {}",
+                self.ema_decay
+            ));
+        }
+        let betas = self.beta_schedule.betas(self.timesteps);
+        if betas.iter().any(|b| !(*b > 0.0 && *b < 1.0)) {
+            return bad("every β_t must lie in (0, 1)".into());
+        }
+        Ok(())
+    }
+
+    /// The forward process.
+    pub fn schedule(&self) -> NoiseSchedule {
+        NoiseSchedule::new(self.beta_schedule, self.timesteps)
+    }
+}
+
+type AdamOf<M, B> = OptimizerAdaptor<Adam, M, B>;
+
+/// A U-Net, its optimizer and its EMA: the `ddpm` family.
+pub struct DdpmTrainer<B: AutodiffBackend> {
+    /// The trained network.
+    pub unet: UNet<B>,
+    optimizer: AdamOf<UNet<B>, B>,
+    ema: Ema<UNet<B::InnerBackend>>,
+    schedule: NoiseSchedule,
+    config: DdpmConfig,
+    device: B::Device,
+}
+
+/// Quarters of the timestep range, from least to most noise, for the per-quarter losses.
+const QUARTERS: [&str; 4] = ["loss_q1", "loss_q2", "loss_q3", "loss_q4"];
+
+impl<B: AutodiffBackend> DdpmTrainer<B> {
+    /// A freshly initialised DDPM (call `validate` on the config first).
+    pub fn new(config: DdpmConfig, device: &B::Device) -> Self {
+        let unet = UNet::new(&config.unet, device);
+        genzoo_core::record::force_init(&unet);
+        let optimizer = AdamConfig::new()
+            .with_beta_1(config.betas.0)
+            .with_beta_2(config.betas.1)
+            .with_epsilon(config.adam_eps)
+            .init();
+        let ema = Ema::new(&unet, config.ema_decay, config.ema_warmup);
+        Self {
+            unet,
+            optimizer,
+            ema,
+            schedule: config.schedule(),
+            config,
+            device: device.clone(),
+        }
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &DdpmConfig {
+        &self.config
+    }
+
+    /// The forward process.
+    pub fn schedule(&self) -> &NoiseSchedule {
+        &self.schedule
+    }
+
+    /// The EMA weights samples are drawn from.
+    pub fn ema_unet(&self) -> &UNet<B::InnerBackend> {
+        &self.ema.module
+    }
+
+    /// The per-example MSE of `net` on noised `x0` at uniform random timesteps,
+    /// with the timesteps (drawn from the backend's seeded RNG).
+    fn noised_loss<Bk: Backend>(
+        &self,
+        net: &UNet<Bk>,
+        x0: Tensor<Bk, 4>,
+        labels: Tensor<Bk, 1, Int>,
+    ) -> (Tensor<Bk, 1>, Vec<usize>) {
+        let [n, c, h, w] = x0.dims();
+        let device = x0.device();
+        let t_draw = Tensor::<Bk, 1>::random(
+            [n],
+            Distribution::Uniform(0.0, self.config.timesteps as f64),
+            &device,
+        );
+        let t: Vec<usize> = t_draw
+            .into_data()
+            .to_vec::<f32>()
+            .expect("f32 timesteps")
+            .into_iter()
+            .map(|v| (v as usize).min(self.config.timesteps - 1))
+            .collect();
+        let noise = Tensor::<Bk, 4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+        let x_t = q_sample(&self.schedule, x0.clone(), &t, noise.clone());
+        let target = self.config.prediction.target(&self.schedule, x0, noise, &t);
+        let t_in: Vec<f32> = t.iter().map(|&t| t as f32).collect();
+        let output = net.forward(x_t, Tensor::from_floats(t_in.as_slice(), &device), labels);
+        let per_example = (output - target)
+            .square()
+            .reshape([n, c * h * w])
+            .mean_dim(1)
+            .reshape([n]);
+        (per_example, t)
+    }
+
+    /// The loss and its means per quarter of the timestep range.
+    fn loss_metrics(&self, per_example: Vec<f32>, t: &[usize]) -> Metrics {
+        let n = per_example.len().max(1) as f64;
+        let mut metrics = Metrics::new().with(
+            "loss",
+            per_example.iter().map(|v| *v as f64).sum::<f64>() / n,
+        );
+        let mut sums = [(0.0f64, 0usize); 4];
+        for (loss, &t) in per_example.iter().zip(t) {
+            let q = (4 * t / self.config.timesteps).min(3);
+            sums[q].0 += *loss as f64;
+            sums[q].1 += 1;
+        }
+        for (name, (sum, count)) in QUARTERS.iter().zip(sums) {
+            if count > 0 {
+                metrics.push(*name, sum / count as f64);
+            }
+        }
+        metrics
+    }
+
+    /// Labels as the network sees them: the class, or the "no class" label
+    /// with probability `label_dropout` (conditional models; else all zero).
+    fn training_labels(&self, labels: Tensor<B, 1, Int>) -> Tensor<B, 1, Int> {
+        if !self.config.conditional {
+            return labels.zeros_like();
+        }
+        let [n] = labels.dims();
+        let drop = Tensor::<B, 1>::random(
+            [n],
+            Distribution::Bernoulli(self.config.label_dropout),
+            &self.device,
+        )
+        .greater_elem(0.5);
+        labels.mask_fill(drop, self.unet.null_class() as i64)
+    }
+
+    /// The sampler a request asks for (else the configured one), and the guidance weight.
+    fn resolve_sampler(&self, request: &SampleRequest) -> Result<(SamplerConfig, f64)> {
+        let mut s = self.config.sampler.clone();
+        let o = &request.sampler;
+        if let Some(method) = &o.method {
+            s.method = match method.as_str() {
+                "ddpm" => SamplerMethod::Ddpm,
+                "ddim" => SamplerMethod::Ddim,
+                other => {
+                    return Err(Error::Config(format!(
+                        "unknown sampler '{other}': use ddpm or ddim"
+                    )));
+                }
+            };
+        }
+        if s.method == SamplerMethod::Ddpm && (o.steps.is_some() || o.eta.is_some()) {
+            return Err(Error::Config(
+                "--steps and --eta are DDIM's: the ddpm sampler always runs all T steps".into(),
+            ));
+        }
+        if let Some(steps) = o.steps {
+            s.steps = steps;
+        }
+        if let Some(eta) = o.eta {
+            s.eta = eta;
+        }
+        let guidance = o.guidance.unwrap_or(s.guidance);
+        if guidance != 0.0 && !self.config.conditional {
+            return Err(Error::Config(
+                "guidance needs a class-conditional model (cddpm-unet)".into(),
+            ));
+        }
+        if !guidance.is_finite() || guidance < 0.0 {
+            return Err(Error::Config(format!(
+                "guidance must be ≥ 0, got {guidance}"
+            )));
+        }
+        Ok((s, guidance))
+    }
+
+    /// Runs the reverse process from seeded noise on the EMA weights;
+    /// `keep` is called with (iteration, x_t) after every step.
+    fn reverse_process(
+        &self,
+        request: &SampleRequest,
+        mut keep: impl FnMut(usize, &Tensor<B::InnerBackend, 4>),
+    ) -> Result<Tensor<B::InnerBackend, 4>> {
+        let (settings, guidance) = self.resolve_sampler(request)?;
+        let classes = if self.config.conditional {
+            self.config.unet.num_classes
+        } else {
+            0
+        };
+        let labels = request.labels::<B::InnerBackend>(classes, "cddpm-unet", &self.device)?;
+        match settings.method {
+            SamplerMethod::Ddpm => self.run_sampler(
+                &Ddpm {
+                    variance: settings.variance,
+                },
+                request,
+                labels,
+                guidance,
+                &mut keep,
+            ),
+            SamplerMethod::Ddim => {
+                let ddim = Ddim::new(settings.steps, settings.eta, &self.schedule)?;
+                self.run_sampler(&ddim, request, labels, guidance, &mut keep)
+            }
+        }
+    }
+
+    fn run_sampler<S: Sampler>(
+        &self,
+        sampler: &S,
+        request: &SampleRequest,
+        labels: Tensor<B::InnerBackend, 1, Int>,
+        guidance: f64,
+        keep: &mut impl FnMut(usize, &Tensor<B::InnerBackend, 4>),
+    ) -> Result<Tensor<B::InnerBackend, 4>> {
+        let net = &self.ema.module;
+        let cfg = &self.config.unet;
+        let shape = [request.n, cfg.channels, cfg.height, cfg.width];
+        // Noise comes from a host RNG seeded by the request: same seed, same samples,
+        // whatever else runs in the process.
+        let mut rng = host_rng(request.seed, "ddpm-sample", 0);
+        let mut normal = |shape: [usize; 4]| -> Tensor<B::InnerBackend, 4> {
+            let len = shape.iter().product::<usize>();
+            let values: Vec<f32> = (0..len).map(|_| standard_normal(&mut rng)).collect();
+            Tensor::from_data(TensorData::new(values, shape), &self.device)
+        };
+        let timesteps = sampler.timesteps(&self.schedule);
+        let bar = if request.sampler.progress {
+            let bar = ProgressBar::new(timesteps.len() as u64);
+            bar.set_style(
+                ProgressStyle::with_template(
+                    "{msg} {bar:30} {pos}/{len} steps [{elapsed} < {eta}]",
+                )
+                .expect("a valid template"),
+            );
+            bar.set_message("sampling");
+            bar
+        } else {
+            ProgressBar::hidden()
+        };
+        let null = Tensor::<B::InnerBackend, 1, Int>::full(
+            [request.n],
+            net.null_class() as i64,
+            &self.device,
+        );
+        let mut x = normal(shape);
+        for (i, &t) in timesteps.iter().enumerate() {
+            let prev = timesteps.get(i + 1).copied();
+            let t_all = vec![t; request.n];
+            let t_in = Tensor::<B::InnerBackend, 1>::full([request.n], t as f32, &self.device);
+            let output = if guidance > 0.0 {
+                // One call on [conditional; unconditional], then ε̃ = (1 + w)·ε_y − w·ε_∅.
+                let both = net.forward(
+                    Tensor::cat(vec![x.clone(), x.clone()], 0),
+                    Tensor::cat(vec![t_in.clone(), t_in], 0),
+                    Tensor::cat(vec![labels.clone(), null.clone()], 0),
+                );
+                let mut halves = both.chunk(2, 0).into_iter();
+                let (cond, uncond) = (
+                    halves.next().expect("two halves"),
+                    halves.next().expect("two halves"),
+                );
+                cond * (1.0 + guidance) - uncond * guidance
+            } else {
+                net.forward(x.clone(), t_in, labels.clone())
+            };
+            let (x0, _) =
+                self.config
+                    .prediction
+                    .to_x0_and_eps(&self.schedule, x.clone(), output, &t_all);
+            // Clip x̂_0 to the data range and take the ε consistent with it (as Ho et al.'s code does).
+            let x0 = x0.clamp(-1.0, 1.0);
+            let eps = objective::eps_from_x0(&self.schedule, x.clone(), x0.clone(), &t_all);
+            let z = (sampler.noise_scale(&self.schedule, t, prev) > 0.0).then(|| normal(shape));
+            x = sampler.step(&self.schedule, t, prev, Denoised { x_t: x, x0, eps }, z);
+            keep(i, &x);
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        Ok(x)
+    }
+
+    /// The variational bound −log p(x_0) ≤ L in bits/dim for each image
+    /// (Ho et al. eq. 5: prior term, KL terms for t > 0, discretised decoder at t = 0),
+    /// computed with the EMA weights.
+    ///
+    /// `images` are in `[0, 1]` as loaded (8-bit data). With `timesteps = None`
+    /// every one of the T terms is evaluated (T network calls per image: the
+    /// exact bound). With `Some(k)` the decoder term is exact and the sum of
+    /// the T − 1 KL terms is estimated from k − 1 timesteps by the trapezoid
+    /// rule (see [`kl_quadrature`]).
+    pub fn variational_bound(
+        &self,
+        images: Tensor<B::InnerBackend, 4>,
+        timesteps: Option<usize>,
+        seed: u64,
+    ) -> Result<Vec<f64>> {
+        let t_max = self.config.timesteps;
+        if self.config.conditional {
+            return Err(Error::Config(
+                "the likelihood bound is computed for unconditional DDPMs".into(),
+            ));
+        }
+        let k = timesteps.unwrap_or(t_max).clamp(3, t_max);
+        let kl_terms = kl_quadrature(t_max, k - 1);
+        let [n, c, h, w] = images.dims();
+        let x0 = images * 2.0 - 1.0;
+        let mut rng = host_rng(seed, "ddpm-vlb", 0);
+        let net = &self.ema.module;
+        let labels = Tensor::<B::InnerBackend, 1, Int>::zeros([n], &self.device);
+        let mut total = objective::prior_bits_per_dim(&self.schedule, x0.clone());
+        for (t, weight) in std::iter::once((0usize, 1.0)).chain(kl_terms) {
+            let values: Vec<f32> = (0..n * c * h * w)
+                .map(|_| standard_normal(&mut rng))
+                .collect();
+            let noise = Tensor::from_data(TensorData::new(values, [n, c, h, w]), &self.device);
+            let t_all = vec![t; n];
+            let x_t = q_sample(&self.schedule, x0.clone(), &t_all, noise);
+            let t_in = Tensor::<B::InnerBackend, 1>::full([n], t as f32, &self.device);
+            let output = net.forward(x_t.clone(), t_in, labels.clone());
+            let (x0_hat, _) =
+                self.config
+                    .prediction
+                    .to_x0_and_eps(&self.schedule, x_t.clone(), output, &t_all);
+            let term =
+                objective::vlb_term(&self.schedule, x0.clone(), x_t, x0_hat.clamp(-1.0, 1.0), t);
+            total = total + term * weight;
+        }
+        Ok(total
+            .into_data()
+            .to_vec::<f32>()
+            .expect("f32 bound")
+            .into_iter()
+            .map(f64::from)
+            .collect())
+    }
+}
+
+/// Timesteps and weights that estimate Σ_{t=1}^{T−1} L_t from `points` terms
+/// by the trapezoid rule. The points are spaced quadratically (dense at small
+/// t, where the terms are large and change fast); with `points ≥ T − 1`
+/// every t gets weight 1 and the sum is exact.
+pub fn kl_quadrature(t_max: usize, points: usize) -> Vec<(usize, f64)> {
+    let last = t_max - 1;
+    let mut ts: Vec<usize> = if points >= last {
+        (1..=last).collect()
+    } else {
+        let m = points.max(2);
+        (0..m)
+            .map(|i| 1 + ((last - 1) as f64 * (i as f64 / (m - 1) as f64).powi(2)).round() as usize)
+            .collect()
+    };
+    ts.dedup();
+    let m = ts.len();
+    (0..m)
+        .map(|i| {
+            let left = if i == 0 {
+                1.0
+            } else {
+                (ts[i] - ts[i - 1]) as f64
+            };
+            let right = if i + 1 == m {
+                1.0
+            } else {
+                (ts[i + 1] - ts[i]) as f64
+            };
+            (ts[i], (left + right) / 2.0)
+        })
+        .collect()
+}
+
+/// A standard normal draw (Box–Muller), from a host RNG.
+fn standard_normal(rng: &mut impl Rng) -> f32 {
+    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
+    let u2: f64 = rng.random::<f64>();
+    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+}
+
+impl<B: AutodiffBackend> Family<B> for DdpmTrainer<B> {
+    type Batch = ImageBatch<B>;
+
+    fn num_params(&self) -> usize {
+        trainable_params(&self.unet)
+    }
+
+    fn train_step(
+        mut self,
+        batch: ImageBatch<B>,
+        ctx: &mut StepContext,
+    ) -> Result<(Self, Metrics)> {
+        let labels = self.training_labels(batch.labels);
+        let (per_example, t) = self.noised_loss(&self.unet, batch.images, labels);
+        let loss = per_example.clone().mean();
+        let grads = GradientsParams::from_grads(loss.backward(), &self.unet);
+        self.unet = ctx.apply(&mut self.optimizer, self.unet.clone(), grads)?;
+        // The EMA update is part of the step (the reference model's recipe).
+        self.ema.update(&self.unet, ctx.step);
+        let values = per_example
+            .inner()
+            .into_data()
+            .to_vec::<f32>()
+            .expect("f32 losses");
+        let metrics = self.loss_metrics(values, &t);
+        Ok((self, metrics))
+    }
+
+    fn eval_batch(&self, batch: ImageBatch<B>) -> Result<Metrics> {
+        // The held-out loss of the EMA weights, the ones samples come from.
+        let labels = if self.config.conditional {
+            batch.labels.inner()
+        } else {
+            batch.labels.inner().zeros_like()
+        };
+        let (per_example, t) = self.noised_loss(&self.ema.module, batch.images.inner(), labels);
+        let values = per_example.into_data().to_vec::<f32>().expect("f32 losses");
+        Ok(self.loss_metrics(values, &t))
+    }
+
+    fn sample_images(&self, request: &SampleRequest) -> Result<Tensor<B::InnerBackend, 4>> {
+        let x0 = self.reverse_process(request, |_, _| {})?;
+        Ok(((x0 + 1.0) / 2.0).clamp(0.0, 1.0))
+    }
+
+    fn sample_trajectory(
+        &self,
+        request: &SampleRequest,
+        frames: usize,
+    ) -> Result<Tensor<B::InnerBackend, 4>> {
+        let one = SampleRequest {
+            n: 1,
+            ..request.clone()
+        };
+        let (settings, _) = self.resolve_sampler(&one)?;
+        let iterations = match settings.method {
+            SamplerMethod::Ddpm => self.config.timesteps,
+            SamplerMethod::Ddim => settings.steps,
+        };
+        let frames = frames.clamp(2, iterations + 1);
+        // Frame 0 is x_T; the others evenly spaced over the iterations, the last one x_0.
+        let wanted: Vec<usize> = (1..frames)
+            .map(|f| f * iterations / (frames - 1) - 1)
+            .collect();
+        let mut kept = Vec::new();
+        let start = {
+            // x_T is the first draw of the same seeded stream the sampler uses.
+            let mut rng = host_rng(one.seed, "ddpm-sample", 0);
+            let cfg = &self.config.unet;
+            let len = cfg.channels * cfg.height * cfg.width;
+            let values: Vec<f32> = (0..len).map(|_| standard_normal(&mut rng)).collect();
+            Tensor::<B::InnerBackend, 4>::from_data(
+                TensorData::new(values, [1, cfg.channels, cfg.height, cfg.width]),
+                &self.device,
+            )
+        };
+        kept.push(start);
+        self.reverse_process(&one, |i, x| {
+            if wanted.contains(&i) {
+                kept.push(x.clone());
+            }
+        })?;
+        Ok(((Tensor::cat(kept, 0) + 1.0) / 2.0).clamp(0.0, 1.0))
+    }
+
+    /// The variational bound ([`DdpmTrainer::variational_bound`]); `effort` is its number of terms.
+    fn bits_per_dim(
+        &self,
+        images: Tensor<B::InnerBackend, 4>,
+        effort: Option<usize>,
+        seed: u64,
+    ) -> Result<Vec<f64>> {
+        self.variational_bound(images, effort, seed)
+    }
+
+    fn save(&self, dir: &Path) -> Result<()> {
+        save_module(&self.unet, &dir.join("unet"))?;
+        save_module(&self.ema.module, &dir.join("unet_ema"))?;
+        save_optimizer::<B, _, _>(&self.optimizer, &dir.join("optimizer"))
+    }
+
+    fn load(mut self, dir: &Path) -> Result<Self> {
+        self.unet = load_module(self.unet, &dir.join("unet"), &self.device)?;
+        self.ema.module =
+            load_module(self.ema.module.clone(), &dir.join("unet_ema"), &self.device)?;
+        self.optimizer =
+            load_optimizer::<B, _, _>(self.optimizer, &dir.join("optimizer"), &self.device)?;
+        Ok(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kl_quadrature;
+
+    #[test]
+    fn kl_quadrature_weights_sum_to_the_number_of_terms() {
+        // Exact with every point: weight 1 each.
+        assert_eq!(
+            kl_quadrature(10, 9),
+            (1..10).map(|t| (t, 1.0)).collect::<Vec<_>>()
+        );
+        for (t_max, points) in [(1000, 50), (1000, 200), (100, 10)] {
+            let q = kl_quadrature(t_max, points);
+            let total: f64 = q.iter().map(|(_, w)| w).sum();
+            assert!(
+                (total - (t_max - 1) as f64).abs() < 1e-9,
+                "{t_max}/{points}: {total}"
+            );
+            assert_eq!(q.first().unwrap().0, 1);
+            assert_eq!(q.last().unwrap().0, t_max - 1);
+            // Integrates a linear function exactly: Σ_{t=1}^{T−1} t.
+            let sum: f64 = q.iter().map(|(t, w)| *t as f64 * w).sum();
+            let exact = ((t_max - 1) * t_max / 2) as f64;
+            assert!((sum - exact).abs() < 1e-6 * exact, "{sum} vs {exact}");
+        }
+    }
+}
