@@ -16,6 +16,7 @@ use genzoo_models::ModelConfig;
 use genzoo_models::presets;
 use genzoo_models::presets::{FamilyTask, with_family};
 use genzoo_train::checkpoint::latest_good;
+use genzoo_train::evaluator::Evaluator;
 use genzoo_train::{RunConfig, RunDir, Trainer};
 
 /// Train and compare generative models (VAE, GAN, DDPM, GPT) on burn.
@@ -39,8 +40,22 @@ enum Command {
     },
     /// Draw samples from a trained run into a PNG grid.
     Sample(SampleArgs),
-    /// Evaluate a trained run on its test images (now: the likelihood in bits/dim).
+    /// Evaluate a trained run: FID, KID, IS, precision/recall on the evaluator's
+    /// features, and the likelihood in bits/dim; writes eval.json into the run.
     Eval(EvalArgs),
+    /// Train and evaluate every run of an experiment file and write report.md and report.png.
+    Compare {
+        /// The experiment file (see experiments/mnist-families.toml).
+        file: PathBuf,
+        /// Output directory (default: runs/<experiment name>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value = "cpu")]
+        backend: BackendKind,
+    },
+    /// The per-dataset classifier whose features the sample metrics use.
+    #[command(subcommand)]
+    Evaluator(EvaluatorCommand),
     /// Show a run's model, parameters, progress and last metrics.
     Info {
         /// The run directory.
@@ -171,18 +186,40 @@ struct EvalArgs {
     /// The run directory.
     #[arg(long)]
     run: PathBuf,
-    /// Number of test images (the first N of the test split).
-    #[arg(long, default_value_t = 256)]
+    /// Samples to draw for the sample metrics; test images for nll.
+    #[arg(long, default_value_t = 10_000)]
     n: usize,
-    /// Terms of the bound where the model estimates it (DDPM: default all T,
-    /// the exact bound; fewer is faster, by the trapezoid rule).
+    /// Comma-separated: fid, kid, is (with class coverage), pr (precision/recall), nll (bits/dim).
+    #[arg(long, default_value = "fid,kid,is,pr")]
+    metrics: String,
+    /// Terms of the likelihood bound where the model estimates it (DDPM: default
+    /// all T, the exact bound; fewer is faster, by the trapezoid rule).
     #[arg(long)]
     terms: Option<usize>,
-    /// Seed of the noise the bound is computed with.
+    /// Seed of sampling and of the metrics' randomness.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     #[arg(long, default_value = "cpu")]
     backend: BackendKind,
+}
+
+#[derive(Subcommand, Debug)]
+enum EvaluatorCommand {
+    /// Train (or retrain) the evaluator of a dataset and cache it.
+    Train {
+        /// `mnist`, `fashion-mnist`, or `idx:<DIR>`.
+        #[arg(long, default_value = "mnist")]
+        dataset: String,
+        /// Directory with the dataset's IDX files.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Training epochs.
+        #[arg(long, default_value_t = EVALUATOR_EPOCHS)]
+        epochs: u64,
+        /// Retrain even if a cached evaluator exists.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Args, Debug)]
@@ -261,6 +298,35 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Sample(args) => sample(args),
         Command::Eval(args) => eval(args),
+        Command::Compare { file, out, backend } => crate::compare::compare(&file, out, backend),
+        Command::Evaluator(EvaluatorCommand::Train {
+            dataset,
+            data_dir,
+            epochs,
+            force,
+        }) => {
+            let source: DatasetSource = dataset.parse()?;
+            let (train, test) = load_image_dataset(&source, &Locator::from_env(data_dir.clone()))?;
+            let dir = evaluator_dir(&source.name(), &train)?;
+            if dir.join("evaluator.json").exists() && !force {
+                let e = Evaluator::<genzoo_core::CpuBackend>::load(&dir, &Default::default())?;
+                println!(
+                    "cached evaluator for {}: test accuracy {:.2}% ({}); --force retrains",
+                    e.info.dataset,
+                    100.0 * e.info.test_accuracy,
+                    dir.display()
+                );
+                return Ok(());
+            }
+            let e = train_and_cache_evaluator(&source.name(), &train, &test, epochs, &dir)?;
+            println!(
+                "evaluator for {}: test accuracy {:.2}% after {epochs} epochs ({})",
+                e.info.dataset,
+                100.0 * e.info.test_accuracy,
+                dir.display()
+            );
+            Ok(())
+        }
         Command::Info { run } => info(&run),
         Command::List => {
             list();
@@ -299,10 +365,46 @@ fn train(args: TrainArgs) -> Result<()> {
         }
     };
     args.overrides.apply(&mut config);
+    start_training(
+        config,
+        &out,
+        args.resume,
+        args.overwrite,
+        args.overrides.backend,
+        None,
+    )
+    .map(|_| ())
+}
+
+/// What a training call did.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct TrainSummary {
+    /// Steps taken by this call.
+    pub steps_this_call: u64,
+    /// The run's step after the call.
+    pub step: u64,
+    /// The run's planned steps.
+    pub total_steps: u64,
+    /// Seconds spent in training steps by this call.
+    pub train_seconds: f64,
+    /// Trainable parameters.
+    pub params: usize,
+}
+
+/// Loads the data `config` names, writes the run's config and trains
+/// (resuming when asked), with an optional wall-clock limit.
+pub(crate) fn start_training(
+    mut config: RunConfig,
+    out: &Path,
+    resume: bool,
+    overwrite: bool,
+    backend: BackendKind,
+    time_limit: Option<std::time::Duration>,
+) -> Result<TrainSummary> {
     config.train.validate()?;
 
     // Fail before anything is written when the backend cannot run.
-    genzoo_core::backend::check_available(args.overrides.backend)?;
+    genzoo_core::backend::check_available(backend)?;
     let data = if config.model.reads_text() {
         load_text(&mut config)?
     } else {
@@ -310,10 +412,10 @@ fn train(args: TrainArgs) -> Result<()> {
     };
     config.model.validate()?;
 
-    let run = if args.resume {
-        RunDir::open(&out).or_else(|_| RunDir::create(&out, false))?
+    let run = if resume {
+        RunDir::open(out).or_else(|_| RunDir::create(out, false))?
     } else {
-        RunDir::create(&out, args.overwrite)?
+        RunDir::create(out, overwrite)?
     };
     let text = config.to_toml()?;
     std::fs::write(run.config_file(), &text).map_err(|e| Error::io(run.config_file(), e))?;
@@ -321,10 +423,11 @@ fn train(args: TrainArgs) -> Result<()> {
         config,
         run,
         data,
-        resume: args.resume,
+        resume,
         text,
+        time_limit,
     };
-    with_backend(args.overrides.backend, job)
+    with_backend(backend, job)
 }
 
 /// The data of a run: images or a text corpus, as the model reads.
@@ -394,6 +497,7 @@ struct TrainJob<D = JobData> {
     data: D,
     resume: bool,
     text: String,
+    time_limit: Option<std::time::Duration>,
 }
 
 impl TrainJob {
@@ -405,6 +509,7 @@ impl TrainJob {
             data,
             resume,
             text,
+            time_limit,
         } = self;
         (
             TrainJob {
@@ -413,6 +518,7 @@ impl TrainJob {
                 data: (),
                 resume,
                 text,
+                time_limit,
             },
             data,
         )
@@ -420,8 +526,8 @@ impl TrainJob {
 }
 
 impl BackendTask for TrainJob {
-    type Output = ();
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+    type Output = TrainSummary;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<TrainSummary> {
         let model = self.config.model.clone();
         with_family::<B, _>(
             &model,
@@ -440,7 +546,7 @@ struct FitJob<B: AutodiffBackend> {
 }
 
 /// Trains `family` on `data` as the job says, and prints the figures.
-fn fit<B, F, D>(job: TrainJob<()>, device: &B::Device, family: F, data: &D) -> Result<()>
+fn fit<B, F, D>(job: TrainJob<()>, device: &B::Device, family: F, data: &D) -> Result<TrainSummary>
 where
     B: AutodiffBackend,
     F: Family<B>,
@@ -451,13 +557,16 @@ where
         run,
         resume,
         text,
+        time_limit,
         ..
     } = job;
     let started = Instant::now();
+    let params = family.num_params();
     let trainer = Trainer::new(run.clone(), config.train.clone())
         .identity(config.preset.clone(), config.model_fingerprint()?)
         .config_text(text)
-        .resume(resume);
+        .resume(resume)
+        .time_limit(time_limit);
     let outcome = trainer.fit(family, data, device)?;
     let per_epoch = data.batches_per_epoch() as f64;
     let secs = outcome.train_seconds;
@@ -483,12 +592,18 @@ where
         );
     }
     println!("run directory: {}", run.root().display());
-    Ok(())
+    Ok(TrainSummary {
+        steps_this_call: outcome.steps_this_call,
+        step: outcome.step,
+        total_steps: outcome.total_steps,
+        train_seconds: outcome.train_seconds,
+        params,
+    })
 }
 
 impl<B: AutodiffBackend> FamilyTask<B> for FitJob<B> {
-    type Output = ();
-    fn run<F: Family<B, Batch = ImageBatch<B>>>(self, family: F) -> Result<()> {
+    type Output = TrainSummary;
+    fn run<F: Family<B, Batch = ImageBatch<B>>>(self, family: F) -> Result<TrainSummary> {
         let (job, data) = self.job.split();
         match data {
             JobData::Images(data) => fit(job, &self.device, family, &data),
@@ -497,7 +612,7 @@ impl<B: AutodiffBackend> FamilyTask<B> for FitJob<B> {
             )),
         }
     }
-    fn run_text<F: Family<B, Batch = TokenBatch<B>>>(self, family: F) -> Result<()> {
+    fn run_text<F: Family<B, Batch = TokenBatch<B>>>(self, family: F) -> Result<TrainSummary> {
         let (job, data) = self.job.split();
         match data {
             JobData::Text(data) => fit(job, &self.device, family, &data),
@@ -666,26 +781,122 @@ impl<B: AutodiffBackend> FamilyTask<B> for SampleRun<B> {
     }
 }
 
+/// The cache directory of a dataset's evaluator.
+fn evaluator_dir(dataset: &str, train: &genzoo_data::ImageDataset) -> Result<PathBuf> {
+    let root = Locator::from_env(None)
+        .cache_root
+        .ok_or_else(|| Error::Config("no cache directory: set XDG_CACHE_HOME or HOME".into()))?;
+    Ok(genzoo_train::evaluator::cache_dir(
+        &root,
+        dataset,
+        &genzoo_train::evaluator::fingerprint(train),
+    ))
+}
+
+/// Trains the evaluator on the CPU backend with a progress bar and caches it.
+fn train_and_cache_evaluator(
+    dataset: &str,
+    train: &genzoo_data::ImageDataset,
+    test: &genzoo_data::ImageDataset,
+    epochs: u64,
+    dir: &Path,
+) -> Result<Evaluator<genzoo_core::CpuBackend>> {
+    eprintln!("training the {dataset} evaluator ({epochs} epochs; once per dataset, then cached)");
+    let per_epoch = train.len().div_ceil(128);
+    let bar = indicatif::ProgressBar::new(epochs * per_epoch as u64);
+    let evaluator = genzoo_train::evaluator::train_evaluator::<
+        burn::backend::Autodiff<genzoo_core::CpuBackend>,
+    >(
+        dataset,
+        train,
+        test,
+        epochs,
+        0,
+        &Default::default(),
+        |epoch, _, loss| {
+            bar.inc(1);
+            bar.set_message(format!("epoch {} loss {loss:.4}", epoch + 1));
+        },
+    )?;
+    bar.finish_and_clear();
+    evaluator.save(dir)?;
+    Ok(evaluator)
+}
+
+/// Epochs of an evaluator's training (≥ 90% on Fashion-MNIST, ≥ 99% on MNIST).
+const EVALUATOR_EPOCHS: u64 = 6;
+
+/// The metrics `eval` knows.
+const EVAL_METRICS: [&str; 5] = ["fid", "kid", "is", "pr", "nll"];
+
 fn eval(args: EvalArgs) -> Result<()> {
-    let (run, config, checkpoint) = load_run(&args.run)?;
+    let metrics: Vec<String> = args
+        .metrics
+        .split(',')
+        .map(|m| m.trim().to_lowercase())
+        .filter(|m| !m.is_empty())
+        .collect();
+    evaluate_run(
+        &args.run,
+        &metrics,
+        args.n,
+        args.terms,
+        args.seed,
+        args.backend,
+    )
+    .map(|_| ())
+}
+
+/// Evaluates the newest good checkpoint of a run with `metrics` (the names
+/// of [`EVAL_METRICS`]) on `n` samples (and `n` test images for nll),
+/// prints a table, writes `eval.json` into the run, and returns the figures.
+pub(crate) fn evaluate_run(
+    run_path: &Path,
+    metrics: &[String],
+    n: usize,
+    terms: Option<usize>,
+    seed: u64,
+    backend: BackendKind,
+) -> Result<Vec<(String, f64)>> {
+    let (run, config, checkpoint) = load_run(run_path)?;
     if config.model.reads_text() {
         return Err(Error::Config(
             "text models report val_loss (nats/token) during training; eval works on image models"
                 .into(),
         ));
     }
+    let metrics: Vec<String> = metrics.to_vec();
+    if let Some(bad) = metrics.iter().find(|m| !EVAL_METRICS.contains(&m.as_str())) {
+        return Err(Error::Config(format!(
+            "unknown metric '{bad}': choose from {}",
+            EVAL_METRICS.join(", ")
+        )));
+    }
     let source: DatasetSource = config.data.dataset.parse()?;
-    let (_, test) = load_image_dataset(&source, &Locator::from_env(config.data.data_dir.clone()))?;
-    let test = test.take(args.n.max(1));
+    let (train, test) =
+        load_image_dataset(&source, &Locator::from_env(config.data.data_dir.clone()))?;
+    let wants_samples = metrics.iter().any(|m| m != "nll");
+    let evaluator_dir = if wants_samples {
+        let dir = evaluator_dir(&source.name(), &train)?;
+        if !dir.join("evaluator.json").exists() {
+            train_and_cache_evaluator(&source.name(), &train, &test, EVALUATOR_EPOCHS, &dir)?;
+        }
+        Some(dir)
+    } else {
+        None
+    };
     with_backend(
-        args.backend,
+        backend,
         EvalJob {
             run,
             checkpoint,
             config,
             test,
-            terms: args.terms,
-            seed: args.seed,
+            evaluator_dir,
+            metrics,
+            n: n.max(2),
+            terms,
+            seed,
         },
     )
 }
@@ -695,13 +906,16 @@ struct EvalJob {
     checkpoint: PathBuf,
     config: RunConfig,
     test: genzoo_data::ImageDataset,
+    evaluator_dir: Option<PathBuf>,
+    metrics: Vec<String>,
+    n: usize,
     terms: Option<usize>,
     seed: u64,
 }
 
 impl BackendTask for EvalJob {
-    type Output = ();
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<()> {
+    type Output = Vec<(String, f64)>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Vec<(String, f64)>> {
         let model = self.config.model.clone();
         with_family::<B, _>(
             &model,
@@ -719,55 +933,118 @@ struct EvalRun<B: AutodiffBackend> {
     device: B::Device,
 }
 
-impl<B: AutodiffBackend> FamilyTask<B> for EvalRun<B> {
-    type Output = ();
-    fn run<F: Family<B, Batch = ImageBatch<B>>>(self, family: F) -> Result<()> {
-        let family = family.load(&self.job.checkpoint)?;
+impl<B: AutodiffBackend> EvalRun<B> {
+    /// Draws `n` samples in chunks (seeded per chunk) and embeds them.
+    fn sample_features<F: Family<B>>(
+        &self,
+        family: &F,
+        evaluator: &Evaluator<B::InnerBackend>,
+    ) -> Result<(genzoo_train::metrics::Features, Vec<Vec<f64>>, f64)> {
+        let n = self.job.n;
+        let bar = indicatif::ProgressBar::new(n as u64);
+        bar.set_message("sampling");
         let started = Instant::now();
-        let n = self.job.test.len();
-        let mut bits = Vec::with_capacity(n);
-        for (i, chunk) in (0..n).collect::<Vec<_>>().chunks(64).enumerate() {
-            let images = self
-                .job
-                .test
-                .batch::<B::InnerBackend>(chunk, genzoo_data::Scaling::Unit, &self.device)
-                .images;
-            let seed = genzoo_core::seed::derive(self.job.seed, "eval-nll", i as u64);
-            bits.extend(family.bits_per_dim(images, self.job.terms, seed)?);
-            eprintln!("  {} / {n} images", bits.len());
+        let mut values = Vec::new();
+        let mut probs = Vec::new();
+        let mut done = 0;
+        let mut chunk_index = 0;
+        while done < n {
+            let count = 500.min(n - done);
+            let request = SampleRequest {
+                n: count,
+                seed: genzoo_core::seed::derive(self.job.seed, "eval-samples", chunk_index),
+                ..Default::default()
+            };
+            let images = family.sample_images(&request)?;
+            let (f, p) = evaluator.embed(images)?;
+            values.extend(f.to_values());
+            probs.extend(p);
+            done += count;
+            chunk_index += 1;
+            bar.inc(count as u64);
         }
-        let count = bits.len() as f64;
-        let mean = bits.iter().sum::<f64>() / count;
-        let sd =
-            (bits.iter().map(|b| (b - mean).powi(2)).sum::<f64>() / (count - 1.0).max(1.0)).sqrt();
+        bar.finish_and_clear();
         let secs = started.elapsed().as_secs_f64();
-        println!(
-            "nll: {mean:.4} ± {:.4} bits/dim (mean ± standard error over {n} test images, {secs:.1} s)",
-            sd / count.sqrt()
+        Ok((
+            genzoo_train::metrics::Features::new(values, genzoo_train::evaluator::FEATURES)?,
+            probs,
+            secs,
+        ))
+    }
+}
+
+impl<B: AutodiffBackend> FamilyTask<B> for EvalRun<B> {
+    type Output = Vec<(String, f64)>;
+    fn run<F: Family<B, Batch = ImageBatch<B>>>(self, family: F) -> Result<Vec<(String, f64)>> {
+        let family = family.load(&self.job.checkpoint)?;
+        let wants = |m: &str| self.job.metrics.iter().any(|x| x == m);
+        let mut results: Vec<(String, f64)> = Vec::new();
+        if let Some(dir) = &self.job.evaluator_dir {
+            let evaluator = Evaluator::<B::InnerBackend>::load(dir, &self.device)?;
+            let (generated, probs, secs) = self.sample_features(&family, &evaluator)?;
+            results.push(("samples".into(), generated.len() as f64));
+            results.push((
+                "sample_seconds_per_64".into(),
+                secs * 64.0 / generated.len() as f64,
+            ));
+            let options = genzoo_train::metrics::QualityOptions {
+                fid: wants("fid"),
+                kid: wants("kid"),
+                is: wants("is"),
+                pr: wants("pr"),
+                seed: self.job.seed,
+                ..Default::default()
+            };
+            results.extend(genzoo_train::metrics::sample_quality(
+                &evaluator.reference,
+                &generated,
+                &probs,
+                &options,
+            ));
+            results.push((
+                "evaluator_test_accuracy".into(),
+                evaluator.info.test_accuracy,
+            ));
+        }
+        if wants("nll") {
+            let test = self.job.test.take(self.job.n);
+            let count = test.len();
+            let mut bits = Vec::with_capacity(count);
+            let indices: Vec<usize> = (0..count).collect();
+            for (i, chunk) in indices.chunks(64).enumerate() {
+                let images = test
+                    .batch::<B::InnerBackend>(chunk, genzoo_data::Scaling::Unit, &self.device)
+                    .images;
+                let seed = genzoo_core::seed::derive(self.job.seed, "eval-nll", i as u64);
+                bits.extend(family.bits_per_dim(images, self.job.terms, seed)?);
+                eprintln!("  nll: {} / {count} test images", bits.len());
+            }
+            let n = bits.len() as f64;
+            let mean = bits.iter().sum::<f64>() / n;
+            let sd =
+                (bits.iter().map(|b| (b - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
+            results.push(("nll_bits_per_dim".into(), mean));
+            results.push(("nll_bits_per_dim_sem".into(), sd / n.sqrt()));
+            results.push(("nll_images".into(), n));
+        }
+        println!("{:<26} value", "metric");
+        for (name, value) in &results {
+            println!("{name:<26} {value:.6}");
+        }
+        let mut record = serde_json::Map::new();
+        record.insert(
+            "checkpoint".into(),
+            serde_json::Value::String(self.job.checkpoint.display().to_string()),
         );
-        let step = self
-            .job
-            .checkpoint
-            .file_name()
-            .and_then(|s| s.to_str())
-            .unwrap_or("")
-            .to_string();
-        let record = serde_json::json!({
-            "checkpoint": step,
-            "images": n,
-            "terms": self.job.terms,
-            "nll_bits_per_dim": mean,
-            "nll_bits_per_dim_sem": sd / count.sqrt(),
-            "seconds": secs,
-        });
+        for (name, value) in &results {
+            record.insert(name.clone(), serde_json::json!(value));
+        }
         let path = self.job.run.root().join("eval.json");
-        std::fs::write(
-            &path,
-            serde_json::to_string_pretty(&record).map_err(|e| Error::Config(e.to_string()))?,
-        )
-        .map_err(|e| Error::io(&path, e))?;
+        let text =
+            serde_json::to_string_pretty(&record).map_err(|e| Error::Config(e.to_string()))?;
+        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
         println!("wrote {}", path.display());
-        Ok(())
+        Ok(results)
     }
 }
 

@@ -14,3 +14,4 @@ pub use genzoo_models as models;
 pub use genzoo_train as train;
 
 pub mod cli;
+pub mod compare;

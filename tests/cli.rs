@@ -450,3 +450,126 @@ fn ddpm_trains_and_samples_with_either_sampler_and_a_trajectory() {
     ));
     assert!(err.contains("diffusion"), "{err}");
 }
+
+#[test]
+fn evaluator_and_sample_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_idx_dataset(&dir.join("digits"), 128, 64, 28, 10).unwrap();
+    let text = ok(&genzoo(
+        &[
+            "evaluator",
+            "train",
+            "--dataset",
+            "idx:digits",
+            "--epochs",
+            "1",
+        ],
+        dir,
+    ));
+    assert!(text.contains("test accuracy"), "{text}");
+    // The second call finds it in the cache.
+    let text = ok(&genzoo(
+        &["evaluator", "train", "--dataset", "idx:digits"],
+        dir,
+    ));
+    assert!(text.contains("cached evaluator"), "{text}");
+    ok(&genzoo(
+        &[
+            "train",
+            "vae-mlp",
+            "--dataset",
+            "idx:digits",
+            "--out",
+            "runs/vae",
+            "--steps",
+            "2",
+        ],
+        dir,
+    ));
+    let text = ok(&genzoo(
+        &[
+            "eval",
+            "--run",
+            "runs/vae",
+            "--n",
+            "64",
+            "--metrics",
+            "fid,kid,is,pr",
+        ],
+        dir,
+    ));
+    assert!(text.contains("fid") && text.contains("precision"), "{text}");
+    let eval: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("runs/vae/eval.json")).unwrap()).unwrap();
+    for key in ["fid", "kid", "is", "class_entropy", "precision", "recall"] {
+        let v = eval[key].as_f64().unwrap_or(f64::NAN);
+        assert!(v.is_finite(), "{key} = {v} in {eval}");
+    }
+    assert!(eval["fid"].as_f64().unwrap() > 0.0);
+    let err = fails(&genzoo(
+        &["eval", "--run", "runs/vae", "--metrics", "fid,bleu"],
+        dir,
+    ));
+    assert!(err.contains("unknown metric 'bleu'"), "{err}");
+}
+
+#[test]
+fn compare_trains_evaluates_skips_and_reports_every_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_idx_dataset(&dir.join("digits"), 96, 64, 28, 10).unwrap();
+    std::fs::write(
+        dir.join("exp.toml"),
+        r#"
+name = "tiny"
+dataset = "idx:digits"
+seeds = [0, 1]
+[budget]
+steps = 2
+[eval]
+samples = 48
+metrics = ["fid", "is", "pr", "nll"]
+nll_images = 4
+nll_terms = 4
+[[runs]]
+name = "vae"
+preset = "vae-mlp"
+overrides = { train = { batch_size = 16 } }
+[[runs]]
+name = "gan"
+preset = "dcgan-28"
+overrides = { train = { batch_size = 8 } }
+"#,
+    )
+    .unwrap();
+    ok(&genzoo(
+        &[
+            "evaluator",
+            "train",
+            "--dataset",
+            "idx:digits",
+            "--epochs",
+            "1",
+        ],
+        dir,
+    ));
+    let text = ok(&genzoo(&["compare", "exp.toml", "--out", "cmp"], dir));
+    let report = std::fs::read_to_string(dir.join("cmp/report.md")).unwrap();
+    assert!(report.contains("| vae | vae-mlp | 652824 |"), "{report}");
+    assert!(report.contains("| gan | dcgan-28 |"), "{report}");
+    assert!(
+        report.contains(" ± "),
+        "two seeds give mean ± std:\n{report}"
+    );
+    assert!(dir.join("cmp/report.png").exists());
+    assert!(dir.join("cmp/gan-seed1/eval.json").exists(), "{text}");
+    // Finished runs are skipped; one whose record was lost is resumed.
+    std::fs::remove_file(dir.join("cmp/vae-seed0/compare.json")).unwrap();
+    let text = ok(&genzoo(&["compare", "exp.toml", "--out", "cmp"], dir));
+    assert!(
+        text.contains("gan seed 0: trained (2 steps), skipping"),
+        "{text}"
+    );
+    assert!(text.contains("vae seed 0: resuming"), "{text}");
+}

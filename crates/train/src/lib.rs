@@ -25,7 +25,10 @@
 
 pub mod checkpoint;
 pub mod config;
+pub mod evaluator;
+pub mod experiment;
 pub mod logger;
+pub mod metrics;
 pub mod run_dir;
 pub mod schedule;
 pub mod trainer;

@@ -45,6 +45,7 @@ pub struct Trainer {
     config_text: Option<String>,
     resume: bool,
     stop_after: Option<u64>,
+    time_limit: Option<std::time::Duration>,
     progress: bool,
 }
 
@@ -61,6 +62,7 @@ impl Trainer {
             config_text: None,
             resume: false,
             stop_after: None,
+            time_limit: None,
             progress: true,
         }
     }
@@ -97,6 +99,13 @@ impl Trainer {
     /// Show a progress bar (on by default; hidden anyway when stderr is not a terminal).
     pub fn progress(mut self, show: bool) -> Self {
         self.progress = show;
+        self
+    }
+
+    /// Stops (with a checkpoint) after the first step that ends past this much
+    /// wall-clock time of the call: a time budget.
+    pub fn time_limit(mut self, limit: Option<std::time::Duration>) -> Self {
+        self.time_limit = limit;
         self
     }
 
@@ -168,10 +177,11 @@ impl Trainer {
         ));
         bar.set_position(step);
 
-        let end = match self.stop_after {
+        let mut end = match self.stop_after {
             Some(n) => (step + n).min(total),
             None => total,
         };
+        let call_started = Instant::now();
         let mut window = MetricWindow::default();
         let mut last_train = Metrics::new();
         let mut last_eval = None;
@@ -213,6 +223,12 @@ impl Trainer {
             index += 1;
             if index >= batches_per_epoch {
                 (epoch, index) = (epoch + 1, 0);
+            }
+            if self
+                .time_limit
+                .is_some_and(|limit| call_started.elapsed() >= limit)
+            {
+                end = step;
             }
             window.add(&metrics, 1.0);
             bar.set_position(step);

@@ -1,0 +1,415 @@
+//! Experiments: several runs (preset + overrides) on one dataset with one
+//! budget, one set of seeds and one evaluation, summarised in one table.
+//! This module reads the experiment file and writes the report; the
+//! `genzoo compare` command trains and evaluates the runs.
+//!
+//! ```toml
+//! name = "mnist-families"
+//! dataset = "mnist"
+//! seeds = [0, 1]
+//! [budget]
+//! steps = 500          # or: epochs = 1, or: minutes = 10
+//! [eval]
+//! samples = 1000
+//! metrics = ["fid", "kid", "is", "pr", "nll"]
+//! [[runs]]
+//! name = "vae"
+//! preset = "vae-mlp"
+//! [[runs]]
+//! name = "ddpm"
+//! preset = "ddpm-unet"
+//! overrides = { train = { batch_size = 64 } }
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use genzoo_core::{Error, Result};
+use image::{Rgb, RgbImage};
+use serde::{Deserialize, Serialize};
+
+/// An experiment file.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Experiment {
+    /// Name (the output directory's default name).
+    pub name: String,
+    /// `mnist`, `fashion-mnist` or `idx:<DIR>`, for every run.
+    pub dataset: String,
+    /// Directory with the dataset's files.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Use only the first N training and test images.
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Every run is trained once per seed.
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    /// The budget every run gets.
+    pub budget: Budget,
+    /// The evaluation every run gets.
+    #[serde(default)]
+    pub eval: EvalSpec,
+    /// The runs.
+    pub runs: Vec<RunSpec>,
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+
+/// A training budget: exactly one of steps, epochs or wall-clock minutes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// Optimizer steps.
+    pub steps: Option<u64>,
+    /// Epochs.
+    pub epochs: Option<u64>,
+    /// Wall-clock minutes of training (evaluation excluded).
+    pub minutes: Option<f64>,
+}
+
+/// What every run is evaluated with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EvalSpec {
+    /// Samples drawn per run for the sample metrics.
+    pub samples: usize,
+    /// Metrics: fid, kid, is, pr, nll.
+    pub metrics: Vec<String>,
+    /// Test images for nll.
+    pub nll_images: usize,
+    /// Terms of the likelihood bound where a model estimates it (DDPM).
+    pub nll_terms: Option<usize>,
+}
+
+impl Default for EvalSpec {
+    fn default() -> Self {
+        Self {
+            samples: 1000,
+            metrics: ["fid", "kid", "is", "pr", "nll"].map(String::from).to_vec(),
+            nll_images: 256,
+            nll_terms: Some(100),
+        }
+    }
+}
+
+/// One run of an experiment.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    /// Name (unique in the experiment; the run directory's prefix).
+    pub name: String,
+    /// The preset.
+    pub preset: String,
+    /// Any keys of a run's `config.toml`, laid over the preset.
+    #[serde(default)]
+    pub overrides: toml::Table,
+}
+
+impl Experiment {
+    /// Reads and checks an experiment file.
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let experiment: Experiment =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        experiment
+            .validate()
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        Ok(experiment)
+    }
+
+    /// Rejects experiments that cannot run.
+    pub fn validate(&self) -> Result<()> {
+        let b = &self.budget;
+        let set = [b.steps.is_some(), b.epochs.is_some(), b.minutes.is_some()]
+            .iter()
+            .filter(|x| **x)
+            .count();
+        if set != 1 {
+            return Err(Error::Config(
+                "budget: give exactly one of steps, epochs or minutes".into(),
+            ));
+        }
+        if b.minutes.is_some_and(|m| m.is_nan() || m <= 0.0) || b.steps == Some(0) || b.epochs == Some(0) {
+            return Err(Error::Config("budget: must be positive".into()));
+        }
+        if self.runs.is_empty() || self.seeds.is_empty() {
+            return Err(Error::Config(
+                "an experiment needs at least one run and one seed".into(),
+            ));
+        }
+        let mut names: Vec<&str> = self.runs.iter().map(|r| r.name.as_str()).collect();
+        names.sort_unstable();
+        if let Some(w) = names.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::Config(format!("run name '{}' appears twice", w[0])));
+        }
+        if let Some(r) = self.runs.iter().find(|r| {
+            r.name.is_empty()
+                || !r
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        }) {
+            return Err(Error::Config(format!(
+                "run name '{}': use letters, digits, '-' and '_'",
+                r.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// The directory of run `run` with seed `seed` under `out`.
+    pub fn run_dir(out: &Path, run: &str, seed: u64) -> PathBuf {
+        out.join(format!("{run}-seed{seed}"))
+    }
+}
+
+/// What one (run, seed) produced.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// The run's name.
+    pub run: String,
+    /// The preset.
+    pub preset: String,
+    /// The seed.
+    pub seed: u64,
+    /// Trainable parameters.
+    pub params: usize,
+    /// Steps trained.
+    pub steps: u64,
+    /// Seconds in training steps, over every call (resumes included).
+    pub train_seconds: f64,
+    /// Training examples per second.
+    pub examples_per_sec: f64,
+    /// Evaluation figures (eval.json's).
+    pub metrics: BTreeMap<String, f64>,
+    /// The run's directory.
+    pub dir: PathBuf,
+}
+
+/// Mean ± standard deviation of a column over seeds, formatted; "–" when absent.
+fn cell(results: &[&RunResult], get: impl Fn(&RunResult) -> Option<f64>, digits: usize) -> String {
+    let values: Vec<f64> = results
+        .iter()
+        .filter_map(|r| get(r))
+        .filter(|v| v.is_finite())
+        .collect();
+    match values.len() {
+        0 => "–".into(),
+        1 => format!("{:.*}", digits, values[0]),
+        n => {
+            let mean = values.iter().sum::<f64>() / n as f64;
+            let sd =
+                (values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64).sqrt();
+            format!("{mean:.digits$} ± {sd:.digits$}")
+        }
+    }
+}
+
+/// The report's table: one row per run (mean ± std over its seeds).
+pub fn report_markdown(experiment: &Experiment, results: &[RunResult]) -> String {
+    let budget = match (
+        &experiment.budget.steps,
+        &experiment.budget.epochs,
+        &experiment.budget.minutes,
+    ) {
+        (Some(s), _, _) => format!("{s} steps"),
+        (_, Some(e), _) => format!("{e} epochs"),
+        (_, _, Some(m)) => format!("{m} minutes"),
+        _ => "?".into(),
+    };
+    let mut out = format!(
+        "# {}\n\nDataset `{}`, budget {budget} per run, seeds {:?}; {} samples per run for the sample metrics \
+         (evaluator features vs the test set), bits/dim on {} test images.\n\n",
+        experiment.name,
+        experiment.dataset,
+        experiment.seeds,
+        experiment.eval.samples,
+        experiment.eval.nll_images
+    );
+    out.push_str("| run | preset | params | steps | train s | examples/s | s per 64 samples | FID | KID | precision | recall | IS | bits/dim |\n");
+    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for spec in &experiment.runs {
+        let rows: Vec<&RunResult> = results.iter().filter(|r| r.run == spec.name).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let m = |key: &'static str| move |r: &RunResult| r.metrics.get(key).copied();
+        out.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            spec.name,
+            spec.preset,
+            rows[0].params,
+            cell(&rows, |r| Some(r.steps as f64), 0),
+            cell(&rows, |r| Some(r.train_seconds), 1),
+            cell(&rows, |r| Some(r.examples_per_sec), 1),
+            cell(&rows, m("sample_seconds_per_64"), 2),
+            cell(&rows, m("fid"), 2),
+            cell(&rows, m("kid"), 4),
+            cell(&rows, m("precision"), 3),
+            cell(&rows, m("recall"), 3),
+            cell(&rows, m("is"), 2),
+            cell(&rows, m("nll_bits_per_dim"), 3),
+        ));
+    }
+    out.push_str("\n`report.png`: each run's final sample grid (first seed), left to right in table order, with its training-loss curve below it.\n");
+    out
+}
+
+/// Lays the runs' sample grids side by side with their training-loss curves
+/// (one panel per run, in table order) into `path`.
+pub fn report_image(panels: &[(PathBuf, Vec<f64>)], path: &Path) -> Result<()> {
+    const CURVE_HEIGHT: u32 = 120;
+    const GAP: u32 = 8;
+    let grids: Vec<RgbImage> = panels
+        .iter()
+        .map(|(p, _)| {
+            image::open(p)
+                .map(|i| i.to_rgb8())
+                .unwrap_or_else(|_| RgbImage::new(240, 240))
+        })
+        .collect();
+    let width = grids.iter().map(|g| g.width() + GAP).sum::<u32>().max(1);
+    let grid_height = grids.iter().map(|g| g.height()).max().unwrap_or(0);
+    let mut canvas = RgbImage::from_pixel(
+        width,
+        grid_height + GAP + CURVE_HEIGHT,
+        Rgb([255, 255, 255]),
+    );
+    let mut x0 = 0;
+    for (grid, (_, losses)) in grids.iter().zip(panels) {
+        image::imageops::overlay(&mut canvas, grid, x0 as i64, 0);
+        draw_curve(
+            &mut canvas,
+            losses,
+            x0,
+            grid_height + GAP,
+            grid.width(),
+            CURVE_HEIGHT,
+        );
+        x0 += grid.width() + GAP;
+    }
+    canvas
+        .save(path)
+        .map_err(|e| Error::Config(format!("{}: {e}", path.display())))
+}
+
+/// A polyline of `values` scaled to its own min..max inside the box.
+fn draw_curve(canvas: &mut RgbImage, values: &[f64], x0: u32, y0: u32, w: u32, h: u32) {
+    // Frame.
+    for x in x0..x0 + w {
+        canvas.put_pixel(x, y0, Rgb([200, 200, 200]));
+        canvas.put_pixel(x, y0 + h - 1, Rgb([200, 200, 200]));
+    }
+    let finite: Vec<f64> = values.iter().copied().filter(|v| v.is_finite()).collect();
+    if finite.len() < 2 || w < 2 {
+        return;
+    }
+    let (lo, hi) = finite
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(*v), b.max(*v)));
+    let span = (hi - lo).max(1e-12);
+    let point = |i: usize| -> (f64, f64) {
+        let x = x0 as f64 + i as f64 / (finite.len() - 1) as f64 * (w - 1) as f64;
+        let y = y0 as f64 + 2.0 + (hi - finite[i]) / span * (h - 5) as f64;
+        (x, y)
+    };
+    for i in 1..finite.len() {
+        let (a, b) = (point(i - 1), point(i));
+        let steps = ((b.0 - a.0).abs().max((b.1 - a.1).abs()).ceil() as usize).max(1);
+        for s in 0..=steps {
+            let t = s as f64 / steps as f64;
+            let (x, y) = (a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t);
+            if (x as u32) < canvas.width() && (y as u32) < canvas.height() {
+                canvas.put_pixel(x as u32, y as u32, Rgb([200, 40, 40]));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn experiment() -> Experiment {
+        toml::from_str(
+            r#"
+            name = "t"
+            dataset = "idx:digits"
+            seeds = [0, 1]
+            [budget]
+            steps = 3
+            [[runs]]
+            name = "vae"
+            preset = "vae-mlp"
+            [[runs]]
+            name = "gan"
+            preset = "dcgan-28"
+            overrides = { train = { batch_size = 8 } }
+            "#,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn parses_validates_and_reports_every_run_with_mean_and_std() {
+        let e = experiment();
+        e.validate().unwrap();
+        assert_eq!(
+            e.runs[1].overrides["train"]["batch_size"].as_integer(),
+            Some(8)
+        );
+        let mut bad = e.clone();
+        bad.budget.epochs = Some(1);
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("exactly one")
+        );
+        let mut dup = e.clone();
+        dup.runs[1].name = "vae".into();
+        assert!(dup.validate().is_err());
+        let result = |run: &str, seed: u64, fid: f64| RunResult {
+            run: run.into(),
+            preset: "p".into(),
+            seed,
+            params: 10,
+            steps: 3,
+            train_seconds: 1.0,
+            examples_per_sec: 100.0,
+            metrics: [("fid".to_string(), fid)].into_iter().collect(),
+            dir: PathBuf::new(),
+        };
+        let table = report_markdown(
+            &e,
+            &[
+                result("vae", 0, 10.0),
+                result("vae", 1, 12.0),
+                result("gan", 0, 30.0),
+            ],
+        );
+        assert!(table.contains("| vae | vae-mlp | 10 |"), "{table}");
+        assert!(table.contains("11.00 ± 1.41"), "{table}");
+        assert!(table.contains("| gan | dcgan-28 |"), "{table}");
+    }
+
+    #[test]
+    fn report_image_lays_panels_side_by_side() {
+        let tmp = tempfile::tempdir().unwrap();
+        let grid = tmp.path().join("g.png");
+        RgbImage::from_pixel(30, 20, Rgb([0, 0, 0]))
+            .save(&grid)
+            .unwrap();
+        let out = tmp.path().join("report.png");
+        report_image(
+            &[(grid.clone(), vec![3.0, 2.0, 1.5]), (grid, vec![1.0, 0.5])],
+            &out,
+        )
+        .unwrap();
+        let img = image::open(&out).unwrap();
+        assert_eq!((img.width(), img.height()), (2 * (30 + 8), 20 + 8 + 120));
+    }
+}

@@ -1,0 +1,215 @@
+//! `genzoo compare`: train every run of an experiment file with the same
+//! data, budget and seeds (skipping finished runs, resuming interrupted
+//! ones), evaluate each the same way, and write `report.md` and `report.png`.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use genzoo_core::{BackendKind, Error, Result};
+use genzoo_train::RunConfig;
+use genzoo_train::experiment::{Experiment, RunResult, report_image, report_markdown};
+use serde::{Deserialize, Serialize};
+
+use crate::cli::{evaluate_run, start_training};
+
+/// What `compare` remembers about a (run, seed) between calls.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+struct CompareState {
+    /// Training is complete (the budget is spent).
+    done: bool,
+    /// Seconds in training steps over every call.
+    train_seconds: f64,
+    /// The run's step.
+    steps: u64,
+    /// Trainable parameters.
+    params: usize,
+    /// The step eval.json describes (None: not evaluated).
+    evaluated_step: Option<u64>,
+}
+
+fn read_state(dir: &Path) -> CompareState {
+    std::fs::read_to_string(dir.join("compare.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or_default()
+}
+
+fn write_state(dir: &Path, state: &CompareState) -> Result<()> {
+    let path = dir.join("compare.json");
+    let text = serde_json::to_string_pretty(state).map_err(|e| Error::Config(e.to_string()))?;
+    std::fs::write(&path, text).map_err(|e| Error::io(&path, e))
+}
+
+/// The run's config: preset, overrides, then the experiment's dataset, seed and budget.
+fn run_config(experiment: &Experiment, index: usize, seed: u64) -> Result<RunConfig> {
+    let spec = &experiment.runs[index];
+    let mut config = RunConfig::from_preset(&spec.preset)?;
+    if !spec.overrides.is_empty() {
+        let text = toml::to_string(&spec.overrides).map_err(|e| Error::Config(e.to_string()))?;
+        config = config.merge_toml(&text, &format!("run '{}' overrides", spec.name))?;
+    }
+    config.data.dataset = experiment.dataset.clone();
+    config.data.data_dir = experiment.data_dir.clone();
+    config.data.limit = experiment.limit;
+    config.train.seed = seed;
+    let b = &experiment.budget;
+    (config.train.steps, config.train.epochs) = match (b.steps, b.epochs) {
+        (Some(s), _) => (Some(s), None),
+        (_, Some(e)) => (None, Some(e)),
+        // A time budget: plan "forever" and stop on the clock.
+        _ => (None, Some(100_000)),
+    };
+    Ok(config)
+}
+
+/// The training-loss series of a run (its family's main loss).
+fn loss_curve(dir: &Path) -> Vec<f64> {
+    let Ok(records) = genzoo_train::logger::read_jsonl(&dir.join("metrics.jsonl")) else {
+        return Vec::new();
+    };
+    let key = ["train_loss", "train_neg_elbo", "train_g_loss"]
+        .into_iter()
+        .find(|k| records.iter().any(|r| r.contains_key(*k)));
+    match key {
+        Some(k) => records.iter().filter_map(|r| r.get(k)?.as_f64()).collect(),
+        None => Vec::new(),
+    }
+}
+
+/// Runs the experiment in `path`, writing into `out` (default `runs/<name>`).
+pub fn compare(path: &Path, out: Option<PathBuf>, backend: BackendKind) -> Result<()> {
+    let experiment = Experiment::load(path)?;
+    let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&experiment.name));
+    std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
+    let mut results = Vec::new();
+    for (index, spec) in experiment.runs.iter().enumerate() {
+        for &seed in &experiment.seeds {
+            let dir = Experiment::run_dir(&out, &spec.name, seed);
+            let mut state = read_state(&dir);
+            let config = run_config(&experiment, index, seed)?;
+            let batch_size = config.train.batch_size;
+            if state.done {
+                eprintln!(
+                    "{} seed {seed}: trained ({} steps), skipping",
+                    spec.name, state.steps
+                );
+            } else {
+                let resume = dir.join("checkpoints").is_dir();
+                eprintln!(
+                    "{} seed {seed}: {} {}",
+                    spec.name,
+                    if resume { "resuming" } else { "training" },
+                    spec.preset
+                );
+                let time_limit = experiment
+                    .budget
+                    .minutes
+                    .map(|m| Duration::from_secs_f64((m * 60.0 - state.train_seconds).max(0.0)));
+                // Without a checkpoint there is nothing to keep: a directory left by a
+                // call that died before its first checkpoint is started afresh.
+                let summary = start_training(config, &dir, resume, !resume, backend, time_limit)?;
+                state.train_seconds += summary.train_seconds;
+                state.steps = summary.step;
+                state.params = summary.params;
+                state.done = true;
+                write_state(&dir, &state)?;
+            }
+            let metrics =
+                if state.evaluated_step == Some(state.steps) && dir.join("eval.json").exists() {
+                    let text = std::fs::read_to_string(dir.join("eval.json"))
+                        .map_err(|e| Error::io(&dir, e))?;
+                    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                        Error::Config(format!("{}: {e}", dir.join("eval.json").display()))
+                    })?;
+                    value
+                        .as_object()
+                        .map(|o| {
+                            o.iter()
+                                .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                } else {
+                    let mut figures = Vec::new();
+                    let sample_metrics: Vec<String> = experiment
+                        .eval
+                        .metrics
+                        .iter()
+                        .filter(|m| *m != "nll")
+                        .cloned()
+                        .collect();
+                    if !sample_metrics.is_empty() {
+                        figures.extend(evaluate_run(
+                            &dir,
+                            &sample_metrics,
+                            experiment.eval.samples,
+                            None,
+                            seed,
+                            backend,
+                        )?);
+                    }
+                    if experiment.eval.metrics.iter().any(|m| m == "nll") {
+                        match evaluate_run(
+                            &dir,
+                            &["nll".to_string()],
+                            experiment.eval.nll_images,
+                            experiment.eval.nll_terms,
+                            seed,
+                            backend,
+                        ) {
+                            Ok(f) => figures.extend(f),
+                            // Not every family has a likelihood (GANs have none): the cell stays empty.
+                            Err(e) => eprintln!("{} seed {seed}: no bits/dim ({e})", spec.name),
+                        }
+                    }
+                    // One eval.json with everything (evaluate_run wrote each part on its own).
+                    let mut record = serde_json::Map::new();
+                    for (k, v) in &figures {
+                        record.insert(k.clone(), serde_json::json!(v));
+                    }
+                    let path = dir.join("eval.json");
+                    std::fs::write(
+                        &path,
+                        serde_json::to_string_pretty(&record)
+                            .map_err(|e| Error::Config(e.to_string()))?,
+                    )
+                    .map_err(|e| Error::io(&path, e))?;
+                    state.evaluated_step = Some(state.steps);
+                    write_state(&dir, &state)?;
+                    figures.into_iter().collect()
+                };
+            results.push(RunResult {
+                run: spec.name.clone(),
+                preset: spec.preset.clone(),
+                seed,
+                params: state.params,
+                steps: state.steps,
+                train_seconds: state.train_seconds,
+                examples_per_sec: state.steps as f64 * batch_size as f64
+                    / state.train_seconds.max(1e-9),
+                metrics,
+                dir,
+            });
+        }
+    }
+    let report = report_markdown(&experiment, &results);
+    let md = out.join("report.md");
+    std::fs::write(&md, &report).map_err(|e| Error::io(&md, e))?;
+    let first_seed = experiment.seeds[0];
+    let panels: Vec<(PathBuf, Vec<f64>)> = experiment
+        .runs
+        .iter()
+        .map(|r| {
+            let dir = Experiment::run_dir(&out, &r.name, first_seed);
+            (dir.join("samples/final.png"), loss_curve(&dir))
+        })
+        .collect();
+    report_image(&panels, &out.join("report.png"))?;
+    println!("{report}");
+    println!(
+        "wrote {} and {}",
+        md.display(),
+        out.join("report.png").display()
+    );
+    Ok(())
+}
