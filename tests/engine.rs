@@ -337,3 +337,26 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     };
     assert!(genzoo::train::checkpoint::verify(&ckpts[0].1, &identity).is_ok());
 }
+
+#[test]
+fn a_time_limit_stops_with_a_checkpoint_and_resume_finishes() {
+    let _guard = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let device = CpuDevice::default();
+    // A zero budget: the first step ends past it, so the call stops there.
+    let first = trainer(tmp.path(), train_config(6), false)
+        .time_limit(Some(std::time::Duration::ZERO))
+        .fit(fresh_vae(), &data(5), &device)
+        .unwrap();
+    assert_eq!((first.step, first.steps_this_call), (1, 1));
+    assert_eq!(
+        list_checkpoints(&tmp.path().join("checkpoints"))
+            .unwrap()
+            .len(),
+        1
+    );
+    let rest = trainer(tmp.path(), train_config(6), true)
+        .fit(fresh_vae(), &data(5), &device)
+        .unwrap();
+    assert_eq!((rest.step, rest.steps_this_call), (6, 5));
+}

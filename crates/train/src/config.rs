@@ -312,10 +312,14 @@ mod tests {
             .to_string();
         assert!(err.contains("epoch") && err.contains("f.toml"), "{err}");
         assert!(
-            RunConfig::from_preset("ddpm-unet")
+            RunConfig::from_preset("ddpm-xl")
                 .unwrap_err()
                 .to_string()
-                .contains("planned")
+                .contains("genzoo list")
         );
+        // The DDPM preset's recipe: signed pixels, Adam 2e-4, batch 128.
+        let ddpm = RunConfig::from_preset("ddpm-unet").unwrap();
+        assert_eq!(ddpm.data.scaling, Scaling::Signed);
+        assert_eq!((ddpm.train.lr, ddpm.train.batch_size), (2e-4, 128));
     }
 }

@@ -132,7 +132,10 @@ impl Experiment {
                 "budget: give exactly one of steps, epochs or minutes".into(),
             ));
         }
-        if b.minutes.is_some_and(|m| m.is_nan() || m <= 0.0) || b.steps == Some(0) || b.epochs == Some(0) {
+        if b.minutes.is_some_and(|m| m.is_nan() || m <= 0.0)
+            || b.steps == Some(0)
+            || b.epochs == Some(0)
+        {
             return Err(Error::Config("budget: must be positive".into()));
         }
         if self.runs.is_empty() || self.seeds.is_empty() {
