@@ -204,4 +204,28 @@ fn gpt_pixel_trains_on_images_and_samples_them() {
     );
     assert!(lo > 0.0 && hi < 1.0);
     assert!(tmp.path().join("samples/final.png").exists());
+
+    // The exact likelihood of 8-bit images: the held-out cross-entropy in bits
+    // plus 4 bits/pixel for the byte within its 16-value level.
+    let test = ImageDataset::new(
+        synthetic::images(16, 6, 3, 2).0,
+        synthetic::images(16, 6, 3, 2).1,
+        (1, 6, 6),
+        vec![],
+    )
+    .unwrap();
+    let images = test
+        .batch::<Flex>(&(0..16).collect::<Vec<_>>(), Scaling::Unit, &device)
+        .images;
+    let bits = out.family.bits_per_dim(images, None, 0).unwrap();
+    let mean = bits.iter().sum::<f64>() / bits.len() as f64;
+    let test_bits = records
+        .iter()
+        .filter_map(|r| r.get("test_bits_per_dim")?.as_f64())
+        .last()
+        .unwrap();
+    assert!(
+        (mean - (test_bits + 4.0)).abs() < 1e-3,
+        "{mean} vs {test_bits} + 4"
+    );
 }

@@ -383,6 +383,41 @@ impl<B: AutodiffBackend> Family<B> for GptPixel<B> {
         self.complete(images, rows, seed)
     }
 
+    /// The exact negative log-likelihood of 8-bit images: the model's
+    /// cross-entropy over the quantised levels plus log₂(256/levels) bits per
+    /// pixel for a uniform choice of the byte within its level (each level
+    /// holds exactly 256/levels byte values). Comparable with the DDPM's bound.
+    fn bits_per_dim(
+        &self,
+        images: Tensor<B::InnerBackend, 4>,
+        _effort: Option<usize>,
+        _seed: u64,
+    ) -> Result<Vec<f64>> {
+        if !256usize.is_multiple_of(self.levels) {
+            return Err(genzoo_core::Error::Config(format!(
+                "bits/dim on 8-bit data needs levels dividing 256, got {}",
+                self.levels
+            )));
+        }
+        let (inputs, targets) = self.tokens(images);
+        let [n, t] = targets.dims();
+        let logits = self.core.model.valid().forward(inputs); // [n, t, vocab]
+        let picked = burn::tensor::activation::log_softmax(logits, 2)
+            .gather(2, targets.unsqueeze_dim::<3>(2))
+            .reshape([n, t])
+            .mean_dim(1)
+            .reshape([n]); // mean log-probability per pixel, nats
+        let within_level = (256.0 / self.levels as f64).log2();
+        let values = picked
+            .into_data()
+            .to_vec::<f32>()
+            .map_err(|e| genzoo_core::Error::Config(format!("{e:?}")))?;
+        Ok(values
+            .into_iter()
+            .map(|lp| -(lp as f64) / std::f64::consts::LN_2 + within_level)
+            .collect())
+    }
+
     fn sample_images(&self, request: &SampleRequest) -> Result<Tensor<B::InnerBackend, 4>> {
         if request.class.is_some() {
             return Err(Error::Config("gpt-pixel is not class-conditional".into()));
