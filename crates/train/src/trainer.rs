@@ -182,6 +182,7 @@ impl Trainer {
             None => total,
         };
         let call_started = Instant::now();
+        let mut timed_out = false;
         let mut window = MetricWindow::default();
         let mut last_train = Metrics::new();
         let mut last_eval = None;
@@ -229,6 +230,7 @@ impl Trainer {
                 .is_some_and(|limit| call_started.elapsed() >= limit)
             {
                 end = step;
+                timed_out = true;
             }
             window.add(&metrics, 1.0);
             bar.set_position(step);
@@ -318,7 +320,9 @@ impl Trainer {
                 checkpoint::prune(&ckpt_dir, cfg.keep_checkpoints)?;
             }
         }
-        if step == total && step > start_step {
+        // The budget is spent: the planned steps are done, or the time limit
+        // (a wall-clock budget) ended the call.
+        if (step == total || timed_out) && step > start_step {
             write_grid(&family, &self.run, cfg, "final.png")?;
             write_progress_strip(&self.run.samples_dir())?;
         }
