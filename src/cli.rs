@@ -269,6 +269,9 @@ struct SampleArgs {
     /// Classifier-free guidance weight w (class-conditional diffusion: cddpm-unet).
     #[arg(long)]
     guidance: Option<f64>,
+    /// Sample from the trained weights instead of their EMA (diffusion models).
+    #[arg(long)]
+    raw_weights: bool,
     /// Also save the denoising trajectory of the first sample (x_t from noise
     /// to image, 10 frames) as <out>-trajectory.png (diffusion models).
     #[arg(long)]
@@ -644,11 +647,12 @@ fn sample(args: SampleArgs) -> Result<()> {
         steps: args.steps,
         eta: args.eta,
         guidance: args.guidance,
+        raw_weights: args.raw_weights,
         progress: true,
     };
     if (sampler.is_set() || args.trajectory) && config.model.family() != "ddpm" {
         return Err(Error::Config(format!(
-            "--sampler, --steps, --eta, --guidance and --trajectory are for diffusion models; {} is a {} model",
+            "--sampler, --steps, --eta, --guidance, --raw-weights and --trajectory are for diffusion models; {} is a {} model",
             config.preset,
             config.model.family()
         )));

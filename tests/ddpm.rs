@@ -143,6 +143,30 @@ fn ddpm_unet_resume_is_exact_with_ema() {
         param_values(&a.unet),
         "the EMA lags the trained weights"
     );
+    // Samples come from the EMA unless the trained weights are asked for.
+    let request = |raw_weights: bool| SampleRequest {
+        n: 1,
+        seed: 3,
+        sampler: SamplerOptions {
+            steps: Some(2),
+            raw_weights,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let ema: Vec<f32> = a
+        .sample_images(&request(false))
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap();
+    let raw: Vec<f32> = a
+        .sample_images(&request(true))
+        .unwrap()
+        .into_data()
+        .to_vec()
+        .unwrap();
+    assert_ne!(ema, raw);
 }
 
 #[test]

@@ -152,6 +152,8 @@ pub struct SamplerOptions {
     pub eta: Option<f64>,
     /// Classifier-free guidance weight w (0: none).
     pub guidance: Option<f64>,
+    /// Sample from the trained weights instead of their moving average.
+    pub raw_weights: bool,
     /// Show a progress bar over the sampling steps.
     pub progress: bool,
 }

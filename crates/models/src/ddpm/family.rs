@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{Adam, AdamConfig, GradientsParams};
 use burn::prelude::*;
@@ -358,7 +359,14 @@ impl<B: AutodiffBackend> DdpmTrainer<B> {
         guidance: f64,
         keep: &mut impl FnMut(usize, &Tensor<B::InnerBackend, 4>),
     ) -> Result<Tensor<B::InnerBackend, 4>> {
-        let net = &self.ema.module;
+        // The EMA weights by default; the trained ones on request.
+        let raw;
+        let net = if request.sampler.raw_weights {
+            raw = self.unet.valid();
+            &raw
+        } else {
+            &self.ema.module
+        };
         let cfg = &self.config.unet;
         let shape = [request.n, cfg.channels, cfg.height, cfg.width];
         // Noise comes from a host RNG seeded by the request: same seed, same samples,
