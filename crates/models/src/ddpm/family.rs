@@ -321,7 +321,8 @@ impl<B: AutodiffBackend> DdpmTrainer<B> {
     }
 
     /// Runs the reverse process from seeded noise on the EMA weights;
-    /// `keep` is called with (iteration, x_t) after every step.
+    /// `keep` is called with (0, x_T) before the first step and with
+    /// (i, x) after step i (1-based), so the last call holds the sample.
     fn reverse_process(
         &self,
         request: &SampleRequest,
@@ -372,11 +373,7 @@ impl<B: AutodiffBackend> DdpmTrainer<B> {
         // Noise comes from a host RNG seeded by the request: same seed, same samples,
         // whatever else runs in the process.
         let mut rng = host_rng(request.seed, "ddpm-sample", 0);
-        let mut normal = |shape: [usize; 4]| -> Tensor<B::InnerBackend, 4> {
-            let len = shape.iter().product::<usize>();
-            let values: Vec<f32> = (0..len).map(|_| standard_normal(&mut rng)).collect();
-            Tensor::from_data(TensorData::new(values, shape), &self.device)
-        };
+        let mut normal = |shape: [usize; 4]| host_normal(&mut rng, shape, &self.device);
         let timesteps = sampler.timesteps(&self.schedule);
         let bar = if request.sampler.progress {
             let bar = ProgressBar::new(timesteps.len() as u64);
@@ -397,6 +394,7 @@ impl<B: AutodiffBackend> DdpmTrainer<B> {
             &self.device,
         );
         let mut x = normal(shape);
+        keep(0, &x);
         for (i, &t) in timesteps.iter().enumerate() {
             let prev = timesteps.get(i + 1).copied();
             let t_all = vec![t; request.n];
@@ -426,7 +424,7 @@ impl<B: AutodiffBackend> DdpmTrainer<B> {
             let eps = objective::eps_from_x0(&self.schedule, x.clone(), x0.clone(), &t_all);
             let z = (sampler.noise_scale(&self.schedule, t, prev) > 0.0).then(|| normal(shape));
             x = sampler.step(&self.schedule, t, prev, Denoised { x_t: x, x0, eps }, z);
-            keep(i, &x);
+            keep(i + 1, &x);
             bar.inc(1);
         }
         bar.finish_and_clear();
@@ -463,10 +461,7 @@ impl<B: AutodiffBackend> DdpmTrainer<B> {
         let labels = Tensor::<B::InnerBackend, 1, Int>::zeros([n], &self.device);
         let mut total = objective::prior_bits_per_dim(&self.schedule, x0.clone());
         for (t, weight) in std::iter::once((0usize, 1.0)).chain(kl_terms) {
-            let values: Vec<f32> = (0..n * c * h * w)
-                .map(|_| standard_normal(&mut rng))
-                .collect();
-            let noise = Tensor::from_data(TensorData::new(values, [n, c, h, w]), &self.device);
+            let noise = host_normal(&mut rng, [n, c, h, w], &self.device);
             let t_all = vec![t; n];
             let x_t = q_sample(&self.schedule, x0.clone(), &t_all, noise);
             let t_in = Tensor::<B::InnerBackend, 1>::full([n], t as f32, &self.device);
@@ -520,6 +515,17 @@ pub fn kl_quadrature(t_max: usize, points: usize) -> Vec<(usize, f64)> {
             (ts[i], (left + right) / 2.0)
         })
         .collect()
+}
+
+/// A tensor of standard normal draws from a host RNG (Box–Muller).
+fn host_normal<Bk: Backend>(
+    rng: &mut impl Rng,
+    shape: [usize; 4],
+    device: &Bk::Device,
+) -> Tensor<Bk, 4> {
+    let len = shape.iter().product::<usize>();
+    let values: Vec<f32> = (0..len).map(|_| standard_normal(rng)).collect();
+    Tensor::from_data(TensorData::new(values, shape), device)
 }
 
 /// A standard normal draw (Box–Muller), from a host RNG.
@@ -590,22 +596,8 @@ impl<B: AutodiffBackend> Family<B> for DdpmTrainer<B> {
         };
         let frames = frames.clamp(2, iterations + 1);
         // Frame 0 is x_T; the others evenly spaced over the iterations, the last one x_0.
-        let wanted: Vec<usize> = (1..frames)
-            .map(|f| f * iterations / (frames - 1) - 1)
-            .collect();
+        let wanted: Vec<usize> = (0..frames).map(|f| f * iterations / (frames - 1)).collect();
         let mut kept = Vec::new();
-        let start = {
-            // x_T is the first draw of the same seeded stream the sampler uses.
-            let mut rng = host_rng(one.seed, "ddpm-sample", 0);
-            let cfg = &self.config.unet;
-            let len = cfg.channels * cfg.height * cfg.width;
-            let values: Vec<f32> = (0..len).map(|_| standard_normal(&mut rng)).collect();
-            Tensor::<B::InnerBackend, 4>::from_data(
-                TensorData::new(values, [1, cfg.channels, cfg.height, cfg.width]),
-                &self.device,
-            )
-        };
-        kept.push(start);
         self.reverse_process(&one, |i, x| {
             if wanted.contains(&i) {
                 kept.push(x.clone());
