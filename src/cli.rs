@@ -56,6 +56,9 @@ enum Command {
     /// The per-dataset classifier whose features the sample metrics use.
     #[command(subcommand)]
     Evaluator(EvaluatorCommand),
+    /// Time training steps, sampling and generation of the reference models
+    /// (the PyTorch peer's benchmark, same keys with --json).
+    Bench(crate::bench::BenchArgs),
     /// Show a run's model, parameters, progress and last metrics.
     Info {
         /// The run directory.
@@ -192,8 +195,9 @@ struct EvalArgs {
     /// Comma-separated: fid, kid, is (with class coverage), pr (precision/recall), nll (bits/dim).
     #[arg(long, default_value = "fid,kid,is,pr")]
     metrics: String,
-    /// Terms of the likelihood bound where the model estimates it (DDPM: default
-    /// all T, the exact bound; fewer is faster, by the trapezoid rule).
+    /// Effort of the likelihood bound where the model estimates it. DDPM: the
+    /// number of bound terms (default all T, the exact bound; fewer is faster,
+    /// by the trapezoid rule). VAE: importance samples per image (default 128).
     #[arg(long)]
     terms: Option<usize>,
     /// Seed of sampling and of the metrics' randomness.
@@ -330,6 +334,7 @@ pub fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
+        Command::Bench(args) => crate::bench::bench(args),
         Command::Info { run } => info(&run),
         Command::List => {
             list();

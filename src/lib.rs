@@ -13,5 +13,6 @@ pub use genzoo_data as data;
 pub use genzoo_models as models;
 pub use genzoo_train as train;
 
+pub mod bench;
 pub mod cli;
 pub mod compare;

@@ -537,6 +537,10 @@ name = "vae"
 preset = "vae-mlp"
 overrides = { train = { batch_size = 16 } }
 [[runs]]
+name = "vae-dl"
+preset = "vae-mlp-dl"
+overrides = { train = { batch_size = 16 } }
+[[runs]]
 name = "gan"
 preset = "dcgan-28"
 overrides = { train = { batch_size = 8 } }
@@ -558,6 +562,20 @@ overrides = { train = { batch_size = 8 } }
     let report = std::fs::read_to_string(dir.join("cmp/report.md")).unwrap();
     assert!(report.contains("| vae | vae-mlp | 652824 |"), "{report}");
     assert!(report.contains("| gan | dcgan-28 |"), "{report}");
+    // bits/dim (the last column) for the likelihood models only.
+    let row = |name: &str| {
+        report
+            .lines()
+            .find(|l| l.starts_with(&format!("| {name} |")))
+            .unwrap_or_else(|| panic!("no row {name}:\n{report}"))
+            .to_string()
+    };
+    assert!(
+        row("vae-dl").contains("| vae-mlp-dl | 967208 |"),
+        "{report}"
+    );
+    assert!(!row("vae-dl").ends_with("| – |"), "{report}");
+    assert!(row("vae").ends_with("| – |"), "{report}");
     assert!(
         report.contains(" ± "),
         "two seeds give mean ± std:\n{report}"
@@ -572,4 +590,70 @@ overrides = { train = { batch_size = 8 } }
         "{text}"
     );
     assert!(text.contains("vae seed 0: resuming"), "{text}");
+}
+
+#[test]
+fn bench_reports_training_and_generation_under_the_peers_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = genzoo(
+        &[
+            "bench",
+            "--model",
+            "vae-mlp,gpt-char",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--threads",
+            "1",
+            "--gen-tokens",
+            "16",
+            "--gen-reps",
+            "1",
+            "--json",
+        ],
+        tmp.path(),
+    );
+    ok(&out);
+    let records: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let find = |model: &str, task: &str| -> Vec<&serde_json::Value> {
+        records
+            .iter()
+            .filter(|r| r["model"] == model && r["task"] == task)
+            .collect()
+    };
+    let vae = find("vae-mlp", "train");
+    assert_eq!(vae.len(), 1, "{records:?}");
+    let vae = vae[0];
+    assert_eq!(vae["framework"], "genzoo");
+    assert_eq!(vae["params"], 652_824);
+    assert_eq!(vae["batch"], 128);
+    assert_eq!(vae["steps"], 2);
+    assert_eq!(vae["threads"], 1);
+    let median = vae["sec_per_step_median"].as_f64().unwrap();
+    assert!(median > 0.0);
+    let rate = vae["examples_per_sec"].as_f64().unwrap();
+    assert!((rate - 128.0 / median).abs() < 1e-6 * rate);
+    assert!(vae["sec_per_step_min"].as_f64().unwrap() <= median);
+
+    let gpt = find("gpt-char", "train");
+    assert_eq!(gpt[0]["params"], 804_096);
+    assert_eq!(gpt[0]["seq_len"], 64);
+    assert!(gpt[0]["tokens_per_sec"].as_f64().unwrap() > 0.0);
+    let generate = find("gpt-char", "generate");
+    let caches: Vec<bool> = generate
+        .iter()
+        .map(|r| r["kv_cache"].as_bool().unwrap())
+        .collect();
+    assert_eq!(caches, [true, false]);
+    for r in generate {
+        assert_eq!(r["new_tokens"], 16);
+        assert!(r["tokens_per_sec"].as_f64().unwrap() > 0.0);
+    }
+
+    let err = fails(&genzoo(&["bench", "--model", "vae-xl"], tmp.path()));
+    assert!(err.contains("unknown model 'vae-xl'"), "{err}");
 }

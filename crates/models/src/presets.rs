@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::ddpm::{DdpmConfig, DdpmTrainer, UNetConfig};
 use crate::gan::{DiscriminatorKind, GanConfig, GanLoss, GanTrainer};
 use crate::gpt::{GptConfig, GptInput, GptPixel, GptText};
-use crate::vae::{VaeArchitecture, VaeConfig, VaeTrainer};
+use crate::vae::{PixelLikelihood, VaeArchitecture, VaeConfig, VaeTrainer};
 
 /// The configuration of any family's model, tagged by family.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -142,6 +142,18 @@ pub fn presets() -> Vec<Preset> {
             name: "vae-mlp",
             description: "reference MNIST VAE: 784-400-20 MLP encoder/decoder, Bernoulli likelihood (652,824 params)",
             model: ModelConfig::Vae(vae.clone()),
+            batch_size: 128,
+            lr: 1e-3,
+            scaling: "unit",
+            ..Preset::BASE
+        },
+        Preset {
+            name: "vae-mlp-dl",
+            description: "vae-mlp with a discretised-logistic decoder (mean and log-scale per pixel): a likelihood of the 8-bit images, so it reports bits/dim beside ddpm-unet and gpt-pixel (967,208 params)",
+            model: ModelConfig::Vae(VaeConfig {
+                likelihood: PixelLikelihood::DiscretizedLogistic,
+                ..vae.clone()
+            }),
             batch_size: 128,
             lr: 1e-3,
             scaling: "unit",

@@ -80,7 +80,8 @@ pub struct EvalSpec {
     pub metrics: Vec<String>,
     /// Test images for nll.
     pub nll_images: usize,
-    /// Terms of the likelihood bound where a model estimates it (DDPM).
+    /// Effort of the likelihood bound where a model estimates it (DDPM: bound
+    /// terms; VAE: importance samples per image).
     pub nll_terms: Option<usize>,
 }
 

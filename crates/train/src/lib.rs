@@ -23,6 +23,7 @@
 //! println!("trained {} steps", outcome.step);
 //! ```
 
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod evaluator;

@@ -2,8 +2,8 @@
 //! al. 2017) and class conditioning (Sohn et al. 2015).
 //!
 //! - [`model`]: encoder q(z | x, y) and decoder p(x | z, y) (y only when class-conditional), MLP or convolutional.
-//! - [`objective`]: the negative ELBO (Bernoulli NLL + β·KL) and the
-//!   importance-weighted bound (Burda et al. 2016).
+//! - [`objective`]: the negative ELBO (Bernoulli or discretised-logistic NLL
+//!   + β·KL) and the importance-weighted bound (Burda et al. 2016).
 //! - [`family`]: the training step with Adam.
 
 pub mod family;
@@ -11,4 +11,4 @@ pub mod model;
 pub mod objective;
 
 pub use family::VaeTrainer;
-pub use model::{Vae, VaeArchitecture, VaeConfig};
+pub use model::{PixelLikelihood, Vae, VaeArchitecture, VaeConfig};

@@ -1,6 +1,8 @@
 //! The VAE network: an encoder that maps an image (and optionally its class)
 //! to the mean and log-variance of a diagonal Gaussian q(z|x), and a decoder
-//! that maps a latent z (and optionally a class) to Bernoulli logits p(x|z).
+//! that maps a latent z (and optionally a class) to the parameters of p(x|z):
+//! Bernoulli logits, or the mean and log-scale of a discretised logistic per
+//! pixel (a likelihood of the 8-bit images themselves, see [`PixelLikelihood`]).
 //!
 //! The MLP variant is the classic MNIST VAE of Kingma & Welling (2014) as
 //! in PyTorch's example: 784 → 400 → (μ, log σ²) ∈ R^20 → 400 → 784. The
@@ -26,6 +28,34 @@ pub enum VaeArchitecture {
     Conv,
 }
 
+/// The distribution p(x|z) the decoder parameterises per pixel.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PixelLikelihood {
+    /// Bernoulli with the pixel intensity in [0, 1] as target: the classic
+    /// MNIST VAE. Its −ELBO is not a likelihood of 8-bit images, so it has no
+    /// bits/dim comparable with other families'.
+    #[default]
+    Bernoulli,
+    /// Discretised logistic over the 256 values k/255 (Salimans et al. 2017,
+    /// PixelCNN++ without the mixture): the decoder gives a mean and a
+    /// log-scale per pixel, the probability of a value is the logistic mass of
+    /// its bin, and the edge bins take the tails. A proper likelihood of 8-bit
+    /// images, so its bound is in bits/dim on the scale DDPM and gpt-pixel use.
+    DiscretizedLogistic,
+}
+
+impl PixelLikelihood {
+    /// Decoder output channels per image channel (Bernoulli: logits;
+    /// discretised logistic: mean and log-scale).
+    pub fn params_per_channel(self) -> usize {
+        match self {
+            PixelLikelihood::Bernoulli => 1,
+            PixelLikelihood::DiscretizedLogistic => 2,
+        }
+    }
+}
+
 /// VAE hyper-parameters. The defaults are the `vae-mlp` reference model.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -44,6 +74,8 @@ pub struct VaeConfig {
     pub latent: usize,
     /// Weight of the KL term (1 = the ELBO; β > 1 = β-VAE).
     pub beta: f64,
+    /// The decoder's distribution over pixel values.
+    pub likelihood: PixelLikelihood,
     /// Condition encoder and decoder on the class label.
     pub conditional: bool,
     /// Number of classes (set from the data when `conditional`).
@@ -66,6 +98,7 @@ impl VaeConfig {
         hidden: 400,
         latent: 20,
         beta: 1.0,
+        likelihood: PixelLikelihood::Bernoulli,
         conditional: false,
         num_classes: 0,
         adam_beta1: 0.9,
@@ -127,6 +160,7 @@ impl VaeConfig {
     /// Builds the network with freshly initialised weights.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Vae<B> {
         let y = self.label_width();
+        let k = self.likelihood.params_per_channel();
         let [c1, c2] = CONV_CHANNELS;
         let (h4, w4) = (self.height / 4, self.width / 4);
         let conv = |cin: usize, cout: usize| {
@@ -158,11 +192,11 @@ impl VaeConfig {
             log_var: LinearConfig::new(self.hidden, self.latent).init(device),
         };
         let (upsample, out) = match self.architecture {
-            VaeArchitecture::Mlp => (None, self.pixels()),
+            VaeArchitecture::Mlp => (None, k * self.pixels()),
             VaeArchitecture::Conv => (
                 Some(ConvUpsample {
                     deconv1: deconv(c2, c1),
-                    deconv2: deconv(c1, self.channels),
+                    deconv2: deconv(c1, k * self.channels),
                 }),
                 c2 * h4 * w4,
             ),
@@ -180,6 +214,7 @@ impl VaeConfig {
             width: self.width,
             latent: self.latent,
             num_classes: self.label_width(),
+            likelihood: self.likelihood,
         };
         // Materialise the lazy weights now, so clones (valid(), EMA, saving) share them.
         genzoo_core::record::force_init(&vae);
@@ -210,7 +245,8 @@ pub struct ConvUpsample<B: Backend> {
     deconv2: ConvTranspose2d<B>,
 }
 
-/// p(x | z, y): dense hidden layer → dense output (→ transposed convs) → logits.
+/// p(x | z, y): dense hidden layer → dense output (→ transposed convs) → the
+/// likelihood's parameters.
 #[derive(Module, Debug)]
 pub struct Decoder<B: Backend> {
     hidden: Linear<B>,
@@ -228,9 +264,16 @@ pub struct Vae<B: Backend> {
     width: usize,
     latent: usize,
     num_classes: usize,
+    #[module(skip)]
+    likelihood: PixelLikelihood,
 }
 
 impl<B: Backend> Vae<B> {
+    /// The decoder's distribution over pixel values.
+    pub fn likelihood(&self) -> PixelLikelihood {
+        self.likelihood
+    }
+
     /// Latent dimensions.
     pub fn latent(&self) -> usize {
         self.latent
@@ -277,22 +320,38 @@ impl<B: Backend> Vae<B> {
         )
     }
 
-    /// Bernoulli logits of p(x|z,y).
+    /// The parameters of p(x|z,y): Bernoulli logits, or for the discretised
+    /// logistic the means (first `channels` channels) and log-scales (the next).
     ///
     /// # Shapes
     /// - z: `[batch, latent]`
     /// - condition: `[batch, num_classes]`
-    /// - returns: `[batch, channels, height, width]`
+    /// - returns: `[batch, k·channels, height, width]`, k = [`PixelLikelihood::params_per_channel`]
     pub fn decode(&self, z: Tensor<B, 2>, condition: Option<Tensor<B, 2>>) -> Tensor<B, 4> {
         let n = z.dims()[0];
+        let k = self.likelihood.params_per_channel();
         let h = relu(self.decoder.hidden.forward(with_condition(z, condition))); // [N, hidden]
         let out = self.decoder.output.forward(h);
         match &self.decoder.upsample {
-            None => out.reshape([n, self.channels, self.height, self.width]),
+            None => out.reshape([n, k * self.channels, self.height, self.width]),
             Some(u) => {
                 let h = relu(out).reshape([n, 64, self.height / 4, self.width / 4]);
                 let h = relu(u.deconv1.forward(h)); // [N, 32, H/2, W/2]
-                u.deconv2.forward(h) // [N, C, H, W]
+                u.deconv2.forward(h) // [N, k·C, H, W]
+            }
+        }
+    }
+
+    /// The mean image of p(x|z,y) given the decoder's parameters, in `[0, 1]`
+    /// (Bernoulli: the probabilities; discretised logistic: the clamped means).
+    pub fn mean_image(&self, params: Tensor<B, 4>) -> Tensor<B, 4> {
+        match self.likelihood {
+            PixelLikelihood::Bernoulli => sigmoid(params),
+            PixelLikelihood::DiscretizedLogistic => {
+                let [n, _, h, w] = params.dims();
+                params
+                    .slice([0..n, 0..self.channels, 0..h, 0..w])
+                    .clamp(0.0, 1.0)
             }
         }
     }
@@ -305,7 +364,7 @@ impl<B: Backend> Vae<B> {
     }
 
     /// Images drawn from the prior: z ~ N(0, I), shown as the decoder's
-    /// Bernoulli means (pixel probabilities in `[0, 1]`).
+    /// means (see [`Vae::mean_image`]).
     ///
     /// # Shapes
     /// - labels: `[n]` (ignored by an unconditional model)
@@ -313,14 +372,14 @@ impl<B: Backend> Vae<B> {
     pub fn sample(&self, labels: Tensor<B, 1, Int>, device: &B::Device) -> Tensor<B, 4> {
         let n = labels.dims()[0];
         let z = Tensor::random([n, self.latent], Distribution::Normal(0.0, 1.0), device);
-        sigmoid(self.decode(z, self.condition(labels)))
+        self.mean_image(self.decode(z, self.condition(labels)))
     }
 
     /// Reconstructions: decode the posterior mean of each image's code.
     pub fn reconstruct(&self, images: Tensor<B, 4>, labels: Tensor<B, 1, Int>) -> Tensor<B, 4> {
         let condition = self.condition(labels);
         let (mu, _) = self.encode(images, condition.clone());
-        sigmoid(self.decode(mu, condition))
+        self.mean_image(self.decode(mu, condition))
     }
 }
 
@@ -344,6 +403,13 @@ mod tests {
         // 314,000 + 2×8,020 + 8,400 + 314,384 = 652,824
         let model: Vae<CpuBackend> = VaeConfig::default().init(&CpuDevice::default());
         assert_eq!(model.num_params(), 652_824);
+        // The discretised logistic doubles the output layer: + 400×784 + 784.
+        let logistic: Vae<CpuBackend> = VaeConfig {
+            likelihood: PixelLikelihood::DiscretizedLogistic,
+            ..Default::default()
+        }
+        .init(&CpuDevice::default());
+        assert_eq!(logistic.num_params(), 652_824 + 314_384);
     }
 
     #[test]
@@ -352,12 +418,18 @@ mod tests {
         let dev = CpuDevice::default();
         for architecture in [VaeArchitecture::Mlp, VaeArchitecture::Conv] {
             for (c, h, w) in [(1, 28, 28), (3, 32, 32)] {
-                for conditional in [false, true] {
+                for (conditional, likelihood) in [
+                    (false, PixelLikelihood::Bernoulli),
+                    (true, PixelLikelihood::Bernoulli),
+                    (false, PixelLikelihood::DiscretizedLogistic),
+                ] {
+                    let k = likelihood.params_per_channel();
                     let cfg = VaeConfig {
                         architecture,
                         channels: c,
                         height: h,
                         width: w,
+                        likelihood,
                         conditional,
                         num_classes: if conditional { 10 } else { 0 },
                         ..Default::default()
@@ -369,7 +441,7 @@ mod tests {
                     let (mu, lv) = model.encode(x, cond.clone());
                     assert_eq!(mu.dims(), [3, 20]);
                     assert_eq!(lv.dims(), [3, 20]);
-                    assert_eq!(model.decode(mu, cond).dims(), [3, c, h, w]);
+                    assert_eq!(model.decode(mu, cond).dims(), [3, k * c, h, w]);
                     let s = model.sample(labels, &dev);
                     assert_eq!(s.dims(), [3, c, h, w]);
                     let (lo, hi) = (s.clone().min().into_scalar(), s.max().into_scalar());
