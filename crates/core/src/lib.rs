@@ -12,6 +12,7 @@ pub mod backend;
 pub mod ema;
 pub mod error;
 pub mod family;
+pub mod fused;
 pub mod grad;
 pub mod image;
 pub mod record;

@@ -13,6 +13,7 @@
 pub mod ddpm;
 pub mod gan;
 pub mod gpt;
+pub mod layers;
 pub mod presets;
 pub mod vae;
 

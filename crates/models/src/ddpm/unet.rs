@@ -20,7 +20,8 @@ use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear, LinearConfig, PaddingConfig2d,
 };
 use burn::prelude::*;
-use burn::tensor::activation::{silu, softmax};
+use burn::tensor::activation::softmax;
+use genzoo_core::fused::silu;
 use genzoo_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 

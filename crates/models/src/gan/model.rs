@@ -24,6 +24,7 @@ use burn::prelude::*;
 use burn::tensor::activation::{leaky_relu, relu, tanh};
 
 use super::spectral::{SnConv2d, SnLinear};
+use crate::layers::batch_norm;
 
 /// How the discriminator is built.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -117,9 +118,9 @@ impl<B: Backend> Generator<B> {
             }
             None => z,
         };
-        let h = relu(self.bn0.forward(self.project.forward(input))); // [N, 128·H/4·W/4]
+        let h = relu(batch_norm(&self.bn0, self.project.forward(input))); // [N, 128·H/4·W/4]
         let h = h.reshape([n, 128, self.h4, self.w4]);
-        let h = relu(self.bn1.forward(self.deconv1.forward(h))); // [N, 64, H/2, W/2]
+        let h = relu(batch_norm(&self.bn1, self.deconv1.forward(h))); // [N, 64, H/2, W/2]
         tanh(self.deconv2.forward(h)) // [N, C, H, W]
     }
 }
@@ -229,7 +230,7 @@ impl<B: Backend> Discriminator<B> {
             _ => unreachable!("one second layer is always built"),
         };
         let h = match &self.bn2 {
-            Some(bn) => bn.forward(h),
+            Some(bn) => batch_norm(bn, h),
             None => h,
         };
         let features = leaky_relu(h, 0.2).reshape([n as i32, -1]); // [N, 128·H/4·W/4]

@@ -13,9 +13,9 @@ use burn::nn::{
     Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
 };
 use burn::prelude::*;
-use burn::tensor::activation::gelu;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
+use genzoo_core::fused::{causal_attention, gelu};
 use genzoo_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -198,12 +198,16 @@ impl<B: Backend> CausalSelfAttention<B> {
                 .unsqueeze::<4>()
                 .expand([b, self.n_head, t, past + t])
         });
-        let options = AttentionModuleOptions {
-            scale: None,
-            softcap: None,
-            is_causal: past == 0,
-        };
-        let y = attention(q, k, v, mask, None, options); // (B, nh, T, hs)
+        let y = if past == 0 {
+            causal_attention(q, k, v) // genzoo's fused kernels on the CPU backend
+        } else {
+            let options = AttentionModuleOptions {
+                scale: None,
+                softcap: None,
+                is_causal: false,
+            };
+            attention(q, k, v, mask, None, options)
+        }; // (B, nh, T, hs)
         let y = y.swap_dims(1, 2).reshape([b, t, c]); // re-assemble the heads: (B, T, C)
         self.c_proj.forward(y)
     }

@@ -1,0 +1,562 @@
+//! genzoo's own fused operations, through burn's backend-extension
+//! mechanism: the [`FusedOps`] trait has the plain burn composition as its
+//! default (what every backend without a kernel of its own runs), a Flex
+//! implementation with parallel, vectorisable CPU kernels, and an
+//! implementation for `Autodiff<B>` that records the op with its analytic
+//! backward.
+//!
+//! Models call the free functions ([`gelu`], [`silu`]), which stay generic
+//! over any `Backend`: they route the CPU backend (plain, autodiff, nested
+//! autodiff) to its [`FusedOps`] implementation by type and give every other
+//! backend burn's own operation. That keeps `B: FusedOps` bounds out of every
+//! model, family and command.
+//!
+//! Why: Flex computes GELU with a scalar `libm` erf and SiLU through several
+//! passes, on one thread (shared/notes/cpu-op-gap.md: GELU 81 ms vs PyTorch's
+//! 2.4 ms on 12×784×512, forward and backward).
+
+use std::any::Any;
+
+use burn::backend::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
+use burn::prelude::*;
+use burn::tensor::TensorPrimitive;
+use burn::tensor::ops::{ActivationOps, FloatTensor};
+use burn_flex::Flex;
+
+mod attention;
+mod kernels;
+
+/// Operations genzoo fuses where burn's are slow. Every method has the
+/// plain burn composition as its default.
+pub trait FusedOps: Backend {
+    /// GELU, exact (erf) form: x·Φ(x).
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::gelu(x)
+    }
+
+    /// The gradient of [`FusedOps::fused_gelu`] at `x` times `grad`:
+    /// (Φ(x) + x·φ(x))·grad.
+    fn fused_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed_gelu_backward::<Self>(x, grad)
+    }
+
+    /// SiLU (swish): x·σ(x).
+    fn fused_silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed_silu::<Self>(x)
+    }
+
+    /// The gradient of [`FusedOps::fused_silu`] at `x` times `grad`:
+    /// σ(x)·(1 + x·(1 − σ(x)))·grad.
+    fn fused_silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed_silu_backward::<Self>(x, grad)
+    }
+
+    /// Causal attention softmax(Q·Kᵀ·scale, position i seeing 0..=i)·V for
+    /// `[batch, heads, T, head_size]` tensors.
+    fn fused_causal_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self> {
+        Self::fused_causal_attention_with_lse(q, k, v, scale).0
+    }
+
+    /// [`FusedOps::fused_causal_attention`] and the log-sum-exp of each
+    /// score row (`[batch, heads, T]`), which its backward needs.
+    fn fused_causal_attention_with_lse(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        composed_causal_attention::<Self>(q, k, v, scale)
+    }
+
+    /// The gradients (dQ, dK, dV) of causal attention given its inputs, its
+    /// output and log-sum-exp, and the output's gradient.
+    #[allow(clippy::too_many_arguments)]
+    fn fused_causal_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        composed_causal_attention_backward::<Self>(q, k, v, out, lse, grad, scale)
+    }
+}
+
+fn float<B: Backend, const D: usize>(x: FloatTensor<B>) -> Tensor<B, D> {
+    Tensor::from_primitive(TensorPrimitive::Float(x))
+}
+
+fn primitive<B: Backend, const D: usize>(x: Tensor<B, D>) -> FloatTensor<B> {
+    x.into_primitive().tensor()
+}
+
+/// Scores with the future masked out: `[B, H, T, T]`.
+fn causal_scores<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, scale: f32) -> Tensor<B, 4> {
+    let [b, h, t, _] = q.dims();
+    let future = Tensor::<B, 2, Bool>::tril_mask([t, t], 0, &q.device())
+        .unsqueeze::<4>()
+        .expand([b, h, t, t]);
+    (q.matmul(k.swap_dims(2, 3)) * scale).mask_fill(future, f32::NEG_INFINITY)
+}
+
+/// Causal attention and its row log-sum-exp from burn's tensor ops.
+fn composed_causal_attention<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    scale: f32,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let scores = causal_scores(float::<B, 4>(q), float(k), scale);
+    let max = scores.clone().max_dim(3).detach(); // [B, H, T, 1]; the diagonal keeps it finite
+    let lse = (scores.clone() - max.clone()).exp().sum_dim(3).log() + max;
+    let out = (scores - lse.clone()).exp().matmul(float(v));
+    (primitive(out), primitive(lse.squeeze_dim::<3>(3)))
+}
+
+/// The attention backward from burn's tensor ops (P recomputed from lse).
+fn composed_causal_attention_backward<B: Backend>(
+    q: FloatTensor<B>,
+    k: FloatTensor<B>,
+    v: FloatTensor<B>,
+    out: FloatTensor<B>,
+    lse: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    scale: f32,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let (q, k, v) = (float::<B, 4>(q), float::<B, 4>(k), float::<B, 4>(v));
+    let (out, grad) = (float::<B, 4>(out), float::<B, 4>(grad));
+    let lse = float::<B, 3>(lse).unsqueeze_dim::<4>(3);
+    let p = (causal_scores(q.clone(), k.clone(), scale) - lse).exp(); // [B, H, T, T]
+    let dv = p.clone().swap_dims(2, 3).matmul(grad.clone());
+    let dp = grad.clone().matmul(v.swap_dims(2, 3));
+    let row_dot = (grad * out).sum_dim(3); // [B, H, T, 1]
+    let ds = p * (dp - row_dot);
+    let dq = ds.clone().matmul(k) * scale;
+    let dk = ds.swap_dims(2, 3).matmul(q) * scale;
+    (primitive(dq), primitive(dk), primitive(dv))
+}
+
+/// (Φ(x) + x·φ(x))·grad from differentiable float ops (burn's own
+/// `gelu_backward` is the derivative of the tanh approximation).
+fn composed_gelu_backward<B: Backend>(x: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTensor<B> {
+    let scaled = B::float_mul_scalar(x.clone(), std::f32::consts::FRAC_1_SQRT_2.into());
+    let cdf = B::float_mul_scalar(
+        B::float_add_scalar(B::float_erf(scaled), 1.0.into()),
+        0.5.into(),
+    );
+    let square = B::float_mul(x.clone(), x.clone());
+    let pdf = B::float_mul_scalar(
+        B::float_exp(B::float_mul_scalar(square, (-0.5).into())),
+        (1.0 / (2.0 * std::f64::consts::PI).sqrt()).into(),
+    );
+    B::float_mul(B::float_add(cdf, B::float_mul(x, pdf)), grad)
+}
+
+/// x·σ(x).
+fn composed_silu<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    B::float_mul(x.clone(), B::sigmoid(x))
+}
+
+/// σ(x)·(1 + x·(1 − σ(x)))·grad from differentiable float ops.
+fn composed_silu_backward<B: Backend>(x: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTensor<B> {
+    let s = B::sigmoid(x.clone());
+    let one_minus = B::float_add_scalar(B::float_neg(s.clone()), 1.0.into());
+    let inner = B::float_add_scalar(B::float_mul(x, one_minus), 1.0.into());
+    B::float_mul(B::float_mul(s, inner), grad)
+}
+
+impl FusedOps for Flex {
+    fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        kernels::map(x, kernels::gelu).unwrap_or_else(Self::gelu)
+    }
+
+    fn fused_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        kernels::zip(&x, &grad, kernels::gelu_grad)
+            .unwrap_or_else(|| composed_gelu_backward::<Self>(x, grad))
+    }
+
+    fn fused_silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        kernels::map(x, kernels::silu).unwrap_or_else(composed_silu::<Self>)
+    }
+
+    fn fused_silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        kernels::zip(&x, &grad, kernels::silu_grad)
+            .unwrap_or_else(|| composed_silu_backward::<Self>(x, grad))
+    }
+
+    fn fused_causal_attention_with_lse(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        attention::forward(&q, &k, &v, scale)
+            .unwrap_or_else(|| composed_causal_attention::<Self>(q, k, v, scale))
+    }
+
+    fn fused_causal_attention_backward(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        scale: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        attention::backward(&q, &k, &v, &out, &lse, &grad, scale).unwrap_or_else(|| {
+            composed_causal_attention_backward::<Self>(q, k, v, out, lse, grad, scale)
+        })
+    }
+}
+
+/// Records a unary op whose backward is `backward(input, grad)`: the state
+/// kept for the backward pass is the input itself.
+macro_rules! unary_with_backward {
+    ($name:ident, $forward:ident, $backward:ident) => {
+        fn $forward(x: FloatTensor<Self>) -> FloatTensor<Self> {
+            #[derive(Debug)]
+            struct $name;
+
+            impl<B: FusedOps> Backward<B, 1> for $name {
+                type State = FloatTensor<B>;
+
+                fn backward(
+                    self,
+                    ops: Ops<Self::State, 1>,
+                    grads: &mut Gradients,
+                    _checkpointer: &mut Checkpointer,
+                ) {
+                    let input = ops.state;
+                    unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                        B::$backward(input, grad)
+                    });
+                }
+            }
+
+            match $name
+                .prepare::<C>([x.node.clone()])
+                .compute_bound()
+                .stateful()
+            {
+                OpsKind::Tracked(prep) => {
+                    let output = B::$forward(x.primitive.clone());
+                    prep.finish(x.primitive, output)
+                }
+                OpsKind::UnTracked(prep) => prep.finish(B::$forward(x.primitive)),
+            }
+        }
+    };
+}
+
+/// Autodiff records the fused forward with its analytic backward; the
+/// backward itself is the composed default, so nested autodiff (a gradient
+/// penalty) differentiates through it.
+impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
+    unary_with_backward!(FusedGelu, fused_gelu, fused_gelu_backward);
+    unary_with_backward!(FusedSilu, fused_silu, fused_silu_backward);
+
+    fn fused_causal_attention(
+        q: FloatTensor<Self>,
+        k: FloatTensor<Self>,
+        v: FloatTensor<Self>,
+        scale: f32,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct FusedCausalAttention;
+
+        impl<B: FusedOps> Backward<B, 3> for FusedCausalAttention {
+            /// q, k, v, the output, its log-sum-exp, the scale.
+            type State = (
+                FloatTensor<B>,
+                FloatTensor<B>,
+                FloatTensor<B>,
+                FloatTensor<B>,
+                FloatTensor<B>,
+                f32,
+            );
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [node_q, node_k, node_v] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (q, k, v, out, lse, scale) = ops.state;
+                let (dq, dk, dv) =
+                    B::fused_causal_attention_backward(q, k, v, out, lse, grad, scale);
+                for (node, g) in [(node_q, dq), (node_k, dk), (node_v, dv)] {
+                    if let Some(node) = node {
+                        grads.register::<B>(node.id, g);
+                    }
+                }
+            }
+        }
+
+        let parents = [q.node.clone(), k.node.clone(), v.node.clone()];
+        match FusedCausalAttention
+            .prepare::<C>(parents)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (out, lse) = B::fused_causal_attention_with_lse(
+                    q.primitive.clone(),
+                    k.primitive.clone(),
+                    v.primitive.clone(),
+                    scale,
+                );
+                let state = (
+                    q.primitive,
+                    k.primitive,
+                    v.primitive,
+                    out.clone(),
+                    lse,
+                    scale,
+                );
+                prep.finish(state, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_causal_attention(
+                q.primitive,
+                k.primitive,
+                v.primitive,
+                scale,
+            )),
+        }
+    }
+}
+
+#[cfg(feature = "wgpu")]
+impl FusedOps for burn::backend::Wgpu {}
+
+#[cfg(feature = "cuda")]
+impl FusedOps for burn::backend::Cuda {}
+
+/// Runs `op` on `x` through backend `F`'s [`FusedOps`] when `B` is `F`;
+/// hands `x` back untouched otherwise.
+fn routed<F: FusedOps, B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    op: fn(FloatTensor<F>) -> FloatTensor<F>,
+) -> std::result::Result<Tensor<B, D>, Tensor<B, D>> {
+    let boxed: Box<dyn Any> = Box::new(x);
+    match boxed.downcast::<Tensor<F, D>>() {
+        Ok(x) => {
+            let y = Tensor::<F, D>::from_primitive(TensorPrimitive::Float(op(x
+                .into_primitive()
+                .tensor())));
+            let boxed: Box<dyn Any> = Box::new(y);
+            Ok(*boxed.downcast::<Tensor<B, D>>().expect("F is B"))
+        }
+        Err(boxed) => Err(*boxed.downcast::<Tensor<B, D>>().expect("unchanged")),
+    }
+}
+
+/// The CPU backends genzoo has kernels for, plain and under one or two
+/// levels of autodiff; `None` hands `x` back for burn's own op.
+macro_rules! route_cpu {
+    ($x:expr, $method:ident) => {
+        routed::<Flex, B, D>($x, <Flex as FusedOps>::$method)
+            .or_else(|x| routed::<Autodiff<Flex>, B, D>(x, <Autodiff<Flex> as FusedOps>::$method))
+            .or_else(|x| {
+                routed::<Autodiff<Autodiff<Flex>>, B, D>(
+                    x,
+                    <Autodiff<Autodiff<Flex>> as FusedOps>::$method,
+                )
+            })
+    };
+}
+
+/// GELU (exact, erf form) on any backend: genzoo's fused kernel on the CPU
+/// backend, burn's `gelu` elsewhere.
+///
+/// ```
+/// use burn::prelude::*;
+/// use genzoo_core::{CpuBackend, CpuDevice};
+/// let x = Tensor::<CpuBackend, 1>::from_floats([-1.0, 0.0, 2.0], &CpuDevice::default());
+/// let y = genzoo_core::fused::gelu(x.clone());
+/// let reference = burn::tensor::activation::gelu(x);
+/// assert!((y - reference).abs().max().into_scalar() < 1e-5);
+/// ```
+pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    route_cpu!(x, fused_gelu).unwrap_or_else(burn::tensor::activation::gelu)
+}
+
+/// SiLU (swish, x·σ(x)) on any backend: genzoo's fused kernel on the CPU
+/// backend, burn's `silu` elsewhere.
+pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    route_cpu!(x, fused_silu).unwrap_or_else(burn::tensor::activation::silu)
+}
+
+/// Runs causal attention through backend `F`'s [`FusedOps`] when `B` is `F`;
+/// hands the inputs back untouched otherwise.
+type Qkv<B> = (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>);
+
+fn routed_attention<F: FusedOps, B: Backend>(
+    qkv: Qkv<B>,
+    scale: f32,
+) -> std::result::Result<Tensor<B, 4>, Qkv<B>> {
+    let boxed: Box<dyn Any> = Box::new(qkv);
+    match boxed.downcast::<Qkv<F>>() {
+        Ok(qkv) => {
+            let (q, k, v) = *qkv;
+            let out = F::fused_causal_attention(primitive(q), primitive(k), primitive(v), scale);
+            let boxed: Box<dyn Any> = Box::new(float::<F, 4>(out));
+            Ok(*boxed.downcast::<Tensor<B, 4>>().expect("F is B"))
+        }
+        Err(boxed) => Err(*boxed.downcast::<Qkv<B>>().expect("unchanged")),
+    }
+}
+
+/// Causal self-attention softmax(Q·Kᵀ/√d, position i seeing 0..=i)·V on any
+/// backend: genzoo's fused kernels on the CPU backend (parallel over batch
+/// and heads, backward recomputing the probabilities), burn's `attention`
+/// with `is_causal` elsewhere.
+///
+/// # Shapes
+/// - q, k, v: `[batch, heads, t, head_size]` → `[batch, heads, t, head_size]`
+pub fn causal_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let scale = 1.0 / (q.dims()[3] as f32).sqrt();
+    routed_attention::<Flex, B>((q, k, v), scale)
+        .or_else(|qkv| routed_attention::<Autodiff<Flex>, B>(qkv, scale))
+        .or_else(|qkv| routed_attention::<Autodiff<Autodiff<Flex>>, B>(qkv, scale))
+        .unwrap_or_else(|(q, k, v)| {
+            let options = burn::tensor::ops::AttentionModuleOptions {
+                scale: None,
+                softcap: None,
+                is_causal: true,
+            };
+            burn::tensor::module::attention(q, k, v, None, None, options)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CpuBackend, CpuDevice};
+    use burn::tensor::Distribution;
+    use burn::tensor::activation;
+
+    type Ad = Autodiff<CpuBackend>;
+
+    fn max_diff<const D: usize>(a: Tensor<CpuBackend, D>, b: Tensor<CpuBackend, D>) -> f32 {
+        (a - b).abs().max().into_scalar()
+    }
+
+    /// Values and input gradients of a fused op against burn's composition
+    /// on random inputs (wide enough to reach the tails), within 1e-4.
+    fn matches_composed(
+        fused: fn(Tensor<Ad, 3>) -> Tensor<Ad, 3>,
+        composed: fn(Tensor<Ad, 3>) -> Tensor<Ad, 3>,
+    ) {
+        let dev = CpuDevice::default();
+        // Odd sizes exercise the kernels' chunk remainders.
+        let x = Tensor::<Ad, 3>::random([3, 37, 129], Distribution::Normal(0.0, 3.0), &dev);
+        let tails =
+            Tensor::<Ad, 1>::from_floats([-90.0, -30.0, -9.0, 0.0, 1e-6, 9.0, 30.0, 90.0], &dev)
+                .reshape([1, 1, 8])
+                .repeat_dim(0, 3)
+                .repeat_dim(1, 37);
+        let x = Tensor::cat(vec![x, tails], 2);
+        let upstream = Tensor::<Ad, 3>::random(x.dims(), Distribution::Normal(0.0, 1.0), &dev);
+        let xa = x.clone().require_grad();
+        let xb = x.require_grad();
+        let ya = fused(xa.clone());
+        let yb = composed(xb.clone());
+        assert!(max_diff(ya.clone().inner(), yb.clone().inner()) < 1e-4);
+        let ga = (ya * upstream.clone()).sum().backward();
+        let gb = (yb * upstream).sum().backward();
+        let (da, db) = (xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap());
+        assert!(max_diff(da, db) < 1e-4);
+    }
+
+    #[test]
+    fn gelu_matches_burns_composition_in_values_and_gradients() {
+        // burn's own gelu_backward is the tanh approximation's derivative,
+        // so the reference is the exact formula composed from erf.
+        fn exact(x: Tensor<Ad, 3>) -> Tensor<Ad, 3> {
+            x.clone() * ((x / std::f64::consts::SQRT_2).erf() + 1.0) * 0.5
+        }
+        matches_composed(gelu, exact);
+    }
+
+    #[test]
+    fn silu_matches_burns_composition_in_values_and_gradients() {
+        matches_composed(silu, activation::silu);
+    }
+
+    #[test]
+    fn causal_attention_matches_burns_in_values_and_gradients() {
+        let dev = CpuDevice::default();
+        for [b, h, t, d] in [[2, 3, 17, 8], [1, 2, 64, 32], [1, 1, 1, 4]] {
+            let input = || {
+                Tensor::<Ad, 4>::random([b, h, t, d], Distribution::Normal(0.0, 1.5), &dev)
+                    .require_grad()
+            };
+            let (q, k, v) = (input(), input(), input());
+            let upstream =
+                Tensor::<Ad, 4>::random([b, h, t, d], Distribution::Normal(0.0, 1.0), &dev);
+            let ours = causal_attention(q.clone(), k.clone(), v.clone());
+            // burn's decomposed attention with an explicit causal mask.
+            let theirs = {
+                let scores = q.clone().matmul(k.clone().swap_dims(2, 3)) / (d as f64).sqrt();
+                let future = Tensor::<Ad, 2, Bool>::tril_mask([t, t], 0, &dev)
+                    .unsqueeze::<4>()
+                    .expand([b, h, t, t]);
+                activation::softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3)
+                    .matmul(v.clone())
+            };
+            assert!(max_diff(ours.clone().inner(), theirs.clone().inner()) < 1e-4);
+            let ga = (ours * upstream.clone()).sum().backward();
+            let gb = (theirs * upstream).sum().backward();
+            for x in [&q, &k, &v] {
+                let (a, b) = (x.grad(&ga).unwrap(), x.grad(&gb).unwrap());
+                assert!(max_diff(a, b) < 1e-4, "{t}x{d}");
+            }
+            // The composed default (what other backends' FusedOps run) agrees too.
+            let (out, lse) = composed_causal_attention::<CpuBackend>(
+                primitive(q.clone().inner()),
+                primitive(k.clone().inner()),
+                primitive(v.clone().inner()),
+                1.0 / (d as f32).sqrt(),
+            );
+            let fused = causal_attention(q.inner(), k.inner(), v.inner());
+            assert!(max_diff(float::<CpuBackend, 4>(out), fused) < 1e-4);
+            assert_eq!(float::<CpuBackend, 3>(lse).dims(), [b, h, t]);
+        }
+    }
+
+    #[test]
+    fn the_plain_backend_and_nested_autodiff_route_too() {
+        let dev = CpuDevice::default();
+        let x = Tensor::<CpuBackend, 2>::random([5, 33], Distribution::Normal(0.0, 2.0), &dev);
+        assert!(max_diff(gelu(x.clone()), activation::gelu(x.clone())) < 1e-4);
+        assert!(max_diff(silu(x.clone()), activation::silu(x.clone())) < 1e-4);
+        // Second derivative of Σ silu(x) through nested autodiff (the fused
+        // op's backward is differentiable): σ'(x)(2 + x(1 − 2σ(x))).
+        type Ad2 = Autodiff<Autodiff<CpuBackend>>;
+        let outer = Tensor::<Ad, 2>::from_inner(x.clone()).require_grad();
+        let inner = Tensor::<Ad2, 2>::from_inner(outer.clone()).require_grad();
+        let grads = silu(inner.clone()).sum().backward();
+        let first = inner.grad(&grads).unwrap(); // Tensor<Ad, 2>, tracked
+        let second = outer.grad(&first.sum().backward()).unwrap();
+        let s = activation::sigmoid(x.clone());
+        let expected = s.clone() * (s.clone().neg() + 1.0) * (x * (s * -2.0 + 1.0) + 2.0);
+        assert!(max_diff(second, expected) < 1e-4);
+    }
+}
