@@ -24,11 +24,14 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
-use burn::tensor::ops::{ActivationOps, FloatTensor};
+use burn::tensor::ops::{ActivationOps, ConvOptions, FloatTensor, ModuleOps};
 use burn_flex::Flex;
 
 mod attention;
+mod conv;
 mod kernels;
+
+pub use conv::ConvGeometry;
 
 /// Operations genzoo fuses where burn's are slow. Every method has the
 /// plain burn composition as its default.
@@ -91,6 +94,33 @@ pub trait FusedOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         composed_causal_attention_backward::<Self>(q, k, v, out, lse, grad, scale)
     }
+
+    /// 2-D convolution without bias, groups 1, dilation 1:
+    /// `[N, C_in, H, W]` with `[C_out, C_in, kh, kw]` → `[N, C_out, H', W']`.
+    fn fused_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        geometry: ConvGeometry,
+    ) -> FloatTensor<Self> {
+        Self::conv2d(x, weight, None, conv_options(geometry))
+    }
+
+    /// The gradients (dX, dW) of [`FusedOps::fused_conv2d`] given the output's.
+    fn fused_conv2d_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        geometry: ConvGeometry,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let options = conv_options(geometry);
+        let dx = Self::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone());
+        let dw = Self::conv2d_weight_backward(x, weight, grad, options);
+        (dx, dw)
+    }
+}
+
+fn conv_options(g: ConvGeometry) -> ConvOptions<2> {
+    ConvOptions::new(g.stride, g.padding, [1, 1], 1)
 }
 
 fn float<B: Backend, const D: usize>(x: FloatTensor<B>) -> Tensor<B, D> {
@@ -218,6 +248,29 @@ impl FusedOps for Flex {
             composed_causal_attention_backward::<Self>(q, k, v, out, lse, grad, scale)
         })
     }
+
+    fn fused_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        geometry: ConvGeometry,
+    ) -> FloatTensor<Self> {
+        conv::forward(&x, &weight, geometry)
+            .unwrap_or_else(|| Self::conv2d(x, weight, None, conv_options(geometry)))
+    }
+
+    fn fused_conv2d_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        geometry: ConvGeometry,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        conv::backward(&x, &weight, &grad, geometry).unwrap_or_else(|| {
+            let options = conv_options(geometry);
+            let dx =
+                Self::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone());
+            (dx, Self::conv2d_weight_backward(x, weight, grad, options))
+        })
+    }
 }
 
 /// Records a unary op whose backward is `backward(input, grad)`: the state
@@ -336,6 +389,48 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             )),
         }
     }
+
+    fn fused_conv2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        geometry: ConvGeometry,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct FusedConv2d;
+
+        impl<B: FusedOps> Backward<B, 2> for FusedConv2d {
+            /// x, the weight, the geometry.
+            type State = (FloatTensor<B>, FloatTensor<B>, ConvGeometry);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [node_x, node_weight] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, weight, geometry) = ops.state;
+                let (dx, dw) = B::fused_conv2d_backward(x, weight, grad, geometry);
+                for (node, g) in [(node_x, dx), (node_weight, dw)] {
+                    if let Some(node) = node {
+                        grads.register::<B>(node.id, g);
+                    }
+                }
+            }
+        }
+
+        let parents = [x.node.clone(), weight.node.clone()];
+        match FusedConv2d.prepare::<C>(parents).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let out = B::fused_conv2d(x.primitive.clone(), weight.primitive.clone(), geometry);
+                prep.finish((x.primitive, weight.primitive, geometry), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::fused_conv2d(x.primitive, weight.primitive, geometry))
+            }
+        }
+    }
 }
 
 #[cfg(feature = "wgpu")]
@@ -445,6 +540,58 @@ pub fn causal_attention<B: Backend>(
         })
 }
 
+type XW<B> = (Tensor<B, 4>, Tensor<B, 4>);
+
+/// Runs the convolution through backend `F`'s [`FusedOps`] when `B` is `F`.
+fn routed_conv<F: FusedOps, B: Backend>(
+    xw: XW<B>,
+    geometry: ConvGeometry,
+) -> std::result::Result<Tensor<B, 4>, XW<B>> {
+    let boxed: Box<dyn Any> = Box::new(xw);
+    match boxed.downcast::<XW<F>>() {
+        Ok(xw) => {
+            let (x, weight) = *xw;
+            let out = F::fused_conv2d(primitive(x), primitive(weight), geometry);
+            let boxed: Box<dyn Any> = Box::new(float::<F, 4>(out));
+            Ok(*boxed.downcast::<Tensor<B, 4>>().expect("F is B"))
+        }
+        Err(boxed) => Err(*boxed.downcast::<XW<B>>().expect("unchanged")),
+    }
+}
+
+/// 2-D convolution (groups 1, dilation 1, symmetric zero padding) with an
+/// optional bias on any backend: genzoo's per-sample im2col + GEMM kernels
+/// on the CPU backend (both gradients batch-parallel), burn's `conv2d`
+/// elsewhere.
+///
+/// # Shapes
+/// - x: `[batch, c_in, h, w]`, weight: `[c_out, c_in, kh, kw]`, bias: `[c_out]`
+/// - returns: `[batch, c_out, h', w']`
+pub fn conv2d<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    geometry: ConvGeometry,
+) -> Tensor<B, 4> {
+    let routed = routed_conv::<Flex, B>((x, weight), geometry)
+        .or_else(|xw| routed_conv::<Autodiff<Flex>, B>(xw, geometry))
+        .or_else(|xw| routed_conv::<Autodiff<Autodiff<Flex>>, B>(xw, geometry));
+    match routed {
+        Ok(out) => match bias {
+            // The bias as per-row scalars of an [N·C, H·W] view (the fast path).
+            Some(bias) => {
+                let [n, c, h, w] = out.dims();
+                let per_row = bias.unsqueeze_dim::<2>(0).repeat_dim(0, n).reshape([n * c, 1]);
+                (out.reshape([n * c, h * w]) + per_row).reshape([n, c, h, w])
+            }
+            None => out,
+        },
+        Err((x, weight)) => {
+            burn::tensor::module::conv2d(x, weight, bias, conv_options(geometry))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,6 +685,47 @@ mod tests {
             let fused = causal_attention(q.inner(), k.inner(), v.inner());
             assert!(max_diff(float::<CpuBackend, 4>(out), fused) < 1e-4);
             assert_eq!(float::<CpuBackend, 3>(lse).dims(), [b, h, t]);
+        }
+    }
+
+    #[test]
+    fn conv2d_matches_burns_in_values_and_gradients() {
+        let dev = CpuDevice::default();
+        // (N, C_in, H, W, C_out, k, stride, padding): the U-Net's 3×3 convs,
+        // its stride-2 downsampling, DCGAN's 4×4 stride 2, odd sizes.
+        for (n, ci, h, w, co, k, s, p) in [
+            (3, 4, 9, 7, 5, 3, 1, 1),
+            (2, 3, 8, 8, 6, 3, 2, 1),
+            (2, 2, 28, 28, 4, 4, 2, 1),
+            (1, 1, 5, 6, 2, 1, 1, 0),
+            (2, 3, 6, 5, 2, 3, 1, 0),
+            (1, 2, 7, 9, 3, 5, 2, 2),
+            (2, 1, 5, 5, 2, 3, 3, 2),
+        ] {
+            let x = Tensor::<Ad, 4>::random([n, ci, h, w], Distribution::Normal(0.0, 1.0), &dev)
+                .require_grad();
+            let weight = Tensor::<Ad, 4>::random([co, ci, k, k], Distribution::Normal(0.0, 0.5), &dev)
+                .require_grad();
+            let bias = Tensor::<Ad, 1>::random([co], Distribution::Normal(0.0, 0.5), &dev).require_grad();
+            let geometry = ConvGeometry {
+                stride: [s, s],
+                padding: [p, p],
+            };
+            let ours = conv2d(x.clone(), weight.clone(), Some(bias.clone()), geometry);
+            let theirs = burn::tensor::module::conv2d(
+                x.clone(),
+                weight.clone(),
+                Some(bias.clone()),
+                conv_options(geometry),
+            );
+            assert_eq!(ours.dims(), theirs.dims());
+            assert!(max_diff(ours.clone().inner(), theirs.clone().inner()) < 1e-4);
+            let upstream = Tensor::<Ad, 4>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &dev);
+            let ga = (ours * upstream.clone()).sum().backward();
+            let gb = (theirs * upstream).sum().backward();
+            assert!(max_diff(x.grad(&ga).unwrap(), x.grad(&gb).unwrap()) < 1e-4);
+            assert!(max_diff(weight.grad(&ga).unwrap(), weight.grad(&gb).unwrap()) < 1e-3);
+            assert!(max_diff(bias.grad(&ga).unwrap(), bias.grad(&gb).unwrap()) < 1e-3);
         }
     }
 

@@ -8,8 +8,31 @@
 //! views, with the same parameters, so checkpoints and every other backend
 //! are unaffected.
 
-use burn::nn::BatchNorm;
+use burn::nn::{BatchNorm, PaddingConfig2d};
+use burn::nn::conv::Conv2d;
 use burn::prelude::*;
+use genzoo_core::fused::{self, ConvGeometry};
+
+/// `conv.forward(x)` through genzoo's fused convolution
+/// ([`genzoo_core::fused::conv2d`]) when the layer fits it (groups 1,
+/// dilation 1, the same padding on both sides), burn's otherwise.
+pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+    let padding = match conv.padding {
+        PaddingConfig2d::Valid => [0, 0],
+        PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => {
+            [top, left]
+        }
+        _ => return conv.forward(x),
+    };
+    if conv.groups != 1 || conv.dilation != [1, 1] {
+        return conv.forward(x);
+    }
+    let geometry = ConvGeometry {
+        stride: conv.stride,
+        padding,
+    };
+    fused::conv2d(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()), geometry)
+}
 
 /// burn's [`BatchNorm::forward`], the same maths and running-statistics
 /// update, computed over an `[N·C, S]` view (S = the product of the

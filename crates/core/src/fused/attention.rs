@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 /// A row-major matrix view, or its transpose, over a slice.
 #[derive(Clone, Copy)]
-struct Mat<'a> {
+pub(super) struct Mat<'a> {
     data: &'a [f32],
     rows: usize,
     cols: usize,
@@ -22,7 +22,7 @@ struct Mat<'a> {
 
 impl<'a> Mat<'a> {
     /// A contiguous row-major `rows × cols` matrix.
-    fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+    pub(super) fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
         assert!(data.len() >= rows * cols);
         Self {
             data,
@@ -34,7 +34,7 @@ impl<'a> Mat<'a> {
     }
 
     /// The same data read as the transpose.
-    fn t(self) -> Self {
+    pub(super) fn t(self) -> Self {
         Self {
             rows: self.cols,
             cols: self.rows,
@@ -54,8 +54,9 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// dst (row-major `lhs.rows × rhs.cols`) = scale · lhs · rhs, on this thread.
-fn matmul(dst: &mut [f32], lhs: Mat, rhs: Mat, scale: f32) {
+/// dst (row-major `lhs.rows × rhs.cols`) = scale · lhs · rhs, or
+/// dst + scale · lhs · rhs with `accumulate`, on this thread.
+pub(super) fn matmul_into(dst: &mut [f32], lhs: Mat, rhs: Mat, scale: f32, accumulate: bool) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(k, rhs.rows, "inner dimensions");
     assert!(dst.len() >= m * n, "destination too small");
@@ -71,14 +72,14 @@ fn matmul(dst: &mut [f32], lhs: Mat, rhs: Mat, scale: f32) {
             dst.as_mut_ptr(),
             1,
             n as isize,
-            false,
+            accumulate,
             lhs.data.as_ptr(),
             lhs.col_stride as isize,
             lhs.row_stride as isize,
             rhs.data.as_ptr(),
             rhs.col_stride as isize,
             rhs.row_stride as isize,
-            0.0,
+            1.0,
             scale,
             false,
             false,
@@ -148,9 +149,9 @@ pub(super) fn forward(
             let at = head * t * d..(head + 1) * t * d;
             let (q, k, v) = (&qs[at.clone()], &ks[at.clone()], &vs[at]);
             let mut p = vec![0.0f32; t * t];
-            matmul(&mut p, Mat::new(q, t, d), Mat::new(k, t, d).t(), scale);
+            matmul_into(&mut p, Mat::new(q, t, d), Mat::new(k, t, d).t(), scale, false);
             causal_softmax(&mut p, lse, t);
-            matmul(out, Mat::new(&p, t, t), Mat::new(v, t, d), 1.0);
+            matmul_into(out, Mat::new(&p, t, t), Mat::new(v, t, d), 1.0, false);
         });
     Some((out, lse))
 }
@@ -195,7 +196,7 @@ pub(super) fn backward(
             let lse = &ls[head * t..(head + 1) * t];
             // P = exp(S − lse) on the causal part.
             let mut p = vec![0.0f32; t * t];
-            matmul(&mut p, Mat::new(q, t, d), Mat::new(k, t, d).t(), scale);
+            matmul_into(&mut p, Mat::new(q, t, d), Mat::new(k, t, d).t(), scale, false);
             for (i, row) in p.chunks_exact_mut(t).enumerate() {
                 let (seen, future) = row.split_at_mut(i + 1);
                 for s in seen.iter_mut() {
@@ -204,10 +205,10 @@ pub(super) fn backward(
                 future.fill(0.0);
             }
             // dV = Pᵀ·dO.
-            matmul(dv, Mat::new(&p, t, t).t(), Mat::new(g, t, d), 1.0);
+            matmul_into(dv, Mat::new(&p, t, t).t(), Mat::new(g, t, d), 1.0, false);
             // dP = dO·Vᵀ, then dS = P ∘ (dP − rowsum(dO ∘ O)), in place.
             let mut ds = vec![0.0f32; t * t];
-            matmul(&mut ds, Mat::new(g, t, d), Mat::new(v, t, d).t(), 1.0);
+            matmul_into(&mut ds, Mat::new(g, t, d), Mat::new(v, t, d).t(), 1.0, false);
             for i in 0..t {
                 let row_dot: f32 = g[i * d..(i + 1) * d]
                     .iter()
@@ -220,8 +221,8 @@ pub(super) fn backward(
                 }
             }
             // dQ = scale·dS·K; dK = scale·dSᵀ·Q.
-            matmul(dq, Mat::new(&ds, t, t), Mat::new(k, t, d), scale);
-            matmul(dk, Mat::new(&ds, t, t).t(), Mat::new(q, t, d), scale);
+            matmul_into(dq, Mat::new(&ds, t, t), Mat::new(k, t, d), scale, false);
+            matmul_into(dk, Mat::new(&ds, t, t).t(), Mat::new(q, t, d), scale, false);
         });
     Some((dq, dk, dv))
 }

@@ -11,7 +11,8 @@ use rayon::prelude::*;
 const CHUNK: usize = 1 << 14;
 
 /// `f` applied to every element of `x`, or `x` back when it is not f32.
-pub(super) fn map(x: FlexTensor, f: fn(f32) -> f32) -> Result<FlexTensor, FlexTensor> {
+/// (`f` is a generic, not a function pointer, so it inlines and vectorises.)
+pub(super) fn map(x: FlexTensor, f: impl Fn(f32) -> f32 + Sync) -> Result<FlexTensor, FlexTensor> {
     if x.dtype() != DType::F32 {
         return Err(x);
     }
@@ -35,7 +36,11 @@ pub(super) fn map(x: FlexTensor, f: fn(f32) -> f32) -> Result<FlexTensor, FlexTe
 
 /// `f(x, g)` element by element, or `None` when the two are not f32 tensors
 /// of one shape.
-pub(super) fn zip(x: &FlexTensor, g: &FlexTensor, f: fn(f32, f32) -> f32) -> Option<FlexTensor> {
+pub(super) fn zip(
+    x: &FlexTensor,
+    g: &FlexTensor,
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) -> Option<FlexTensor> {
     if x.dtype() != DType::F32
         || g.dtype() != DType::F32
         || x.layout().shape() != g.layout().shape()

@@ -22,6 +22,8 @@ use burn::nn::{
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use genzoo_core::fused::silu;
+
+use crate::layers::conv2d;
 use genzoo_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -261,12 +263,10 @@ impl<B: Backend> ResBlock<B> {
     /// - x: `[batch, in, h, w]`, temb_act: `[batch, time_embedding]` (already through SiLU)
     /// - output: `[batch, out, h, w]`
     fn forward(&self, x: Tensor<B, 4>, temb_act: Tensor<B, 2>) -> Tensor<B, 4> {
-        let h = self.conv1.forward(silu(self.norm1.forward(x.clone())));
+        let h = conv2d(&self.conv1, silu(self.norm1.forward(x.clone())));
         let [n, c, _, _] = h.dims();
         let h = h + self.time.forward(temb_act).reshape([n, c, 1, 1]);
-        let h = self
-            .conv2
-            .forward(self.dropout.forward(silu(self.norm2.forward(h))));
+        let h = conv2d(&self.conv2, self.dropout.forward(silu(self.norm2.forward(h))));
         let skip = match &self.shortcut {
             Some(conv) => conv.forward(x),
             None => x,
@@ -367,7 +367,7 @@ impl<B: Backend> Upsample<B> {
             .reshape([n, c, h, 1, w, 1])
             .expand([n, c, h, 2, w, 2])
             .reshape([n, c, 2 * h, 2 * w]);
-        self.conv.forward(doubled)
+        conv2d(&self.conv, doubled)
     }
 }
 
@@ -488,14 +488,14 @@ impl<B: Backend> UNet<B> {
         let temb_act = silu(temb);
 
         // Contracting path: each block leaves a skip, each level halves the resolution.
-        let mut h = self.conv_in.forward(x);
+        let mut h = conv2d(&self.conv_in, x);
         let mut skips = Vec::with_capacity(self.down.len());
         let per_level = self.config.res_blocks;
         for (i, stage) in self.down.iter().enumerate() {
             h = stage.forward(h, temb_act.clone());
             skips.push(h.clone());
             if (i + 1) % per_level == 0 {
-                h = self.downsample[i / per_level].forward(h);
+                h = conv2d(&self.downsample[i / per_level], h);
             }
         }
 
@@ -514,7 +514,7 @@ impl<B: Backend> UNet<B> {
             let skip = skips.pop().expect("one skip per up block");
             h = stage.forward(Tensor::cat(vec![h, skip], 1), temb_act.clone());
         }
-        self.conv_out.forward(silu(self.norm_out.forward(h)))
+        conv2d(&self.conv_out, silu(self.norm_out.forward(h)))
     }
 }
 

@@ -24,7 +24,7 @@ use burn::prelude::*;
 use burn::tensor::activation::{leaky_relu, relu, tanh};
 
 use super::spectral::{SnConv2d, SnLinear};
-use crate::layers::batch_norm;
+use crate::layers::{batch_norm, conv2d};
 
 /// How the discriminator is built.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -219,13 +219,13 @@ impl<B: Backend> Discriminator<B> {
     ) -> Tensor<B, 1> {
         let n = images.dims()[0];
         let h = match (&self.conv1, &self.sn_conv1) {
-            (Some(c), _) => c.forward(images),
+            (Some(c), _) => conv2d(c, images),
             (None, Some(c)) => c.forward(images, update_sn),
             _ => unreachable!("one first layer is always built"),
         };
         let h = leaky_relu(h, 0.2); // [N, 64, H/2, W/2]
         let h = match (&self.conv2, &self.sn_conv2) {
-            (Some(c), _) => c.forward(h),
+            (Some(c), _) => conv2d(c, h),
             (None, Some(c)) => c.forward(h, update_sn),
             _ => unreachable!("one second layer is always built"),
         };

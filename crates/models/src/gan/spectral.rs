@@ -12,8 +12,7 @@ use burn::module::{Param, RunningState};
 use burn::nn::Initializer;
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use burn::tensor::module::conv2d;
-use burn::tensor::ops::ConvOptions;
+use genzoo_core::fused::{self, ConvGeometry};
 
 const EPS: f64 = 1e-12;
 
@@ -128,12 +127,11 @@ impl<B: Backend> SnConv2d<B> {
     /// - input: `[batch, cin, h, w]` → `[batch, cout, h', w']`
     pub fn forward(&self, input: Tensor<B, 4>, update: bool) -> Tensor<B, 4> {
         let w = self.weight.normalized(update).reshape(self.shape);
-        conv2d(
-            input,
-            w,
-            Some(self.bias.val()),
-            ConvOptions::new(self.stride, self.padding, [1, 1], 1),
-        )
+        let geometry = ConvGeometry {
+            stride: self.stride,
+            padding: self.padding,
+        };
+        fused::conv2d(input, w, Some(self.bias.val()), geometry)
     }
 }
 

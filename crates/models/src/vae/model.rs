@@ -15,6 +15,8 @@ use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::activation::{relu, sigmoid};
 use genzoo_core::{Error, Result};
+
+use crate::layers::conv2d;
 use serde::{Deserialize, Serialize};
 
 /// Which network maps pixels to features and back.
@@ -307,8 +309,8 @@ impl<B: Backend> Vae<B> {
         let flat = match &self.encoder.features {
             None => images.reshape([n as i32, -1]),
             Some(f) => {
-                let h = relu(f.conv1.forward(images)); // [N, 32, H/2, W/2]
-                let h = relu(f.conv2.forward(h)); // [N, 64, H/4, W/4]
+                let h = relu(conv2d(&f.conv1, images)); // [N, 32, H/2, W/2]
+                let h = relu(conv2d(&f.conv2, h)); // [N, 64, H/4, W/4]
                 h.reshape([n as i32, -1])
             }
         };

@@ -1,0 +1,248 @@
+//! 2-D convolution on the CPU backend as im2col + GEMM per sample, one rayon
+//! task per sample, for the forward pass and both gradients:
+//!
+//! - output:        Y_n = W · cols(X_n)
+//! - weight grad:   dW = Σ_n dY_n · cols(X_n)ᵀ (each task sums its samples, then the sums are added)
+//! - input grad:    dX_n = col2im(Wᵀ · dY_n)
+//!
+//! burn's CPU backend computes the input gradient as a transposed
+//! convolution looping over samples on one thread and the weight gradient
+//! as a convolution with badly shaped GEMMs (shared/notes/cpu-op-gap.md).
+//! Groups = 1 and dilation = 1 only; the caller falls back to burn otherwise.
+
+use burn::tensor::{DType, Shape};
+use burn_flex::FlexTensor;
+use rayon::prelude::*;
+
+use super::attention::{Mat, matmul_into};
+
+/// Stride and symmetric zero padding of a convolution.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGeometry {
+    /// Step between output positions, `[height, width]`.
+    pub stride: [usize; 2],
+    /// Zeros added on each side, `[height, width]`.
+    pub padding: [usize; 2],
+}
+
+/// The sizes one convolution works with.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    n: usize,
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    kh: usize,
+    kw: usize,
+    oh: usize,
+    ow: usize,
+}
+
+impl Dims {
+    fn new(x: &Shape, weight: &Shape, g: ConvGeometry) -> Option<Self> {
+        if x.num_dims() != 4 || weight.num_dims() != 4 || x[1] != weight[1] {
+            return None;
+        }
+        let (h, w, kh, kw) = (x[2], x[3], weight[2], weight[3]);
+        let (ph, pw) = (h + 2 * g.padding[0], w + 2 * g.padding[1]);
+        if ph < kh || pw < kw || g.stride[0] == 0 || g.stride[1] == 0 {
+            return None;
+        }
+        Some(Self {
+            n: x[0],
+            c_in: x[1],
+            h,
+            w,
+            c_out: weight[0],
+            kh,
+            kw,
+            oh: (ph - kh) / g.stride[0] + 1,
+            ow: (pw - kw) / g.stride[1] + 1,
+        })
+    }
+
+    /// Rows of the im2col matrix (C_in·kh·kw).
+    fn patch(&self) -> usize {
+        self.c_in * self.kh * self.kw
+    }
+
+    /// Columns of the im2col matrix (output positions).
+    fn positions(&self) -> usize {
+        self.oh * self.ow
+    }
+}
+
+/// The input position output (oy, ox) reads through kernel tap (ki, kj), or
+/// `None` in the padding.
+#[inline(always)]
+fn source(o: usize, k: usize, stride: usize, pad: usize, size: usize) -> Option<usize> {
+    (o * stride + k).checked_sub(pad).filter(|&i| i < size)
+}
+
+/// The output columns `lo..hi` whose input column `ox·stride + k − pad` lies
+/// inside `0..size` (the others read the zero padding).
+#[inline(always)]
+fn valid_range(k: usize, stride: usize, pad: usize, size: usize, outputs: usize) -> (usize, usize) {
+    // ox·stride + k ≥ pad  and  ox·stride + k < size + pad
+    let lo = pad.saturating_sub(k).div_ceil(stride);
+    let hi = if size + pad > k {
+        ((size + pad - k - 1) / stride + 1).min(outputs)
+    } else {
+        0
+    };
+    (lo.min(hi), hi)
+}
+
+/// cols[(c·kh + ki)·kw + kj, oy·ow + ox] = x[c, oy·s + ki − p, ox·s + kj − p] (0 in the padding).
+fn im2col(x: &[f32], d: &Dims, g: ConvGeometry, cols: &mut [f32]) {
+    let positions = d.positions();
+    let [sh, sw] = g.stride;
+    for c in 0..d.c_in {
+        let plane = &x[c * d.h * d.w..(c + 1) * d.h * d.w];
+        for ki in 0..d.kh {
+            for kj in 0..d.kw {
+                let row = ((c * d.kh + ki) * d.kw + kj) * positions;
+                let out = &mut cols[row..row + positions];
+                let (lo, hi) = valid_range(kj, sw, g.padding[1], d.w, d.ow);
+                for (oy, line) in out.chunks_exact_mut(d.ow).enumerate() {
+                    let Some(iy) = source(oy, ki, sh, g.padding[0], d.h) else {
+                        line.fill(0.0);
+                        continue;
+                    };
+                    line[..lo].fill(0.0);
+                    line[hi..].fill(0.0);
+                    if lo < hi {
+                        // First input column read: lo·stride + kj − pad ≥ 0 by construction.
+                        let start = iy * d.w + lo * sw + kj - g.padding[1];
+                        if sw == 1 {
+                            line[lo..hi].copy_from_slice(&plane[start..start + (hi - lo)]);
+                        } else {
+                            let src = &plane[start..start + (hi - lo - 1) * sw + 1];
+                            for (v, s) in line[lo..hi].iter_mut().zip(src.iter().step_by(sw)) {
+                                *v = *s;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds every column entry back onto the input
+/// position it was read from.
+fn col2im(cols: &[f32], d: &Dims, g: ConvGeometry, x: &mut [f32]) {
+    x.fill(0.0);
+    let positions = d.positions();
+    let [sh, sw] = g.stride;
+    for c in 0..d.c_in {
+        let plane = &mut x[c * d.h * d.w..(c + 1) * d.h * d.w];
+        for ki in 0..d.kh {
+            for kj in 0..d.kw {
+                let row = ((c * d.kh + ki) * d.kw + kj) * positions;
+                let col = &cols[row..row + positions];
+                let (lo, hi) = valid_range(kj, sw, g.padding[1], d.w, d.ow);
+                if lo >= hi {
+                    continue;
+                }
+                for (oy, line) in col.chunks_exact(d.ow).enumerate() {
+                    let Some(iy) = source(oy, ki, sh, g.padding[0], d.h) else {
+                        continue;
+                    };
+                    let start = iy * d.w + lo * sw + kj - g.padding[1];
+                    let dst = &mut plane[start..start + (hi - lo - 1) * sw + 1];
+                    for (v, s) in dst.iter_mut().step_by(sw).zip(&line[lo..hi]) {
+                        *v += s;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn f32_contiguous(t: &FlexTensor) -> Option<FlexTensor> {
+    (t.dtype() == DType::F32).then(|| t.to_contiguous())
+}
+
+/// The convolution of `x` (`[N, C_in, H, W]`) with `weight`
+/// (`[C_out, C_in, kh, kw]`), no bias: `[N, C_out, H', W']`.
+pub(super) fn forward(x: &FlexTensor, weight: &FlexTensor, g: ConvGeometry) -> Option<FlexTensor> {
+    let d = Dims::new(x.layout().shape(), weight.layout().shape(), g)?;
+    let (x, weight) = (f32_contiguous(x)?, f32_contiguous(weight)?);
+    let (xs, ws): (&[f32], &[f32]) = (x.as_slice()?, weight.as_slice()?);
+    let mut out = FlexTensor::empty(Shape::new([d.n, d.c_out, d.oh, d.ow]), DType::F32);
+    let per_sample = d.c_out * d.positions();
+    out.storage_mut::<f32>()
+        .par_chunks_mut(per_sample.max(1))
+        .enumerate()
+        .for_each_init(
+            || vec![0.0f32; d.patch() * d.positions()],
+            |cols, (i, y)| {
+                im2col(&xs[i * d.c_in * d.h * d.w..(i + 1) * d.c_in * d.h * d.w], &d, g, cols);
+                let w = Mat::new(ws, d.c_out, d.patch());
+                matmul_into(y, w, Mat::new(cols, d.patch(), d.positions()), 1.0, false);
+            },
+        );
+    Some(out)
+}
+
+/// The gradients (dX, dW) of [`forward`] given the output gradient.
+pub(super) fn backward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    grad: &FlexTensor,
+    g: ConvGeometry,
+) -> Option<(FlexTensor, FlexTensor)> {
+    let d = Dims::new(x.layout().shape(), weight.layout().shape(), g)?;
+    if grad.layout().shape() != &Shape::new([d.n, d.c_out, d.oh, d.ow]) {
+        return None;
+    }
+    let (x, weight, grad) = (f32_contiguous(x)?, f32_contiguous(weight)?, f32_contiguous(grad)?);
+    let (xs, ws, gs): (&[f32], &[f32], &[f32]) = (x.as_slice()?, weight.as_slice()?, grad.as_slice()?);
+    let in_sample = d.c_in * d.h * d.w;
+    let out_sample = d.c_out * d.positions();
+    let w = Mat::new(ws, d.c_out, d.patch());
+
+    // Input gradient, one sample per task: dcols = Wᵀ·dY_n, then col2im.
+    let mut dx = FlexTensor::empty(Shape::new([d.n, d.c_in, d.h, d.w]), DType::F32);
+    dx.storage_mut::<f32>()
+        .par_chunks_mut(in_sample.max(1))
+        .enumerate()
+        .for_each_init(
+            || vec![0.0f32; d.patch() * d.positions()],
+            |dcols, (i, dx)| {
+                let dy = Mat::new(&gs[i * out_sample..(i + 1) * out_sample], d.c_out, d.positions());
+                matmul_into(dcols, w.t(), dy, 1.0, false);
+                col2im(dcols, &d, g, dx);
+            },
+        );
+
+    // Weight gradient: each task accumulates dY_n·cols(X_n)ᵀ over its samples.
+    let dw_len = d.c_out * d.patch();
+    let dw_sum = (0..d.n)
+        .into_par_iter()
+        .fold(
+            || (vec![0.0f32; dw_len], vec![0.0f32; d.patch() * d.positions()], false),
+            |(mut dw, mut cols, _), i| {
+                im2col(&xs[i * in_sample..(i + 1) * in_sample], &d, g, &mut cols);
+                let dy = Mat::new(&gs[i * out_sample..(i + 1) * out_sample], d.c_out, d.positions());
+                let cols_t = Mat::new(&cols, d.patch(), d.positions()).t();
+                matmul_into(&mut dw, dy, cols_t, 1.0, true);
+                (dw, cols, true)
+            },
+        )
+        .map(|(dw, _, _)| dw)
+        .reduce(
+            || vec![0.0f32; dw_len],
+            |mut a, b| {
+                for (a, b) in a.iter_mut().zip(&b) {
+                    *a += b;
+                }
+                a
+            },
+        );
+    let mut dw = FlexTensor::empty(weight.layout().shape().clone(), DType::F32);
+    dw.storage_mut::<f32>().copy_from_slice(&dw_sum);
+    Some((dx, dw))
+}
