@@ -32,11 +32,18 @@ PEERS_VENV="$VENV" bash "$PEER/setup.sh"
 (cd "$ROOT" && cargo build --release --quiet)
 GENZOO="${CARGO_TARGET_DIR:-$ROOT/target}/release/genzoo"
 
+if [[ "$MODELS" == all ]]; then
+  MODELS="vae-mlp,dcgan-28,ddpm-unet,gpt-char,gpt-pixel"
+fi
 mkdir -p "$OUT"
 for t in $THREADS; do
   echo "== $t thread(s): genzoo" >&2
-  "$GENZOO" bench --model "$MODELS" --threads "$t" --steps "$STEPS" --warmup "$WARMUP" --json \
-    > "$OUT/genzoo-t$t.jsonl"
+  : > "$OUT/genzoo-t$t.jsonl"
+  # One process per model, so each peak-memory figure is that model's own.
+  for m in ${MODELS//,/ }; do
+    "$GENZOO" bench --model "$m" --threads "$t" --steps "$STEPS" --warmup "$WARMUP" --json \
+      >> "$OUT/genzoo-t$t.jsonl"
+  done
   echo "== $t thread(s): PyTorch" >&2
   "$VENV/bin/python" "$PEER/bench.py" --model "$MODELS" --threads "$t" --steps "$STEPS" \
     --warmup "$WARMUP" --json > "$OUT/pytorch-t$t.jsonl"

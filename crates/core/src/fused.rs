@@ -581,14 +581,15 @@ pub fn conv2d<B: Backend>(
             // The bias as per-row scalars of an [N·C, H·W] view (the fast path).
             Some(bias) => {
                 let [n, c, h, w] = out.dims();
-                let per_row = bias.unsqueeze_dim::<2>(0).repeat_dim(0, n).reshape([n * c, 1]);
+                let per_row = bias
+                    .unsqueeze_dim::<2>(0)
+                    .repeat_dim(0, n)
+                    .reshape([n * c, 1]);
                 (out.reshape([n * c, h * w]) + per_row).reshape([n, c, h, w])
             }
             None => out,
         },
-        Err((x, weight)) => {
-            burn::tensor::module::conv2d(x, weight, bias, conv_options(geometry))
-        }
+        Err((x, weight)) => burn::tensor::module::conv2d(x, weight, bias, conv_options(geometry)),
     }
 }
 
@@ -704,9 +705,11 @@ mod tests {
         ] {
             let x = Tensor::<Ad, 4>::random([n, ci, h, w], Distribution::Normal(0.0, 1.0), &dev)
                 .require_grad();
-            let weight = Tensor::<Ad, 4>::random([co, ci, k, k], Distribution::Normal(0.0, 0.5), &dev)
-                .require_grad();
-            let bias = Tensor::<Ad, 1>::random([co], Distribution::Normal(0.0, 0.5), &dev).require_grad();
+            let weight =
+                Tensor::<Ad, 4>::random([co, ci, k, k], Distribution::Normal(0.0, 0.5), &dev)
+                    .require_grad();
+            let bias =
+                Tensor::<Ad, 1>::random([co], Distribution::Normal(0.0, 0.5), &dev).require_grad();
             let geometry = ConvGeometry {
                 stride: [s, s],
                 padding: [p, p],
@@ -720,7 +723,8 @@ mod tests {
             );
             assert_eq!(ours.dims(), theirs.dims());
             assert!(max_diff(ours.clone().inner(), theirs.clone().inner()) < 1e-4);
-            let upstream = Tensor::<Ad, 4>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &dev);
+            let upstream =
+                Tensor::<Ad, 4>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &dev);
             let ga = (ours * upstream.clone()).sum().backward();
             let gb = (theirs * upstream).sum().backward();
             assert!(max_diff(x.grad(&ga).unwrap(), x.grad(&gb).unwrap()) < 1e-4);

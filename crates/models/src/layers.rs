@@ -8,8 +8,8 @@
 //! views, with the same parameters, so checkpoints and every other backend
 //! are unaffected.
 
-use burn::nn::{BatchNorm, PaddingConfig2d};
 use burn::nn::conv::Conv2d;
+use burn::nn::{BatchNorm, PaddingConfig2d};
 use burn::prelude::*;
 use genzoo_core::fused::{self, ConvGeometry};
 
@@ -31,7 +31,12 @@ pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
         stride: conv.stride,
         padding,
     };
-    fused::conv2d(x, conv.weight.val(), conv.bias.as_ref().map(|b| b.val()), geometry)
+    fused::conv2d(
+        x,
+        conv.weight.val(),
+        conv.bias.as_ref().map(|b| b.val()),
+        geometry,
+    )
 }
 
 /// burn's [`BatchNorm::forward`], the same maths and running-statistics

@@ -20,8 +20,11 @@
 //! with and without the key/value cache.
 //!
 //! Steps are timed one by one after warm-up steps and the median is the
-//! figure. Each record also carries the process's peak memory and how much
-//! CPU other processes took during the timed window (a shared machine skews
+//! figure. Each record also carries the process's peak memory (`max_rss_mb`,
+//! reset before each model, but memory the allocator kept from an earlier
+//! model in the same process still counts: bench one model per process for
+//! clean figures, as `scripts/compare-pytorch.sh` does) and how much CPU
+//! other processes took during the timed window (a shared machine skews
 //! timings; the peer reports the same).
 
 use std::time::Instant;

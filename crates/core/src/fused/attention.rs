@@ -9,6 +9,8 @@ use burn_flex::FlexTensor;
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
+use super::kernels;
+
 /// A row-major matrix view, or its transpose, over a slice.
 #[derive(Clone, Copy)]
 pub(super) struct Mat<'a> {
@@ -112,12 +114,11 @@ fn contiguous(t: &FlexTensor) -> FlexTensor {
 fn causal_softmax(scores: &mut [f32], lse: &mut [f32], t: usize) {
     for (i, row) in scores.chunks_exact_mut(t).enumerate() {
         let (seen, future) = row.split_at_mut(i + 1);
-        let max = seen.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
+        let max = kernels::max(seen);
         for s in seen.iter_mut() {
-            *s = super::kernels::exp(*s - max);
-            sum += *s;
+            *s = kernels::exp(*s - max);
         }
+        let sum = kernels::sum(seen);
         let inv = 1.0 / sum;
         for s in seen.iter_mut() {
             *s *= inv;
@@ -148,12 +149,55 @@ pub(super) fn forward(
         .for_each(|(head, (out, lse))| {
             let at = head * t * d..(head + 1) * t * d;
             let (q, k, v) = (&qs[at.clone()], &ks[at.clone()], &vs[at]);
-            let mut p = vec![0.0f32; t * t];
-            matmul_into(&mut p, Mat::new(q, t, d), Mat::new(k, t, d).t(), scale, false);
-            causal_softmax(&mut p, lse, t);
-            matmul_into(out, Mat::new(&p, t, t), Mat::new(v, t, d), 1.0, false);
+            kernels::with_scratch(0, t * t, |p| {
+                matmul_into(p, Mat::new(q, t, d), Mat::new(k, t, d).t(), scale, false);
+                causal_softmax(p, lse, t);
+                matmul_into(out, Mat::new(p, t, t), Mat::new(v, t, d), 1.0, false);
+            });
         });
     Some((out, lse))
+}
+
+/// One head's backward: `p` and `ds` are `[T, T]` scratch.
+#[allow(clippy::too_many_arguments)]
+fn head_backward(
+    [q, k, v, o, g]: [&[f32]; 5],
+    lse: &[f32],
+    [dq, dk, dv]: [&mut [f32]; 3],
+    p: &mut [f32],
+    ds: &mut [f32],
+    t: usize,
+    d: usize,
+    scale: f32,
+) {
+    // P = exp(S − lse) on the causal part.
+    matmul_into(p, Mat::new(q, t, d), Mat::new(k, t, d).t(), scale, false);
+    for (i, row) in p.chunks_exact_mut(t).enumerate() {
+        let (seen, future) = row.split_at_mut(i + 1);
+        let l = lse[i];
+        for s in seen.iter_mut() {
+            *s = kernels::exp(*s - l);
+        }
+        future.fill(0.0);
+    }
+    // dV = Pᵀ·dO.
+    matmul_into(dv, Mat::new(p, t, t).t(), Mat::new(g, t, d), 1.0, false);
+    // dP = dO·Vᵀ, then dS = P ∘ (dP − rowsum(dO ∘ O)), in place.
+    matmul_into(ds, Mat::new(g, t, d), Mat::new(v, t, d).t(), 1.0, false);
+    for i in 0..t {
+        let row_dot: f32 = g[i * d..(i + 1) * d]
+            .iter()
+            .zip(&o[i * d..(i + 1) * d])
+            .map(|(a, b)| a * b)
+            .sum();
+        let (ds_row, p_row) = (&mut ds[i * t..(i + 1) * t], &p[i * t..(i + 1) * t]);
+        for (s, &pr) in ds_row.iter_mut().zip(p_row) {
+            *s = pr * (*s - row_dot);
+        }
+    }
+    // dQ = scale·dS·K; dK = scale·dSᵀ·Q.
+    matmul_into(dq, Mat::new(ds, t, t), Mat::new(k, t, d), scale, false);
+    matmul_into(dk, Mat::new(ds, t, t).t(), Mat::new(q, t, d), scale, false);
 }
 
 /// The gradients (dQ, dK, dV) of [`forward`] given the output gradient,
@@ -194,35 +238,11 @@ pub(super) fn backward(
             let (q, k, v) = (&qs[at.clone()], &ks[at.clone()], &vs[at.clone()]);
             let (o, g) = (&os[at.clone()], &gs[at]);
             let lse = &ls[head * t..(head + 1) * t];
-            // P = exp(S − lse) on the causal part.
-            let mut p = vec![0.0f32; t * t];
-            matmul_into(&mut p, Mat::new(q, t, d), Mat::new(k, t, d).t(), scale, false);
-            for (i, row) in p.chunks_exact_mut(t).enumerate() {
-                let (seen, future) = row.split_at_mut(i + 1);
-                for s in seen.iter_mut() {
-                    *s = super::kernels::exp(*s - lse[i]);
-                }
-                future.fill(0.0);
-            }
-            // dV = Pᵀ·dO.
-            matmul_into(dv, Mat::new(&p, t, t).t(), Mat::new(g, t, d), 1.0, false);
-            // dP = dO·Vᵀ, then dS = P ∘ (dP − rowsum(dO ∘ O)), in place.
-            let mut ds = vec![0.0f32; t * t];
-            matmul_into(&mut ds, Mat::new(g, t, d), Mat::new(v, t, d).t(), 1.0, false);
-            for i in 0..t {
-                let row_dot: f32 = g[i * d..(i + 1) * d]
-                    .iter()
-                    .zip(&o[i * d..(i + 1) * d])
-                    .map(|(a, b)| a * b)
-                    .sum();
-                let (ds_row, p_row) = (&mut ds[i * t..(i + 1) * t], &p[i * t..(i + 1) * t]);
-                for (s, &pr) in ds_row.iter_mut().zip(p_row) {
-                    *s = pr * (*s - row_dot);
-                }
-            }
-            // dQ = scale·dS·K; dK = scale·dSᵀ·Q.
-            matmul_into(dq, Mat::new(&ds, t, t), Mat::new(k, t, d), scale, false);
-            matmul_into(dk, Mat::new(&ds, t, t).t(), Mat::new(q, t, d), scale, false);
+            kernels::with_scratch(0, t * t, |p| {
+                kernels::with_scratch(1, t * t, |ds| {
+                    head_backward([q, k, v, o, g], lse, [dq, dk, dv], p, ds, t, d, scale)
+                })
+            });
         });
     Some((dq, dk, dv))
 }

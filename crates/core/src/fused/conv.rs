@@ -15,6 +15,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::attention::{Mat, matmul_into};
+use super::kernels::with_scratch;
 
 /// Stride and symmetric zero padding of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,14 +177,18 @@ pub(super) fn forward(x: &FlexTensor, weight: &FlexTensor, g: ConvGeometry) -> O
     out.storage_mut::<f32>()
         .par_chunks_mut(per_sample.max(1))
         .enumerate()
-        .for_each_init(
-            || vec![0.0f32; d.patch() * d.positions()],
-            |cols, (i, y)| {
-                im2col(&xs[i * d.c_in * d.h * d.w..(i + 1) * d.c_in * d.h * d.w], &d, g, cols);
+        .for_each(|(i, y)| {
+            with_scratch(0, d.patch() * d.positions(), |cols| {
+                im2col(
+                    &xs[i * d.c_in * d.h * d.w..(i + 1) * d.c_in * d.h * d.w],
+                    &d,
+                    g,
+                    cols,
+                );
                 let w = Mat::new(ws, d.c_out, d.patch());
                 matmul_into(y, w, Mat::new(cols, d.patch(), d.positions()), 1.0, false);
-            },
-        );
+            })
+        });
     Some(out)
 }
 
@@ -198,8 +203,13 @@ pub(super) fn backward(
     if grad.layout().shape() != &Shape::new([d.n, d.c_out, d.oh, d.ow]) {
         return None;
     }
-    let (x, weight, grad) = (f32_contiguous(x)?, f32_contiguous(weight)?, f32_contiguous(grad)?);
-    let (xs, ws, gs): (&[f32], &[f32], &[f32]) = (x.as_slice()?, weight.as_slice()?, grad.as_slice()?);
+    let (x, weight, grad) = (
+        f32_contiguous(x)?,
+        f32_contiguous(weight)?,
+        f32_contiguous(grad)?,
+    );
+    let (xs, ws, gs): (&[f32], &[f32], &[f32]) =
+        (x.as_slice()?, weight.as_slice()?, grad.as_slice()?);
     let in_sample = d.c_in * d.h * d.w;
     let out_sample = d.c_out * d.positions();
     let w = Mat::new(ws, d.c_out, d.patch());
@@ -209,30 +219,38 @@ pub(super) fn backward(
     dx.storage_mut::<f32>()
         .par_chunks_mut(in_sample.max(1))
         .enumerate()
-        .for_each_init(
-            || vec![0.0f32; d.patch() * d.positions()],
-            |dcols, (i, dx)| {
-                let dy = Mat::new(&gs[i * out_sample..(i + 1) * out_sample], d.c_out, d.positions());
+        .for_each(|(i, dx)| {
+            with_scratch(0, d.patch() * d.positions(), |dcols| {
+                let dy = Mat::new(
+                    &gs[i * out_sample..(i + 1) * out_sample],
+                    d.c_out,
+                    d.positions(),
+                );
                 matmul_into(dcols, w.t(), dy, 1.0, false);
                 col2im(dcols, &d, g, dx);
-            },
-        );
+            })
+        });
 
     // Weight gradient: each task accumulates dY_n·cols(X_n)ᵀ over its samples.
     let dw_len = d.c_out * d.patch();
     let dw_sum = (0..d.n)
         .into_par_iter()
         .fold(
-            || (vec![0.0f32; dw_len], vec![0.0f32; d.patch() * d.positions()], false),
-            |(mut dw, mut cols, _), i| {
-                im2col(&xs[i * in_sample..(i + 1) * in_sample], &d, g, &mut cols);
-                let dy = Mat::new(&gs[i * out_sample..(i + 1) * out_sample], d.c_out, d.positions());
-                let cols_t = Mat::new(&cols, d.patch(), d.positions()).t();
-                matmul_into(&mut dw, dy, cols_t, 1.0, true);
-                (dw, cols, true)
+            || vec![0.0f32; dw_len],
+            |mut dw, i| {
+                with_scratch(0, d.patch() * d.positions(), |cols| {
+                    im2col(&xs[i * in_sample..(i + 1) * in_sample], &d, g, cols);
+                    let dy = Mat::new(
+                        &gs[i * out_sample..(i + 1) * out_sample],
+                        d.c_out,
+                        d.positions(),
+                    );
+                    let cols_t = Mat::new(cols, d.patch(), d.positions()).t();
+                    matmul_into(&mut dw, dy, cols_t, 1.0, true);
+                });
+                dw
             },
         )
-        .map(|(dw, _, _)| dw)
         .reduce(
             || vec![0.0f32; dw_len],
             |mut a, b| {

@@ -62,6 +62,54 @@ pub(super) fn zip(
     Some(out)
 }
 
+/// Runs `f` with this thread's scratch buffer of at least `len` floats
+/// (contents unspecified). Kernels reuse it across calls instead of
+/// allocating fresh pages, which the kernel must zero, every time.
+pub(super) fn with_scratch<R>(slot: usize, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
+    use std::cell::RefCell;
+    thread_local! {
+        static SCRATCH: [RefCell<Vec<f32>>; 2] = const { [RefCell::new(Vec::new()), RefCell::new(Vec::new())] };
+    }
+    SCRATCH.with(|slots| {
+        let mut buffer = slots[slot].borrow_mut();
+        if buffer.len() < len {
+            buffer.resize(len, 0.0);
+        }
+        f(&mut buffer[..len])
+    })
+}
+
+/// Σ xs with 16 independent partial sums, so the loop vectorises (a single
+/// running sum is a dependency chain the compiler may not reorder).
+#[inline(always)]
+pub(super) fn sum(xs: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let chunks = xs.chunks_exact(16);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (l, x) in lanes.iter_mut().zip(chunk) {
+            *l += x;
+        }
+    }
+    lanes.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+/// max xs (−∞ for none) with 16 independent partial maxima.
+#[inline(always)]
+pub(super) fn max(xs: &[f32]) -> f32 {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let chunks = xs.chunks_exact(16);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for (l, &x) in lanes.iter_mut().zip(chunk) {
+            *l = if x > *l { x } else { *l };
+        }
+    }
+    rest.iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b))
+}
+
 /// eˣ in f32 without branches (Cephes `expf`: x = n·ln2 + r, |r| ≤ ln2/2,
 /// a degree-6 polynomial for eʳ, 2ⁿ built in the exponent bits); within
 /// 2 ulp of `f32::exp` on [−87, 88], and clamped outside it.

@@ -266,7 +266,10 @@ impl<B: Backend> ResBlock<B> {
         let h = conv2d(&self.conv1, silu(self.norm1.forward(x.clone())));
         let [n, c, _, _] = h.dims();
         let h = h + self.time.forward(temb_act).reshape([n, c, 1, 1]);
-        let h = conv2d(&self.conv2, self.dropout.forward(silu(self.norm2.forward(h))));
+        let h = conv2d(
+            &self.conv2,
+            self.dropout.forward(silu(self.norm2.forward(h))),
+        );
         let skip = match &self.shortcut {
             Some(conv) => conv.forward(x),
             None => x,
