@@ -18,6 +18,27 @@ pub type CpuDevice = burn::backend::flex::FlexDevice;
 /// The CPU backend with autodiff, used for training.
 pub type CpuAutodiff = burn::backend::Autodiff<CpuBackend>;
 
+/// Tunes the C allocator for tensor work: keep freed memory for reuse
+/// instead of returning it to the OS after every operation.
+///
+/// Every burn CPU op allocates its output; with glibc's defaults, blocks over
+/// 128 KiB (most activations) are fresh `mmap`s whose pages the kernel must
+/// zero on first touch, and freed heap tops are trimmed back. Raising the
+/// mmap threshold to 32 MiB and keeping 512 MiB before trimming made whole
+/// training steps 10–45 % faster here at 2 threads (vae-mlp 15.6 → 8–9.5 ms,
+/// dcgan-28 235 → 175 ms, ddpm-unet 2.36 → 1.54–1.60 s, gpt-pixel 1.92 →
+/// 1.46–1.77 s). Call it once, early; the `genzoo` binary does. A no-op
+/// outside Linux/glibc.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; any value is accepted or refused with 0.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 512 << 20);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
+
 /// A backend that can be selected at run time (`--backend`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]

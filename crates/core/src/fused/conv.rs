@@ -153,8 +153,14 @@ fn col2im(cols: &[f32], d: &Dims, g: ConvGeometry, x: &mut [f32]) {
                     };
                     let start = iy * d.w + lo * sw + kj - g.padding[1];
                     let dst = &mut plane[start..start + (hi - lo - 1) * sw + 1];
-                    for (v, s) in dst.iter_mut().step_by(sw).zip(&line[lo..hi]) {
-                        *v += s;
+                    if sw == 1 {
+                        for (v, s) in dst.iter_mut().zip(&line[lo..hi]) {
+                            *v += s;
+                        }
+                    } else {
+                        for (v, s) in dst.iter_mut().step_by(sw).zip(&line[lo..hi]) {
+                            *v += s;
+                        }
                     }
                 }
             }

@@ -174,9 +174,10 @@ impl<B: Backend> GroupNorm<B> {
     /// - x: `[batch, channels, height, width]` → same
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
-        let grouped = x.reshape([n, self.groups, (c / self.groups) * h * w]);
-        let (var, mean) = grouped.clone().var_mean_bias(2); // [n, g, 1] each
-        let normed = (grouped - mean) / (var + 1e-5).sqrt();
+        // One row per (sample, group); statistics as per-row scalars `[N·G, 1]`.
+        let grouped = x.reshape([n * self.groups, (c / self.groups) * h * w]);
+        let (var, mean) = grouped.clone().var_mean_bias(1);
+        let normed = (grouped - mean) * (var + 1e-5).sqrt().recip();
         let rows = normed.reshape([n * c, h * w]);
         let per_row = |p: &Param<Tensor<B, 1>>| {
             p.val()
@@ -264,8 +265,10 @@ impl<B: Backend> ResBlock<B> {
     /// - output: `[batch, out, h, w]`
     fn forward(&self, x: Tensor<B, 4>, temb_act: Tensor<B, 2>) -> Tensor<B, 4> {
         let h = conv2d(&self.conv1, silu(self.norm1.forward(x.clone())));
-        let [n, c, _, _] = h.dims();
-        let h = h + self.time.forward(temb_act).reshape([n, c, 1, 1]);
+        let [n, c, height, width] = h.dims();
+        // The time embedding as per-row scalars of an `[N·C, H·W]` view (the fast path).
+        let t = self.time.forward(temb_act).reshape([n * c, 1]);
+        let h = (h.reshape([n * c, height * width]) + t).reshape([n, c, height, width]);
         let h = conv2d(
             &self.conv2,
             self.dropout.forward(silu(self.norm2.forward(h))),
