@@ -24,7 +24,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::prelude::*;
 use burn::tensor::TensorPrimitive;
-use burn::tensor::ops::{ActivationOps, ConvOptions, FloatTensor, ModuleOps};
+use burn::tensor::ops::{ActivationOps, ConvOptions, ConvTransposeOptions, FloatTensor, ModuleOps};
 use burn_flex::Flex;
 
 mod attention;
@@ -117,10 +117,38 @@ pub trait FusedOps: Backend {
         let dw = Self::conv2d_weight_backward(x, weight, grad, options);
         (dx, dw)
     }
+
+    /// 2-D transposed convolution without bias, groups 1, dilation 1, no
+    /// output padding: `[N, C_in, H, W]` with `[C_in, C_out, kh, kw]` →
+    /// `[N, C_out, (H − 1)·s − 2p + kh, ...]`.
+    fn fused_conv_transpose2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        geometry: ConvGeometry,
+    ) -> FloatTensor<Self> {
+        Self::conv_transpose2d(x, weight, None, conv_transpose_options(geometry))
+    }
+
+    /// The gradients (dX, dW) of [`FusedOps::fused_conv_transpose2d`].
+    fn fused_conv_transpose2d_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        geometry: ConvGeometry,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let options = conv_transpose_options(geometry);
+        let dx = Self::conv_transpose2d_x_backward(weight.clone(), grad.clone(), options.clone());
+        let dw = Self::conv_transpose2d_weight_backward(x, weight, grad, options);
+        (dx, dw)
+    }
 }
 
 fn conv_options(g: ConvGeometry) -> ConvOptions<2> {
     ConvOptions::new(g.stride, g.padding, [1, 1], 1)
+}
+
+fn conv_transpose_options(g: ConvGeometry) -> ConvTransposeOptions<2> {
+    ConvTransposeOptions::new(g.stride, g.padding, [0, 0], [1, 1], 1)
 }
 
 fn float<B: Backend, const D: usize>(x: FloatTensor<B>) -> Tensor<B, D> {
@@ -271,6 +299,33 @@ impl FusedOps for Flex {
             (dx, Self::conv2d_weight_backward(x, weight, grad, options))
         })
     }
+
+    fn fused_conv_transpose2d(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        geometry: ConvGeometry,
+    ) -> FloatTensor<Self> {
+        conv::transpose_forward(&x, &weight, geometry).unwrap_or_else(|| {
+            Self::conv_transpose2d(x, weight, None, conv_transpose_options(geometry))
+        })
+    }
+
+    fn fused_conv_transpose2d_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        geometry: ConvGeometry,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        conv::transpose_backward(&x, &weight, &grad, geometry).unwrap_or_else(|| {
+            let options = conv_transpose_options(geometry);
+            let dx =
+                Self::conv_transpose2d_x_backward(weight.clone(), grad.clone(), options.clone());
+            (
+                dx,
+                Self::conv_transpose2d_weight_backward(x, weight, grad, options),
+            )
+        })
+    }
 }
 
 /// Records a unary op whose backward is `backward(input, grad)`: the state
@@ -307,6 +362,54 @@ macro_rules! unary_with_backward {
                     prep.finish(x.primitive, output)
                 }
                 OpsKind::UnTracked(prep) => prep.finish(B::$forward(x.primitive)),
+            }
+        }
+    };
+}
+
+/// Records a convolution-like op of (x, weight) whose backward
+/// `backward(x, weight, grad, geometry)` gives (dX, dW).
+macro_rules! conv_with_backward {
+    ($name:ident, $forward:ident, $backward:ident) => {
+        fn $forward(
+            x: FloatTensor<Self>,
+            weight: FloatTensor<Self>,
+            geometry: ConvGeometry,
+        ) -> FloatTensor<Self> {
+            #[derive(Debug)]
+            struct $name;
+
+            impl<B: FusedOps> Backward<B, 2> for $name {
+                /// x, the weight, the geometry.
+                type State = (FloatTensor<B>, FloatTensor<B>, ConvGeometry);
+
+                fn backward(
+                    self,
+                    ops: Ops<Self::State, 2>,
+                    grads: &mut Gradients,
+                    _checkpointer: &mut Checkpointer,
+                ) {
+                    let [node_x, node_weight] = ops.parents;
+                    let grad = grads.consume::<B>(&ops.node);
+                    let (x, weight, geometry) = ops.state;
+                    let (dx, dw) = B::$backward(x, weight, grad, geometry);
+                    for (node, g) in [(node_x, dx), (node_weight, dw)] {
+                        if let Some(node) = node {
+                            grads.register::<B>(node.id, g);
+                        }
+                    }
+                }
+            }
+
+            let parents = [x.node.clone(), weight.node.clone()];
+            match $name.prepare::<C>(parents).compute_bound().stateful() {
+                OpsKind::Tracked(prep) => {
+                    let out = B::$forward(x.primitive.clone(), weight.primitive.clone(), geometry);
+                    prep.finish((x.primitive, weight.primitive, geometry), out)
+                }
+                OpsKind::UnTracked(prep) => {
+                    prep.finish(B::$forward(x.primitive, weight.primitive, geometry))
+                }
             }
         }
     };
@@ -390,47 +493,12 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
     }
 
-    fn fused_conv2d(
-        x: FloatTensor<Self>,
-        weight: FloatTensor<Self>,
-        geometry: ConvGeometry,
-    ) -> FloatTensor<Self> {
-        #[derive(Debug)]
-        struct FusedConv2d;
-
-        impl<B: FusedOps> Backward<B, 2> for FusedConv2d {
-            /// x, the weight, the geometry.
-            type State = (FloatTensor<B>, FloatTensor<B>, ConvGeometry);
-
-            fn backward(
-                self,
-                ops: Ops<Self::State, 2>,
-                grads: &mut Gradients,
-                _checkpointer: &mut Checkpointer,
-            ) {
-                let [node_x, node_weight] = ops.parents;
-                let grad = grads.consume::<B>(&ops.node);
-                let (x, weight, geometry) = ops.state;
-                let (dx, dw) = B::fused_conv2d_backward(x, weight, grad, geometry);
-                for (node, g) in [(node_x, dx), (node_weight, dw)] {
-                    if let Some(node) = node {
-                        grads.register::<B>(node.id, g);
-                    }
-                }
-            }
-        }
-
-        let parents = [x.node.clone(), weight.node.clone()];
-        match FusedConv2d.prepare::<C>(parents).compute_bound().stateful() {
-            OpsKind::Tracked(prep) => {
-                let out = B::fused_conv2d(x.primitive.clone(), weight.primitive.clone(), geometry);
-                prep.finish((x.primitive, weight.primitive, geometry), out)
-            }
-            OpsKind::UnTracked(prep) => {
-                prep.finish(B::fused_conv2d(x.primitive, weight.primitive, geometry))
-            }
-        }
-    }
+    conv_with_backward!(FusedConv2d, fused_conv2d, fused_conv2d_backward);
+    conv_with_backward!(
+        FusedConvTranspose2d,
+        fused_conv_transpose2d,
+        fused_conv_transpose2d_backward
+    );
 }
 
 #[cfg(feature = "wgpu")]
@@ -546,17 +614,39 @@ type XW<B> = (Tensor<B, 4>, Tensor<B, 4>);
 fn routed_conv<F: FusedOps, B: Backend>(
     xw: XW<B>,
     geometry: ConvGeometry,
+    op: fn(FloatTensor<F>, FloatTensor<F>, ConvGeometry) -> FloatTensor<F>,
 ) -> std::result::Result<Tensor<B, 4>, XW<B>> {
     let boxed: Box<dyn Any> = Box::new(xw);
     match boxed.downcast::<XW<F>>() {
         Ok(xw) => {
             let (x, weight) = *xw;
-            let out = F::fused_conv2d(primitive(x), primitive(weight), geometry);
+            let out = op(primitive(x), primitive(weight), geometry);
             let boxed: Box<dyn Any> = Box::new(float::<F, 4>(out));
             Ok(*boxed.downcast::<Tensor<B, 4>>().expect("F is B"))
         }
         Err(boxed) => Err(*boxed.downcast::<XW<B>>().expect("unchanged")),
     }
+}
+
+/// The CPU backends genzoo has kernels for, for a convolution-like op.
+macro_rules! route_conv {
+    ($xw:expr, $geometry:expr, $method:ident) => {
+        routed_conv::<Flex, B>($xw, $geometry, <Flex as FusedOps>::$method)
+            .or_else(|xw| {
+                routed_conv::<Autodiff<Flex>, B>(
+                    xw,
+                    $geometry,
+                    <Autodiff<Flex> as FusedOps>::$method,
+                )
+            })
+            .or_else(|xw| {
+                routed_conv::<Autodiff<Autodiff<Flex>>, B>(
+                    xw,
+                    $geometry,
+                    <Autodiff<Autodiff<Flex>> as FusedOps>::$method,
+                )
+            })
+    };
 }
 
 /// 2-D convolution (groups 1, dilation 1, symmetric zero padding) with an
@@ -573,23 +663,51 @@ pub fn conv2d<B: Backend>(
     bias: Option<Tensor<B, 1>>,
     geometry: ConvGeometry,
 ) -> Tensor<B, 4> {
-    let routed = routed_conv::<Flex, B>((x, weight), geometry)
-        .or_else(|xw| routed_conv::<Autodiff<Flex>, B>(xw, geometry))
-        .or_else(|xw| routed_conv::<Autodiff<Autodiff<Flex>>, B>(xw, geometry));
+    let routed = route_conv!((x, weight), geometry, fused_conv2d);
     match routed {
-        Ok(out) => match bias {
-            // The bias as per-row scalars of an [N·C, H·W] view (the fast path).
-            Some(bias) => {
-                let [n, c, h, w] = out.dims();
-                let per_row = bias
-                    .unsqueeze_dim::<2>(0)
-                    .repeat_dim(0, n)
-                    .reshape([n * c, 1]);
-                (out.reshape([n * c, h * w]) + per_row).reshape([n, c, h, w])
-            }
-            None => out,
-        },
+        Ok(out) => with_bias(out, bias),
         Err((x, weight)) => burn::tensor::module::conv2d(x, weight, bias, conv_options(geometry)),
+    }
+}
+
+/// `out + bias` with the bias as per-row scalars of an `[N·C, H·W]` view (the fast path).
+fn with_bias<B: Backend>(out: Tensor<B, 4>, bias: Option<Tensor<B, 1>>) -> Tensor<B, 4> {
+    match bias {
+        Some(bias) => {
+            let [n, c, h, w] = out.dims();
+            let per_row = bias
+                .unsqueeze_dim::<2>(0)
+                .repeat_dim(0, n)
+                .reshape([n * c, 1]);
+            (out.reshape([n * c, h * w]) + per_row).reshape([n, c, h, w])
+        }
+        None => out,
+    }
+}
+
+/// 2-D transposed convolution (groups 1, dilation 1, no output padding)
+/// with an optional bias on any backend: genzoo's kernels on the CPU backend
+/// (the adjoint of [`conv2d`]'s, batch-parallel), burn's `conv_transpose2d`
+/// elsewhere.
+///
+/// # Shapes
+/// - x: `[batch, c_in, h, w]`, weight: `[c_in, c_out, kh, kw]`, bias: `[c_out]`
+/// - returns: `[batch, c_out, (h − 1)·stride − 2·padding + kh, ...]`
+pub fn conv_transpose2d<B: Backend>(
+    x: Tensor<B, 4>,
+    weight: Tensor<B, 4>,
+    bias: Option<Tensor<B, 1>>,
+    geometry: ConvGeometry,
+) -> Tensor<B, 4> {
+    let routed = route_conv!((x, weight), geometry, fused_conv_transpose2d);
+    match routed {
+        Ok(out) => with_bias(out, bias),
+        Err((x, weight)) => burn::tensor::module::conv_transpose2d(
+            x,
+            weight,
+            bias,
+            conv_transpose_options(geometry),
+        ),
     }
 }
 
@@ -604,6 +722,16 @@ mod tests {
 
     fn max_diff<const D: usize>(a: Tensor<CpuBackend, D>, b: Tensor<CpuBackend, D>) -> f32 {
         (a - b).abs().max().into_scalar()
+    }
+
+    /// Within 1e-4, relative to the reference's largest magnitude when that
+    /// exceeds 1 (gradients that sum thousands of f32 terms).
+    fn close<const D: usize>(
+        ours: Tensor<CpuBackend, D>,
+        reference: Tensor<CpuBackend, D>,
+    ) -> bool {
+        let scale = reference.clone().abs().max().into_scalar().max(1.0);
+        max_diff(ours, reference) <= 1e-4 * scale
     }
 
     /// Values and input gradients of a fused op against burn's composition
@@ -728,9 +856,55 @@ mod tests {
             let ga = (ours * upstream.clone()).sum().backward();
             let gb = (theirs * upstream).sum().backward();
             assert!(max_diff(x.grad(&ga).unwrap(), x.grad(&gb).unwrap()) < 1e-4);
-            assert!(max_diff(weight.grad(&ga).unwrap(), weight.grad(&gb).unwrap()) < 1e-3);
-            assert!(max_diff(bias.grad(&ga).unwrap(), bias.grad(&gb).unwrap()) < 1e-3);
+            assert!(close(weight.grad(&ga).unwrap(), weight.grad(&gb).unwrap()));
+            assert!(close(bias.grad(&ga).unwrap(), bias.grad(&gb).unwrap()));
+
+            // The transposed convolution with the same geometry, from [n, co, ...] back up.
+            let y = Tensor::<Ad, 4>::random(
+                theirs_shape(n, co, h, w, k, s, p),
+                Distribution::Normal(0.0, 1.0),
+                &dev,
+            )
+            .require_grad();
+            let weight_t =
+                Tensor::<Ad, 4>::random([co, ci, k, k], Distribution::Normal(0.0, 0.5), &dev)
+                    .require_grad();
+            let bias_t =
+                Tensor::<Ad, 1>::random([ci], Distribution::Normal(0.0, 0.5), &dev).require_grad();
+            let ours =
+                conv_transpose2d(y.clone(), weight_t.clone(), Some(bias_t.clone()), geometry);
+            let theirs = burn::tensor::module::conv_transpose2d(
+                y.clone(),
+                weight_t.clone(),
+                Some(bias_t.clone()),
+                conv_transpose_options(geometry),
+            );
+            assert_eq!(ours.dims(), theirs.dims());
+            assert!(close(ours.clone().inner(), theirs.clone().inner()));
+            let upstream =
+                Tensor::<Ad, 4>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &dev);
+            let ga = (ours * upstream.clone()).sum().backward();
+            let gb = (theirs * upstream).sum().backward();
+            assert!(close(y.grad(&ga).unwrap(), y.grad(&gb).unwrap()));
+            assert!(close(
+                weight_t.grad(&ga).unwrap(),
+                weight_t.grad(&gb).unwrap()
+            ));
+            assert!(close(bias_t.grad(&ga).unwrap(), bias_t.grad(&gb).unwrap()));
         }
+    }
+
+    /// The output shape of a convolution: the transposed one's input.
+    fn theirs_shape(
+        n: usize,
+        co: usize,
+        h: usize,
+        w: usize,
+        k: usize,
+        s: usize,
+        p: usize,
+    ) -> [usize; 4] {
+        [n, co, (h + 2 * p - k) / s + 1, (w + 2 * p - k) / s + 1]
     }
 
     #[test]

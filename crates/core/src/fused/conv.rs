@@ -9,6 +9,10 @@
 //! convolution looping over samples on one thread and the weight gradient
 //! as a convolution with badly shaped GEMMs (shared/notes/cpu-op-gap.md).
 //! Groups = 1 and dilation = 1 only; the caller falls back to burn otherwise.
+//!
+//! A transposed convolution is the adjoint of a convolution, so its forward
+//! pass is that convolution's input gradient, and its gradients are that
+//! convolution's forward pass and weight gradient (with roles exchanged).
 
 use burn::tensor::{DType, Shape};
 use burn_flex::FlexTensor;
@@ -216,11 +220,14 @@ pub(super) fn backward(
     );
     let (xs, ws, gs): (&[f32], &[f32], &[f32]) =
         (x.as_slice()?, weight.as_slice()?, grad.as_slice()?);
+    Some((input_grad(&d, g, ws, gs), weight_grad(&d, g, xs, gs)))
+}
+
+/// dX of a convolution: per sample, dcols = Wᵀ·dY_n, then col2im.
+fn input_grad(d: &Dims, g: ConvGeometry, ws: &[f32], gs: &[f32]) -> FlexTensor {
     let in_sample = d.c_in * d.h * d.w;
     let out_sample = d.c_out * d.positions();
     let w = Mat::new(ws, d.c_out, d.patch());
-
-    // Input gradient, one sample per task: dcols = Wᵀ·dY_n, then col2im.
     let mut dx = FlexTensor::empty(Shape::new([d.n, d.c_in, d.h, d.w]), DType::F32);
     dx.storage_mut::<f32>()
         .par_chunks_mut(in_sample.max(1))
@@ -233,11 +240,17 @@ pub(super) fn backward(
                     d.positions(),
                 );
                 matmul_into(dcols, w.t(), dy, 1.0, false);
-                col2im(dcols, &d, g, dx);
+                col2im(dcols, d, g, dx);
             })
         });
+    dx
+}
 
-    // Weight gradient: each task accumulates dY_n·cols(X_n)ᵀ over its samples.
+/// dW of a convolution: each task accumulates dY_n·cols(X_n)ᵀ over its
+/// samples, then the partial sums are added.
+fn weight_grad(d: &Dims, g: ConvGeometry, xs: &[f32], gs: &[f32]) -> FlexTensor {
+    let in_sample = d.c_in * d.h * d.w;
+    let out_sample = d.c_out * d.positions();
     let dw_len = d.c_out * d.patch();
     let dw_sum = (0..d.n)
         .into_par_iter()
@@ -245,7 +258,7 @@ pub(super) fn backward(
             || vec![0.0f32; dw_len],
             |mut dw, i| {
                 with_scratch(0, d.patch() * d.positions(), |cols| {
-                    im2col(&xs[i * in_sample..(i + 1) * in_sample], &d, g, cols);
+                    im2col(&xs[i * in_sample..(i + 1) * in_sample], d, g, cols);
                     let dy = Mat::new(
                         &gs[i * out_sample..(i + 1) * out_sample],
                         d.c_out,
@@ -266,7 +279,58 @@ pub(super) fn backward(
                 a
             },
         );
-    let mut dw = FlexTensor::empty(weight.layout().shape().clone(), DType::F32);
+    let mut dw = FlexTensor::empty(Shape::new([d.c_out, d.c_in, d.kh, d.kw]), DType::F32);
     dw.storage_mut::<f32>().copy_from_slice(&dw_sum);
+    dw
+}
+
+/// The convolution a transposed convolution is the adjoint of: for `x`
+/// `[N, C_in, H, W]` and `weight` `[C_in, C_out, k, k]` (burn's layout),
+/// the convolution of `[N, C_out, H', W']` with the same weight read as
+/// `[C_in, C_out, k, k]` = `[c_out, c_in, k, k]` maps back to `[N, C_in, H, W]`,
+/// with H' = (H − 1)·stride − 2·padding + k.
+fn transposed_dims(x: &Shape, weight: &Shape, g: ConvGeometry) -> Option<Dims> {
+    if x.num_dims() != 4 || weight.num_dims() != 4 || x[1] != weight[0] {
+        return None;
+    }
+    let out = |size: usize, k: usize, s: usize, p: usize| {
+        ((size.checked_sub(1)? * s + k).checked_sub(2 * p)).filter(|&o| o > 0)
+    };
+    let oh = out(x[2], weight[2], g.stride[0], g.padding[0])?;
+    let ow = out(x[3], weight[3], g.stride[1], g.padding[1])?;
+    let d = Dims::new(&Shape::new([x[0], weight[1], oh, ow]), weight, g)?;
+    (d.oh == x[2] && d.ow == x[3]).then_some(d)
+}
+
+/// A transposed convolution (no bias, no output padding) of `x`
+/// (`[N, C_in, H, W]`) with `weight` (`[C_in, C_out, k, k]`):
+/// `[N, C_out, H', W']`, as the input gradient of the convolution it is the
+/// adjoint of.
+pub(super) fn transpose_forward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    g: ConvGeometry,
+) -> Option<FlexTensor> {
+    let d = transposed_dims(x.layout().shape(), weight.layout().shape(), g)?;
+    let (x, weight) = (f32_contiguous(x)?, f32_contiguous(weight)?);
+    Some(input_grad(&d, g, weight.as_slice()?, x.as_slice()?))
+}
+
+/// The gradients (dX, dW) of [`transpose_forward`]: dX is the adjoint
+/// convolution's forward pass of the output gradient, dW its weight
+/// gradient with input and output exchanged.
+pub(super) fn transpose_backward(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    grad: &FlexTensor,
+    g: ConvGeometry,
+) -> Option<(FlexTensor, FlexTensor)> {
+    let d = transposed_dims(x.layout().shape(), weight.layout().shape(), g)?;
+    if grad.layout().shape() != &Shape::new([d.n, d.c_in, d.h, d.w]) {
+        return None;
+    }
+    let dx = forward(grad, weight, g)?;
+    let (x, grad) = (f32_contiguous(x)?, f32_contiguous(grad)?);
+    let dw = weight_grad(&d, g, grad.as_slice()?, x.as_slice()?);
     Some((dx, dw))
 }

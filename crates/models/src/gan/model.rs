@@ -24,7 +24,7 @@ use burn::prelude::*;
 use burn::tensor::activation::{leaky_relu, relu, tanh};
 
 use super::spectral::{SnConv2d, SnLinear};
-use crate::layers::{batch_norm, conv2d};
+use crate::layers::{batch_norm, conv_transpose2d, conv2d};
 
 /// How the discriminator is built.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -120,8 +120,8 @@ impl<B: Backend> Generator<B> {
         };
         let h = relu(batch_norm(&self.bn0, self.project.forward(input))); // [N, 128·H/4·W/4]
         let h = h.reshape([n, 128, self.h4, self.w4]);
-        let h = relu(batch_norm(&self.bn1, self.deconv1.forward(h))); // [N, 64, H/2, W/2]
-        tanh(self.deconv2.forward(h)) // [N, C, H, W]
+        let h = relu(batch_norm(&self.bn1, conv_transpose2d(&self.deconv1, h))); // [N, 64, H/2, W/2]
+        tanh(conv_transpose2d(&self.deconv2, h)) // [N, C, H, W]
     }
 }
 

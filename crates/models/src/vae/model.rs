@@ -16,7 +16,7 @@ use burn::tensor::Distribution;
 use burn::tensor::activation::{relu, sigmoid};
 use genzoo_core::{Error, Result};
 
-use crate::layers::conv2d;
+use crate::layers::{conv_transpose2d, conv2d};
 use serde::{Deserialize, Serialize};
 
 /// Which network maps pixels to features and back.
@@ -338,8 +338,8 @@ impl<B: Backend> Vae<B> {
             None => out.reshape([n, k * self.channels, self.height, self.width]),
             Some(u) => {
                 let h = relu(out).reshape([n, 64, self.height / 4, self.width / 4]);
-                let h = relu(u.deconv1.forward(h)); // [N, 32, H/2, W/2]
-                u.deconv2.forward(h) // [N, k·C, H, W]
+                let h = relu(conv_transpose2d(&u.deconv1, h)); // [N, 32, H/2, W/2]
+                conv_transpose2d(&u.deconv2, h) // [N, k·C, H, W]
             }
         }
     }
