@@ -4,11 +4,11 @@
 //!
 //! What one timed training step is, per model (the family's own
 //! [`Family::train_step`], so exactly what `genzoo train` runs):
-//! - `vae-mlp`: a fixed U[0,1] batch of 128; forward with the
+//! - `vae-mlp`: a fixed U(0, 1) batch of 128; forward with the
 //!   reparameterisation noise, −ELBO, backward, Adam.
-//! - `dcgan-28`: a fixed U[−1,1] batch of 64; z drawn in the step; one D
+//! - `dcgan-28`: a fixed U(−1, 1) batch of 64; z drawn in the step; one D
 //!   update on real and detached fake, one G update (non-saturating).
-//! - `ddpm-unet`: a fixed U[−1,1] batch of 128; t and ε drawn in the step;
+//! - `ddpm-unet`: a fixed U(−1, 1) batch of 128; t and ε drawn in the step;
 //!   ε-MSE, backward, Adam, EMA update.
 //! - `gpt-char` / `gpt-pixel`: fixed random tokens (12 × 64 of 65 symbols) or
 //!   a fixed 12-image batch (784 pixel tokens + start token); cross-entropy,
