@@ -112,10 +112,7 @@ pub trait FusedOps: Backend {
         grad: FloatTensor<Self>,
         geometry: ConvGeometry,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let options = conv_options(geometry);
-        let dx = Self::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone());
-        let dw = Self::conv2d_weight_backward(x, weight, grad, options);
-        (dx, dw)
+        composed_conv2d_backward::<Self>(x, weight, grad, geometry)
     }
 
     /// 2-D transposed convolution without bias, groups 1, dilation 1, no
@@ -136,10 +133,7 @@ pub trait FusedOps: Backend {
         grad: FloatTensor<Self>,
         geometry: ConvGeometry,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let options = conv_transpose_options(geometry);
-        let dx = Self::conv_transpose2d_x_backward(weight.clone(), grad.clone(), options.clone());
-        let dw = Self::conv_transpose2d_weight_backward(x, weight, grad, options);
-        (dx, dw)
+        composed_conv_transpose2d_backward::<Self>(x, weight, grad, geometry)
     }
 }
 
@@ -149,6 +143,33 @@ fn conv_options(g: ConvGeometry) -> ConvOptions<2> {
 
 fn conv_transpose_options(g: ConvGeometry) -> ConvTransposeOptions<2> {
     ConvTransposeOptions::new(g.stride, g.padding, [0, 0], [1, 1], 1)
+}
+
+/// (dX, dW) of a convolution from burn's own backward ops.
+fn composed_conv2d_backward<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    geometry: ConvGeometry,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let options = conv_options(geometry);
+    let dx = B::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone());
+    (dx, B::conv2d_weight_backward(x, weight, grad, options))
+}
+
+/// (dX, dW) of a transposed convolution from burn's own backward ops.
+fn composed_conv_transpose2d_backward<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    geometry: ConvGeometry,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let options = conv_transpose_options(geometry);
+    let dx = B::conv_transpose2d_x_backward(weight.clone(), grad.clone(), options.clone());
+    (
+        dx,
+        B::conv_transpose2d_weight_backward(x, weight, grad, options),
+    )
 }
 
 fn float<B: Backend, const D: usize>(x: FloatTensor<B>) -> Tensor<B, D> {
@@ -292,12 +313,8 @@ impl FusedOps for Flex {
         grad: FloatTensor<Self>,
         geometry: ConvGeometry,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        conv::backward(&x, &weight, &grad, geometry).unwrap_or_else(|| {
-            let options = conv_options(geometry);
-            let dx =
-                Self::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone());
-            (dx, Self::conv2d_weight_backward(x, weight, grad, options))
-        })
+        conv::backward(&x, &weight, &grad, geometry)
+            .unwrap_or_else(|| composed_conv2d_backward::<Self>(x, weight, grad, geometry))
     }
 
     fn fused_conv_transpose2d(
@@ -317,13 +334,7 @@ impl FusedOps for Flex {
         geometry: ConvGeometry,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         conv::transpose_backward(&x, &weight, &grad, geometry).unwrap_or_else(|| {
-            let options = conv_transpose_options(geometry);
-            let dx =
-                Self::conv_transpose2d_x_backward(weight.clone(), grad.clone(), options.clone());
-            (
-                dx,
-                Self::conv_transpose2d_weight_backward(x, weight, grad, options),
-            )
+            composed_conv_transpose2d_backward::<Self>(x, weight, grad, geometry)
         })
     }
 }
