@@ -17,6 +17,7 @@ use genzoo_models::presets;
 use genzoo_models::presets::{FamilyTask, with_family};
 use genzoo_train::checkpoint::latest_good;
 use genzoo_train::evaluator::Evaluator;
+use genzoo_train::data_parallel::run_replicas;
 use genzoo_train::{RunConfig, RunDir, Trainer};
 
 /// Train and compare generative models (VAE, GAN, DDPM, GPT) on burn.
@@ -134,6 +135,25 @@ struct Overrides {
     /// cpu (default), wgpu or cuda (the latter two need the cargo features of the same names).
     #[arg(long, default_value = "cpu")]
     backend: BackendKind,
+    /// Data-parallel replicas on this machine: GPUs 0..N (wgpu, cuda), or N
+    /// peers sharing the CPU device. The batch size stays the global batch.
+    #[arg(long)]
+    devices: Option<usize>,
+    /// Machines taking part (each runs --devices replicas).
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// This machine's rank among --nodes (0 coordinates and writes the run).
+    #[arg(long)]
+    node_rank: Option<usize>,
+    /// HOST:PORT of node 0 (burn's orchestrator on PORT; PORT+1 and PORT+2+rank used too).
+    #[arg(long)]
+    coordinator: Option<String>,
+    /// The address the other nodes reach this one at (default: the coordinator's, if loopback).
+    #[arg(long)]
+    node_host: Option<String>,
+    /// Seconds without progress or a node's connection before the run stops with an error.
+    #[arg(long)]
+    peer_timeout: Option<u64>,
 }
 
 impl Overrides {
@@ -180,6 +200,25 @@ impl Overrides {
         }
         if let Some(v) = self.log_every {
             t.log_every = v;
+        }
+        let p = &mut c.parallel;
+        if let Some(v) = self.devices {
+            p.devices = v;
+        }
+        if let Some(v) = self.nodes {
+            p.nodes = v;
+        }
+        if let Some(v) = self.node_rank {
+            p.node_rank = v;
+        }
+        if let Some(v) = &self.coordinator {
+            p.coordinator = Some(v.clone());
+        }
+        if let Some(v) = &self.node_host {
+            p.node_host = Some(v.clone());
+        }
+        if let Some(v) = self.peer_timeout {
+            p.peer_timeout_s = v;
         }
     }
 }
@@ -397,6 +436,10 @@ pub(crate) struct TrainSummary {
     pub train_seconds: f64,
     /// Trainable parameters.
     pub params: usize,
+    /// The last evaluation: the split's name and its metrics.
+    pub last_eval: Option<(&'static str, genzoo_core::Metrics)>,
+    /// Training batches per epoch.
+    pub per_epoch: usize,
 }
 
 /// Loads the data `config` names, writes the run's config and trains
@@ -410,6 +453,7 @@ pub(crate) fn start_training(
     time_limit: Option<std::time::Duration>,
 ) -> Result<TrainSummary> {
     config.train.validate()?;
+    config.parallel.validate()?;
 
     // Fail before anything is written when the backend cannot run.
     genzoo_core::backend::check_available(backend)?;
@@ -537,6 +581,8 @@ impl BackendTask for TrainJob {
     type Output = TrainSummary;
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<TrainSummary> {
         let model = self.config.model.clone();
+        // A seeded initialisation: the same seed, the same starting weights.
+        B::seed(&device, genzoo_core::seed::derive(self.config.train.seed, "init", 0));
         with_family::<B, _>(
             &model,
             &device,
@@ -545,6 +591,106 @@ impl BackendTask for TrainJob {
                 device: device.clone(),
             },
         )
+    }
+
+    fn devices(&self) -> Option<usize> {
+        self.config
+            .parallel
+            .is_parallel()
+            .then_some(self.config.parallel.devices)
+    }
+
+    fn run_on_devices<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<TrainSummary> {
+        let (job, data) = self.split();
+        let parallel = job.config.parallel.clone();
+        let started = Instant::now();
+        let summaries = run_replicas::<B, _>(&parallel, devices, |replica, device| {
+            // Initialise one replica at a time: burn's CPU backend has one
+            // RNG per process, and the leader's seeded weights (broadcast to
+            // all) must be the ones a one-device run starts from.
+            let init = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            B::seed(&device, genzoo_core::seed::derive(job.config.train.seed, "init", 0));
+            with_family::<B, _>(
+                &job.config.model,
+                &device,
+                ReplicaFit {
+                    job: &job,
+                    data: &data,
+                    device: device.clone(),
+                    replica,
+                    init: Some(init),
+                },
+            )
+        })?;
+        let summary = summaries
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Parallel("no replica ran".into()))?;
+        if job.config.parallel.node_rank == 0 {
+            print_summary(&summary, started, &job.run);
+        }
+        Ok(summary)
+    }
+}
+
+/// Serialises model initialisation across replica threads.
+static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// One replica's part of a data-parallel training job.
+struct ReplicaFit<'a, B: AutodiffBackend> {
+    job: &'a TrainJob<()>,
+    data: &'a JobData,
+    device: B::Device,
+    replica: genzoo_core::parallel::Replica,
+    init: Option<std::sync::MutexGuard<'static, ()>>,
+}
+
+impl<B: AutodiffBackend> ReplicaFit<'_, B> {
+    fn fit<F, D>(mut self, family: F, data: &D) -> Result<TrainSummary>
+    where
+        F: Family<B>,
+        F::Batch: genzoo_core::ShardBatch,
+        D: genzoo_core::TrainData<B, Batch = F::Batch>,
+    {
+        drop(self.init.take());
+        let job = self.job;
+        let params = family.num_params();
+        let trainer = Trainer::new(job.run.clone(), job.config.train.clone())
+            .identity(job.config.preset.clone(), job.config.model_fingerprint()?)
+            .config_text(job.text.clone())
+            .resume(job.resume)
+            .progress(self.replica.is_leader())
+            .time_limit(job.time_limit);
+        let outcome = trainer.fit_replica(family, data, &self.device)?;
+        Ok(TrainSummary {
+            steps_this_call: outcome.steps_this_call,
+            step: outcome.step,
+            total_steps: outcome.total_steps,
+            train_seconds: outcome.train_seconds,
+            params,
+            last_eval: outcome.last_eval.map(|m| (data.eval_split(), m)),
+            per_epoch: data.batches_per_epoch(),
+        })
+    }
+}
+
+impl<B: AutodiffBackend> FamilyTask<B> for ReplicaFit<'_, B> {
+    type Output = TrainSummary;
+    fn run<F: Family<B, Batch = ImageBatch<B>>>(self, family: F) -> Result<TrainSummary> {
+        match self.data {
+            JobData::Images(data) => self.fit(family, data),
+            JobData::Text(_) => Err(Error::Config(
+                "an image model was given a text corpus".into(),
+            )),
+        }
+    }
+    fn run_text<F: Family<B, Batch = TokenBatch<B>>>(self, family: F) -> Result<TrainSummary> {
+        match self.data {
+            JobData::Text(data) => self.fit(family, data),
+            JobData::Images(_) => Err(Error::Config(
+                "a text model was given images: pass --text FILE".into(),
+            )),
+        }
     }
 }
 
@@ -576,23 +722,36 @@ where
         .resume(resume)
         .time_limit(time_limit);
     let outcome = trainer.fit(family, data, device)?;
-    let per_epoch = data.batches_per_epoch() as f64;
-    let secs = outcome.train_seconds;
-    let steps = outcome.steps_this_call.max(1) as f64;
+    let summary = TrainSummary {
+        steps_this_call: outcome.steps_this_call,
+        step: outcome.step,
+        total_steps: outcome.total_steps,
+        train_seconds: outcome.train_seconds,
+        params,
+        last_eval: outcome.last_eval.map(|m| (data.eval_split(), m)),
+        per_epoch: data.batches_per_epoch(),
+    };
+    print_summary(&summary, started, &run);
+    Ok(summary)
+}
+
+/// Prints what a training call did.
+fn print_summary(summary: &TrainSummary, started: Instant, run: &RunDir) {
+    let secs = summary.train_seconds;
+    let steps = summary.steps_this_call.max(1) as f64;
     println!(
         "trained {} steps this call ({}/{} in total) in {:.1} s wall, {:.1} s in steps: {:.1} ms/step, {:.1} s/epoch",
-        outcome.steps_this_call,
-        outcome.step,
-        outcome.total_steps,
+        summary.steps_this_call,
+        summary.step,
+        summary.total_steps,
         started.elapsed().as_secs_f64(),
         secs,
         1000.0 * secs / steps,
-        secs / steps * per_epoch
+        secs / steps * summary.per_epoch as f64
     );
-    if let Some(eval) = &outcome.last_eval {
+    if let Some((split, eval)) = &summary.last_eval {
         println!(
-            "{}: {}",
-            data.eval_split(),
+            "{split}: {}",
             eval.iter()
                 .map(|(k, v)| format!("{k} {v:.4}"))
                 .collect::<Vec<_>>()
@@ -600,13 +759,6 @@ where
         );
     }
     println!("run directory: {}", run.root().display());
-    Ok(TrainSummary {
-        steps_this_call: outcome.steps_this_call,
-        step: outcome.step,
-        total_steps: outcome.total_steps,
-        train_seconds: outcome.train_seconds,
-        params,
-    })
 }
 
 impl<B: AutodiffBackend> FamilyTask<B> for FitJob<B> {

@@ -108,6 +108,24 @@ pub trait BackendTask {
     type Output;
     /// Runs the task on backend `B` and its device.
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Self::Output>;
+
+    /// How many devices of this node a data-parallel task wants (`None`: a
+    /// plain task on one device, run with [`BackendTask::run`]).
+    fn devices(&self) -> Option<usize> {
+        None
+    }
+
+    /// Runs the task on `devices()` devices of backend `B` (GPUs by index;
+    /// the one CPU device repeated, its replicas sharing the cores).
+    fn run_on_devices<B: AutodiffBackend>(
+        self,
+        _devices: Vec<B::Device>,
+    ) -> Result<Self::Output>
+    where
+        Self: Sized,
+    {
+        Err(Error::Config("this task runs on one device".into()))
+    }
 }
 
 /// Runs `task` on the backend `kind`, after checking that the backend is
@@ -125,24 +143,48 @@ pub fn with_backend<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Out
             kind.feature().unwrap_or_default()
         )));
     }
+    let parallel = task.devices();
+    let n = parallel.unwrap_or(1).max(1);
     match kind {
+        BackendKind::Cpu if parallel.is_some() => {
+            task.run_on_devices::<CpuAutodiff>(vec![CpuDevice::default(); n])
+        }
         BackendKind::Cpu => task.run::<CpuAutodiff>(CpuDevice::default()),
         #[cfg(feature = "wgpu")]
         BackendKind::Wgpu => {
             use burn::backend::{Autodiff, Wgpu, wgpu::WgpuDevice};
+            let hint = "no usable wgpu adapter was found (on Linux without a GPU, install a software Vulkan driver: `apt-get install mesa-vulkan-drivers`)";
+            if parallel.is_some() {
+                let devices: Vec<WgpuDevice> = if n == 1 {
+                    vec![WgpuDevice::default()]
+                } else {
+                    (0..n).map(WgpuDevice::DiscreteGpu).collect()
+                };
+                for (i, device) in devices.iter().enumerate() {
+                    probe::<Wgpu>(device, &format!("wgpu GPU {i}"), hint)?;
+                }
+                return task.run_on_devices::<Autodiff<Wgpu>>(devices);
+            }
             let device = WgpuDevice::default();
-            probe::<Wgpu>(
-                &device,
-                "wgpu",
-                "no usable wgpu adapter was found (on Linux without a GPU, install a software Vulkan driver: `apt-get install mesa-vulkan-drivers`)",
-            )?;
+            probe::<Wgpu>(&device, "wgpu", hint)?;
             task.run::<Autodiff<Wgpu>>(device)
         }
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => {
             use burn::backend::{Autodiff, Cuda, cuda::CudaDevice};
-            let device = CudaDevice::default();
             cuda_driver_present()?;
+            if parallel.is_some() {
+                let devices: Vec<CudaDevice> = (0..n).map(CudaDevice::new).collect();
+                for (i, device) in devices.iter().enumerate() {
+                    probe::<Cuda>(
+                        device,
+                        &format!("CUDA GPU {i}"),
+                        &format!("CUDA device {i} could not be used (does the machine have {n} GPUs?)"),
+                    )?;
+                }
+                return task.run_on_devices::<Autodiff<Cuda>>(devices);
+            }
+            let device = CudaDevice::default();
             probe::<Cuda>(&device, "cuda", "the CUDA device could not be used")?;
             task.run::<Autodiff<Cuda>>(device)
         }

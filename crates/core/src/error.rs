@@ -46,6 +46,10 @@ pub enum Error {
         /// The offending value.
         value: f64,
     },
+    /// A data-parallel run failed: a replica or node died, did not answer in
+    /// time, or disagreed with the others.
+    #[error("data-parallel training: {0}")]
+    Parallel(String),
     /// Anything else, with its explanation.
     #[error("{0}")]
     Other(String),

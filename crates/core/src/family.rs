@@ -16,6 +16,7 @@ use burn::tensor::backend::AutodiffBackend;
 
 use crate::error::Result;
 use crate::grad;
+use crate::parallel::{self, Replica};
 
 /// Named scalar metrics of one training step or one evaluation batch,
 /// in the order they were added.
@@ -73,6 +74,38 @@ impl<B: Backend> ImageBatch<B> {
     /// Whether the batch is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A batch that a data-parallel replica can take its rows of.
+pub trait ShardBatch: Sized {
+    /// Number of examples (rows) in the batch.
+    fn rows(&self) -> usize;
+    /// Rows `[start, end)` of the batch.
+    fn shard(self, start: usize, end: usize) -> Self;
+}
+
+impl<B: Backend> ShardBatch for ImageBatch<B> {
+    fn rows(&self) -> usize {
+        self.len()
+    }
+    fn shard(self, start: usize, end: usize) -> Self {
+        Self {
+            images: self.images.narrow(0, start, end - start),
+            labels: self.labels.narrow(0, start, end - start),
+        }
+    }
+}
+
+impl<B: Backend> ShardBatch for TokenBatch<B> {
+    fn rows(&self) -> usize {
+        self.inputs.dims()[0]
+    }
+    fn shard(self, start: usize, end: usize) -> Self {
+        Self {
+            inputs: self.inputs.narrow(0, start, end - start),
+            targets: self.targets.narrow(0, start, end - start),
+        }
     }
 }
 
@@ -282,6 +315,15 @@ pub trait Family<B: AutodiffBackend>: Sized {
         ))
     }
 
+    /// Replaces every network's weights with the leader's (replica 0's) at
+    /// the start of a data-parallel run. Optimizer states need no broadcast:
+    /// they start empty, or from the same checkpoint on every replica.
+    fn broadcast_weights(self, _replica: &Replica) -> Result<Self> {
+        Err(crate::Error::Config(
+            "this model family does not support data-parallel training".into(),
+        ))
+    }
+
     /// Writes the networks and optimizer states into `dir` (which exists).
     fn save(&self, dir: &Path) -> Result<()>;
 
@@ -305,6 +347,9 @@ pub struct StepContext {
     pub grad_norms: Vec<f64>,
     /// Warnings raised during the step; the engine prints them with the step number.
     pub warnings: Vec<String>,
+    /// The data-parallel replica taking this step, if any: gradients are
+    /// averaged over replicas in [`StepContext::apply`].
+    pub replica: Option<Replica>,
 }
 
 impl StepContext {
@@ -317,6 +362,7 @@ impl StepContext {
             clip_norm: None,
             grad_norms: Vec::new(),
             warnings: Vec::new(),
+            replica: None,
         }
     }
 
@@ -354,8 +400,10 @@ impl StepContext {
 
     /// Applies `grads` to `module` with `optimizer` at learning rate `lr`.
     ///
-    /// This is the one place where gradients turn into updates: global-norm
-    /// clipping (as PyTorch's `clip_grad_norm_`) happens here.
+    /// This is the one place where gradients turn into updates: in a
+    /// data-parallel run the gradients are averaged over replicas here, and
+    /// then global-norm clipping (as PyTorch's `clip_grad_norm_`) applies to
+    /// the averaged gradients.
     pub fn apply_with_lr<B, M, O>(
         &mut self,
         optimizer: &mut O,
@@ -368,6 +416,9 @@ impl StepContext {
         M: AutodiffModule<B>,
         O: Optimizer<M, B>,
     {
+        if let Some(replica) = &self.replica {
+            grads = parallel::all_reduce_grads::<B, M>(&module, grads, replica)?;
+        }
         if let Some(max_norm) = self.clip_norm {
             let norm = grad::clip_global_norm::<B, M>(&module, &mut grads, max_norm);
             self.grad_norms.push(norm);

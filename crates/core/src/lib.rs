@@ -15,6 +15,8 @@ pub mod family;
 pub mod fused;
 pub mod grad;
 pub mod image;
+pub mod noise;
+pub mod parallel;
 pub mod record;
 pub mod seed;
 pub mod vocabulary;
@@ -22,6 +24,6 @@ pub mod vocabulary;
 pub use backend::{BackendKind, CpuBackend, CpuDevice};
 pub use error::{Error, Result};
 pub use family::{
-    Family, ImageBatch, Metrics, SampleRequest, SamplerOptions, StepContext, TextRequest,
-    TokenBatch, TrainData,
+    Family, ImageBatch, Metrics, SampleRequest, SamplerOptions, ShardBatch, StepContext,
+    TextRequest, TokenBatch, TrainData,
 };

@@ -12,6 +12,7 @@ use burn::nn::conv::{Conv2d, ConvTranspose2d};
 use burn::nn::{BatchNorm, PaddingConfig2d};
 use burn::prelude::*;
 use genzoo_core::fused::{self, ConvGeometry};
+use genzoo_core::parallel;
 
 /// `deconv.forward(x)` through genzoo's fused transposed convolution
 /// ([`genzoo_core::fused::conv_transpose2d`]) when the layer fits it
@@ -65,6 +66,9 @@ pub fn conv2d<B: Backend>(conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
 /// In training (an autodiff backend) it normalises with the batch's
 /// statistics (biased variance, as burn does) and moves the running
 /// statistics by `momentum`; in inference it uses the running statistics.
+/// On a data-parallel replica the batch is the global batch: statistics are
+/// averaged over replicas, forward and backward
+/// ([`genzoo_core::parallel::replica_mean`]).
 /// 64×128×7×7 on the CPU backend: 30.9 ms → 0.9 ms forward and backward.
 ///
 /// # Shapes
@@ -80,10 +84,19 @@ pub fn batch_norm<B: Backend, const D: usize>(bn: &BatchNorm<B>, x: Tensor<B, D>
     // Per-channel mean of per-row values `[N·C, 1]`: `[C]`.
     let channel_mean = |r: Tensor<B, 2>| r.reshape([n, c]).mean_dim(0).reshape([c]);
 
+    // In a data-parallel run the statistics are those of the whole global
+    // batch (synchronised BatchNorm): a step on N replicas is then the step
+    // one device takes on the whole batch, and every replica's running
+    // statistics stay equal.
+    let replica = parallel::current().filter(|r| r.world > 1);
+    let over_replicas = |stat: Tensor<B, 1>| match replica {
+        Some(r) => parallel::replica_mean(stat, r),
+        None => stat,
+    };
     let (centered, var) = if B::ad_enabled(&device) {
-        let mean = channel_mean(rows.clone().mean_dim(1));
+        let mean = over_replicas(channel_mean(rows.clone().mean_dim(1)));
         let centered = rows - per_row(mean.clone());
-        let var = channel_mean(centered.clone().square().mean_dim(1));
+        let var = over_replicas(channel_mean(centered.clone().square().mean_dim(1)));
         let m = bn.momentum;
         let running_mean =
             bn.running_mean.value_sync().to_device(&device) * (1.0 - m) + mean.detach() * m;

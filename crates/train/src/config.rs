@@ -22,6 +22,7 @@ use genzoo_models::{ModelConfig, preset};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::CheckpointIdentity;
+use crate::data_parallel::ParallelConfig;
 use crate::schedule::Schedule;
 
 /// The training loop's settings.
@@ -165,6 +166,9 @@ pub struct RunConfig {
     /// The loop.
     #[serde(default)]
     pub train: TrainConfig,
+    /// Devices and machines the run spreads over (data parallelism).
+    #[serde(default)]
+    pub parallel: ParallelConfig,
 }
 
 impl RunConfig {
@@ -206,6 +210,7 @@ impl RunConfig {
                 eval_every,
                 ..Default::default()
             },
+            parallel: ParallelConfig::default(),
         })
     }
 

@@ -26,6 +26,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod data_parallel;
 pub mod evaluator;
 pub mod experiment;
 pub mod logger;

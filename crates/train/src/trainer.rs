@@ -10,8 +10,11 @@ use std::time::Instant;
 use burn::tensor::backend::AutodiffBackend;
 use genzoo_core::family::SampleRequest;
 use genzoo_core::image::{default_columns, save_grid};
+use genzoo_core::parallel::{self, Replica};
 use genzoo_core::seed::{derive, seed_step};
-use genzoo_core::{Error, Family, Metrics, Result, StepContext, TextRequest, TrainData};
+use genzoo_core::{
+    Error, Family, Metrics, Result, ShardBatch, StepContext, TextRequest, TrainData, noise,
+};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::checkpoint::{self, CheckpointIdentity, Manifest};
@@ -116,14 +119,76 @@ impl Trainer {
         F: Family<B>,
         D: TrainData<B, Batch = F::Batch>,
     {
+        self.run_loop(family, data, device, None)
+    }
+
+    /// Trains `family` as one replica of a data-parallel run: the calling
+    /// thread must run a replica ([`genzoo_core::parallel::enter`]; the
+    /// helpers in [`crate::data_parallel`] set that up). Every replica calls
+    /// this with the same config and data: each takes its rows of every
+    /// global batch, gradients are averaged before each update, and only the
+    /// leader (rank 0) logs, evaluates, draws grids and writes checkpoints,
+    /// in the format of a one-device run.
+    pub fn fit_replica<B, F, D>(
+        self,
+        family: F,
+        data: &D,
+        device: &B::Device,
+    ) -> Result<TrainOutcome<F>>
+    where
+        B: AutodiffBackend,
+        F: Family<B>,
+        F::Batch: ShardBatch,
+        D: TrainData<B, Batch = F::Batch>,
+    {
+        let replica = parallel::current().ok_or_else(|| {
+            Error::Parallel("fit_replica called on a thread that runs no replica".into())
+        })?;
+        if !parallel::supports_backend::<B>() {
+            return Err(Error::Backend(format!(
+                "data-parallel training is not available on backend {}",
+                std::any::type_name::<B>()
+            )));
+        }
+        let shard = |batch: F::Batch, replica: &Replica| -> Result<(F::Batch, usize)> {
+            let rows = batch.rows();
+            if rows < replica.world {
+                return Err(Error::Config(format!(
+                    "a batch of {rows} examples cannot be split over {} replicas: raise batch_size",
+                    replica.world
+                )));
+            }
+            let (start, end) = replica.shard_range(rows);
+            Ok((batch.shard(start, end), rows))
+        };
+        self.run_loop(family, data, device, Some((replica, &shard)))
+    }
+
+    /// The loop of [`Trainer::fit`] and [`Trainer::fit_replica`].
+    #[allow(clippy::type_complexity)]
+    fn run_loop<B, F, D>(
+        self,
+        family: F,
+        data: &D,
+        device: &B::Device,
+        parallel: Option<(Replica, &dyn Fn(F::Batch, &Replica) -> Result<(F::Batch, usize)>)>,
+    ) -> Result<TrainOutcome<F>>
+    where
+        B: AutodiffBackend,
+        F: Family<B>,
+        D: TrainData<B, Batch = F::Batch>,
+    {
         let cfg = &self.config;
         cfg.validate()?;
+        let replica = parallel.as_ref().map(|(r, _)| *r);
+        // Only the leader of a data-parallel run (or a one-device run) writes.
+        let leader = replica.is_none_or(|r| r.is_leader());
         let batches_per_epoch = data.batches_per_epoch().max(1);
         let total = cfg.total_steps(batches_per_epoch)?;
         let logger = MetricsLogger::new(self.run.metrics_file(), self.run.metrics_csv());
         let ckpt_dir = self.run.checkpoints_dir();
 
-        let bar = if self.progress {
+        let bar = if self.progress && leader {
             ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
         } else {
             ProgressBar::hidden()
@@ -135,7 +200,8 @@ impl Trainer {
             .expect("valid template"),
         );
         let say = |msg: &str| {
-            if bar.is_hidden() {
+            if !leader {
+            } else if bar.is_hidden() {
                 eprintln!("{msg}");
             } else {
                 bar.println(msg);
@@ -152,7 +218,9 @@ impl Trainer {
                     family = family.load(&dir)?;
                     step = manifest.step;
                     (epoch, index) = (manifest.epoch, manifest.batch_in_epoch);
-                    logger.truncate_after(step)?;
+                    if leader {
+                        logger.truncate_after(step)?;
+                    }
                     say(&format!(
                         "resuming from {} (step {step} of {total})",
                         dir.display()
@@ -163,17 +231,26 @@ impl Trainer {
                     ckpt_dir.display()
                 )),
             }
-        } else if !checkpoint::list_checkpoints(&ckpt_dir)?.is_empty() {
+        } else if leader && !checkpoint::list_checkpoints(&ckpt_dir)?.is_empty() {
             return Err(Error::Config(format!(
                 "{} already holds checkpoints: resume the run or start a new one elsewhere",
                 ckpt_dir.display()
             )));
         }
+        if let Some(r) = &replica {
+            // Every replica must start at the same step, from the leader's weights.
+            agree_on_start::<B>(r, step, total, device)?;
+            family = family.broadcast_weights(r)?;
+        }
 
         let params = family.num_params();
         say(&format!(
-            "{} parameters; {total} steps ({batches_per_epoch} per epoch)",
-            params
+            "{} parameters; {total} steps ({batches_per_epoch} per epoch){}",
+            params,
+            replica.map_or(String::new(), |r| format!(
+                "; data-parallel over {} replicas",
+                r.world
+            ))
         ));
         bar.set_position(step);
 
@@ -191,8 +268,24 @@ impl Trainer {
         let mut window_start = Instant::now();
 
         while step < end {
-            seed_step::<B>(device, cfg.seed, step + 1);
-            let batch = data.train_batch(epoch, index, device);
+            if leader {
+                // Backend randomness (dropout) is seeded by the leader only:
+                // burn's CPU backend keeps one RNG per process, which replicas
+                // on threads would race on. Per-example noise comes from the
+                // step's own stream below instead.
+                seed_step::<B>(device, cfg.seed, step + 1);
+            }
+            let mut batch = data.train_batch(epoch, index, device);
+            let mut step_replica = None;
+            if let Some((r, shard)) = &parallel {
+                let (rows_of_replica, rows) = shard(batch, r)?;
+                batch = rows_of_replica;
+                parallel::set_batch(rows);
+                step_replica = Some(Replica {
+                    batch: Some(rows),
+                    ..*r
+                });
+            }
             let mut ctx = StepContext {
                 step: step + 1,
                 base_lr: cfg.lr,
@@ -200,12 +293,35 @@ impl Trainer {
                 clip_norm: cfg.clip_norm,
                 grad_norms: Vec::new(),
                 warnings: Vec::new(),
+                replica: step_replica,
             };
             let lr = ctx.lr();
             let t0 = Instant::now();
-            let (next, mut metrics) = family.train_step(batch, &mut ctx)?;
+            let (next, mut metrics) = {
+                let seed = derive(cfg.seed, "noise", step + 1);
+                let _noise = match step_replica {
+                    Some(r) => noise::begin_sharded(seed, r),
+                    None => noise::begin(seed),
+                };
+                family.train_step(batch, &mut ctx)?
+            };
             train_seconds += t0.elapsed().as_secs_f64();
             family = next;
+            if let Some((name, value)) = ctx.grad_norms.first().map(|n| ("grad_norm", *n)) {
+                metrics.push(name, value);
+            }
+            let time_up = self
+                .time_limit
+                .is_some_and(|limit| call_started.elapsed() >= limit);
+            let time_up = match &step_replica {
+                // The metrics of the global batch, and the leader's clock for everyone.
+                Some(r) => {
+                    let (reduced, stop) = reduce_metrics::<B>(&metrics, time_up, r, device)?;
+                    metrics = reduced;
+                    stop
+                }
+                None => time_up,
+            };
             if let Some((name, value)) = metrics.first_non_finite() {
                 bar.abandon();
                 return Err(Error::NonFinite {
@@ -217,18 +333,13 @@ impl Trainer {
             for warning in &ctx.warnings {
                 say(&format!("warning at step {}: {warning}", step + 1));
             }
-            if let Some(norm) = ctx.grad_norms.first() {
-                metrics.push("grad_norm", *norm);
-            }
             step += 1;
             index += 1;
+            parallel::heartbeat();
             if index >= batches_per_epoch {
                 (epoch, index) = (epoch + 1, 0);
             }
-            if self
-                .time_limit
-                .is_some_and(|limit| call_started.elapsed() >= limit)
-            {
+            if time_up {
                 end = step;
                 timed_out = true;
             }
@@ -236,6 +347,9 @@ impl Trainer {
             bar.set_position(step);
             if let Some((name, value)) = metrics.0.first() {
                 bar.set_message(format!("{name} {value:.4}"));
+            }
+            if !leader {
+                continue;
             }
 
             let last = step == end;
@@ -322,7 +436,7 @@ impl Trainer {
         }
         // The budget is spent: the planned steps are done, or the time limit
         // (a wall-clock budget) ended the call.
-        if (step == total || timed_out) && step > start_step {
+        if leader && (step == total || timed_out) && step > start_step {
             write_grid(&family, &self.run, cfg, "final.png")?;
             write_progress_strip(&self.run.samples_dir())?;
         }
@@ -337,6 +451,80 @@ impl Trainer {
             steps_this_call: step - start_step,
         })
     }
+}
+
+/// Checks that every replica starts at the same step of the same budget
+/// (a node without the checkpoint the others resume from would not).
+fn agree_on_start<B: AutodiffBackend>(
+    replica: &Replica,
+    step: u64,
+    total: u64,
+    device: &B::Device,
+) -> Result<()> {
+    let own = [step as f64, total as f64];
+    let squares = [own[0] * own[0], own[1] * own[1]];
+    let values = [own[0], own[1], squares[0], squares[1]];
+    let mean = parallel::all_reduce_values::<B::InnerBackend>(&values, 1.0, replica, device)?;
+    // Equal values everywhere ⇔ the mean of squares is the square of the mean.
+    let spread = |i: usize| (mean[i + 2] - mean[i] * mean[i]).abs() > 0.25 + 1e-6 * mean[i + 2];
+    if spread(0) || spread(1) {
+        return Err(Error::Parallel(format!(
+            "replicas disagree on where the run starts: replica {} starts at step {step} of {total},              the mean over replicas is step {:.1} of {:.1}; give every node the same run directory              and checkpoints (resume all or none)",
+            replica.rank, mean[0], mean[1]
+        )));
+    }
+    Ok(())
+}
+
+/// The step's metrics averaged over replicas (weighted by their shares of
+/// the global batch, so per-example means become the global batch's), and
+/// whether the leader's time budget is spent.
+///
+/// Replicas usually report the same metrics; where a family's metrics
+/// depend on the rows drawn (the DDPM's loss per timestep quarter), only
+/// the first (the loss) is averaged and the rest are this replica's own.
+fn reduce_metrics<B: AutodiffBackend>(
+    metrics: &Metrics,
+    time_up: bool,
+    replica: &Replica,
+    device: &B::Device,
+) -> Result<(Metrics, bool)> {
+    // A small signature of the metric names, exact in f32 with its square.
+    let signature = metrics
+        .iter()
+        .fold(17u32, |h, (k, _)| {
+            k.bytes().fold(h, |h, b| h.wrapping_mul(31).wrapping_add(b as u32))
+        })
+        % 4093;
+    let (count, sig) = (metrics.0.len() as f64, signature as f64);
+    let mean = parallel::all_reduce_values::<B::InnerBackend>(
+        &[count, sig, count * count, sig * sig],
+        1.0,
+        replica,
+        device,
+    )?;
+    let same = (0..2).all(|i| (mean[i + 2] - mean[i] * mean[i]).abs() < 0.25);
+    let shared = if same { metrics.0.len() } else { 1.min(metrics.0.len()) };
+
+    let weight = replica.weight();
+    let mut values: Vec<f64> = metrics.iter().take(shared).map(|(_, v)| v).collect();
+    // The stop flag is scaled by 1/weight so that the mean is the leader's flag / world.
+    let flag = if replica.is_leader() && time_up {
+        1.0 / weight
+    } else {
+        0.0
+    };
+    values.push(flag);
+    let reduced = parallel::all_reduce_values::<B::InnerBackend>(&values, weight, replica, device)?;
+    let stop = reduced.last().copied().unwrap_or(0.0) > 0.0;
+    let metrics = Metrics(
+        metrics
+            .iter()
+            .enumerate()
+            .map(|(i, (k, v))| (k.to_string(), if i < shared { reduced[i] } else { v }))
+            .collect(),
+    );
+    Ok((metrics, stop))
 }
 
 /// Averages a family's metrics over held-out batches, weighting by batch size.
@@ -354,6 +542,7 @@ where
 {
     // Evaluation noise is seeded too, so an evaluation is reproducible.
     B::seed(device, derive(cfg.seed, "eval", step));
+    let _noise = noise::begin(derive(cfg.seed, "eval-noise", step));
     let batches = cfg
         .eval_batches
         .map_or(data.eval_batches(), |n| n.min(data.eval_batches()));
@@ -361,6 +550,7 @@ where
     for i in 0..batches {
         let (batch, n) = data.eval_batch(i, device);
         totals.add(&family.eval_batch(batch)?, n as f64);
+        genzoo_core::parallel::heartbeat();
     }
     Ok(totals.mean())
 }

@@ -8,8 +8,9 @@ use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{Adam, AdamConfig, GradientsParams};
 use burn::prelude::*;
-use burn::tensor::Distribution;
 use burn::tensor::backend::AutodiffBackend;
+use genzoo_core::parallel::{Replica, broadcast_autodiff, broadcast_module};
+use genzoo_core::noise;
 use genzoo_core::ema::Ema;
 use genzoo_core::family::SampleRequest;
 use genzoo_core::record::{
@@ -209,7 +210,7 @@ impl<B: AutodiffBackend> DdpmTrainer<B> {
     }
 
     /// The per-example MSE of `net` on noised `x0` at uniform random timesteps,
-    /// with the timesteps (drawn from the backend's seeded RNG).
+    /// with the timesteps (per-example draws from the step's noise stream).
     fn noised_loss<Bk: Backend>(
         &self,
         net: &UNet<Bk>,
@@ -218,9 +219,10 @@ impl<B: AutodiffBackend> DdpmTrainer<B> {
     ) -> (Tensor<Bk, 1>, Vec<usize>) {
         let [n, c, h, w] = x0.dims();
         let device = x0.device();
-        let t_draw = Tensor::<Bk, 1>::random(
+        let t_draw = noise::uniform_per_example::<Bk, 1>(
             [n],
-            Distribution::Uniform(0.0, self.config.timesteps as f64),
+            0.0,
+            self.config.timesteps as f64,
             &device,
         );
         let t: Vec<usize> = t_draw
@@ -230,7 +232,7 @@ impl<B: AutodiffBackend> DdpmTrainer<B> {
             .into_iter()
             .map(|v| (v as usize).min(self.config.timesteps - 1))
             .collect();
-        let noise = Tensor::<Bk, 4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &device);
+        let noise = noise::normal_per_example::<Bk, 4>([n, c, h, w], &device);
         let x_t = q_sample(&self.schedule, x0.clone(), &t, noise.clone());
         let target = self.config.prediction.target(&self.schedule, x0, noise, &t);
         let t_in: Vec<f32> = t.iter().map(|&t| t as f32).collect();
@@ -271,12 +273,8 @@ impl<B: AutodiffBackend> DdpmTrainer<B> {
             return labels.zeros_like();
         }
         let [n] = labels.dims();
-        let drop = Tensor::<B, 1>::random(
-            [n],
-            Distribution::Bernoulli(self.config.label_dropout),
-            &self.device,
-        )
-        .greater_elem(0.5);
+        let drop = noise::uniform_per_example::<B, 1>([n], 0.0, 1.0, &self.device)
+            .lower_elem(self.config.label_dropout);
         labels.mask_fill(drop, self.unet.null_class() as i64)
     }
 
@@ -614,6 +612,12 @@ impl<B: AutodiffBackend> Family<B> for DdpmTrainer<B> {
         seed: u64,
     ) -> Result<Vec<f64>> {
         self.variational_bound(images, effort, seed)
+    }
+
+    fn broadcast_weights(mut self, replica: &Replica) -> Result<Self> {
+        self.unet = broadcast_autodiff(self.unet, replica)?;
+        self.ema.module = broadcast_module(self.ema.module.clone(), replica)?;
+        Ok(self)
     }
 
     fn save(&self, dir: &Path) -> Result<()> {

@@ -8,8 +8,9 @@ use burn::module::AutodiffModule;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{Adam, AdamConfig, GradientsParams};
 use burn::prelude::*;
-use burn::tensor::Distribution;
 use burn::tensor::backend::AutodiffBackend;
+use genzoo_core::parallel::{Replica, broadcast_autodiff, broadcast_module};
+use genzoo_core::noise;
 use genzoo_core::ema::Ema;
 use genzoo_core::family::SampleRequest;
 use genzoo_core::grad::global_norm;
@@ -228,13 +229,10 @@ impl<B: AutodiffBackend> GanTrainer<B> {
         )
     }
 
-    /// Noise z ~ N(0, I), `[n, latent]`, from the backend's (seeded) RNG.
+    /// Noise z ~ N(0, I), `[n, latent]`, one row per example from the step's
+    /// noise stream ([`genzoo_core::noise`]; the backend's seeded RNG outside one).
     pub fn noise<Bk: Backend>(&self, n: usize, device: &Bk::Device) -> Tensor<Bk, 2> {
-        Tensor::random(
-            [n, self.config.latent],
-            Distribution::Normal(0.0, 1.0),
-            device,
-        )
+        noise::normal_per_example([n, self.config.latent], device)
     }
 
     /// One discriminator update on real images and a *detached* fake batch.
@@ -255,11 +253,8 @@ impl<B: AutodiffBackend> GanTrainer<B> {
             .loss
             .discriminator(real_logits.clone(), fake_logits.clone());
         if self.config.gradient_penalty > 0.0 {
-            let eps = Tensor::<B::InnerBackend, 4>::random(
-                [n, 1, 1, 1],
-                Distribution::Uniform(0.0, 1.0),
-                &self.device,
-            );
+            let eps =
+                noise::uniform_per_example::<B::InnerBackend, 4>([n, 1, 1, 1], 0.0, 1.0, &self.device);
             let mix = real.inner() * eps.clone() + fake.inner() * (eps.neg() + 1.0);
             loss = loss + gradient_penalty(d, mix) * self.config.gradient_penalty;
         }
@@ -427,6 +422,15 @@ impl<B: AutodiffBackend> Family<B> for GanTrainer<B> {
         let z = self.noise::<B::InnerBackend>(request.n, &self.device);
         // [-1, 1] → [0, 1]
         Ok((self.sampling_generator().forward(z, labels) + 1.0) / 2.0)
+    }
+
+    fn broadcast_weights(mut self, replica: &Replica) -> Result<Self> {
+        self.generator = broadcast_autodiff(self.generator, replica)?;
+        self.discriminator = broadcast_autodiff(self.discriminator, replica)?;
+        if let Some(ema) = self.ema.as_mut() {
+            ema.module = broadcast_module(ema.module.clone(), replica)?;
+        }
+        Ok(self)
     }
 
     fn save(&self, dir: &Path) -> Result<()> {

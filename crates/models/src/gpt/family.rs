@@ -11,6 +11,7 @@ use burn::optim::{Adam, AdamConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
+use genzoo_core::parallel::{Replica, broadcast_autodiff};
 use genzoo_core::record::{load_module, load_optimizer, save_module, save_optimizer};
 use genzoo_core::vocabulary::Vocabulary;
 use genzoo_core::{
@@ -110,6 +111,11 @@ impl<B: AutodiffBackend> GptCore<B> {
         cross_entropy(self.model.valid().forward(inputs), targets)
             .into_scalar()
             .elem()
+    }
+
+    fn broadcast_weights(mut self, replica: &Replica) -> Result<Self> {
+        self.model = broadcast_autodiff(self.model, replica)?;
+        Ok(self)
     }
 
     fn save(&self, dir: &Path) -> Result<()> {
@@ -232,6 +238,11 @@ impl<B: AutodiffBackend> Family<B> for GptText<B> {
             &self.core.device,
         );
         Ok(self.vocabulary.decode(&out[0]))
+    }
+
+    fn broadcast_weights(mut self, replica: &Replica) -> Result<Self> {
+        self.core = self.core.broadcast_weights(replica)?;
+        Ok(self)
     }
 
     fn save(&self, dir: &Path) -> Result<()> {
@@ -447,6 +458,11 @@ impl<B: AutodiffBackend> Family<B> for GptPixel<B> {
             TensorData::new(values, [request.n, c, h, w]),
             &self.core.device,
         ))
+    }
+
+    fn broadcast_weights(mut self, replica: &Replica) -> Result<Self> {
+        self.core = self.core.broadcast_weights(replica)?;
+        Ok(self)
     }
 
     fn save(&self, dir: &Path) -> Result<()> {

@@ -8,6 +8,7 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{Adam, AdamConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
+use genzoo_core::parallel::{Replica, broadcast_autodiff};
 use genzoo_core::family::SampleRequest;
 use genzoo_core::record::{load_module, load_optimizer, save_module, save_optimizer};
 use genzoo_core::{Family, ImageBatch, Metrics, Result, StepContext};
@@ -170,6 +171,11 @@ impl<B: AutodiffBackend> Family<B> for VaeTrainer<B> {
         )?;
         B::InnerBackend::seed(device, request.seed);
         Ok(self.model.valid().sample(labels, device))
+    }
+
+    fn broadcast_weights(mut self, replica: &Replica) -> Result<Self> {
+        self.model = broadcast_autodiff(self.model, replica)?;
+        Ok(self)
     }
 
     fn save(&self, dir: &Path) -> Result<()> {

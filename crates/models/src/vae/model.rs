@@ -14,6 +14,7 @@ use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::activation::{relu, sigmoid};
+use genzoo_core::noise;
 use genzoo_core::{Error, Result};
 
 use crate::layers::{conv_transpose2d, conv2d};
@@ -358,10 +359,10 @@ impl<B: Backend> Vae<B> {
         }
     }
 
-    /// The reparameterisation trick: z = μ + σ·ε with ε ~ N(0, I) drawn from
-    /// the backend's (seeded) RNG.
+    /// The reparameterisation trick: z = μ + σ·ε with ε ~ N(0, I), one row
+    /// per example from the step's noise stream ([`genzoo_core::noise`]).
     pub fn reparameterize(mu: Tensor<B, 2>, log_var: Tensor<B, 2>) -> Tensor<B, 2> {
-        let eps = Tensor::random(mu.shape(), Distribution::Normal(0.0, 1.0), &mu.device());
+        let eps = noise::normal_per_example(mu.dims(), &mu.device());
         mu + (log_var * 0.5).exp() * eps
     }
 

@@ -1,0 +1,198 @@
+//! Per-example training noise drawn on the host from a seeded stream.
+//!
+//! A family draws its training noise (a VAE's ε, a GAN's z, a DDPM's t and
+//! ε) one row per example through [`normal_per_example`] and
+//! [`uniform_per_example`]. The engine opens a stream for each step with
+//! [`begin`] (or [`begin_sharded`] on a data-parallel replica); draw k of a step depends only on (run seed, step, k), so
+//!
+//! - a resumed run draws what an uninterrupted one draws, and
+//! - a data-parallel replica draws the whole global batch's rows and keeps
+//!   its own: replicas together see exactly the noise one device would, and
+//!   no replica depends on the backend's random state, which burn's CPU
+//!   backend keeps process-wide (threads as replicas would race on it).
+//!
+//! Outside a stream (a library user calling `train_step` directly) the
+//! functions fall back to the backend's `Tensor::random`.
+
+use std::cell::Cell;
+
+use burn::prelude::*;
+use burn::tensor::Distribution;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use crate::parallel::Replica;
+use crate::seed::derive;
+
+#[derive(Clone, Copy)]
+struct Stream {
+    seed: u64,
+    draws: u64,
+    /// The data-parallel replica whose rows of the global batch this thread draws.
+    shard: Option<Replica>,
+}
+
+thread_local! {
+    static STREAM: Cell<Option<Stream>> = const { Cell::new(None) };
+}
+
+/// Opens the calling thread's noise stream for `seed` (the engine derives
+/// one per step) until the guard drops.
+pub fn begin(seed: u64) -> StreamGuard {
+    open(Stream {
+        seed,
+        draws: 0,
+        shard: None,
+    })
+}
+
+/// Opens a stream in which `replica` draws only its rows of every
+/// per-example draw for the global batch of `replica.batch` examples.
+pub fn begin_sharded(seed: u64, replica: Replica) -> StreamGuard {
+    open(Stream {
+        seed,
+        draws: 0,
+        shard: replica.batch.is_some().then_some(replica),
+    })
+}
+
+fn open(stream: Stream) -> StreamGuard {
+    let previous = STREAM.with(|s| s.replace(Some(stream)));
+    StreamGuard { previous }
+}
+
+/// Closes the stream [`begin`] opened (restoring any outer one).
+pub struct StreamGuard {
+    previous: Option<Stream>,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        STREAM.with(|s| s.set(self.previous));
+    }
+}
+
+/// The next draw's RNG and the stream's replica, or `None` outside a stream.
+fn next_rng() -> Option<(ChaCha8Rng, Option<Replica>)> {
+    STREAM.with(|s| {
+        let mut stream = s.get()?;
+        let rng = ChaCha8Rng::seed_from_u64(derive(stream.seed, "draw", stream.draws));
+        stream.draws += 1;
+        s.set(Some(stream));
+        Some((rng, stream.shard))
+    })
+}
+
+/// The rows `[start, end)` of the global batch this thread's rows are, and
+/// the global batch's size: the whole batch unless the stream is a
+/// data-parallel replica's.
+fn rows_of(local_rows: usize, shard: Option<Replica>) -> (usize, usize, usize) {
+    match shard.and_then(|r| r.batch.map(|b| (r, b))) {
+        Some((replica, batch)) => {
+            let (start, end) = replica.shard_range(batch);
+            assert_eq!(
+                end - start,
+                local_rows,
+                "per-example noise for {local_rows} rows, but this replica's shard has {} rows",
+                end - start
+            );
+            (start, end, batch)
+        }
+        None => (0, local_rows, local_rows),
+    }
+}
+
+fn draw<B: Backend, const D: usize>(
+    shape: [usize; D],
+    device: &B::Device,
+    fallback: Distribution,
+    sample: impl Fn(&mut ChaCha8Rng) -> f64,
+) -> Tensor<B, D> {
+    let Some((mut rng, shard)) = next_rng() else {
+        return Tensor::random(shape, fallback, device);
+    };
+    let per_row: usize = shape[1..].iter().product();
+    let (start, end, total) = rows_of(shape[0], shard);
+    // Draw every row of the global batch, keep this replica's.
+    let values: Vec<f32> = (0..total * per_row)
+        .map(|_| sample(&mut rng) as f32)
+        .skip(start * per_row)
+        .take((end - start) * per_row)
+        .collect();
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+/// Standard normal noise, one row (`shape[0]`) per example.
+///
+/// ```
+/// use burn::prelude::*;
+/// use genzoo_core::{CpuBackend, CpuDevice, noise};
+/// let dev = CpuDevice::default();
+/// let a = { let _s = noise::begin(7); noise::normal_per_example::<CpuBackend, 2>([4, 3], &dev) };
+/// let b = { let _s = noise::begin(7); noise::normal_per_example::<CpuBackend, 2>([4, 3], &dev) };
+/// assert_eq!(a.into_data(), b.into_data());
+/// ```
+pub fn normal_per_example<B: Backend, const D: usize>(
+    shape: [usize; D],
+    device: &B::Device,
+) -> Tensor<B, D> {
+    draw(shape, device, Distribution::Normal(0.0, 1.0), |rng| {
+        // Box–Muller: two uniforms in (0, 1] → one normal.
+        let u1 = 1.0 - rng.random::<f64>();
+        let u2 = rng.random::<f64>();
+        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
+    })
+}
+
+/// Uniform noise in `[low, high)`, one row (`shape[0]`) per example.
+pub fn uniform_per_example<B: Backend, const D: usize>(
+    shape: [usize; D],
+    low: f64,
+    high: f64,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    draw(shape, device, Distribution::Uniform(low, high), |rng| {
+        low + (high - low) * rng.random::<f64>()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{CpuBackend, CpuDevice};
+
+    #[test]
+    fn replicas_draw_their_rows_of_the_global_draw() {
+        let dev = CpuDevice::default();
+        let whole = {
+            let _s = begin(3);
+            normal_per_example::<CpuBackend, 2>([5, 4], &dev)
+        };
+        let mut parts = Vec::new();
+        for rank in 0..2 {
+            let mut replica = Replica::new(rank, 2);
+            replica.batch = Some(5);
+            let _s = begin_sharded(3, replica);
+            let (start, end) = replica.shard_range(5);
+            parts.push(normal_per_example::<CpuBackend, 2>([end - start, 4], &dev));
+        }
+        let joined = Tensor::cat(parts, 0);
+        assert_eq!(whole.into_data(), joined.into_data());
+    }
+
+    #[test]
+    fn draws_in_a_stream_differ_and_look_normal() {
+        let dev = CpuDevice::default();
+        let _s = begin(11);
+        let a = normal_per_example::<CpuBackend, 1>([20_000], &dev);
+        let b = normal_per_example::<CpuBackend, 1>([20_000], &dev);
+        assert_ne!(a.clone().into_data(), b.into_data());
+        let mean = a.clone().mean().into_scalar();
+        let var = a.var(0).into_scalar();
+        assert!(mean.abs() < 0.03, "mean {mean}");
+        assert!((var - 1.0).abs() < 0.05, "variance {var}");
+        let u = uniform_per_example::<CpuBackend, 1>([20_000], 2.0, 4.0, &dev);
+        assert!(u.clone().min().into_scalar() >= 2.0 && u.clone().max().into_scalar() < 4.0);
+        assert!((u.mean().into_scalar() - 3.0).abs() < 0.03);
+    }
+}
