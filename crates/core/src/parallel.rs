@@ -257,11 +257,19 @@ impl<B: Backend> ModuleMapper<B> for Broadcast<B> {
         }
         let (id, value, mapper) = param.consume();
         let shape = value.shape();
-        let sent = self
-            .replica
-            .is_leader()
-            .then(|| value.clone().into_primitive().tensor());
-        match collective::broadcast::<B>(self.replica.peer(), sent) {
+        // A broadcast as a sum in which only the leader contributes (exact:
+        // x + 0 + ... + 0 = x): burn 0.21's collective has no broadcast
+        // between nodes yet, and the all-reduce works everywhere.
+        let sent = if self.replica.is_leader() {
+            value.clone()
+        } else {
+            value.zeros_like()
+        };
+        match collective::all_reduce::<B>(
+            self.replica.peer(),
+            sent.into_primitive().tensor(),
+            ReduceOperation::Sum,
+        ) {
             Ok(received) => {
                 let received = Tensor::<B, D>::from_primitive(TensorPrimitive::Float(received));
                 if received.shape() != shape {

@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use burn::collective::{self, CollectiveConfig};
+use burn::collective::{self, AllReduceStrategy, CollectiveConfig};
 use burn::tensor::backend::AutodiffBackend;
 use burn_communication::Address;
 use genzoo_core::parallel::{self, Replica};
@@ -197,7 +197,7 @@ where
     }
     let _one_run = RUN_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     // A previous run that failed may have left peers registered.
-    collective::reset_collective::<B::InnerBackend>();
+    reset::<B>();
 
     let timeout = Duration::from_secs(config.peer_timeout_s);
     let mut collective_config = CollectiveConfig::default().with_num_devices(config.devices);
@@ -205,6 +205,7 @@ where
     let done = Arc::new(AtomicBool::new(false));
     let mut link = None;
     if config.nodes > 1 {
+        quiet_network_logs();
         let (host, port) = config.coordinator_addr()?;
         let node_host = config.node_host(&host)?;
         if config.node_rank == 0 {
@@ -215,7 +216,11 @@ where
             .with_num_nodes(config.nodes as u32)
             .with_global_address(address(&format!("ws://{host}:{port}"))?)
             .with_node_address(address(&format!("ws://{node_host}:{data_port}"))?)
-            .with_data_service_port(data_port);
+            .with_data_service_port(data_port)
+            // burn 0.21's ring all-reduce between nodes stalls after a few
+            // operations here (and needs every tensor to have a dimension of
+            // at least `nodes`); the centralised one does not.
+            .with_global_all_reduce_strategy(AllReduceStrategy::Centralized);
         link = Some(NodeLink::connect(
             config,
             &host,
@@ -264,7 +269,7 @@ where
                             *f = Some(e.to_string());
                         }
                         drop(f);
-                        collective::reset_collective::<B::InnerBackend>();
+                        reset::<B>();
                     }
                     result
                 })
@@ -272,7 +277,7 @@ where
             .collect();
         if let Some(link) = &link {
             link.watch_while_running(&handles, timeout, || {
-                collective::reset_collective::<B::InnerBackend>()
+                reset::<B>()
             });
         }
         handles
@@ -289,7 +294,7 @@ where
     if let Some(link) = link {
         link.finish(ok);
     }
-    collective::reset_collective::<B::InnerBackend>();
+    reset::<B>();
 
     let remote = failure.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut outputs = Vec::new();
@@ -312,6 +317,13 @@ where
     }
 }
 
+/// Forgets every registered peer and pending operation of this process's
+/// collective server, releasing replicas waiting in one. A server that has
+/// already stopped (burn's panics inside it) has nothing left to release.
+fn reset<B: AutodiffBackend>() {
+    let _ = catch_unwind(collective::reset_collective::<B::InnerBackend>);
+}
+
 /// Whether `e` only says that this replica was released because another failed.
 fn is_release(e: &Error) -> bool {
     e.to_string().contains("the collective was reset")
@@ -323,6 +335,20 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .cloned()
         .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
         .unwrap_or_else(|| "(no message)".into())
+}
+
+/// burn's WebSocket layer installs an INFO-level log printer on first use
+/// unless one exists: install one that prints warnings and errors only
+/// (`GENZOO_NETWORK_LOG=1` keeps burn's).
+fn quiet_network_logs() {
+    use tracing_subscriber::filter::LevelFilter;
+    if std::env::var_os("GENZOO_NETWORK_LOG").is_some() {
+        return;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(LevelFilter::WARN)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 fn address(text: &str) -> Result<Address> {
