@@ -389,7 +389,10 @@ fn train(args: TrainArgs) -> Result<()> {
         .unwrap_or_else(|| PathBuf::from("runs").join(&args.preset));
     let existing = out.join("config.toml");
     let mut config = if args.resume && existing.exists() {
-        let c = RunConfig::load(&existing)?;
+        let mut c = RunConfig::load(&existing)?;
+        // Devices and machines are chosen per call: a run trained on several
+        // resumes on one unless the flags (or --config) say otherwise.
+        c.parallel = Default::default();
         if c.preset != args.preset {
             return Err(Error::Config(format!(
                 "{} is a run of '{}', not '{}'",
@@ -464,13 +467,20 @@ pub(crate) fn start_training(
     };
     config.model.validate()?;
 
-    let run = if resume {
-        RunDir::open(out).or_else(|_| RunDir::create(out, false))?
+    // Node 0 owns the run directory; the other nodes of a multi-node run
+    // only read it (their checkpoints to resume from), and may share it.
+    let owner = config.parallel.node_rank == 0;
+    let run = if resume || !owner {
+        RunDir::open(out)
+            .or_else(|_| RunDir::create(out, false))
+            .or_else(|_| RunDir::open(out))?
     } else {
         RunDir::create(out, overwrite)?
     };
     let text = config.to_toml()?;
-    std::fs::write(run.config_file(), &text).map_err(|e| Error::io(run.config_file(), e))?;
+    if owner {
+        std::fs::write(run.config_file(), &text).map_err(|e| Error::io(run.config_file(), e))?;
+    }
     let job = TrainJob {
         config,
         run,

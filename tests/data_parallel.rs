@@ -1,0 +1,391 @@
+//! Data-parallel training on burn-collective, on the CPU backend: N
+//! replicas compute the update one device computes on the whole batch;
+//! checkpoints move between one and several devices; two processes train
+//! together over loopback; a node that dies or never connects is named.
+
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use burn::backend::{Autodiff, Flex};
+use burn::prelude::*;
+use genzoo::core::record::param_values;
+use genzoo::core::{CpuDevice, Family, ImageBatch};
+use genzoo::data::synthetic::write_idx_dataset;
+use genzoo::data::{ImageData, ImageDataset, Scaling, synthetic};
+use genzoo::models::ModelConfig;
+use genzoo::models::gan::GanTrainer;
+use genzoo::models::vae::{VaeConfig, VaeTrainer};
+use genzoo::train::data_parallel::{ParallelConfig, run_replicas};
+use genzoo::train::{RunConfig, RunDir, TrainConfig, Trainer};
+
+type B = Autodiff<Flex>;
+
+/// burn's CPU RNG is one per process: one test at a time draws from it.
+static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Replica threads initialise their models one at a time.
+static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn lock(m: &'static std::sync::Mutex<()>) -> std::sync::MutexGuard<'static, ()> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn data(size: usize, batch: usize) -> ImageData {
+    let (x, y) = synthetic::images(64, size, 10, 1);
+    let (tx, ty) = synthetic::images(16, size, 10, 2);
+    let train = ImageDataset::new(x, y, (1, size, size), vec![]).unwrap();
+    let test = ImageDataset::new(tx, ty, (1, size, size), vec![]).unwrap();
+    ImageData::new(train, test, batch, Scaling::Signed, 3).unwrap()
+}
+
+fn config(steps: u64, batch: usize) -> TrainConfig {
+    TrainConfig {
+        steps: Some(steps),
+        batch_size: batch,
+        lr: 2e-3,
+        seed: 5,
+        checkpoint_every: 2,
+        keep_checkpoints: 10,
+        samples: 4,
+        ..Default::default()
+    }
+}
+
+/// Trains `steps` (of a `total`-step run) on `devices` replicas, resuming
+/// from `dir` when asked, and returns the leader's family.
+fn train<F, M>(
+    make: M,
+    data: &ImageData,
+    dir: &Path,
+    cfg: &TrainConfig,
+    devices: usize,
+    stop_after: Option<u64>,
+    resume: bool,
+) -> F
+where
+    F: Family<B, Batch = ImageBatch<B>> + Send,
+    M: Fn(&CpuDevice) -> F + Sync,
+{
+    let run = if resume {
+        RunDir::open(dir).unwrap()
+    } else {
+        RunDir::create(dir, false).unwrap()
+    };
+    let trainer = || {
+        Trainer::new(run.clone(), cfg.clone())
+            .progress(false)
+            .resume(resume)
+            .stop_after(stop_after)
+    };
+    let init = |device: &CpuDevice| {
+        let _init = lock(&INIT_LOCK);
+        <Flex as Backend>::seed(device, 11);
+        make(device)
+    };
+    if devices == 1 {
+        let device = CpuDevice::default();
+        return trainer().fit(init(&device), data, &device).unwrap().family;
+    }
+    let parallel = ParallelConfig {
+        devices,
+        ..Default::default()
+    };
+    run_replicas::<B, _>(&parallel, vec![CpuDevice::default(); devices], |_, device| {
+        trainer().fit_replica(init(&device), data, &device)
+    })
+    .unwrap()
+    .into_iter()
+    .next()
+    .unwrap()
+    .family
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn preset_model(name: &str) -> ModelConfig {
+    RunConfig::from_preset(name).unwrap().model
+}
+
+#[test]
+fn two_replicas_take_the_one_device_step_of_vae_mlp_and_dcgan_28() {
+    let _g = lock(&RNG_LOCK);
+    let tmp = tempfile::tempdir().unwrap();
+
+    // vae-mlp exactly as its preset, one step on a global batch of 16.
+    let ModelConfig::Vae(vae) = preset_model("vae-mlp") else {
+        panic!("vae-mlp is a VAE")
+    };
+    let images = data(28, 16);
+    let cfg = config(1, 16);
+    let make = |d: &CpuDevice| VaeTrainer::<B>::new(vae.clone(), d);
+    let start = param_values(&make(&CpuDevice::default()).model);
+    let one = train(make, &images, &tmp.path().join("vae1"), &cfg, 1, None, false);
+    let two = train(make, &images, &tmp.path().join("vae2"), &cfg, 2, None, false);
+    let (one, two) = (param_values(&one.model), param_values(&two.model));
+    assert!(max_diff(&one, &start) > 1e-4, "the step changed nothing");
+    assert!(
+        max_diff(&one, &two) < 1e-5,
+        "vae-mlp: 2 replicas differ from 1 device by {}",
+        max_diff(&one, &two)
+    );
+
+    // dcgan-28 (BatchNorm in both networks: synchronised over replicas).
+    // Adam's ε is raised for this comparison only: its first step moves
+    // every weight by ±lr whatever the gradient's size, and the biases just
+    // before a BatchNorm have an exact gradient of zero (the normalisation
+    // cancels them), so float noise of 1e-10 would decide their sign on one
+    // device and on two alike. With ε = 1 the step is proportional to the
+    // gradient, which is what must agree.
+    let ModelConfig::Gan(mut gan) = preset_model("dcgan-28") else {
+        panic!("dcgan-28 is a GAN")
+    };
+    gan.adam_eps = 1.0;
+    let make = |d: &CpuDevice| GanTrainer::<B>::new(gan.clone(), d);
+    let one = train(make, &images, &tmp.path().join("gan1"), &cfg, 1, None, false);
+    let two = train(make, &images, &tmp.path().join("gan2"), &cfg, 2, None, false);
+    for (name, a, b) in [
+        (
+            "generator",
+            param_values(&one.generator),
+            param_values(&two.generator),
+        ),
+        (
+            "discriminator",
+            param_values(&one.discriminator),
+            param_values(&two.discriminator),
+        ),
+    ] {
+        assert!(
+            max_diff(&a, &b) < 1e-5,
+            "dcgan-28 {name}: 2 replicas differ from 1 device by {}",
+            max_diff(&a, &b)
+        );
+    }
+    // Only the leader wrote checkpoints, in the one-device format.
+    assert!(tmp.path().join("gan2/checkpoints").is_dir());
+}
+
+#[test]
+fn uneven_shards_and_checkpoints_move_between_one_and_several_devices() {
+    let _g = lock(&RNG_LOCK);
+    let tmp = tempfile::tempdir().unwrap();
+    let vae = VaeConfig {
+        height: 12,
+        width: 12,
+        hidden: 32,
+        latent: 4,
+        ..Default::default()
+    };
+    let make = |d: &CpuDevice| VaeTrainer::<B>::new(vae.clone(), d);
+    // A global batch of 10 over 3 replicas: shards of 3, 3 and 4.
+    let images = data(12, 10);
+    let cfg = config(4, 10);
+    let reference = param_values(
+        &train(make, &images, &tmp.path().join("one"), &cfg, 1, None, false).model,
+    );
+    // 3 replicas for 2 steps, then one device to the end.
+    let a = tmp.path().join("three-then-one");
+    train(make, &images, &a, &cfg, 3, Some(2), false);
+    let a = param_values(&train(make, &images, &a, &cfg, 1, None, true).model);
+    // One device for 2 steps, then 2 replicas to the end.
+    let b = tmp.path().join("one-then-two");
+    train(make, &images, &b, &cfg, 1, Some(2), false);
+    let b = param_values(&train(make, &images, &b, &cfg, 2, None, true).model);
+    assert!(max_diff(&reference, &a) < 1e-5, "{}", max_diff(&reference, &a));
+    assert!(max_diff(&reference, &b) < 1e-5, "{}", max_diff(&reference, &b));
+}
+
+#[test]
+fn a_replica_that_fails_stops_the_others_with_its_error() {
+    let _g = lock(&RNG_LOCK);
+    let parallel = ParallelConfig {
+        devices: 2,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let err = run_replicas::<B, _>(&parallel, vec![CpuDevice::default(); 2], |replica, d| {
+        let _ = genzoo::core::parallel::all_reduce_values::<Flex>(&[1.0], 1.0, &replica, &d)?;
+        if replica.rank == 1 {
+            return Err(genzoo::core::Error::Data("replica 1 ran out of data".into()));
+        }
+        // Rank 0 waits in the next collective for a peer that has left.
+        genzoo::core::parallel::all_reduce_values::<Flex>(&[1.0], 1.0, &replica, &d)
+    })
+    .map(|_| ())
+    .unwrap_err();
+    assert!(err.to_string().contains("replica 1 ran out of data"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // The collective is clean again for the next run.
+    let sums = run_replicas::<B, _>(&parallel, vec![CpuDevice::default(); 2], |replica, d| {
+        genzoo::core::parallel::all_reduce_values::<Flex>(&[replica.rank as f64], 1.0, &replica, &d)
+    })
+    .unwrap();
+    assert_eq!(sums, vec![vec![0.5], vec![0.5]]);
+}
+
+// ---- Two processes over loopback -------------------------------------
+
+fn free_port() -> u16 {
+    // Four consecutive free ports: the orchestrator, the liveness link and
+    // one data port per node.
+    loop {
+        let p = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if p < 60000
+            && (1..4).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok())
+        {
+            return p;
+        }
+    }
+}
+
+fn node(dir: &Path, rank: usize, port: u16, extra: &[&str]) -> Child {
+    let port = format!("127.0.0.1:{port}");
+    let rank = rank.to_string();
+    let mut args = vec![
+        "train",
+        "vae-mlp",
+        "--dataset",
+        "idx:digits",
+        "--batch-size",
+        "16",
+        "--nodes",
+        "2",
+        "--node-rank",
+        &rank,
+        "--coordinator",
+        &port,
+    ];
+    args.extend_from_slice(extra);
+    Command::new(env!("CARGO_BIN_EXE_genzoo"))
+        .args(&args)
+        .current_dir(dir)
+        .env("GENZOO_OFFLINE", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start genzoo")
+}
+
+/// Waits for `child` at most `limit`, killing it past that.
+fn finish(mut child: Child, limit: Duration) -> Output {
+    let started = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "genzoo ran past {limit:?}:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn test_line(out: &Output) -> String {
+    text(out)
+        .lines()
+        .find(|l| l.starts_with("test: "))
+        .unwrap_or_else(|| panic!("no test line in:\n{}", text(out)))
+        .to_string()
+}
+
+#[test]
+fn two_nodes_over_loopback_train_as_one_device_and_a_lost_node_is_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_idx_dataset(&dir.join("digits"), 64, 16, 28, 10).unwrap();
+    let limit = Duration::from_secs(120);
+
+    // One device, for reference.
+    let one = Command::new(env!("CARGO_BIN_EXE_genzoo"))
+        .args([
+            "train", "vae-mlp", "--dataset", "idx:digits", "--batch-size", "16", "--steps", "6",
+            "--out", "one",
+        ])
+        .current_dir(dir)
+        .env("GENZOO_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(one.status.success(), "{}", text(&one));
+
+    // Two nodes sharing the run directory (as on a shared file system).
+    let port = free_port();
+    let steps = ["--steps", "6", "--out", "two", "--peer-timeout", "60"];
+    let leader = node(dir, 0, port, &steps);
+    let follower = node(dir, 1, port, &steps);
+    let (leader, follower) = (finish(leader, limit), finish(follower, limit));
+    assert!(leader.status.success(), "node 0:\n{}", text(&leader));
+    assert!(follower.status.success(), "node 1:\n{}", text(&follower));
+    assert_eq!(test_line(&leader), test_line(&one));
+    assert!(dir.join("two/checkpoints").is_dir());
+
+    // Node 1 never comes: node 0 names it after the timeout.
+    let port = free_port();
+    let started = Instant::now();
+    let alone = finish(
+        node(dir, 0, port, &["--steps", "6", "--out", "alone", "--peer-timeout", "3"]),
+        limit,
+    );
+    assert!(!alone.status.success());
+    assert!(
+        text(&alone).contains("node(s) 1 did not connect"),
+        "{}",
+        text(&alone)
+    );
+    assert!(started.elapsed() < Duration::from_secs(30));
+
+    // Node 1 dies mid-run: node 0 stops with an error naming it, and the
+    // run's last checkpoint resumes on one device.
+    let port = free_port();
+    let long = [
+        "--steps", "100000", "--out", "lost", "--checkpoint-every", "5", "--peer-timeout", "20",
+    ];
+    let leader = node(dir, 0, port, &long);
+    let mut follower = node(dir, 1, port, &long);
+    let checkpoints = dir.join("lost/checkpoints");
+    let started = Instant::now();
+    while !std::fs::read_dir(&checkpoints).is_ok_and(|mut d| d.next().is_some()) {
+        assert!(started.elapsed() < limit, "no checkpoint was written");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    follower.kill().unwrap();
+    follower.wait().unwrap();
+    let killed = Instant::now();
+    let leader = finish(leader, limit);
+    assert!(!leader.status.success());
+    assert!(
+        text(&leader).contains("node 1 disconnected"),
+        "{}",
+        text(&leader)
+    );
+    assert!(killed.elapsed() < Duration::from_secs(40));
+    let resumed = Command::new(env!("CARGO_BIN_EXE_genzoo"))
+        .args([
+            "train", "vae-mlp", "--dataset", "idx:digits", "--batch-size", "16", "--steps", "300",
+            "--out", "lost", "--resume",
+        ])
+        .current_dir(dir)
+        .env("GENZOO_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(resumed.status.success(), "{}", text(&resumed));
+    assert!(text(&resumed).contains("resuming from"), "{}", text(&resumed));
+}
