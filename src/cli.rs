@@ -16,8 +16,8 @@ use genzoo_models::ModelConfig;
 use genzoo_models::presets;
 use genzoo_models::presets::{FamilyTask, with_family};
 use genzoo_train::checkpoint::latest_good;
-use genzoo_train::evaluator::Evaluator;
 use genzoo_train::data_parallel::run_replicas;
+use genzoo_train::evaluator::Evaluator;
 use genzoo_train::{RunConfig, RunDir, Trainer};
 
 /// Train and compare generative models (VAE, GAN, DDPM, GPT) on burn.
@@ -592,7 +592,10 @@ impl BackendTask for TrainJob {
     fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<TrainSummary> {
         let model = self.config.model.clone();
         // A seeded initialisation: the same seed, the same starting weights.
-        B::seed(&device, genzoo_core::seed::derive(self.config.train.seed, "init", 0));
+        B::seed(
+            &device,
+            genzoo_core::seed::derive(self.config.train.seed, "init", 0),
+        );
         with_family::<B, _>(
             &model,
             &device,
@@ -619,7 +622,10 @@ impl BackendTask for TrainJob {
             // RNG per process, and the leader's seeded weights (broadcast to
             // all) must be the ones a one-device run starts from.
             let init = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-            B::seed(&device, genzoo_core::seed::derive(job.config.train.seed, "init", 0));
+            B::seed(
+                &device,
+                genzoo_core::seed::derive(job.config.train.seed, "init", 0),
+            );
             with_family::<B, _>(
                 &job.config.model,
                 &device,

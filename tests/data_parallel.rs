@@ -90,9 +90,11 @@ where
         devices,
         ..Default::default()
     };
-    run_replicas::<B, _>(&parallel, vec![CpuDevice::default(); devices], |_, device| {
-        trainer().fit_replica(init(&device), data, &device)
-    })
+    run_replicas::<B, _>(
+        &parallel,
+        vec![CpuDevice::default(); devices],
+        |_, device| trainer().fit_replica(init(&device), data, &device),
+    )
     .unwrap()
     .into_iter()
     .next()
@@ -102,7 +104,10 @@ where
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
-    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
 }
 
 fn preset_model(name: &str) -> ModelConfig {
@@ -122,8 +127,24 @@ fn two_replicas_take_the_one_device_step_of_vae_mlp_and_dcgan_28() {
     let cfg = config(1, 16);
     let make = |d: &CpuDevice| VaeTrainer::<B>::new(vae.clone(), d);
     let start = param_values(&make(&CpuDevice::default()).model);
-    let one = train(make, &images, &tmp.path().join("vae1"), &cfg, 1, None, false);
-    let two = train(make, &images, &tmp.path().join("vae2"), &cfg, 2, None, false);
+    let one = train(
+        make,
+        &images,
+        &tmp.path().join("vae1"),
+        &cfg,
+        1,
+        None,
+        false,
+    );
+    let two = train(
+        make,
+        &images,
+        &tmp.path().join("vae2"),
+        &cfg,
+        2,
+        None,
+        false,
+    );
     let (one, two) = (param_values(&one.model), param_values(&two.model));
     assert!(max_diff(&one, &start) > 1e-4, "the step changed nothing");
     assert!(
@@ -144,8 +165,24 @@ fn two_replicas_take_the_one_device_step_of_vae_mlp_and_dcgan_28() {
     };
     gan.adam_eps = 1.0;
     let make = |d: &CpuDevice| GanTrainer::<B>::new(gan.clone(), d);
-    let one = train(make, &images, &tmp.path().join("gan1"), &cfg, 1, None, false);
-    let two = train(make, &images, &tmp.path().join("gan2"), &cfg, 2, None, false);
+    let one = train(
+        make,
+        &images,
+        &tmp.path().join("gan1"),
+        &cfg,
+        1,
+        None,
+        false,
+    );
+    let two = train(
+        make,
+        &images,
+        &tmp.path().join("gan2"),
+        &cfg,
+        2,
+        None,
+        false,
+    );
     for (name, a, b) in [
         (
             "generator",
@@ -183,9 +220,8 @@ fn uneven_shards_and_checkpoints_move_between_one_and_several_devices() {
     // A global batch of 10 over 3 replicas: shards of 3, 3 and 4.
     let images = data(12, 10);
     let cfg = config(4, 10);
-    let reference = param_values(
-        &train(make, &images, &tmp.path().join("one"), &cfg, 1, None, false).model,
-    );
+    let reference =
+        param_values(&train(make, &images, &tmp.path().join("one"), &cfg, 1, None, false).model);
     // 3 replicas for 2 steps, then one device to the end.
     let a = tmp.path().join("three-then-one");
     train(make, &images, &a, &cfg, 3, Some(2), false);
@@ -194,8 +230,16 @@ fn uneven_shards_and_checkpoints_move_between_one_and_several_devices() {
     let b = tmp.path().join("one-then-two");
     train(make, &images, &b, &cfg, 1, Some(2), false);
     let b = param_values(&train(make, &images, &b, &cfg, 2, None, true).model);
-    assert!(max_diff(&reference, &a) < 1e-5, "{}", max_diff(&reference, &a));
-    assert!(max_diff(&reference, &b) < 1e-5, "{}", max_diff(&reference, &b));
+    assert!(
+        max_diff(&reference, &a) < 1e-5,
+        "{}",
+        max_diff(&reference, &a)
+    );
+    assert!(
+        max_diff(&reference, &b) < 1e-5,
+        "{}",
+        max_diff(&reference, &b)
+    );
 }
 
 #[test]
@@ -209,14 +253,19 @@ fn a_replica_that_fails_stops_the_others_with_its_error() {
     let err = run_replicas::<B, _>(&parallel, vec![CpuDevice::default(); 2], |replica, d| {
         let _ = genzoo::core::parallel::all_reduce_values::<Flex>(&[1.0], 1.0, &replica, &d)?;
         if replica.rank == 1 {
-            return Err(genzoo::core::Error::Data("replica 1 ran out of data".into()));
+            return Err(genzoo::core::Error::Data(
+                "replica 1 ran out of data".into(),
+            ));
         }
         // Rank 0 waits in the next collective for a peer that has left.
         genzoo::core::parallel::all_reduce_values::<Flex>(&[1.0], 1.0, &replica, &d)
     })
     .map(|_| ())
     .unwrap_err();
-    assert!(err.to_string().contains("replica 1 ran out of data"), "{err}");
+    assert!(
+        err.to_string().contains("replica 1 ran out of data"),
+        "{err}"
+    );
     assert!(started.elapsed() < Duration::from_secs(30));
     // The collective is clean again for the next run.
     let sums = run_replicas::<B, _>(&parallel, vec![CpuDevice::default(); 2], |replica, d| {
@@ -237,9 +286,7 @@ fn free_port() -> u16 {
             .local_addr()
             .unwrap()
             .port();
-        if p < 60000
-            && (1..4).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok())
-        {
+        if p < 60000 && (1..4).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()) {
             return p;
         }
     }
@@ -317,8 +364,16 @@ fn two_nodes_over_loopback_train_as_one_device_and_a_lost_node_is_named() {
     // One device, for reference.
     let one = Command::new(env!("CARGO_BIN_EXE_genzoo"))
         .args([
-            "train", "vae-mlp", "--dataset", "idx:digits", "--batch-size", "16", "--steps", "6",
-            "--out", "one",
+            "train",
+            "vae-mlp",
+            "--dataset",
+            "idx:digits",
+            "--batch-size",
+            "16",
+            "--steps",
+            "6",
+            "--out",
+            "one",
         ])
         .current_dir(dir)
         .env("GENZOO_OFFLINE", "1")
@@ -341,7 +396,12 @@ fn two_nodes_over_loopback_train_as_one_device_and_a_lost_node_is_named() {
     let port = free_port();
     let started = Instant::now();
     let alone = finish(
-        node(dir, 0, port, &["--steps", "6", "--out", "alone", "--peer-timeout", "3"]),
+        node(
+            dir,
+            0,
+            port,
+            &["--steps", "6", "--out", "alone", "--peer-timeout", "3"],
+        ),
         limit,
     );
     assert!(!alone.status.success());
@@ -356,7 +416,14 @@ fn two_nodes_over_loopback_train_as_one_device_and_a_lost_node_is_named() {
     // run's last checkpoint resumes on one device.
     let port = free_port();
     let long = [
-        "--steps", "100000", "--out", "lost", "--checkpoint-every", "5", "--peer-timeout", "20",
+        "--steps",
+        "100000",
+        "--out",
+        "lost",
+        "--checkpoint-every",
+        "5",
+        "--peer-timeout",
+        "20",
     ];
     let leader = node(dir, 0, port, &long);
     let mut follower = node(dir, 1, port, &long);
@@ -379,13 +446,26 @@ fn two_nodes_over_loopback_train_as_one_device_and_a_lost_node_is_named() {
     assert!(killed.elapsed() < Duration::from_secs(40));
     let resumed = Command::new(env!("CARGO_BIN_EXE_genzoo"))
         .args([
-            "train", "vae-mlp", "--dataset", "idx:digits", "--batch-size", "16", "--steps", "300",
-            "--out", "lost", "--resume",
+            "train",
+            "vae-mlp",
+            "--dataset",
+            "idx:digits",
+            "--batch-size",
+            "16",
+            "--steps",
+            "300",
+            "--out",
+            "lost",
+            "--resume",
         ])
         .current_dir(dir)
         .env("GENZOO_OFFLINE", "1")
         .output()
         .unwrap();
     assert!(resumed.status.success(), "{}", text(&resumed));
-    assert!(text(&resumed).contains("resuming from"), "{}", text(&resumed));
+    assert!(
+        text(&resumed).contains("resuming from"),
+        "{}",
+        text(&resumed)
+    );
 }

@@ -117,10 +117,7 @@ pub trait BackendTask {
 
     /// Runs the task on `devices()` devices of backend `B` (GPUs by index;
     /// the one CPU device repeated, its replicas sharing the cores).
-    fn run_on_devices<B: AutodiffBackend>(
-        self,
-        _devices: Vec<B::Device>,
-    ) -> Result<Self::Output>
+    fn run_on_devices<B: AutodiffBackend>(self, _devices: Vec<B::Device>) -> Result<Self::Output>
     where
         Self: Sized,
     {
@@ -179,7 +176,9 @@ pub fn with_backend<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Out
                     probe::<Cuda>(
                         device,
                         &format!("CUDA GPU {i}"),
-                        &format!("CUDA device {i} could not be used (does the machine have {n} GPUs?)"),
+                        &format!(
+                            "CUDA device {i} could not be used (does the machine have {n} GPUs?)"
+                        ),
                     )?;
                 }
                 return task.run_on_devices::<Autodiff<Cuda>>(devices);

@@ -424,14 +424,10 @@ fn routed_mean<F: CollectiveOps, B: Backend>(
     let boxed: Box<dyn Any> = Box::new(x);
     match boxed.downcast::<Tensor<F, 1>>() {
         Ok(x) => {
-            let y = F::all_reduce_weighted_mean(
-                x.into_primitive().tensor(),
-                replica,
-                replica.weight(),
-            );
-            let boxed: Box<dyn Any> = Box::new(Tensor::<F, 1>::from_primitive(
-                TensorPrimitive::Float(y),
-            ));
+            let y =
+                F::all_reduce_weighted_mean(x.into_primitive().tensor(), replica, replica.weight());
+            let boxed: Box<dyn Any> =
+                Box::new(Tensor::<F, 1>::from_primitive(TensorPrimitive::Float(y)));
             Ok(*boxed.downcast::<Tensor<B, 1>>().expect("F is B"))
         }
         Err(boxed) => Err(*boxed.downcast::<Tensor<B, 1>>().expect("unchanged")),
@@ -478,19 +474,22 @@ pub fn replica_mean<B: Backend>(x: Tensor<B, 1>, replica: Replica) -> Tensor<B, 
 /// Whether [`replica_mean`] (and so data-parallel training) supports backend `B`.
 pub fn supports_backend<B: Backend>() -> bool {
     let id = TypeId::of::<B>();
-    #[allow(unused_mut)]
-    let mut ids = vec![TypeId::of::<Flex>(), TypeId::of::<Autodiff<Flex>>()];
+    let cpu = [TypeId::of::<Flex>(), TypeId::of::<Autodiff<Flex>>()];
     #[cfg(feature = "wgpu")]
-    ids.extend([
+    let wgpu = [
         TypeId::of::<burn::backend::Wgpu>(),
         TypeId::of::<Autodiff<burn::backend::Wgpu>>(),
-    ]);
+    ];
+    #[cfg(not(feature = "wgpu"))]
+    let wgpu: [TypeId; 0] = [];
     #[cfg(feature = "cuda")]
-    ids.extend([
+    let cuda = [
         TypeId::of::<burn::backend::Cuda>(),
         TypeId::of::<Autodiff<burn::backend::Cuda>>(),
-    ]);
-    ids.contains(&id)
+    ];
+    #[cfg(not(feature = "cuda"))]
+    let cuda: [TypeId; 0] = [];
+    cpu.contains(&id) || wgpu.contains(&id) || cuda.contains(&id)
 }
 
 static PROGRESS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

@@ -122,9 +122,9 @@ impl ParallelConfig {
                 self.nodes
             ))
         })?;
-        let (host, port) = text.rsplit_once(':').ok_or_else(|| {
-            Error::Config(format!("--coordinator {text}: expected HOST:PORT"))
-        })?;
+        let (host, port) = text
+            .rsplit_once(':')
+            .ok_or_else(|| Error::Config(format!("--coordinator {text}: expected HOST:PORT")))?;
         let port: u16 = port
             .parse()
             .map_err(|_| Error::Config(format!("--coordinator {text}: bad port '{port}'")))?;
@@ -276,15 +276,15 @@ where
             })
             .collect();
         if let Some(link) = &link {
-            link.watch_while_running(&handles, timeout, || {
-                reset::<B>()
-            });
+            link.watch_while_running(&handles, timeout, || reset::<B>());
         }
         handles
             .into_iter()
             .map(|h| {
                 h.join().unwrap_or_else(|_| {
-                    Err(Error::Parallel("a replica thread could not be joined".into()))
+                    Err(Error::Parallel(
+                        "a replica thread could not be joined".into(),
+                    ))
                 })
             })
             .collect()
@@ -515,9 +515,8 @@ impl NodeLink {
                     }
                 }
                 if !said_bye && !done.load(Ordering::SeqCst) {
-                    let reason = format!(
-                        "node {rank} disconnected: its process died or the network failed"
-                    );
+                    let reason =
+                        format!("node {rank} disconnected: its process died or the network failed");
                     if relay {
                         for s in &others {
                             let mut s = s.lock().unwrap_or_else(|e| e.into_inner());

@@ -171,7 +171,10 @@ impl Trainer {
         family: F,
         data: &D,
         device: &B::Device,
-        parallel: Option<(Replica, &dyn Fn(F::Batch, &Replica) -> Result<(F::Batch, usize)>)>,
+        parallel: Option<(
+            Replica,
+            &dyn Fn(F::Batch, &Replica) -> Result<(F::Batch, usize)>,
+        )>,
     ) -> Result<TrainOutcome<F>>
     where
         B: AutodiffBackend,
@@ -490,12 +493,10 @@ fn reduce_metrics<B: AutodiffBackend>(
     device: &B::Device,
 ) -> Result<(Metrics, bool)> {
     // A small signature of the metric names, exact in f32 with its square.
-    let signature = metrics
-        .iter()
-        .fold(17u32, |h, (k, _)| {
-            k.bytes().fold(h, |h, b| h.wrapping_mul(31).wrapping_add(b as u32))
-        })
-        % 4093;
+    let signature = metrics.iter().fold(17u32, |h, (k, _)| {
+        k.bytes()
+            .fold(h, |h, b| h.wrapping_mul(31).wrapping_add(b as u32))
+    }) % 4093;
     let (count, sig) = (metrics.0.len() as f64, signature as f64);
     let mean = parallel::all_reduce_values::<B::InnerBackend>(
         &[count, sig, count * count, sig * sig],
@@ -504,7 +505,11 @@ fn reduce_metrics<B: AutodiffBackend>(
         device,
     )?;
     let same = (0..2).all(|i| (mean[i + 2] - mean[i] * mean[i]).abs() < 0.25);
-    let shared = if same { metrics.0.len() } else { 1.min(metrics.0.len()) };
+    let shared = if same {
+        metrics.0.len()
+    } else {
+        1.min(metrics.0.len())
+    };
 
     let weight = replica.weight();
     let mut values: Vec<f64> = metrics.iter().take(shared).map(|(_, v)| v).collect();

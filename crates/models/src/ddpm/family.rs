@@ -9,10 +9,10 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{Adam, AdamConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use genzoo_core::parallel::{Replica, broadcast_autodiff, broadcast_module};
-use genzoo_core::noise;
 use genzoo_core::ema::Ema;
 use genzoo_core::family::SampleRequest;
+use genzoo_core::noise;
+use genzoo_core::parallel::{Replica, broadcast_autodiff, broadcast_module};
 use genzoo_core::record::{
     load_module, load_optimizer, save_module, save_optimizer, trainable_params,
 };
@@ -219,12 +219,8 @@ impl<B: AutodiffBackend> DdpmTrainer<B> {
     ) -> (Tensor<Bk, 1>, Vec<usize>) {
         let [n, c, h, w] = x0.dims();
         let device = x0.device();
-        let t_draw = noise::uniform_per_example::<Bk, 1>(
-            [n],
-            0.0,
-            self.config.timesteps as f64,
-            &device,
-        );
+        let t_draw =
+            noise::uniform_per_example::<Bk, 1>([n], 0.0, self.config.timesteps as f64, &device);
         let t: Vec<usize> = t_draw
             .into_data()
             .to_vec::<f32>()

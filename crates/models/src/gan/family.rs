@@ -9,11 +9,11 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{Adam, AdamConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use genzoo_core::parallel::{Replica, broadcast_autodiff, broadcast_module};
-use genzoo_core::noise;
 use genzoo_core::ema::Ema;
 use genzoo_core::family::SampleRequest;
 use genzoo_core::grad::global_norm;
+use genzoo_core::noise;
+use genzoo_core::parallel::{Replica, broadcast_autodiff, broadcast_module};
 use genzoo_core::record::{
     load_module, load_optimizer, save_module, save_optimizer, trainable_params,
 };
@@ -253,8 +253,12 @@ impl<B: AutodiffBackend> GanTrainer<B> {
             .loss
             .discriminator(real_logits.clone(), fake_logits.clone());
         if self.config.gradient_penalty > 0.0 {
-            let eps =
-                noise::uniform_per_example::<B::InnerBackend, 4>([n, 1, 1, 1], 0.0, 1.0, &self.device);
+            let eps = noise::uniform_per_example::<B::InnerBackend, 4>(
+                [n, 1, 1, 1],
+                0.0,
+                1.0,
+                &self.device,
+            );
             let mix = real.inner() * eps.clone() + fake.inner() * (eps.neg() + 1.0);
             loss = loss + gradient_penalty(d, mix) * self.config.gradient_penalty;
         }
@@ -477,6 +481,7 @@ impl<B: AutodiffBackend> Family<B> for GanTrainer<B> {
 mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex};
+    use burn::tensor::Distribution;
     use genzoo_core::CpuDevice;
     use genzoo_core::record::trainable_values;
 

@@ -8,8 +8,8 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::optim::{Adam, AdamConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use genzoo_core::parallel::{Replica, broadcast_autodiff};
 use genzoo_core::family::SampleRequest;
+use genzoo_core::parallel::{Replica, broadcast_autodiff};
 use genzoo_core::record::{load_module, load_optimizer, save_module, save_optimizer};
 use genzoo_core::{Family, ImageBatch, Metrics, Result, StepContext};
 
