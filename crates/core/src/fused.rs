@@ -135,6 +135,61 @@ pub trait FusedOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         composed_conv_transpose2d_backward::<Self>(x, weight, grad, geometry)
     }
+
+    /// Each row of `x` (`[rows, len]`) shifted and scaled to zero mean and
+    /// unit (biased) variance: (x − mean)·rstd with rstd = 1/√(var + eps).
+    /// The core of GroupNorm (one row per sample and group).
+    fn fused_normalize_rows(x: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+        Self::fused_normalize_rows_with_rstd(x, eps).0
+    }
+
+    /// [`FusedOps::fused_normalize_rows`] and each row's rstd (`[rows, 1]`),
+    /// which its backward needs.
+    fn fused_normalize_rows_with_rstd(
+        x: FloatTensor<Self>,
+        eps: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        composed_normalize_rows::<Self>(x, eps)
+    }
+
+    /// The gradient of [`FusedOps::fused_normalize_rows`] from its output
+    /// x̂, its rstd and the incoming gradient g, row by row:
+    /// rstd·(g − mean(g) − x̂·mean(g·x̂)).
+    fn fused_normalize_rows_backward(
+        normed: FloatTensor<Self>,
+        rstd: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        composed_normalize_rows_backward::<Self>(normed, rstd, grad)
+    }
+}
+
+fn composed_normalize_rows<B: Backend>(
+    x: FloatTensor<B>,
+    eps: f32,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let x = float::<B, 2>(x);
+    let (var, mean) = x.clone().var_mean_bias(1);
+    let rstd = (var + eps as f64).sqrt().recip();
+    let y = (x - mean) * rstd.clone();
+    (y.into_primitive().tensor(), rstd.into_primitive().tensor())
+}
+
+fn composed_normalize_rows_backward<B: Backend>(
+    normed: FloatTensor<B>,
+    rstd: FloatTensor<B>,
+    grad: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let (y, rstd, g) = (
+        float::<B, 2>(normed),
+        float::<B, 2>(rstd),
+        float::<B, 2>(grad),
+    );
+    let mean_g = g.clone().mean_dim(1);
+    let mean_gy = (g.clone() * y.clone()).mean_dim(1);
+    ((g - mean_g - y * mean_gy) * rstd)
+        .into_primitive()
+        .tensor()
 }
 
 fn conv_options(g: ConvGeometry) -> ConvOptions<2> {
@@ -337,6 +392,22 @@ impl FusedOps for Flex {
             composed_conv_transpose2d_backward::<Self>(x, weight, grad, geometry)
         })
     }
+
+    fn fused_normalize_rows_with_rstd(
+        x: FloatTensor<Self>,
+        eps: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        kernels::normalize_rows(&x, eps).unwrap_or_else(|| composed_normalize_rows::<Self>(x, eps))
+    }
+
+    fn fused_normalize_rows_backward(
+        normed: FloatTensor<Self>,
+        rstd: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        kernels::normalize_rows_backward(&normed, &rstd, &grad)
+            .unwrap_or_else(|| composed_normalize_rows_backward::<Self>(normed, rstd, grad))
+    }
 }
 
 /// Records a unary op whose backward is `backward(input, grad)`: the state
@@ -510,6 +581,40 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         fused_conv_transpose2d,
         fused_conv_transpose2d_backward
     );
+
+    fn fused_normalize_rows(x: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct FusedNormalizeRows;
+
+        impl<B: FusedOps> Backward<B, 1> for FusedNormalizeRows {
+            /// The output x̂ and each row's rstd.
+            type State = (FloatTensor<B>, FloatTensor<B>);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let (normed, rstd) = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                    B::fused_normalize_rows_backward(normed, rstd, grad)
+                });
+            }
+        }
+
+        match FusedNormalizeRows
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (normed, rstd) = B::fused_normalize_rows_with_rstd(x.primitive, eps);
+                prep.finish((normed.clone(), rstd), normed)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_normalize_rows(x.primitive, eps)),
+        }
+    }
 }
 
 #[cfg(feature = "wgpu")]
@@ -565,6 +670,50 @@ macro_rules! route_cpu {
 /// ```
 pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     route_cpu!(x, fused_gelu).unwrap_or_else(burn::tensor::activation::gelu)
+}
+
+/// Runs `op` on `x` through backend `F` when `B` is `F`; hands `x` back otherwise.
+fn routed_with<F: FusedOps, B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    op: impl FnOnce(FloatTensor<F>) -> FloatTensor<F>,
+) -> std::result::Result<Tensor<B, D>, Tensor<B, D>> {
+    let boxed: Box<dyn Any> = Box::new(x);
+    match boxed.downcast::<Tensor<F, D>>() {
+        Ok(x) => {
+            let y = Tensor::<F, D>::from_primitive(TensorPrimitive::Float(op(x
+                .into_primitive()
+                .tensor())));
+            let boxed: Box<dyn Any> = Box::new(y);
+            Ok(*boxed.downcast::<Tensor<B, D>>().expect("F is B"))
+        }
+        Err(boxed) => Err(*boxed.downcast::<Tensor<B, D>>().expect("unchanged")),
+    }
+}
+
+/// Each row of `x` (`[rows, len]`) normalised to zero mean and unit
+/// variance, (x − mean)/√(var + eps) (biased variance, as GroupNorm): one
+/// fused pass with an analytic backward on the CPU backend, burn's ops
+/// elsewhere.
+///
+/// ```
+/// use burn::prelude::*;
+/// use genzoo_core::{CpuBackend, CpuDevice};
+/// let x = Tensor::<CpuBackend, 2>::from_floats([[1.0, 2.0, 3.0, 6.0]], &CpuDevice::default());
+/// let y = genzoo_core::fused::normalize_rows(x, 1e-5);
+/// assert!(y.clone().mean().into_scalar().abs() < 1e-6);
+/// assert!((y.var_bias(1).into_scalar() - 1.0).abs() < 1e-4);
+/// ```
+pub fn normalize_rows<B: Backend>(x: Tensor<B, 2>, eps: f32) -> Tensor<B, 2> {
+    routed_with::<Flex, B, 2>(x, |x| <Flex as FusedOps>::fused_normalize_rows(x, eps))
+        .or_else(|x| {
+            routed_with::<Autodiff<Flex>, B, 2>(x, |x| {
+                <Autodiff<Flex> as FusedOps>::fused_normalize_rows(x, eps)
+            })
+        })
+        .unwrap_or_else(|x| {
+            let (var, mean) = x.clone().var_mean_bias(1);
+            (x - mean) * (var + eps as f64).sqrt().recip()
+        })
 }
 
 /// SiLU (swish, x·σ(x)) on any backend: genzoo's fused kernel on the CPU
@@ -785,6 +934,30 @@ mod tests {
     #[test]
     fn silu_matches_burns_composition_in_values_and_gradients() {
         matches_composed(silu, activation::silu);
+    }
+
+    #[test]
+    fn row_normalisation_matches_burns_composition_in_values_and_gradients() {
+        let dev = CpuDevice::default();
+        // Rows of GroupNorm's sizes (N·G rows of (C/G)·H·W), an odd length,
+        // a constant row (variance 0: eps decides), and large offsets.
+        for (rows, len, mean, std) in [(8, 1568, 0.0, 1.0), (5, 37, 3.0, 0.1), (3, 1, 0.0, 1.0)] {
+            let x = Tensor::<Ad, 2>::random([rows, len], Distribution::Normal(mean, std), &dev);
+            let x = Tensor::cat(vec![x, Tensor::ones([1, len], &dev) * 2.0], 0);
+            let upstream = Tensor::<Ad, 2>::random(x.dims(), Distribution::Normal(0.0, 1.0), &dev);
+            let (xa, xb) = (x.clone().require_grad(), x.require_grad());
+            let ya = normalize_rows(xa.clone(), 1e-5);
+            let yb = {
+                let (var, m) = xb.clone().var_mean_bias(1);
+                (xb.clone() - m) * (var + 1e-5).sqrt().recip()
+            };
+            assert!(max_diff(ya.clone().inner(), yb.clone().inner()) < 1e-4);
+            let ga = (ya * upstream.clone()).sum().backward();
+            let gb = (yb * upstream).sum().backward();
+            let (da, db) = (xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap());
+            let scale = db.clone().abs().max().into_scalar().max(1.0);
+            assert!(max_diff(da, db) < 1e-4 * scale, "{rows}x{len}");
+        }
     }
 
     #[test]

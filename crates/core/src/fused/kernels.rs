@@ -62,6 +62,90 @@ pub(super) fn zip(
     Some(out)
 }
 
+/// Each row of the `[rows, len]` tensor `x` normalised, (x − mean)·rstd,
+/// and the rows' rstd `[rows, 1]`; `None` unless `x` is a 2-D f32 tensor.
+pub(super) fn normalize_rows(x: &FlexTensor, eps: f32) -> Option<(FlexTensor, FlexTensor)> {
+    let shape = x.layout().shape().clone();
+    if x.dtype() != DType::F32 || shape.num_dims() != 2 || shape[1] == 0 {
+        return None;
+    }
+    let (rows, len) = (shape[0], shape[1]);
+    let x = x.to_contiguous();
+    let xs: &[f32] = x.as_slice()?;
+    let mut out = FlexTensor::empty(shape, DType::F32);
+    let mut rstd = FlexTensor::empty([rows, 1].into(), DType::F32);
+    out.storage_mut::<f32>()
+        .par_chunks_mut(len)
+        .zip(xs.par_chunks(len))
+        .zip(rstd.storage_mut::<f32>().par_iter_mut())
+        .for_each(|((o, x), r)| {
+            let mean = sum(x) / len as f32;
+            // Two passes (centre, then square) for accuracy, as burn's var.
+            for (o, &x) in o.iter_mut().zip(x) {
+                *o = x - mean;
+            }
+            let mut lanes = [0.0f32; 16];
+            let chunks = o.chunks_exact(16);
+            let rest: f32 = chunks.remainder().iter().map(|d| d * d).sum();
+            for chunk in chunks {
+                for (l, d) in lanes.iter_mut().zip(chunk) {
+                    *l += d * d;
+                }
+            }
+            let var = (lanes.iter().sum::<f32>() + rest) / len as f32;
+            *r = 1.0 / (var + eps).sqrt();
+            for o in o.iter_mut() {
+                *o *= *r;
+            }
+        });
+    Some((out, rstd))
+}
+
+/// The gradient of [`normalize_rows`]: per row, rstd·(g − mean(g) − x̂·mean(g·x̂)).
+pub(super) fn normalize_rows_backward(
+    normed: &FlexTensor,
+    rstd: &FlexTensor,
+    grad: &FlexTensor,
+) -> Option<FlexTensor> {
+    let shape = normed.layout().shape().clone();
+    if normed.dtype() != DType::F32
+        || grad.dtype() != DType::F32
+        || rstd.dtype() != DType::F32
+        || shape.num_dims() != 2
+        || grad.layout().shape() != &shape
+        || shape[1] == 0
+    {
+        return None;
+    }
+    let len = shape[1];
+    let (normed, rstd, grad) = (
+        normed.to_contiguous(),
+        rstd.to_contiguous(),
+        grad.to_contiguous(),
+    );
+    let (ys, rs, gs): (&[f32], &[f32], &[f32]) =
+        (normed.as_slice()?, rstd.as_slice()?, grad.as_slice()?);
+    if rs.len() != shape[0] {
+        return None;
+    }
+    let mut out = FlexTensor::empty(shape, DType::F32);
+    out.storage_mut::<f32>()
+        .par_chunks_mut(len)
+        .zip(ys.par_chunks(len).zip(gs.par_chunks(len)))
+        .zip(rs.par_iter())
+        .for_each(|((o, (y, g)), &r)| {
+            let mean_g = sum(g) / len as f32;
+            for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
+                *o = g * y;
+            }
+            let mean_gy = sum(o) / len as f32;
+            for ((o, &y), &g) in o.iter_mut().zip(y).zip(g) {
+                *o = r * (g - mean_g - y * mean_gy);
+            }
+        });
+    Some(out)
+}
+
 /// Runs `f` with this thread's scratch buffer of at least `len` floats
 /// (contents unspecified). Kernels reuse it across calls instead of
 /// allocating fresh pages, which the kernel must zero, every time.
