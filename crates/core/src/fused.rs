@@ -627,7 +627,7 @@ impl FusedOps for burn::backend::Cuda {}
 /// hands `x` back untouched otherwise.
 fn routed<F: FusedOps, B: Backend, const D: usize>(
     x: Tensor<B, D>,
-    op: fn(FloatTensor<F>) -> FloatTensor<F>,
+    op: impl FnOnce(FloatTensor<F>) -> FloatTensor<F>,
 ) -> std::result::Result<Tensor<B, D>, Tensor<B, D>> {
     let boxed: Box<dyn Any> = Box::new(x);
     match boxed.downcast::<Tensor<F, D>>() {
@@ -672,24 +672,6 @@ pub fn gelu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     route_cpu!(x, fused_gelu).unwrap_or_else(burn::tensor::activation::gelu)
 }
 
-/// Runs `op` on `x` through backend `F` when `B` is `F`; hands `x` back otherwise.
-fn routed_with<F: FusedOps, B: Backend, const D: usize>(
-    x: Tensor<B, D>,
-    op: impl FnOnce(FloatTensor<F>) -> FloatTensor<F>,
-) -> std::result::Result<Tensor<B, D>, Tensor<B, D>> {
-    let boxed: Box<dyn Any> = Box::new(x);
-    match boxed.downcast::<Tensor<F, D>>() {
-        Ok(x) => {
-            let y = Tensor::<F, D>::from_primitive(TensorPrimitive::Float(op(x
-                .into_primitive()
-                .tensor())));
-            let boxed: Box<dyn Any> = Box::new(y);
-            Ok(*boxed.downcast::<Tensor<B, D>>().expect("F is B"))
-        }
-        Err(boxed) => Err(*boxed.downcast::<Tensor<B, D>>().expect("unchanged")),
-    }
-}
-
 /// Each row of `x` (`[rows, len]`) normalised to zero mean and unit
 /// variance, (x − mean)/√(var + eps) (biased variance, as GroupNorm): one
 /// fused pass with an analytic backward on the CPU backend, burn's ops
@@ -704,9 +686,9 @@ fn routed_with<F: FusedOps, B: Backend, const D: usize>(
 /// assert!((y.var_bias(1).into_scalar() - 1.0).abs() < 1e-4);
 /// ```
 pub fn normalize_rows<B: Backend>(x: Tensor<B, 2>, eps: f32) -> Tensor<B, 2> {
-    routed_with::<Flex, B, 2>(x, |x| <Flex as FusedOps>::fused_normalize_rows(x, eps))
+    routed::<Flex, B, 2>(x, |x| <Flex as FusedOps>::fused_normalize_rows(x, eps))
         .or_else(|x| {
-            routed_with::<Autodiff<Flex>, B, 2>(x, |x| {
+            routed::<Autodiff<Flex>, B, 2>(x, |x| {
                 <Autodiff<Flex> as FusedOps>::fused_normalize_rows(x, eps)
             })
         })
