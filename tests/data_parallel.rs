@@ -292,7 +292,25 @@ fn free_port() -> u16 {
     }
 }
 
-fn node(dir: &Path, rank: usize, port: u16, extra: &[&str]) -> Child {
+/// A `genzoo` process that is killed if the test ends (or fails) first.
+struct Node(Option<Child>);
+
+impl Node {
+    fn kill(&mut self) {
+        if let Some(child) = self.0.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn node(dir: &Path, rank: usize, port: u16, extra: &[&str]) -> Node {
     let port = format!("127.0.0.1:{port}");
     let rank = rank.to_string();
     let mut args = vec![
@@ -310,18 +328,21 @@ fn node(dir: &Path, rank: usize, port: u16, extra: &[&str]) -> Child {
         &port,
     ];
     args.extend_from_slice(extra);
-    Command::new(env!("CARGO_BIN_EXE_genzoo"))
-        .args(&args)
-        .current_dir(dir)
-        .env("GENZOO_OFFLINE", "1")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start genzoo")
+    Node(Some(
+        Command::new(env!("CARGO_BIN_EXE_genzoo"))
+            .args(&args)
+            .current_dir(dir)
+            .env("GENZOO_OFFLINE", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start genzoo"),
+    ))
 }
 
-/// Waits for `child` at most `limit`, killing it past that.
-fn finish(mut child: Child, limit: Duration) -> Output {
+/// Waits for the node at most `limit`, killing it past that.
+fn finish(mut node: Node, limit: Duration) -> Output {
+    let mut child = node.0.take().expect("a running node");
     let started = Instant::now();
     while child.try_wait().unwrap().is_none() {
         if started.elapsed() > limit {
@@ -433,8 +454,7 @@ fn two_nodes_over_loopback_train_as_one_device_and_a_lost_node_is_named() {
         assert!(started.elapsed() < limit, "no checkpoint was written");
         std::thread::sleep(Duration::from_millis(50));
     }
-    follower.kill().unwrap();
-    follower.wait().unwrap();
+    follower.kill();
     let killed = Instant::now();
     let leader = finish(leader, limit);
     assert!(!leader.status.success());

@@ -128,7 +128,8 @@ pub fn set_batch(batch: usize) {
 /// A collective failure as genzoo's error, saying which replica saw it.
 pub fn collective_error(replica: &Replica, what: &str, err: CollectiveError) -> Error {
     let reason = match err {
-        CollectiveError::LocalServerMissing => {
+        // What a replica sees after another one failed and reset the collective.
+        CollectiveError::LocalServerMissing | CollectiveError::RegisterNotFirstOperation => {
             "the collective was reset: another replica failed or the run was stopped".to_string()
         }
         other => format!("{other:?}"),

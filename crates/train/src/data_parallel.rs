@@ -202,6 +202,8 @@ where
     let timeout = Duration::from_secs(config.peer_timeout_s);
     let mut collective_config = CollectiveConfig::default().with_num_devices(config.devices);
     let failure: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+    // The local replica that failed first: its error is the root cause.
+    let first_failed: Mutex<Option<usize>> = Mutex::new(None);
     let done = Arc::new(AtomicBool::new(false));
     let mut link = None;
     if config.nodes > 1 {
@@ -241,6 +243,7 @@ where
                 let collective_config = collective_config.clone();
                 let replica = &replica;
                 let failure = failure.clone();
+                let first_failed = &first_failed;
                 scope.spawn(move || {
                     let me = Replica::new(rank, world);
                     let result = catch_unwind(AssertUnwindSafe(|| {
@@ -263,6 +266,10 @@ where
                         )))
                     });
                     if let Err(e) = &result {
+                        first_failed
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(local);
                         // Release the other replicas waiting in a collective.
                         let mut f = failure.lock().unwrap_or_else(|e| e.into_inner());
                         if f.is_none() && !is_release(e) {
@@ -297,24 +304,30 @@ where
     reset::<B>();
 
     let remote = failure.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let first_failed = first_failed.into_inner().unwrap_or_else(|e| e.into_inner());
     let mut outputs = Vec::new();
     let mut errors = Vec::new();
-    for r in results {
+    for (local, r) in results.into_iter().enumerate() {
         match r {
             Ok(t) => outputs.push(t),
-            Err(e) => errors.push(e),
+            Err(e) => errors.push((local, e)),
         }
     }
-    // Prefer the root cause over the replicas it released.
-    let root = errors.iter().position(|e| !is_release(e));
-    match (root, errors.is_empty()) {
-        (_, true) => Ok(outputs),
-        (Some(i), _) => Err(errors.swap_remove(i)),
-        (None, _) => Err(match remote {
-            Some(reason) => Error::Parallel(reason),
-            None => errors.swap_remove(0),
-        }),
+    if errors.is_empty() {
+        return Ok(outputs);
     }
+    // The root cause: the replica that failed first, else a failure reported
+    // from another node, else any.
+    if let Some(i) = errors.iter().position(|(l, _)| Some(*l) == first_failed)
+        && !is_release(&errors[i].1)
+    {
+        return Err(errors.swap_remove(i).1);
+    }
+    if let Some(reason) = remote {
+        return Err(Error::Parallel(reason));
+    }
+    let i = errors.iter().position(|(_, e)| !is_release(e)).unwrap_or(0);
+    Err(errors.swap_remove(i).1)
 }
 
 /// Forgets every registered peer and pending operation of this process's
