@@ -14,7 +14,7 @@
 //! replica; layers that need the whole batch (synchronised BatchNorm) read
 //! it with [`current`].
 
-use std::any::{Any, TypeId};
+use std::any::TypeId;
 use std::cell::Cell;
 use std::marker::PhantomData;
 
@@ -33,6 +33,7 @@ use burn::tensor::ops::FloatTensor;
 use burn_flex::Flex;
 
 use crate::error::{Error, Result};
+use crate::fused::routed;
 
 /// One replica of a data-parallel run, as seen by the thread that runs it.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -417,24 +418,6 @@ impl<B: CollectiveOps, C: CheckpointStrategy> CollectiveOps for Autodiff<B, C> {
     }
 }
 
-/// Runs the op through backend `F` when `B` is `F`; hands `x` back otherwise.
-fn routed_mean<F: CollectiveOps, B: Backend>(
-    x: Tensor<B, 1>,
-    replica: Replica,
-) -> std::result::Result<Tensor<B, 1>, Tensor<B, 1>> {
-    let boxed: Box<dyn Any> = Box::new(x);
-    match boxed.downcast::<Tensor<F, 1>>() {
-        Ok(x) => {
-            let y =
-                F::all_reduce_weighted_mean(x.into_primitive().tensor(), replica, replica.weight());
-            let boxed: Box<dyn Any> =
-                Box::new(Tensor::<F, 1>::from_primitive(TensorPrimitive::Float(y)));
-            Ok(*boxed.downcast::<Tensor<B, 1>>().expect("F is B"))
-        }
-        Err(boxed) => Err(*boxed.downcast::<Tensor<B, 1>>().expect("unchanged")),
-    }
-}
-
 /// The weighted mean over replicas of a per-replica statistic `x` (`[C]`),
 /// differentiable: [`CollectiveOps::all_reduce_weighted_mean`] on the
 /// backends genzoo trains on (the CPU backend, wgpu, CUDA; plain or under
@@ -445,22 +428,30 @@ fn routed_mean<F: CollectiveOps, B: Backend>(
 /// or when the collective fails (the engine turns a replica's panic into
 /// an error naming it).
 pub fn replica_mean<B: Backend>(x: Tensor<B, 1>, replica: Replica) -> Tensor<B, 1> {
-    let x = match routed_mean::<Flex, B>(x, replica)
-        .or_else(|x| routed_mean::<Autodiff<Flex>, B>(x, replica))
+    let weight = replica.weight();
+    fn mean<F: CollectiveOps, B: Backend>(
+        x: Tensor<B, 1>,
+        replica: Replica,
+        weight: f64,
+    ) -> std::result::Result<Tensor<B, 1>, Tensor<B, 1>> {
+        routed::<F, B, 1>(x, |x| F::all_reduce_weighted_mean(x, replica, weight))
+    }
+    let x = match mean::<Flex, B>(x, replica, weight)
+        .or_else(|x| mean::<Autodiff<Flex>, B>(x, replica, weight))
     {
         Ok(y) => return y,
         Err(x) => x,
     };
     #[cfg(feature = "wgpu")]
-    let x = match routed_mean::<burn::backend::Wgpu, B>(x, replica)
-        .or_else(|x| routed_mean::<Autodiff<burn::backend::Wgpu>, B>(x, replica))
+    let x = match mean::<burn::backend::Wgpu, B>(x, replica, weight)
+        .or_else(|x| mean::<Autodiff<burn::backend::Wgpu>, B>(x, replica, weight))
     {
         Ok(y) => return y,
         Err(x) => x,
     };
     #[cfg(feature = "cuda")]
-    let x = match routed_mean::<burn::backend::Cuda, B>(x, replica)
-        .or_else(|x| routed_mean::<Autodiff<burn::backend::Cuda>, B>(x, replica))
+    let x = match mean::<burn::backend::Cuda, B>(x, replica, weight)
+        .or_else(|x| mean::<Autodiff<burn::backend::Cuda>, B>(x, replica, weight))
     {
         Ok(y) => return y,
         Err(x) => x,

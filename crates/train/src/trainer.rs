@@ -202,13 +202,10 @@ impl Trainer {
             )
             .expect("valid template"),
         );
-        let say = |msg: &str| {
-            if !leader {
-            } else if bar.is_hidden() {
-                eprintln!("{msg}");
-            } else {
-                bar.println(msg);
-            }
+        let say = |msg: &str| match (leader, bar.is_hidden()) {
+            (false, _) => {}
+            (true, true) => eprintln!("{msg}"),
+            (true, false) => bar.println(msg),
         };
 
         // Where to start: step 0, or the newest good checkpoint.
