@@ -23,8 +23,8 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::prelude::*;
-use burn::tensor::TensorPrimitive;
 use burn::tensor::ops::{ActivationOps, ConvOptions, ConvTransposeOptions, FloatTensor, ModuleOps};
+use burn::tensor::{TensorMetadata, TensorPrimitive};
 use burn_flex::Flex;
 
 mod attention;
@@ -93,6 +93,46 @@ pub trait FusedOps: Backend {
         scale: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         composed_causal_attention_backward::<Self>(q, k, v, out, lse, grad, scale)
+    }
+
+    /// Causal self-attention of `n_head` heads from the packed output of the
+    /// q/k/v projection, `[batch, T, 3·C]` (q, k, v side by side, each
+    /// `[batch, T, C]` with head h in columns h·C/n_head..), to the heads
+    /// re-assembled, `[batch, T, C]`: a GPT block's attention without the
+    /// split, transpose and merge in between.
+    fn fused_causal_self_attention(qkv: FloatTensor<Self>, n_head: usize) -> FloatTensor<Self> {
+        Self::fused_causal_self_attention_with_lse(qkv, n_head).0
+    }
+
+    /// [`FusedOps::fused_causal_self_attention`] and the log-sum-exp of each
+    /// score row (`[batch, n_head, T]`), which its backward needs.
+    fn fused_causal_self_attention_with_lse(
+        qkv: FloatTensor<Self>,
+        n_head: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let [q, k, v] = split_heads::<Self, _>(float(qkv), n_head, 3).map(primitive);
+        let scale = head_scale::<Self>(&q);
+        let (out, lse) = Self::fused_causal_attention_with_lse(q, k, v, scale);
+        (primitive(merge_heads(float::<Self, 4>(out))), lse)
+    }
+
+    /// The gradient of [`FusedOps::fused_causal_self_attention`] with
+    /// respect to its packed input, given the input, the output, its
+    /// log-sum-exp and the output's gradient.
+    fn fused_causal_self_attention_backward(
+        qkv: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        n_head: usize,
+    ) -> FloatTensor<Self> {
+        let [q, k, v] = split_heads::<Self, _>(float(qkv), n_head, 3).map(primitive);
+        let [out] = split_heads::<Self, _>(float(out), n_head, 1).map(primitive);
+        let [grad] = split_heads::<Self, _>(float(grad), n_head, 1).map(primitive);
+        let scale = head_scale::<Self>(&q);
+        let (dq, dk, dv) = Self::fused_causal_attention_backward(q, k, v, out, lse, grad, scale);
+        let merged = [dq, dk, dv].map(|g| merge_heads(float::<Self, 4>(g)));
+        primitive(Tensor::cat(merged.to_vec(), 2))
     }
 
     /// 2-D convolution without bias, groups 1, dilation 1:
@@ -244,6 +284,35 @@ fn causal_scores<B: Backend>(q: Tensor<B, 4>, k: Tensor<B, 4>, scale: f32) -> Te
     (q.matmul(k.swap_dims(2, 3)) * scale).mask_fill(future, f32::NEG_INFINITY)
 }
 
+/// `parts` tensors packed side by side in `[B, T, parts·C]`, each split
+/// into `n_head` heads: `[B, n_head, T, C/n_head]` views.
+fn split_heads<B: Backend, const N: usize>(
+    packed: Tensor<B, 3>,
+    n_head: usize,
+    parts: usize,
+) -> [Tensor<B, 4>; N] {
+    let [b, t, width] = packed.dims();
+    let c = width / parts;
+    std::array::from_fn(|i| {
+        packed
+            .clone()
+            .narrow(2, i * c, c)
+            .reshape([b, t, n_head, c / n_head])
+            .swap_dims(1, 2)
+    })
+}
+
+/// `[B, H, T, D]` heads re-assembled as `[B, T, H·D]`.
+fn merge_heads<B: Backend>(heads: Tensor<B, 4>) -> Tensor<B, 3> {
+    let [b, h, t, d] = heads.dims();
+    heads.swap_dims(1, 2).reshape([b, t, h * d])
+}
+
+/// 1/√(head size) of `[B, H, T, D]` queries.
+fn head_scale<B: Backend>(q: &FloatTensor<B>) -> f32 {
+    1.0 / (q.shape()[3] as f32).sqrt()
+}
+
 /// Causal attention and its row log-sum-exp from burn's tensor ops.
 fn composed_causal_attention<B: Backend>(
     q: FloatTensor<B>,
@@ -337,6 +406,37 @@ impl FusedOps for Flex {
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         attention::forward(&q, &k, &v, scale)
             .unwrap_or_else(|| composed_causal_attention::<Self>(q, k, v, scale))
+    }
+
+    fn fused_causal_self_attention_with_lse(
+        qkv: FloatTensor<Self>,
+        n_head: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let scale = 1.0 / ((qkv.shape()[2] / (3 * n_head.max(1))) as f32).sqrt();
+        attention::packed_forward(&qkv, n_head, scale).unwrap_or_else(|| {
+            let [q, k, v] = split_heads::<Self, _>(float(qkv), n_head, 3).map(primitive);
+            let (out, lse) = composed_causal_attention::<Self>(q, k, v, scale);
+            (primitive(merge_heads(float::<Self, 4>(out))), lse)
+        })
+    }
+
+    fn fused_causal_self_attention_backward(
+        qkv: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        n_head: usize,
+    ) -> FloatTensor<Self> {
+        let scale = 1.0 / ((qkv.shape()[2] / (3 * n_head.max(1))) as f32).sqrt();
+        attention::packed_backward(&qkv, &out, &lse, &grad, n_head, scale).unwrap_or_else(|| {
+            let [q, k, v] = split_heads::<Self, _>(float(qkv), n_head, 3).map(primitive);
+            let [out] = split_heads::<Self, _>(float(out), n_head, 1).map(primitive);
+            let [grad] = split_heads::<Self, _>(float(grad), n_head, 1).map(primitive);
+            let (dq, dk, dv) =
+                composed_causal_attention_backward::<Self>(q, k, v, out, lse, grad, scale);
+            let merged = [dq, dk, dv].map(|g| merge_heads(float::<Self, 4>(g)));
+            primitive(Tensor::cat(merged.to_vec(), 2))
+        })
     }
 
     fn fused_causal_attention_backward(
@@ -575,6 +675,43 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
     }
 
+    fn fused_causal_self_attention(qkv: FloatTensor<Self>, n_head: usize) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct FusedCausalSelfAttention;
+
+        impl<B: FusedOps> Backward<B, 1> for FusedCausalSelfAttention {
+            /// The packed input, the output, its log-sum-exp, the heads.
+            type State = (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>, usize);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let (qkv, out, lse, n_head) = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                    B::fused_causal_self_attention_backward(qkv, out, lse, grad, n_head)
+                });
+            }
+        }
+
+        match FusedCausalSelfAttention
+            .prepare::<C>([qkv.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (out, lse) =
+                    B::fused_causal_self_attention_with_lse(qkv.primitive.clone(), n_head);
+                prep.finish((qkv.primitive, out.clone(), lse, n_head), out)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::fused_causal_self_attention(qkv.primitive, n_head))
+            }
+        }
+    }
+
     conv_with_backward!(FusedConv2d, fused_conv2d, fused_conv2d_backward);
     conv_with_backward!(
         FusedConvTranspose2d,
@@ -748,6 +885,47 @@ pub fn causal_attention<B: Backend>(
             };
             burn::tensor::module::attention(q, k, v, None, None, options)
         })
+}
+
+/// A GPT block's causal self-attention from the packed q/k/v projection
+/// `[batch, t, 3·c]` (q, k, v side by side; head h of each in columns
+/// h·c/n_head..) to the re-assembled heads `[batch, t, c]`, on any backend:
+/// genzoo's fused kernels on the CPU backend (the heads read and written in
+/// place, no split/transpose/merge copies, forward or backward), burn's
+/// `attention` with `is_causal` on the split heads elsewhere.
+///
+/// ```
+/// use burn::prelude::*;
+/// use genzoo_core::{CpuBackend, CpuDevice};
+/// let qkv = Tensor::<CpuBackend, 3>::ones([2, 5, 3 * 8], &CpuDevice::default());
+/// let y = genzoo_core::fused::causal_self_attention(qkv, 2);
+/// assert_eq!(y.dims(), [2, 5, 8]);
+/// ```
+pub fn causal_self_attention<B: Backend>(qkv: Tensor<B, 3>, n_head: usize) -> Tensor<B, 3> {
+    routed::<Flex, B, 3>(qkv, |x| {
+        <Flex as FusedOps>::fused_causal_self_attention(x, n_head)
+    })
+    .or_else(|x| {
+        routed::<Autodiff<Flex>, B, 3>(x, |x| {
+            <Autodiff<Flex> as FusedOps>::fused_causal_self_attention(x, n_head)
+        })
+    })
+    .or_else(|x| {
+        routed::<Autodiff<Autodiff<Flex>>, B, 3>(x, |x| {
+            <Autodiff<Autodiff<Flex>> as FusedOps>::fused_causal_self_attention(x, n_head)
+        })
+    })
+    .unwrap_or_else(|qkv| {
+        let [q, k, v] = split_heads(qkv, n_head, 3);
+        let options = burn::tensor::ops::AttentionModuleOptions {
+            scale: None,
+            softcap: None,
+            is_causal: true,
+        };
+        merge_heads(burn::tensor::module::attention(
+            q, k, v, None, None, options,
+        ))
+    })
 }
 
 type XW<B> = (Tensor<B, 4>, Tensor<B, 4>);
@@ -979,6 +1157,36 @@ mod tests {
             let fused = causal_attention(q.inner(), k.inner(), v.inner());
             assert!(max_diff(float::<CpuBackend, 4>(out), fused) < 1e-4);
             assert_eq!(float::<CpuBackend, 3>(lse).dims(), [b, h, t]);
+        }
+    }
+
+    #[test]
+    fn packed_self_attention_matches_split_heads_in_values_and_gradients() {
+        let dev = CpuDevice::default();
+        for (b, t, n_head, head_size) in [(2, 17, 3, 8), (1, 64, 4, 32), (1, 1, 1, 4)] {
+            let c = n_head * head_size;
+            let qkv = Tensor::<Ad, 3>::random([b, t, 3 * c], Distribution::Normal(0.0, 1.5), &dev)
+                .require_grad();
+            let upstream = Tensor::<Ad, 3>::random([b, t, c], Distribution::Normal(0.0, 1.0), &dev);
+            let ours = causal_self_attention(qkv.clone(), n_head);
+            // The heads split out, burn's decomposed attention with an
+            // explicit mask, the heads merged back.
+            let theirs = {
+                let [q, k, v] = split_heads(qkv.clone(), n_head, 3);
+                let scores = q.matmul(k.swap_dims(2, 3)) / (head_size as f64).sqrt();
+                let future = Tensor::<Ad, 2, Bool>::tril_mask([t, t], 0, &dev)
+                    .unsqueeze::<4>()
+                    .expand([b, n_head, t, t]);
+                merge_heads(
+                    activation::softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3).matmul(v),
+                )
+            };
+            assert_eq!(ours.dims(), [b, t, c]);
+            assert!(max_diff(ours.clone().inner(), theirs.clone().inner()) < 1e-4);
+            let ga = (ours * upstream.clone()).sum().backward();
+            let gb = (theirs * upstream).sum().backward();
+            let (da, db) = (qkv.grad(&ga).unwrap(), qkv.grad(&gb).unwrap());
+            assert!(max_diff(da, db) < 1e-4, "{t}x{c}");
         }
     }
 

@@ -8,8 +8,9 @@
 //! views, with the same parameters, so checkpoints and every other backend
 //! are unaffected.
 
+use burn::module::Param;
 use burn::nn::conv::{Conv2d, ConvTranspose2d};
-use burn::nn::{BatchNorm, PaddingConfig2d};
+use burn::nn::{BatchNorm, Initializer, PaddingConfig2d};
 use burn::prelude::*;
 use genzoo_core::fused::{self, ConvGeometry};
 use genzoo_core::parallel;
@@ -115,6 +116,57 @@ pub fn batch_norm<B: Backend, const D: usize>(bn: &BatchNorm<B>, x: Tensor<B, D>
     y.reshape(dims)
 }
 
+/// Layer normalisation (Ba et al. 2016) over the last dimension with a
+/// learned scale γ and an optional shift β: the same parameters and record
+/// as burn's `LayerNorm`, computed as one fused row normalisation
+/// ([`genzoo_core::fused::normalize_rows`], an analytic backward on the CPU
+/// backend) where burn's autodiff differentiates its layer norm op by op.
+///
+/// ```
+/// use burn::prelude::*;
+/// use genzoo_core::{CpuBackend, CpuDevice};
+/// use genzoo_models::layers::LayerNorm;
+/// let norm = LayerNorm::<CpuBackend>::new(4, true, &CpuDevice::default());
+/// let x = Tensor::<CpuBackend, 3>::from_floats([[[1.0, 2.0, 3.0, 6.0]]], &CpuDevice::default());
+/// let y = norm.forward(x);
+/// assert!(y.mean().into_scalar().abs() < 1e-6);
+/// ```
+#[derive(Module, Debug)]
+pub struct LayerNorm<B: Backend> {
+    /// Scale γ, `[d_model]`.
+    pub gamma: Param<Tensor<B, 1>>,
+    /// Shift β, `[d_model]`, if the layer has one.
+    pub beta: Option<Param<Tensor<B, 1>>>,
+    epsilon: f64,
+}
+
+impl<B: Backend> LayerNorm<B> {
+    /// γ = 1, β = 0 (when `bias`), ε = 1e-5 (burn's and PyTorch's default).
+    pub fn new(d_model: usize, bias: bool, device: &B::Device) -> Self {
+        Self {
+            gamma: Initializer::Ones.init([d_model], device),
+            beta: bias.then(|| Initializer::Zeros.init([d_model], device)),
+            epsilon: 1e-5,
+        }
+    }
+
+    /// # Shapes
+    /// - x: `[..., d_model]` → same
+    pub fn forward<const D: usize>(&self, x: Tensor<B, D>) -> Tensor<B, D> {
+        let dims = x.dims();
+        let d_model = dims[D - 1];
+        let rows = dims[..D - 1].iter().product();
+        // One row per position; γ and β broadcast over the rows.
+        let normed = fused::normalize_rows(x.reshape([rows, d_model]), self.epsilon as f32);
+        let scaled = normed * self.gamma.val().unsqueeze_dim::<2>(0);
+        let shifted = match &self.beta {
+            Some(beta) => scaled + beta.val().unsqueeze_dim::<2>(0),
+            None => scaled,
+        };
+        shifted.reshape(dims)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +241,44 @@ mod tests {
         let ya = batch_norm(&ours.valid(), x.clone());
         let yb = theirs.valid().forward(x);
         assert!(max_diff(ya, yb) < 1e-4);
+    }
+
+    #[test]
+    fn layer_norm_matches_burns_module() {
+        let dev = CpuDevice::default();
+        for bias in [true, false] {
+            let ours = LayerNorm::<Ad>::new(37, bias, &dev);
+            let mut theirs = burn::nn::LayerNormConfig::new(37)
+                .with_bias(bias)
+                .init::<Ad>(&dev);
+            // Non-trivial γ and β, the same in both.
+            let gamma = Tensor::<Ad, 1>::random([37], Distribution::Normal(1.0, 0.5), &dev);
+            let beta = Tensor::<Ad, 1>::random([37], Distribution::Normal(0.0, 0.5), &dev);
+            let ours = LayerNorm {
+                gamma: Param::from_tensor(gamma.clone()),
+                beta: bias.then(|| Param::from_tensor(beta.clone())),
+                ..ours
+            };
+            theirs.gamma = Param::from_tensor(gamma);
+            theirs.beta = bias.then(|| Param::from_tensor(beta));
+            let x = Tensor::<Ad, 3>::random([3, 5, 37], Distribution::Normal(2.0, 3.0), &dev)
+                .require_grad();
+            let upstream =
+                Tensor::<Ad, 3>::random([3, 5, 37], Distribution::Normal(0.0, 1.0), &dev);
+            let (ya, yb) = (ours.forward(x.clone()), theirs.forward(x.clone()));
+            assert!(max_diff(ya.clone().inner(), yb.clone().inner()) < 1e-4);
+            let ga = (ya * upstream.clone()).sum().backward();
+            let gb = (yb * upstream).sum().backward();
+            assert!(close(x.grad(&ga).unwrap(), x.grad(&gb).unwrap()));
+            let (pa, pb) = (ours.gamma.val(), theirs.gamma.val());
+            assert!(close(pa.grad(&ga).unwrap(), pb.grad(&gb).unwrap()));
+            if let (Some(a), Some(b)) = (&ours.beta, &theirs.beta) {
+                assert!(close(
+                    a.val().grad(&ga).unwrap(),
+                    b.val().grad(&gb).unwrap()
+                ));
+            }
+        }
     }
 
     #[test]

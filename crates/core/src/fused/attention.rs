@@ -59,6 +59,17 @@ impl<'a> Mat<'a> {
 /// dst (row-major `lhs.rows × rhs.cols`) = scale · lhs · rhs, or
 /// dst + scale · lhs · rhs with `accumulate`, on this thread.
 pub(super) fn matmul_into(dst: &mut [f32], lhs: Mat, rhs: Mat, scale: f32, accumulate: bool) {
+    matmul(dst, lhs, rhs, scale, accumulate, Parallelism::None)
+}
+
+fn matmul(
+    dst: &mut [f32],
+    lhs: Mat,
+    rhs: Mat,
+    scale: f32,
+    accumulate: bool,
+    parallelism: Parallelism,
+) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(k, rhs.rows, "inner dimensions");
     assert!(dst.len() >= m * n, "destination too small");
@@ -86,8 +97,99 @@ pub(super) fn matmul_into(dst: &mut [f32], lhs: Mat, rhs: Mat, scale: f32, accum
             false,
             false,
             false,
-            Parallelism::None,
+            parallelism,
         );
+    }
+}
+
+/// Where the `[T, D]` matrix of each (batch, head) lives in a buffer: row t
+/// of head (b, h) starts at `offset + b·batch + h·head + t·row`, its D values
+/// side by side.
+#[derive(Clone, Copy, Debug)]
+struct Heads {
+    offset: usize,
+    batch: usize,
+    head: usize,
+    row: usize,
+}
+
+impl Heads {
+    /// A contiguous `[B, H, T, D]` tensor.
+    fn split([_, h, t, d]: [usize; 4]) -> Self {
+        Self {
+            offset: 0,
+            batch: h * t * d,
+            head: t * d,
+            row: d,
+        }
+    }
+
+    /// Part `part` of `parts` tensors packed side by side along the last
+    /// dimension of a contiguous `[B, T, parts·H·D]` tensor: the model's own
+    /// layout (q, k, v out of one linear layer; heads re-assembled).
+    fn packed([_, h, t, d]: [usize; 4], parts: usize, part: usize) -> Self {
+        let c = h * d;
+        Self {
+            offset: part * c,
+            batch: t * parts * c,
+            head: d,
+            row: parts * c,
+        }
+    }
+
+    /// The first element of head `n` (= b·H + h).
+    fn start(&self, n: usize, heads: usize) -> usize {
+        self.offset + (n / heads) * self.batch + (n % heads) * self.head
+    }
+
+    /// Copies head `n`'s `[T, D]` matrix out of `src` into `dst`.
+    fn gather(&self, src: &[f32], n: usize, [_, h, t, d]: [usize; 4], dst: &mut [f32]) {
+        let start = self.start(n, h);
+        for (i, row) in dst[..t * d].chunks_exact_mut(d).enumerate() {
+            let at = start + i * self.row;
+            row.copy_from_slice(&src[at..at + d]);
+        }
+    }
+}
+
+/// An output buffer that parallel tasks fill, each its own heads' rows
+/// (disjoint by construction: one task per head).
+struct SharedOut {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: tasks write disjoint elements (`scatter` is called once per head,
+// and heads never share an element), and the buffer outlives the tasks.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    fn new(buffer: &mut [f32]) -> Self {
+        Self {
+            ptr: buffer.as_mut_ptr(),
+            len: buffer.len(),
+        }
+    }
+
+    /// Writes head `n`'s `[T, D]` matrix `src` into its place.
+    ///
+    /// # Safety
+    /// No other task writes head `n` of this layout, and no two heads of
+    /// the layouts written through this buffer overlap.
+    unsafe fn scatter(&self, heads: Heads, n: usize, [_, h, t, d]: [usize; 4], src: &[f32]) {
+        let start = heads.start(n, h);
+        assert!(
+            t == 0 || start + (t - 1) * heads.row + d <= self.len,
+            "head out of bounds"
+        );
+        for (i, row) in src[..t * d].chunks_exact(d).enumerate() {
+            // SAFETY: in bounds (checked above); disjoint from every other
+            // task's writes (the caller's contract).
+            unsafe {
+                std::ptr::copy_nonoverlapping(row.as_ptr(), self.ptr.add(start + i * heads.row), d)
+            };
+        }
     }
 }
 
@@ -102,6 +204,16 @@ fn heads_shape(tensors: &[&FlexTensor]) -> Option<[usize; 4]> {
         .iter()
         .all(|t| t.dtype() == DType::F32 && t.layout().shape() == first)
         .then_some(dims)
+}
+
+/// `[B, H, T, D]` of a packed `[B, T, 3·H·D]` f32 tensor, or `None`.
+fn packed_shape(qkv: &FlexTensor, n_head: usize) -> Option<[usize; 4]> {
+    let shape = qkv.layout().shape();
+    if qkv.dtype() != DType::F32 || shape.num_dims() != 3 || n_head == 0 {
+        return None;
+    }
+    let c3 = shape[2];
+    (c3 % (3 * n_head) == 0).then_some([shape[0], n_head, shape[1], c3 / (3 * n_head)])
 }
 
 fn contiguous(t: &FlexTensor) -> FlexTensor {
@@ -128,6 +240,40 @@ fn causal_softmax(scores: &mut [f32], lse: &mut [f32], t: usize) {
     }
 }
 
+/// One (batch, head) task per head: q, k, v gathered from their layouts,
+/// the output scattered into `out` at `out_heads`, the log-sum-exp into `lse`
+/// (`[B, H, T]`, contiguous).
+#[allow(clippy::too_many_arguments)]
+fn forward_heads(
+    [(qs, qh), (ks, kh), (vs, vh)]: [(&[f32], Heads); 3],
+    out: &mut [f32],
+    out_heads: Heads,
+    lse: &mut [f32],
+    dims: [usize; 4],
+    scale: f32,
+) {
+    let [_, _, t, d] = dims;
+    let out = SharedOut::new(out);
+    lse.par_chunks_mut(t.max(1))
+        .enumerate()
+        .for_each(|(n, lse)| {
+            kernels::with_scratch(0, 4 * t * d + t * t, |scratch| {
+                let (q, rest) = scratch.split_at_mut(t * d);
+                let (k, rest) = rest.split_at_mut(t * d);
+                let (v, rest) = rest.split_at_mut(t * d);
+                let (o, p) = rest.split_at_mut(t * d);
+                qh.gather(qs, n, dims, q);
+                kh.gather(ks, n, dims, k);
+                vh.gather(vs, n, dims, v);
+                matmul_into(p, Mat::new(q, t, d), Mat::new(k, t, d).t(), scale, false);
+                causal_softmax(p, lse, t);
+                matmul_into(o, Mat::new(p, t, t), Mat::new(v, t, d), 1.0, false);
+                // SAFETY: this task alone writes head n.
+                unsafe { out.scatter(out_heads, n, dims, o) };
+            });
+        });
+}
+
 /// softmax(Q·Kᵀ·scale, causal)·V for `[B, H, T, D]` tensors: the output and
 /// the log-sum-exp of each score row (`[B, H, T]`). `None` unless q, k, v are
 /// f32 tensors of one four-dimensional shape.
@@ -137,24 +283,48 @@ pub(super) fn forward(
     v: &FlexTensor,
     scale: f32,
 ) -> Option<(FlexTensor, FlexTensor)> {
-    let [b, h, t, d] = heads_shape(&[q, k, v])?;
+    let dims @ [b, h, t, d] = heads_shape(&[q, k, v])?;
     let (q, k, v) = (contiguous(q), contiguous(k), contiguous(v));
-    let (qs, ks, vs): (&[f32], &[f32], &[f32]) = (q.as_slice()?, k.as_slice()?, v.as_slice()?);
+    let split = Heads::split(dims);
     let mut out = FlexTensor::empty(Shape::new([b, h, t, d]), DType::F32);
     let mut lse = FlexTensor::empty(Shape::new([b, h, t]), DType::F32);
-    out.storage_mut::<f32>()
-        .par_chunks_mut(t * d)
-        .zip(lse.storage_mut::<f32>().par_chunks_mut(t))
-        .enumerate()
-        .for_each(|(head, (out, lse))| {
-            let at = head * t * d..(head + 1) * t * d;
-            let (q, k, v) = (&qs[at.clone()], &ks[at.clone()], &vs[at]);
-            kernels::with_scratch(0, t * t, |p| {
-                matmul_into(p, Mat::new(q, t, d), Mat::new(k, t, d).t(), scale, false);
-                causal_softmax(p, lse, t);
-                matmul_into(out, Mat::new(p, t, t), Mat::new(v, t, d), 1.0, false);
-            });
-        });
+    forward_heads(
+        [
+            (q.as_slice()?, split),
+            (k.as_slice()?, split),
+            (v.as_slice()?, split),
+        ],
+        out.storage_mut::<f32>(),
+        split,
+        lse.storage_mut::<f32>(),
+        dims,
+        scale,
+    );
+    Some((out, lse))
+}
+
+/// Causal self-attention straight from the packed `[B, T, 3·C]` output of
+/// the q/k/v projection to the heads re-assembled as `[B, T, C]`, with the
+/// log-sum-exp (`[B, H, T]`): no split, transpose or merge copies.
+pub(super) fn packed_forward(
+    qkv: &FlexTensor,
+    n_head: usize,
+    scale: f32,
+) -> Option<(FlexTensor, FlexTensor)> {
+    let dims @ [b, h, t, d] = packed_shape(qkv, n_head)?;
+    let qkv = contiguous(qkv);
+    let src = qkv.as_slice()?;
+    let part = |i| (src, Heads::packed(dims, 3, i));
+    let mut out = FlexTensor::empty(Shape::new([b, t, h * d]), DType::F32);
+    let mut lse = FlexTensor::empty(Shape::new([b, h, t]), DType::F32);
+    forward_heads(
+        [part(0), part(1), part(2)],
+        out.storage_mut::<f32>(),
+        Heads::packed(dims, 1, 0),
+        lse.storage_mut::<f32>(),
+        dims,
+        scale,
+    );
     Some((out, lse))
 }
 
@@ -200,6 +370,41 @@ fn head_backward(
     matmul_into(dk, Mat::new(ds, t, t).t(), Mat::new(q, t, d), scale, false);
 }
 
+/// One task per head: q, k, v, the output and its gradient gathered from
+/// their layouts, dQ, dK, dV scattered into `outs` at their layouts.
+fn backward_heads(
+    inputs: [(&[f32], Heads); 5],
+    lse: &[f32],
+    outs: [(&SharedOut, Heads); 3],
+    dims: [usize; 4],
+    scale: f32,
+) {
+    let [b, h, t, d] = dims;
+    (0..b * h).into_par_iter().for_each(|n| {
+        kernels::with_scratch(0, 8 * t * d, |mats| {
+            kernels::with_scratch(1, 2 * t * t, |scores| {
+                let (gathered, grads) = mats.split_at_mut(5 * t * d);
+                let mut parts = gathered.chunks_exact_mut(t * d);
+                let mut take = || parts.next().expect("five matrices");
+                let [q, k, v, o, g] = [take(), take(), take(), take(), take()];
+                for ((src, heads), dst) in inputs.iter().zip([&mut *q, k, v, o, g]) {
+                    heads.gather(src, n, dims, dst);
+                }
+                let (dq, rest) = grads.split_at_mut(t * d);
+                let (dk, dv) = rest.split_at_mut(t * d);
+                let (p, ds) = scores.split_at_mut(t * t);
+                let lse = &lse[n * t..(n + 1) * t];
+                head_backward([q, k, v, o, g], lse, [dq, dk, dv], p, ds, t, d, scale);
+                for ((out, heads), grad) in outs.iter().zip([&*dq, dk, dv]) {
+                    // SAFETY: this task alone writes head n of each layout,
+                    // and the three layouts do not overlap.
+                    unsafe { out.scatter(*heads, n, dims, grad) };
+                }
+            })
+        });
+    });
+}
+
 /// The gradients (dQ, dK, dV) of [`forward`] given the output gradient,
 /// recomputing the probabilities from the saved log-sum-exp.
 #[allow(clippy::too_many_arguments)]
@@ -212,37 +417,71 @@ pub(super) fn backward(
     grad: &FlexTensor,
     scale: f32,
 ) -> Option<(FlexTensor, FlexTensor, FlexTensor)> {
-    let [b, h, t, d] = heads_shape(&[q, k, v, out, grad])?;
-    let (q, k, v, out, lse, grad) = (
-        contiguous(q),
-        contiguous(k),
-        contiguous(v),
-        contiguous(out),
-        contiguous(lse),
-        contiguous(grad),
-    );
-    let (qs, ks, vs): (&[f32], &[f32], &[f32]) = (q.as_slice()?, k.as_slice()?, v.as_slice()?);
-    let (os, ls, gs): (&[f32], &[f32], &[f32]) =
-        (out.as_slice()?, lse.as_slice()?, grad.as_slice()?);
+    let dims @ [b, h, t, d] = heads_shape(&[q, k, v, out, grad])?;
+    let [q, k, v, out, lse, grad] = [q, k, v, out, lse, grad].map(contiguous);
+    let split = Heads::split(dims);
     let shape = || Shape::new([b, h, t, d]);
     let mut dq = FlexTensor::empty(shape(), DType::F32);
     let mut dk = FlexTensor::empty(shape(), DType::F32);
     let mut dv = FlexTensor::empty(shape(), DType::F32);
-    dq.storage_mut::<f32>()
-        .par_chunks_mut(t * d)
-        .zip(dk.storage_mut::<f32>().par_chunks_mut(t * d))
-        .zip(dv.storage_mut::<f32>().par_chunks_mut(t * d))
-        .enumerate()
-        .for_each(|(head, ((dq, dk), dv))| {
-            let at = head * t * d..(head + 1) * t * d;
-            let (q, k, v) = (&qs[at.clone()], &ks[at.clone()], &vs[at.clone()]);
-            let (o, g) = (&os[at.clone()], &gs[at]);
-            let lse = &ls[head * t..(head + 1) * t];
-            kernels::with_scratch(0, t * t, |p| {
-                kernels::with_scratch(1, t * t, |ds| {
-                    head_backward([q, k, v, o, g], lse, [dq, dk, dv], p, ds, t, d, scale)
-                })
-            });
-        });
+    let (sq, sk, sv) = (
+        SharedOut::new(dq.storage_mut::<f32>()),
+        SharedOut::new(dk.storage_mut::<f32>()),
+        SharedOut::new(dv.storage_mut::<f32>()),
+    );
+    backward_heads(
+        [
+            (q.as_slice()?, split),
+            (k.as_slice()?, split),
+            (v.as_slice()?, split),
+            (out.as_slice()?, split),
+            (grad.as_slice()?, split),
+        ],
+        lse.as_slice()?,
+        [(&sq, split), (&sk, split), (&sv, split)],
+        dims,
+        scale,
+    );
     Some((dq, dk, dv))
+}
+
+/// The gradient of [`packed_forward`] with respect to its packed input
+/// (`[B, T, 3·C]`), from the input, the output (`[B, T, C]`), the
+/// log-sum-exp and the output's gradient.
+pub(super) fn packed_backward(
+    qkv: &FlexTensor,
+    out: &FlexTensor,
+    lse: &FlexTensor,
+    grad: &FlexTensor,
+    n_head: usize,
+    scale: f32,
+) -> Option<FlexTensor> {
+    let dims @ [b, h, t, d] = packed_shape(qkv, n_head)?;
+    let merged = [b, t, h * d];
+    let f32_of_shape = |x: &FlexTensor, shape: &[usize]| {
+        x.dtype() == DType::F32 && x.layout().shape().as_slice() == shape
+    };
+    if !f32_of_shape(out, &merged) || !f32_of_shape(grad, &merged) || !f32_of_shape(lse, &[b, h, t])
+    {
+        return None;
+    }
+    let [qkv, out, lse, grad] = [qkv, out, lse, grad].map(contiguous);
+    let src = qkv.as_slice()?;
+    let mut dqkv = FlexTensor::empty(qkv.layout().shape().clone(), DType::F32);
+    let shared = SharedOut::new(dqkv.storage_mut::<f32>());
+    let (part, whole) = (|i| Heads::packed(dims, 3, i), Heads::packed(dims, 1, 0));
+    backward_heads(
+        [
+            (src, part(0)),
+            (src, part(1)),
+            (src, part(2)),
+            (out.as_slice()?, whole),
+            (grad.as_slice()?, whole),
+        ],
+        lse.as_slice()?,
+        [(&shared, part(0)), (&shared, part(1)), (&shared, part(2))],
+        dims,
+        scale,
+    );
+    Some(dqkv)
 }

@@ -1,9 +1,16 @@
-//! 2-D convolution on the CPU backend as im2col + GEMM per sample, one rayon
-//! task per sample, for the forward pass and both gradients:
+//! 2-D convolution on the CPU backend as im2col + GEMM, for the forward
+//! pass and both gradients, one rayon task per chunk of a few samples:
 //!
-//! - output:        Y_n = W · cols(X_n)
-//! - weight grad:   dW = Σ_n dY_n · cols(X_n)ᵀ (each task sums its samples, then the sums are added)
-//! - input grad:    dX_n = col2im(Wᵀ · dY_n)
+//! - output:        Y = W · cols(X)
+//! - weight grad:   dW = Σ_chunks dY · cols(X)ᵀ (each task sums its chunks, then the sums are added)
+//! - input grad:    dX = col2im(Wᵀ · dY)
+//!
+//! where cols(X) is the `[C_in·kh·kw, S·H'·W']` im2col matrix of a chunk of
+//! S samples side by side, and dY that chunk's output gradient as
+//! `[C_out, S·H'·W']`. A chunk holds as many samples as keep its im2col
+//! matrix within a core's cache ([`COLS_BUDGET`]): small feature maps (a 7×7
+//! output gives a per-sample GEMM only 49 columns) then share one wider
+//! GEMM and one packing of the weight, large ones go one sample per task.
 //!
 //! burn's CPU backend computes the input gradient as a transposed
 //! convolution looping over samples on one thread and the weight gradient
@@ -76,7 +83,21 @@ impl Dims {
     fn positions(&self) -> usize {
         self.oh * self.ow
     }
+
+    /// Samples per chunk: as many as keep the chunk's im2col matrix within
+    /// [`COLS_BUDGET`] floats, at least one, and no more than leave every
+    /// thread a chunk.
+    fn chunk(&self) -> usize {
+        let per_thread = self.n.div_ceil(rayon::current_num_threads()).max(1);
+        (COLS_BUDGET / (self.patch() * self.positions()).max(1)).clamp(1, per_thread)
+    }
 }
+
+/// The largest im2col matrix of one chunk, in floats (1 MiB, within a
+/// core's L2 cache): DCGAN's 14×14 → 7×7 layer takes 5 samples a chunk, the
+/// U-Net's layers one (measured: a 16 MiB budget, the whole batch's matrix
+/// in one GEMM, made the U-Net step 1.5× slower).
+const COLS_BUDGET: usize = 1 << 18;
 
 /// The input position output (oy, ox) reads through kernel tap (ki, kj), or
 /// `None` in the padding.
@@ -99,16 +120,15 @@ fn valid_range(k: usize, stride: usize, pad: usize, size: usize, outputs: usize)
     (lo.min(hi), hi)
 }
 
-/// cols[(c·kh + ki)·kw + kj, oy·ow + ox] = x[c, oy·s + ki − p, ox·s + kj − p] (0 in the padding).
-fn im2col(x: &[f32], d: &Dims, g: ConvGeometry, cols: &mut [f32]) {
-    let positions = d.positions();
+/// One sample's im2col rows, in order: row (c·kh + ki)·kw + kj holds, at
+/// oy·ow + ox, x[c, oy·s + ki − p, ox·s + kj − p] (0 in the padding).
+fn im2col<'a>(x: &[f32], d: &Dims, g: ConvGeometry, mut rows: impl Iterator<Item = &'a mut [f32]>) {
     let [sh, sw] = g.stride;
     for c in 0..d.c_in {
         let plane = &x[c * d.h * d.w..(c + 1) * d.h * d.w];
         for ki in 0..d.kh {
             for kj in 0..d.kw {
-                let row = ((c * d.kh + ki) * d.kw + kj) * positions;
-                let out = &mut cols[row..row + positions];
+                let out = rows.next().expect("one im2col row per (channel, tap)");
                 let (lo, hi) = valid_range(kj, sw, g.padding[1], d.w, d.ow);
                 for (oy, line) in out.chunks_exact_mut(d.ow).enumerate() {
                     let Some(iy) = source(oy, ki, sh, g.padding[0], d.h) else {
@@ -135,18 +155,17 @@ fn im2col(x: &[f32], d: &Dims, g: ConvGeometry, cols: &mut [f32]) {
     }
 }
 
-/// The adjoint of [`im2col`]: adds every column entry back onto the input
-/// position it was read from.
-fn col2im(cols: &[f32], d: &Dims, g: ConvGeometry, x: &mut [f32]) {
+/// The adjoint of [`im2col`]: adds every entry of one sample's rows
+/// (`row(r)`, r as in [`im2col`]) back onto the input position it was read
+/// from.
+fn col2im<'a>(row: impl Fn(usize) -> &'a [f32], d: &Dims, g: ConvGeometry, x: &mut [f32]) {
     x.fill(0.0);
-    let positions = d.positions();
     let [sh, sw] = g.stride;
     for c in 0..d.c_in {
         let plane = &mut x[c * d.h * d.w..(c + 1) * d.h * d.w];
         for ki in 0..d.kh {
             for kj in 0..d.kw {
-                let row = ((c * d.kh + ki) * d.kw + kj) * positions;
-                let col = &cols[row..row + positions];
+                let col = row((c * d.kh + ki) * d.kw + kj);
                 let (lo, hi) = valid_range(kj, sw, g.padding[1], d.w, d.ow);
                 if lo >= hi {
                     continue;
@@ -176,6 +195,32 @@ fn f32_contiguous(t: &FlexTensor) -> Option<FlexTensor> {
     (t.dtype() == DType::F32).then(|| t.to_contiguous())
 }
 
+/// The im2col matrix of `count` samples (`xs`, `[count, C_in, H, W]`) side
+/// by side: `[patch, count·positions]`, sample j in columns j·positions...
+fn chunk_im2col(xs: &[f32], d: &Dims, g: ConvGeometry, count: usize, cols: &mut [f32]) {
+    let (in_sample, positions) = (d.c_in * d.h * d.w, d.positions());
+    let cols = &mut cols[..d.patch() * count * positions];
+    for (j, x) in xs.chunks_exact(in_sample).take(count).enumerate() {
+        // Row r of sample j is piece r·count + j of rows of `positions`.
+        let rows = cols.chunks_exact_mut(positions).skip(j).step_by(count);
+        im2col(x, d, g, rows);
+    }
+}
+
+/// The output gradient of `count` samples (`gs`, `[count, C_out,
+/// positions]`) as one `[C_out, count·positions]` matrix.
+fn chunk_rows(gs: &[f32], d: &Dims, count: usize, dy: &mut [f32]) {
+    let positions = d.positions();
+    for (i, row) in dy[..d.c_out * count * positions]
+        .chunks_exact_mut(positions)
+        .enumerate()
+    {
+        let (c, j) = (i / count, i % count);
+        let at = (j * d.c_out + c) * positions;
+        row.copy_from_slice(&gs[at..at + positions]);
+    }
+}
+
 /// The convolution of `x` (`[N, C_in, H, W]`) with `weight`
 /// (`[C_out, C_in, kh, kw]`), no bias: `[N, C_out, H', W']`.
 pub(super) fn forward(x: &FlexTensor, weight: &FlexTensor, g: ConvGeometry) -> Option<FlexTensor> {
@@ -183,20 +228,27 @@ pub(super) fn forward(x: &FlexTensor, weight: &FlexTensor, g: ConvGeometry) -> O
     let (x, weight) = (f32_contiguous(x)?, f32_contiguous(weight)?);
     let (xs, ws): (&[f32], &[f32]) = (x.as_slice()?, weight.as_slice()?);
     let mut out = FlexTensor::empty(Shape::new([d.n, d.c_out, d.oh, d.ow]), DType::F32);
-    let per_sample = d.c_out * d.positions();
+    let (positions, chunk) = (d.positions(), d.chunk());
+    let (in_sample, out_sample) = (d.c_in * d.h * d.w, d.c_out * positions);
+    let w = Mat::new(ws, d.c_out, d.patch());
     out.storage_mut::<f32>()
-        .par_chunks_mut(per_sample.max(1))
+        .par_chunks_mut((chunk * out_sample).max(1))
         .enumerate()
-        .for_each(|(i, y)| {
-            with_scratch(0, d.patch() * d.positions(), |cols| {
-                im2col(
-                    &xs[i * d.c_in * d.h * d.w..(i + 1) * d.c_in * d.h * d.w],
-                    &d,
-                    g,
-                    cols,
-                );
-                let w = Mat::new(ws, d.c_out, d.patch());
-                matmul_into(y, w, Mat::new(cols, d.patch(), d.positions()), 1.0, false);
+        .for_each(|(ci, out)| {
+            let count = out.len() / out_sample.max(1);
+            let width = count * positions;
+            let xs = &xs[ci * chunk * in_sample..];
+            with_scratch(0, d.patch() * width, |cols| {
+                with_scratch(1, d.c_out * width, |y| {
+                    chunk_im2col(xs, &d, g, count, cols);
+                    matmul_into(y, w, Mat::new(cols, d.patch(), width), 1.0, false);
+                    // [C_out, count·positions] → [count, C_out, positions].
+                    for (i, dst) in out.chunks_exact_mut(positions).enumerate() {
+                        let (j, c) = (i / d.c_out, i % d.c_out);
+                        let at = c * width + j * positions;
+                        dst.copy_from_slice(&y[at..at + positions]);
+                    }
+                })
             })
         });
     Some(out)
@@ -223,49 +275,58 @@ pub(super) fn backward(
     Some((input_grad(&d, g, ws, gs), weight_grad(&d, g, xs, gs)))
 }
 
-/// dX of a convolution: per sample, dcols = Wᵀ·dY_n, then col2im.
+/// dX of a convolution: per chunk, dcols = Wᵀ·dY, then col2im per sample.
 fn input_grad(d: &Dims, g: ConvGeometry, ws: &[f32], gs: &[f32]) -> FlexTensor {
-    let in_sample = d.c_in * d.h * d.w;
-    let out_sample = d.c_out * d.positions();
+    let (positions, chunk) = (d.positions(), d.chunk());
+    let (in_sample, out_sample) = (d.c_in * d.h * d.w, d.c_out * positions);
     let w = Mat::new(ws, d.c_out, d.patch());
     let mut dx = FlexTensor::empty(Shape::new([d.n, d.c_in, d.h, d.w]), DType::F32);
     dx.storage_mut::<f32>()
-        .par_chunks_mut(in_sample.max(1))
+        .par_chunks_mut((chunk * in_sample).max(1))
         .enumerate()
-        .for_each(|(i, dx)| {
-            with_scratch(0, d.patch() * d.positions(), |dcols| {
-                let dy = Mat::new(
-                    &gs[i * out_sample..(i + 1) * out_sample],
-                    d.c_out,
-                    d.positions(),
-                );
-                matmul_into(dcols, w.t(), dy, 1.0, false);
-                col2im(dcols, d, g, dx);
+        .for_each(|(ci, dx)| {
+            let count = dx.len() / in_sample.max(1);
+            let width = count * positions;
+            let gs = &gs[ci * chunk * out_sample..];
+            with_scratch(0, d.patch() * width, |dcols| {
+                with_scratch(1, d.c_out * width, |dy| {
+                    chunk_rows(gs, d, count, dy);
+                    matmul_into(dcols, w.t(), Mat::new(dy, d.c_out, width), 1.0, false);
+                    let dcols = &*dcols;
+                    for (j, dx) in dx.chunks_exact_mut(in_sample).enumerate() {
+                        let row = |r: usize| {
+                            let at = r * width + j * positions;
+                            &dcols[at..at + positions]
+                        };
+                        col2im(row, d, g, dx);
+                    }
+                })
             })
         });
     dx
 }
 
-/// dW of a convolution: each task accumulates dY_n·cols(X_n)ᵀ over its
-/// samples, then the partial sums are added.
+/// dW of a convolution: each task accumulates dY·cols(X)ᵀ over its chunks,
+/// then the partial sums are added.
 fn weight_grad(d: &Dims, g: ConvGeometry, xs: &[f32], gs: &[f32]) -> FlexTensor {
-    let in_sample = d.c_in * d.h * d.w;
-    let out_sample = d.c_out * d.positions();
+    let (positions, chunk) = (d.positions(), d.chunk());
+    let (in_sample, out_sample) = (d.c_in * d.h * d.w, d.c_out * positions);
     let dw_len = d.c_out * d.patch();
-    let dw_sum = (0..d.n)
+    let dw_sum = (0..d.n.div_ceil(chunk))
         .into_par_iter()
         .fold(
             || vec![0.0f32; dw_len],
-            |mut dw, i| {
-                with_scratch(0, d.patch() * d.positions(), |cols| {
-                    im2col(&xs[i * in_sample..(i + 1) * in_sample], d, g, cols);
-                    let dy = Mat::new(
-                        &gs[i * out_sample..(i + 1) * out_sample],
-                        d.c_out,
-                        d.positions(),
-                    );
-                    let cols_t = Mat::new(cols, d.patch(), d.positions()).t();
-                    matmul_into(&mut dw, dy, cols_t, 1.0, true);
+            |mut dw, ci| {
+                let first = ci * chunk;
+                let count = chunk.min(d.n - first);
+                let width = count * positions;
+                with_scratch(0, d.patch() * width, |cols| {
+                    with_scratch(1, d.c_out * width, |dy| {
+                        chunk_im2col(&xs[first * in_sample..], d, g, count, cols);
+                        chunk_rows(&gs[first * out_sample..], d, count, dy);
+                        let cols_t = Mat::new(cols, d.patch(), width).t();
+                        matmul_into(&mut dw, Mat::new(dy, d.c_out, width), cols_t, 1.0, true);
+                    })
                 });
                 dw
             },

@@ -146,20 +146,25 @@ pub(super) fn normalize_rows_backward(
     Some(out)
 }
 
-/// Runs `f` with this thread's scratch buffer of at least `len` floats
-/// (contents unspecified). Kernels reuse it across calls instead of
+/// Runs `f` with this thread's scratch buffer number `slot` (0 or 1) of at
+/// least `len` floats (contents unspecified); nested calls use different
+/// slots (attention and convolution: 0 and 1 inside their tasks). Kernels reuse it across calls instead of
 /// allocating fresh pages, which the kernel must zero, every time.
 pub(super) fn with_scratch<R>(slot: usize, len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
     use std::cell::RefCell;
     thread_local! {
         static SCRATCH: [RefCell<Vec<f32>>; 2] = const { [RefCell::new(Vec::new()), RefCell::new(Vec::new())] };
     }
-    SCRATCH.with(|slots| {
-        let mut buffer = slots[slot].borrow_mut();
-        if buffer.len() < len {
-            buffer.resize(len, 0.0);
+    SCRATCH.with(|slots| match slots[slot].try_borrow_mut() {
+        Ok(mut buffer) => {
+            if buffer.len() < len {
+                buffer.resize(len, 0.0);
+            }
+            f(&mut buffer[..len])
         }
-        f(&mut buffer[..len])
+        // Already in use further up this thread's stack (a rayon worker
+        // that stole a second kernel call while waiting): a buffer of its own.
+        Err(_) => f(&mut vec![0.0; len]),
     })
 }
 

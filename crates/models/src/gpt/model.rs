@@ -9,14 +9,14 @@
 //! token then costs one position of work per layer instead of the whole prefix.
 
 use burn::module::Param;
-use burn::nn::{
-    Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
-};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use genzoo_core::fused::{causal_attention, gelu};
+use genzoo_core::fused::{causal_attention, causal_self_attention, gelu};
 use genzoo_core::{Error, Result};
+
+use crate::layers::LayerNorm;
 use serde::{Deserialize, Serialize};
 
 /// Transformer hyper-parameters. The defaults are the `gpt-char` reference
@@ -105,11 +105,7 @@ impl GptConfig {
                 .with_initializer(init.clone())
                 .init(device)
         };
-        let norm = || {
-            LayerNormConfig::new(self.n_embd)
-                .with_bias(self.bias)
-                .init(device)
-        };
+        let norm = || LayerNorm::new(self.n_embd, self.bias, device);
         let c = self.n_embd;
         let blocks = (0..self.n_layer)
             .map(|_| Block {
@@ -172,6 +168,12 @@ impl<B: Backend> CausalSelfAttention<B> {
         let [b, t, c] = x.dims();
         let hs = c / self.n_head;
         let qkv = self.c_attn.forward(x); // (B, T, 3C)
+        if cache.is_none() {
+            // Training and uncached generation: causal attention over the
+            // packed q, k, v, heads split and re-assembled inside (genzoo's
+            // fused kernel on the CPU backend).
+            return self.c_proj.forward(causal_self_attention(qkv, self.n_head));
+        }
         let split = |i: usize| {
             qkv.clone()
                 .narrow(2, i * c, c)
@@ -199,7 +201,7 @@ impl<B: Backend> CausalSelfAttention<B> {
                 .expand([b, self.n_head, t, past + t])
         });
         let y = if past == 0 {
-            causal_attention(q, k, v) // genzoo's fused kernels on the CPU backend
+            causal_attention(q, k, v) // a fresh cache: causal over the prompt
         } else {
             let options = AttentionModuleOptions {
                 scale: None,
