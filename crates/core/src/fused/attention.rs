@@ -213,7 +213,8 @@ fn packed_shape(qkv: &FlexTensor, n_head: usize) -> Option<[usize; 4]> {
         return None;
     }
     let c3 = shape[2];
-    c3.is_multiple_of(3 * n_head).then_some([shape[0], n_head, shape[1], c3 / (3 * n_head)])
+    c3.is_multiple_of(3 * n_head)
+        .then_some([shape[0], n_head, shape[1], c3 / (3 * n_head)])
 }
 
 fn contiguous(t: &FlexTensor) -> FlexTensor {
