@@ -23,7 +23,9 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::prelude::*;
-use burn::tensor::ops::{ActivationOps, ConvOptions, ConvTransposeOptions, FloatTensor, ModuleOps};
+use burn::tensor::ops::{
+    ActivationOps, ConvOptions, ConvTransposeOptions, FloatTensor, FloatTensorOps, ModuleOps,
+};
 use burn::tensor::{TensorMetadata, TensorPrimitive};
 use burn_flex::Flex;
 
@@ -56,6 +58,18 @@ pub trait FusedOps: Backend {
     /// σ(x)·(1 + x·(1 − σ(x)))·grad.
     fn fused_silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         composed_silu_backward::<Self>(x, grad)
+    }
+
+    /// Softplus log(1 + eˣ), computed as max(x, 0) + log(1 + e^−|x|) so
+    /// that it neither overflows nor loses small values.
+    fn fused_softplus(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        primitive(composed_softplus(float::<Self, 1>(x)))
+    }
+
+    /// The gradient of [`FusedOps::fused_softplus`] at `x` times `grad`:
+    /// σ(x)·grad.
+    fn fused_softplus_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_mul(Self::sigmoid(x), grad)
     }
 
     /// Causal attention softmax(Q·Kᵀ·scale, position i seeing 0..=i)·V for
@@ -366,6 +380,12 @@ fn composed_gelu_backward<B: Backend>(x: FloatTensor<B>, grad: FloatTensor<B>) -
     B::float_mul(B::float_add(cdf, B::float_mul(x, pdf)), grad)
 }
 
+/// max(x, 0) + log(1 + e^−|x|) from burn's tensor ops (burn's own
+/// `softplus` overflows past x ≈ 88).
+fn composed_softplus<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    burn::tensor::activation::relu(x.clone()) + x.abs().neg().exp().log1p()
+}
+
 /// x·σ(x).
 fn composed_silu<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
     B::float_mul(x.clone(), B::sigmoid(x))
@@ -391,6 +411,16 @@ impl FusedOps for Flex {
 
     fn fused_silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         kernels::map(x, kernels::silu).unwrap_or_else(composed_silu::<Self>)
+    }
+
+    fn fused_softplus(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        kernels::map(x, kernels::softplus)
+            .unwrap_or_else(|x| primitive(composed_softplus(float::<Self, 1>(x))))
+    }
+
+    fn fused_softplus_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        kernels::zip(&x, &grad, kernels::softplus_grad)
+            .unwrap_or_else(|| Self::float_mul(Self::sigmoid(x), grad))
     }
 
     fn fused_silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -603,6 +633,7 @@ macro_rules! conv_with_backward {
 impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     unary_with_backward!(FusedGelu, fused_gelu, fused_gelu_backward);
     unary_with_backward!(FusedSilu, fused_silu, fused_silu_backward);
+    unary_with_backward!(FusedSoftplus, fused_softplus, fused_softplus_backward);
 
     fn fused_causal_attention(
         q: FloatTensor<Self>,
@@ -833,6 +864,22 @@ pub fn normalize_rows<B: Backend>(x: Tensor<B, 2>, eps: f32) -> Tensor<B, 2> {
             let (var, mean) = x.clone().var_mean_bias(1);
             (x - mean) * (var + eps as f64).sqrt().recip()
         })
+}
+
+/// Softplus log(1 + eˣ) on any backend, in the form that neither overflows
+/// nor loses small values (max(x, 0) + log(1 + e^−|x|)): one fused pass with
+/// an analytic backward on the CPU backend, burn's ops elsewhere.
+///
+/// ```
+/// use burn::prelude::*;
+/// use genzoo_core::{CpuBackend, CpuDevice};
+/// let x = Tensor::<CpuBackend, 1>::from_floats([-100.0, 0.0, 100.0], &CpuDevice::default());
+/// let y: Vec<f32> = genzoo_core::fused::softplus(x).into_data().to_vec().unwrap();
+/// assert!(y[0] >= 0.0 && y[0] < 1e-30);
+/// assert!((y[1] - 2f32.ln()).abs() < 1e-6 && (y[2] - 100.0).abs() < 1e-4);
+/// ```
+pub fn softplus<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
+    route_cpu!(x, fused_softplus).unwrap_or_else(composed_softplus)
 }
 
 /// SiLU (swish, x·σ(x)) on any backend: genzoo's fused kernel on the CPU
@@ -1089,6 +1136,32 @@ mod tests {
             x.clone() * ((x / std::f64::consts::SQRT_2).erf() + 1.0) * 0.5
         }
         matches_composed(gelu, exact);
+    }
+
+    #[test]
+    fn softplus_matches_burns_composition_in_values_and_gradients() {
+        let dev = CpuDevice::default();
+        let x = Tensor::<CpuBackend, 2>::random([7, 301], Distribution::Normal(0.0, 6.0), &dev);
+        let tails = Tensor::<CpuBackend, 1>::from_floats(
+            [-100.0, -88.0, -20.0, -1e-6, 0.0, 1e-6, 20.0, 88.0, 100.0],
+            &dev,
+        )
+        .reshape([1, 9])
+        .repeat_dim(0, 7);
+        let x = Tensor::cat(vec![x, tails], 1);
+        let upstream =
+            Tensor::<CpuBackend, 2>::random(x.dims(), Distribution::Normal(0.0, 1.0), &dev);
+        // Values: the composition from burn's ops.
+        let ours = softplus(x.clone());
+        assert!(max_diff(ours, composed_softplus(x.clone())) < 1e-4);
+        // Gradients: σ(x)·upstream from burn's sigmoid (the composition's
+        // own gradient is the subgradient 0 at x = 0, through relu and abs).
+        let xa = Tensor::<Ad, 2>::from_inner(x.clone()).require_grad();
+        let grads = (softplus(xa.clone()) * Tensor::from_inner(upstream.clone()))
+            .sum()
+            .backward();
+        let expected = activation::sigmoid(x) * upstream;
+        assert!(max_diff(xa.grad(&grads).unwrap(), expected) < 1e-4);
     }
 
     #[test]

@@ -248,6 +248,19 @@ pub(super) fn gelu_grad(x: f32, g: f32) -> f32 {
     (cdf + x * pdf) * g
 }
 
+/// Softplus log(1 + eˣ) in the form that neither overflows nor loses small
+/// values: max(x, 0) + log(1 + e^−|x|).
+#[inline(always)]
+pub(super) fn softplus(x: f32) -> f32 {
+    x.max(0.0) + exp(-x.abs()).ln_1p()
+}
+
+/// The gradient of [`softplus`] times `g`: σ(x)·g.
+#[inline(always)]
+pub(super) fn softplus_grad(x: f32, g: f32) -> f32 {
+    g / (1.0 + exp(-x))
+}
+
 /// x·σ(x), σ(x) = 1/(1 + e⁻ˣ) (exp clamps, so no overflow to NaN).
 #[inline(always)]
 pub(super) fn silu(x: f32) -> f32 {

@@ -224,7 +224,7 @@ impl<B: Backend> PointwiseConv<B> {
             .val()
             .unsqueeze_dim::<3>(0)
             .matmul(x.reshape([n, c, h * w])); // [n, out, h·w]
-        (y + self.bias.val().reshape([1, out, 1])).reshape([n, out, h, w])
+        add_per_channel(y, self.bias.val()).reshape([n, out, h, w])
     }
 }
 
@@ -318,14 +318,41 @@ impl<B: Backend> Attention<B> {
         let k = self.key.forward(tokens.clone());
         let v = self.value.forward(tokens);
         let scores = q.matmul(k.swap_dims(1, 2)) / (c as f64).sqrt(); // [n, hw, hw]
-        let attended = softmax(scores, 2).matmul(v); // [n, hw, c]
-        let projected = self
-            .out
-            .forward(attended)
-            .swap_dims(1, 2)
-            .reshape([n, c, h, w]);
+        let weights = softmax(scores, 2);
+        // (P·v)ᵀ and its output projection computed channels-first, so the
+        // residual sum adds two contiguous `[n, c, h, w]` tensors (a
+        // channels-last view sends it down the CPU backend's scalar path).
+        let attended = v.swap_dims(1, 2).matmul(weights.swap_dims(1, 2)); // [n, c, hw]
+        let projected = linear_channels_first(&self.out, attended).reshape([n, c, h, w]);
         x + projected
     }
+}
+
+/// `linear.forward` applied at every position of a channels-first
+/// `[n, c_in, s]` tensor: `[n, c_out, s]`.
+fn linear_channels_first<B: Backend>(linear: &Linear<B>, x: Tensor<B, 3>) -> Tensor<B, 3> {
+    let y = linear
+        .weight
+        .val() // [c_in, c_out]
+        .transpose()
+        .unsqueeze_dim::<3>(0)
+        .matmul(x);
+    match &linear.bias {
+        Some(bias) => add_per_channel(y, bias.val()),
+        None => y,
+    }
+}
+
+/// `y + bias` with the bias along dimension 1 of `[n, c, s]`, as per-row
+/// scalars of an `[n·c, s]` view (the CPU backend's fast path; a
+/// `[1, c, 1]` broadcast falls back to its scalar strided loop).
+fn add_per_channel<B: Backend>(y: Tensor<B, 3>, bias: Tensor<B, 1>) -> Tensor<B, 3> {
+    let [n, c, s] = y.dims();
+    let per_row = bias
+        .unsqueeze_dim::<2>(0)
+        .repeat_dim(0, n)
+        .reshape([n * c, 1]);
+    (y.reshape([n * c, s]) + per_row).reshape([n, c, s])
 }
 
 /// A residual block optionally followed by self-attention.

@@ -9,8 +9,10 @@
 
 use burn::backend::Autodiff;
 use burn::prelude::*;
-use burn::tensor::activation::{relu, softplus};
+use burn::tensor::activation::relu;
+// Overflow-free softplus (burn's overflows past x ≈ 88), fused on the CPU backend.
 use burn::tensor::backend::AutodiffBackend;
+use genzoo_core::fused::softplus;
 use serde::{Deserialize, Serialize};
 
 use super::model::Discriminator;
@@ -32,7 +34,7 @@ impl GanLoss {
     /// The discriminator's loss from its logits on real and fake images (`[batch]` each).
     pub fn discriminator<B: Backend>(self, real: Tensor<B, 1>, fake: Tensor<B, 1>) -> Tensor<B, 1> {
         match self {
-            GanLoss::NonSaturating => softplus(real.neg(), 1.0).mean() + softplus(fake, 1.0).mean(),
+            GanLoss::NonSaturating => softplus(real.neg()).mean() + softplus(fake).mean(),
             GanLoss::Hinge => relu(real.neg() + 1.0).mean() + relu(fake + 1.0).mean(),
             GanLoss::Wasserstein => fake.mean() - real.mean(),
         }
@@ -41,7 +43,7 @@ impl GanLoss {
     /// The generator's loss from the discriminator's logits on fake images.
     pub fn generator<B: Backend>(self, fake: Tensor<B, 1>) -> Tensor<B, 1> {
         match self {
-            GanLoss::NonSaturating => softplus(fake.neg(), 1.0).mean(),
+            GanLoss::NonSaturating => softplus(fake.neg()).mean(),
             GanLoss::Hinge | GanLoss::Wasserstein => fake.mean().neg(),
         }
     }

@@ -14,7 +14,9 @@
 //! uses β = 1 so runs with different β compare on the same scale.
 
 use burn::prelude::*;
-use burn::tensor::activation::{relu, sigmoid};
+// max(x, 0) + log(1 + e^−|x|): burn's own `softplus` overflows past x ≈ 88.
+use burn::tensor::activation::sigmoid;
+use genzoo_core::fused::softplus;
 
 use super::model::{PixelLikelihood, Vae};
 
@@ -54,12 +56,6 @@ pub fn bernoulli_nll<B: Backend, const D: usize>(
     let targets = targets.reshape([n as i32, -1]);
     let per_pixel = softplus(logits.clone()) - logits * targets;
     per_pixel.sum_dim(1).reshape([n])
-}
-
-/// log(1 + eˣ) in the form that neither overflows nor loses small values:
-/// max(x, 0) + log(1 + e^−|x|). (burn's `softplus` overflows past x ≈ 88.)
-fn softplus<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
-    relu(x.clone()) + x.abs().neg().exp().log1p()
 }
 
 /// The smallest log-scale of the discretised logistic: a scale of e⁻⁷ ≈ 0.0009
