@@ -124,10 +124,7 @@ pub trait FusedOps: Backend {
         qkv: FloatTensor<Self>,
         n_head: usize,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let [q, k, v] = split_heads::<Self, _>(float(qkv), n_head, 3).map(primitive);
-        let scale = head_scale::<Self>(&q);
-        let (out, lse) = Self::fused_causal_attention_with_lse(q, k, v, scale);
-        (primitive(merge_heads(float::<Self, 4>(out))), lse)
+        split_self_attention::<Self>(qkv, n_head)
     }
 
     /// The gradient of [`FusedOps::fused_causal_self_attention`] with
@@ -140,13 +137,7 @@ pub trait FusedOps: Backend {
         grad: FloatTensor<Self>,
         n_head: usize,
     ) -> FloatTensor<Self> {
-        let [q, k, v] = split_heads::<Self, _>(float(qkv), n_head, 3).map(primitive);
-        let [out] = split_heads::<Self, _>(float(out), n_head, 1).map(primitive);
-        let [grad] = split_heads::<Self, _>(float(grad), n_head, 1).map(primitive);
-        let scale = head_scale::<Self>(&q);
-        let (dq, dk, dv) = Self::fused_causal_attention_backward(q, k, v, out, lse, grad, scale);
-        let merged = [dq, dk, dv].map(|g| merge_heads(float::<Self, 4>(g)));
-        primitive(Tensor::cat(merged.to_vec(), 2))
+        split_self_attention_backward::<Self>(qkv, out, lse, grad, n_head)
     }
 
     /// 2-D convolution without bias, groups 1, dilation 1:
@@ -192,7 +183,8 @@ pub trait FusedOps: Backend {
 
     /// Each row of `x` (`[rows, len]`) shifted and scaled to zero mean and
     /// unit (biased) variance: (x − mean)·rstd with rstd = 1/√(var + eps).
-    /// The core of GroupNorm (one row per sample and group).
+    /// The core of GroupNorm (one row per sample and group) and LayerNorm
+    /// (one row per position).
     fn fused_normalize_rows(x: FloatTensor<Self>, eps: f32) -> FloatTensor<Self> {
         Self::fused_normalize_rows_with_rstd(x, eps).0
     }
@@ -322,9 +314,33 @@ fn merge_heads<B: Backend>(heads: Tensor<B, 4>) -> Tensor<B, 3> {
     heads.swap_dims(1, 2).reshape([b, t, h * d])
 }
 
-/// 1/√(head size) of `[B, H, T, D]` queries.
-fn head_scale<B: Backend>(q: &FloatTensor<B>) -> f32 {
-    1.0 / (q.shape()[3] as f32).sqrt()
+/// Packed self-attention through split heads and `B`'s own causal
+/// attention: what a backend without a packed kernel runs.
+fn split_self_attention<B: FusedOps>(
+    qkv: FloatTensor<B>,
+    n_head: usize,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let [q, k, v] = split_heads::<B, _>(float(qkv), n_head, 3).map(primitive);
+    let scale = 1.0 / (q.shape()[3] as f32).sqrt();
+    let (out, lse) = B::fused_causal_attention_with_lse(q, k, v, scale);
+    (primitive(merge_heads(float::<B, 4>(out))), lse)
+}
+
+/// The backward of [`split_self_attention`]: d qkv `[B, T, 3·C]`.
+fn split_self_attention_backward<B: FusedOps>(
+    qkv: FloatTensor<B>,
+    out: FloatTensor<B>,
+    lse: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    n_head: usize,
+) -> FloatTensor<B> {
+    let [q, k, v] = split_heads::<B, _>(float(qkv), n_head, 3).map(primitive);
+    let [out] = split_heads::<B, _>(float(out), n_head, 1).map(primitive);
+    let [grad] = split_heads::<B, _>(float(grad), n_head, 1).map(primitive);
+    let scale = 1.0 / (q.shape()[3] as f32).sqrt();
+    let (dq, dk, dv) = B::fused_causal_attention_backward(q, k, v, out, lse, grad, scale);
+    let merged = [dq, dk, dv].map(|g| merge_heads(float::<B, 4>(g)));
+    primitive(Tensor::cat(merged.to_vec(), 2))
 }
 
 /// Causal attention and its row log-sum-exp from burn's tensor ops.
@@ -442,12 +458,8 @@ impl FusedOps for Flex {
         qkv: FloatTensor<Self>,
         n_head: usize,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        let scale = 1.0 / ((qkv.shape()[2] / (3 * n_head.max(1))) as f32).sqrt();
-        attention::packed_forward(&qkv, n_head, scale).unwrap_or_else(|| {
-            let [q, k, v] = split_heads::<Self, _>(float(qkv), n_head, 3).map(primitive);
-            let (out, lse) = composed_causal_attention::<Self>(q, k, v, scale);
-            (primitive(merge_heads(float::<Self, 4>(out))), lse)
-        })
+        attention::packed_forward(&qkv, n_head)
+            .unwrap_or_else(|| split_self_attention::<Self>(qkv, n_head))
     }
 
     fn fused_causal_self_attention_backward(
@@ -457,16 +469,8 @@ impl FusedOps for Flex {
         grad: FloatTensor<Self>,
         n_head: usize,
     ) -> FloatTensor<Self> {
-        let scale = 1.0 / ((qkv.shape()[2] / (3 * n_head.max(1))) as f32).sqrt();
-        attention::packed_backward(&qkv, &out, &lse, &grad, n_head, scale).unwrap_or_else(|| {
-            let [q, k, v] = split_heads::<Self, _>(float(qkv), n_head, 3).map(primitive);
-            let [out] = split_heads::<Self, _>(float(out), n_head, 1).map(primitive);
-            let [grad] = split_heads::<Self, _>(float(grad), n_head, 1).map(primitive);
-            let (dq, dk, dv) =
-                composed_causal_attention_backward::<Self>(q, k, v, out, lse, grad, scale);
-            let merged = [dq, dk, dv].map(|g| merge_heads(float::<Self, 4>(g)));
-            primitive(Tensor::cat(merged.to_vec(), 2))
-        })
+        attention::packed_backward(&qkv, &out, &lse, &grad, n_head)
+            .unwrap_or_else(|| split_self_attention_backward::<Self>(qkv, out, lse, grad, n_head))
     }
 
     fn fused_causal_attention_backward(

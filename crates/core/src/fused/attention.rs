@@ -304,15 +304,13 @@ pub(super) fn forward(
     Some((out, lse))
 }
 
-/// Causal self-attention straight from the packed `[B, T, 3·C]` output of
-/// the q/k/v projection to the heads re-assembled as `[B, T, C]`, with the
-/// log-sum-exp (`[B, H, T]`): no split, transpose or merge copies.
-pub(super) fn packed_forward(
-    qkv: &FlexTensor,
-    n_head: usize,
-    scale: f32,
-) -> Option<(FlexTensor, FlexTensor)> {
+/// Causal self-attention (scale 1/√(head size)) straight from the packed
+/// `[B, T, 3·C]` output of the q/k/v projection to the heads re-assembled as
+/// `[B, T, C]`, with the log-sum-exp (`[B, H, T]`): no split, transpose or
+/// merge copies.
+pub(super) fn packed_forward(qkv: &FlexTensor, n_head: usize) -> Option<(FlexTensor, FlexTensor)> {
     let dims @ [b, h, t, d] = packed_shape(qkv, n_head)?;
+    let scale = 1.0 / (d as f32).sqrt();
     let qkv = contiguous(qkv);
     let src = qkv.as_slice()?;
     let part = |i| (src, Heads::packed(dims, 3, i));
@@ -455,9 +453,9 @@ pub(super) fn packed_backward(
     lse: &FlexTensor,
     grad: &FlexTensor,
     n_head: usize,
-    scale: f32,
 ) -> Option<FlexTensor> {
     let dims @ [b, h, t, d] = packed_shape(qkv, n_head)?;
+    let scale = 1.0 / (d as f32).sqrt();
     let merged = [b, t, h * d];
     let f32_of_shape = |x: &FlexTensor, shape: &[usize]| {
         x.dtype() == DType::F32 && x.layout().shape().as_slice() == shape
