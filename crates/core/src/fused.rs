@@ -1199,7 +1199,8 @@ mod tests {
     #[test]
     fn causal_attention_matches_burns_in_values_and_gradients() {
         let dev = CpuDevice::default();
-        for [b, h, t, d] in [[2, 3, 17, 8], [1, 2, 64, 32], [1, 1, 1, 4]] {
+        // 150 and 129 cross the kernel's 64-row blocks (a partial last block).
+        for [b, h, t, d] in [[2, 3, 17, 8], [1, 2, 64, 32], [1, 1, 1, 4], [1, 2, 150, 8]] {
             let input = || {
                 Tensor::<Ad, 4>::random([b, h, t, d], Distribution::Normal(0.0, 1.5), &dev)
                     .require_grad()
@@ -1240,7 +1241,9 @@ mod tests {
     #[test]
     fn packed_self_attention_matches_split_heads_in_values_and_gradients() {
         let dev = CpuDevice::default();
-        for (b, t, n_head, head_size) in [(2, 17, 3, 8), (1, 64, 4, 32), (1, 1, 1, 4)] {
+        for (b, t, n_head, head_size) in
+            [(2, 17, 3, 8), (1, 64, 4, 32), (1, 1, 1, 4), (2, 129, 2, 8)]
+        {
             let c = n_head * head_size;
             let qkv = Tensor::<Ad, 3>::random([b, t, 3 * c], Distribution::Normal(0.0, 1.5), &dev)
                 .require_grad();

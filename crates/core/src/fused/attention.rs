@@ -3,6 +3,11 @@
 //! task. The forward keeps the log-sum-exp of each score row; the backward
 //! recomputes the probabilities from it (as FlashAttention does) instead of
 //! storing them.
+//!
+//! The GEMMs run over blocks of [`BLOCK`] rows (queries) or columns (keys)
+//! and stop at the diagonal: query block [r0, r1) only meets keys 0..r1, so
+//! the masked upper triangle is neither computed nor read (about half the
+//! work at gpt-pixel's T = 785).
 
 use burn::tensor::{DType, Shape};
 use burn_flex::FlexTensor;
@@ -35,6 +40,20 @@ impl<'a> Mat<'a> {
         }
     }
 
+    /// A row-major `rows × cols` matrix whose rows start `row_stride`
+    /// elements apart (a block of a wider matrix).
+    pub(super) fn strided(data: &'a [f32], rows: usize, cols: usize, row_stride: usize) -> Self {
+        let m = Self {
+            data,
+            rows,
+            cols,
+            row_stride,
+            col_stride: 1,
+        };
+        m.assert_in_bounds();
+        m
+    }
+
     /// The same data read as the transpose.
     pub(super) fn t(self) -> Self {
         Self {
@@ -59,11 +78,25 @@ impl<'a> Mat<'a> {
 /// dst (row-major `lhs.rows × rhs.cols`) = scale · lhs · rhs, or
 /// dst + scale · lhs · rhs with `accumulate`, on this thread.
 pub(super) fn matmul_into(dst: &mut [f32], lhs: Mat, rhs: Mat, scale: f32, accumulate: bool) {
-    matmul(dst, lhs, rhs, scale, accumulate, Parallelism::None)
+    matmul(
+        dst,
+        rhs.cols,
+        lhs,
+        rhs,
+        scale,
+        accumulate,
+        Parallelism::None,
+    )
+}
+
+/// [`matmul_into`] with the destination's rows `dst_stride` elements apart.
+fn matmul_into_strided(dst: &mut [f32], dst_stride: usize, lhs: Mat, rhs: Mat, scale: f32) {
+    matmul(dst, dst_stride, lhs, rhs, scale, false, Parallelism::None)
 }
 
 fn matmul(
     dst: &mut [f32],
+    dst_stride: usize,
     lhs: Mat,
     rhs: Mat,
     scale: f32,
@@ -72,7 +105,14 @@ fn matmul(
 ) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(k, rhs.rows, "inner dimensions");
-    assert!(dst.len() >= m * n, "destination too small");
+    assert!(dst_stride >= n, "destination rows overlap");
+    if m == 0 || n == 0 {
+        return;
+    }
+    assert!(
+        dst.len() >= (m - 1) * dst_stride + n,
+        "destination too small"
+    );
     lhs.assert_in_bounds();
     rhs.assert_in_bounds();
     // SAFETY: every index gemm reads or writes is inside the slices, checked
@@ -84,7 +124,7 @@ fn matmul(
             k,
             dst.as_mut_ptr(),
             1,
-            n as isize,
+            dst_stride as isize,
             accumulate,
             lhs.data.as_ptr(),
             lhs.col_stride as isize,
@@ -221,12 +261,40 @@ fn contiguous(t: &FlexTensor) -> FlexTensor {
     t.to_contiguous()
 }
 
-/// Softmax of the causal part of each row of `scores` (`[T, T]`, row i
-/// keeps columns 0..=i) in place, zeroing the rest; returns nothing but
-/// writes each row's log-sum-exp into `lse`.
-fn causal_softmax(scores: &mut [f32], lse: &mut [f32], t: usize) {
-    for (i, row) in scores.chunks_exact_mut(t).enumerate() {
-        let (seen, future) = row.split_at_mut(i + 1);
+/// Rows (or columns) per block of the score matrix: a GEMM stops at the
+/// diagonal block, so the masked triangle costs at most half a block per row.
+const BLOCK: usize = 64;
+
+/// The blocks `[start, end)` of `0..t`.
+fn blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..t)
+        .step_by(BLOCK)
+        .map(move |start| (start, (start + BLOCK).min(t)))
+}
+
+/// The scores of query rows `r0..r1` against keys `0..r1`, scaled, into
+/// rows `r0..r1` of the `[T, T]` matrix `scores` (columns ≥ r1 untouched).
+#[allow(clippy::too_many_arguments)]
+fn block_scores(
+    scores: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    (r0, r1): (usize, usize),
+    t: usize,
+    d: usize,
+    scale: f32,
+) {
+    let (q, k) = (Mat::new(&q[r0 * d..], r1 - r0, d), Mat::new(k, r1, d));
+    matmul_into_strided(&mut scores[r0 * t..], t, q, k.t(), scale);
+}
+
+/// Softmax of the causal part of rows `r0..r1` of `scores` (`[T, T]`, row
+/// i keeps columns 0..=i) in place, zeroing columns i+1..r1; writes each
+/// row's log-sum-exp into `lse` (indexed by row).
+#[inline(always)] // into its caller's `simd` copy
+fn causal_softmax(scores: &mut [f32], lse: &mut [f32], (r0, r1): (usize, usize), t: usize) {
+    for i in r0..r1 {
+        let (seen, future) = scores[i * t..i * t + r1].split_at_mut(i + 1);
         let max = kernels::max(seen);
         for s in seen.iter_mut() {
             *s = kernels::exp(*s - max);
@@ -259,19 +327,28 @@ fn forward_heads(
         .enumerate()
         .for_each(|(n, lse)| {
             kernels::with_scratch(0, 4 * t * d + t * t, |scratch| {
-                let (q, rest) = scratch.split_at_mut(t * d);
-                let (k, rest) = rest.split_at_mut(t * d);
-                let (v, rest) = rest.split_at_mut(t * d);
-                let (o, p) = rest.split_at_mut(t * d);
-                qh.gather(qs, n, dims, q);
-                kh.gather(ks, n, dims, k);
-                vh.gather(vs, n, dims, v);
-                matmul_into(p, Mat::new(q, t, d), Mat::new(k, t, d).t(), scale, false);
-                causal_softmax(p, lse, t);
-                matmul_into(o, Mat::new(p, t, t), Mat::new(v, t, d), 1.0, false);
-                // SAFETY: this task alone writes head n.
-                unsafe { out.scatter(out_heads, n, dims, o) };
-            });
+                kernels::simd(
+                    #[inline(always)]
+                    || {
+                        let (q, rest) = scratch.split_at_mut(t * d);
+                        let (k, rest) = rest.split_at_mut(t * d);
+                        let (v, rest) = rest.split_at_mut(t * d);
+                        let (o, p) = rest.split_at_mut(t * d);
+                        qh.gather(qs, n, dims, q);
+                        kh.gather(ks, n, dims, k);
+                        vh.gather(vs, n, dims, v);
+                        for (r0, r1) in blocks(t) {
+                            block_scores(p, q, k, (r0, r1), t, d, scale);
+                            causal_softmax(p, lse, (r0, r1), t);
+                            let probs = Mat::strided(&p[r0 * t..], r1 - r0, r1, t);
+                            let o = &mut o[r0 * d..r1 * d];
+                            matmul_into(o, probs, Mat::new(v, r1, d), 1.0, false);
+                        }
+                        // SAFETY: this task alone writes head n.
+                        unsafe { out.scatter(out_heads, n, dims, o) };
+                    },
+                );
+            })
         });
 }
 
@@ -329,44 +406,61 @@ pub(super) fn packed_forward(qkv: &FlexTensor, n_head: usize) -> Option<(FlexTen
 
 /// One head's backward: `p` and `ds` are `[T, T]` scratch.
 #[allow(clippy::too_many_arguments)]
-fn head_backward(
-    [q, k, v, o, g]: [&[f32]; 5],
+#[inline(always)] // into its caller's `simd` copy
+fn head_backward<'s>(
+    [q, k, v, o, g]: [&'s [f32]; 5],
     lse: &[f32],
     [dq, dk, dv]: [&mut [f32]; 3],
-    p: &mut [f32],
-    ds: &mut [f32],
+    p: &'s mut [f32],
+    ds: &'s mut [f32],
     t: usize,
     d: usize,
     scale: f32,
 ) {
-    // P = exp(S − lse) on the causal part.
-    matmul_into(p, Mat::new(q, t, d), Mat::new(k, t, d).t(), scale, false);
-    for (i, row) in p.chunks_exact_mut(t).enumerate() {
-        let (seen, future) = row.split_at_mut(i + 1);
-        let l = lse[i];
-        for s in seen.iter_mut() {
-            *s = kernels::exp(*s - l);
+    // Query blocks: P = exp(S − lse) on the causal part, dP = dO·Vᵀ, then
+    // dS = P ∘ (dP − rowsum(dO ∘ O)) in place, and dQ = scale·dS·K.
+    for (r0, r1) in blocks(t) {
+        block_scores(p, q, k, (r0, r1), t, d, scale);
+        for i in r0..r1 {
+            let (seen, future) = p[i * t..i * t + r1].split_at_mut(i + 1);
+            let l = lse[i];
+            for s in seen.iter_mut() {
+                *s = kernels::exp(*s - l);
+            }
+            future.fill(0.0);
         }
-        future.fill(0.0);
-    }
-    // dV = Pᵀ·dO.
-    matmul_into(dv, Mat::new(p, t, t).t(), Mat::new(g, t, d), 1.0, false);
-    // dP = dO·Vᵀ, then dS = P ∘ (dP − rowsum(dO ∘ O)), in place.
-    matmul_into(ds, Mat::new(g, t, d), Mat::new(v, t, d).t(), 1.0, false);
-    for i in 0..t {
-        let row_dot: f32 = g[i * d..(i + 1) * d]
-            .iter()
-            .zip(&o[i * d..(i + 1) * d])
-            .map(|(a, b)| a * b)
-            .sum();
-        let (ds_row, p_row) = (&mut ds[i * t..(i + 1) * t], &p[i * t..(i + 1) * t]);
-        for (s, &pr) in ds_row.iter_mut().zip(p_row) {
-            *s = pr * (*s - row_dot);
+        let g_rows = Mat::new(&g[r0 * d..], r1 - r0, d);
+        matmul_into_strided(&mut ds[r0 * t..], t, g_rows, Mat::new(v, r1, d).t(), 1.0);
+        for i in r0..r1 {
+            let row_dot: f32 = g[i * d..(i + 1) * d]
+                .iter()
+                .zip(&o[i * d..(i + 1) * d])
+                .map(|(a, b)| a * b)
+                .sum();
+            let (ds_row, p_row) = (&mut ds[i * t..i * t + r1], &p[i * t..i * t + r1]);
+            for (s, &pr) in ds_row.iter_mut().zip(p_row) {
+                *s = pr * (*s - row_dot);
+            }
         }
+        let ds_rows = Mat::strided(&ds[r0 * t..], r1 - r0, r1, t);
+        matmul_into(
+            &mut dq[r0 * d..r1 * d],
+            ds_rows,
+            Mat::new(k, r1, d),
+            scale,
+            false,
+        );
     }
-    // dQ = scale·dS·K; dK = scale·dSᵀ·Q.
-    matmul_into(dq, Mat::new(ds, t, t), Mat::new(k, t, d), scale, false);
-    matmul_into(dk, Mat::new(ds, t, t).t(), Mat::new(q, t, d), scale, false);
+    // Key blocks: key j meets queries j..T, so columns c0..c1 of P and dS
+    // are read from row c0 down (the blocks above hold no causal entries).
+    let (p, ds) = (&*p, &*ds);
+    for (c0, c1) in blocks(t) {
+        let below = |m: &'s [f32]| Mat::strided(&m[c0 * t + c0..], t - c0, c1 - c0, t).t();
+        let rows = |m: &'s [f32]| Mat::new(&m[c0 * d..], t - c0, d);
+        // dV = Pᵀ·dO; dK = scale·dSᵀ·Q.
+        matmul_into(&mut dv[c0 * d..c1 * d], below(p), rows(g), 1.0, false);
+        matmul_into(&mut dk[c0 * d..c1 * d], below(ds), rows(q), scale, false);
+    }
 }
 
 /// One task per head: q, k, v, the output and its gradient gathered from
@@ -382,25 +476,30 @@ fn backward_heads(
     (0..b * h).into_par_iter().for_each(|n| {
         kernels::with_scratch(0, 8 * t * d, |mats| {
             kernels::with_scratch(1, 2 * t * t, |scores| {
-                let (gathered, grads) = mats.split_at_mut(5 * t * d);
-                let mut parts = gathered.chunks_exact_mut(t * d);
-                let mut take = || parts.next().expect("five matrices");
-                let [q, k, v, o, g] = [take(), take(), take(), take(), take()];
-                for ((src, heads), dst) in inputs.iter().zip([&mut *q, k, v, o, g]) {
-                    heads.gather(src, n, dims, dst);
-                }
-                let (dq, rest) = grads.split_at_mut(t * d);
-                let (dk, dv) = rest.split_at_mut(t * d);
-                let (p, ds) = scores.split_at_mut(t * t);
-                let lse = &lse[n * t..(n + 1) * t];
-                head_backward([q, k, v, o, g], lse, [dq, dk, dv], p, ds, t, d, scale);
-                for ((out, heads), grad) in outs.iter().zip([&*dq, dk, dv]) {
-                    // SAFETY: this task alone writes head n of each layout,
-                    // and the three layouts do not overlap.
-                    unsafe { out.scatter(*heads, n, dims, grad) };
-                }
-            })
-        });
+                kernels::simd(
+                    #[inline(always)]
+                    || {
+                        let (gathered, grads) = mats.split_at_mut(5 * t * d);
+                        let mut parts = gathered.chunks_exact_mut(t * d);
+                        let mut take = || parts.next().expect("five matrices");
+                        let [q, k, v, o, g] = [take(), take(), take(), take(), take()];
+                        for ((src, heads), dst) in inputs.iter().zip([&mut *q, k, v, o, g]) {
+                            heads.gather(src, n, dims, dst);
+                        }
+                        let (dq, rest) = grads.split_at_mut(t * d);
+                        let (dk, dv) = rest.split_at_mut(t * d);
+                        let (p, ds) = scores.split_at_mut(t * t);
+                        let lse = &lse[n * t..(n + 1) * t];
+                        head_backward([q, k, v, o, g], lse, [dq, dk, dv], p, ds, t, d, scale);
+                        for ((out, heads), grad) in outs.iter().zip([&*dq, dk, dv]) {
+                            // SAFETY: this task alone writes head n of each layout,
+                            // and the three layouts do not overlap.
+                            unsafe { out.scatter(*heads, n, dims, grad) };
+                        }
+                    },
+                )
+            });
+        })
     });
 }
 

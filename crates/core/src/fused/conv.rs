@@ -26,7 +26,7 @@ use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::attention::{Mat, matmul_into};
-use super::kernels::with_scratch;
+use super::kernels::{simd, with_scratch};
 
 /// Stride and symmetric zero padding of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +122,7 @@ fn valid_range(k: usize, stride: usize, pad: usize, size: usize, outputs: usize)
 
 /// One sample's im2col rows, in order: row (c·kh + ki)·kw + kj holds, at
 /// oy·ow + ox, x[c, oy·s + ki − p, ox·s + kj − p] (0 in the padding).
+#[inline(always)] // into its caller's `simd` copy
 fn im2col<'a>(x: &[f32], d: &Dims, g: ConvGeometry, mut rows: impl Iterator<Item = &'a mut [f32]>) {
     let [sh, sw] = g.stride;
     for c in 0..d.c_in {
@@ -158,6 +159,7 @@ fn im2col<'a>(x: &[f32], d: &Dims, g: ConvGeometry, mut rows: impl Iterator<Item
 /// The adjoint of [`im2col`]: adds every entry of one sample's rows
 /// (`row(r)`, r as in [`im2col`]) back onto the input position it was read
 /// from.
+#[inline(always)] // into its caller's `simd` copy
 fn col2im<'a>(row: impl Fn(usize) -> &'a [f32], d: &Dims, g: ConvGeometry, x: &mut [f32]) {
     x.fill(0.0);
     let [sh, sw] = g.stride;
@@ -197,6 +199,7 @@ fn f32_contiguous(t: &FlexTensor) -> Option<FlexTensor> {
 
 /// The im2col matrix of `count` samples (`xs`, `[count, C_in, H, W]`) side
 /// by side: `[patch, count·positions]`, sample j in columns j·positions...
+#[inline(always)] // into its caller's `simd` copy
 fn chunk_im2col(xs: &[f32], d: &Dims, g: ConvGeometry, count: usize, cols: &mut [f32]) {
     let (in_sample, positions) = (d.c_in * d.h * d.w, d.positions());
     let cols = &mut cols[..d.patch() * count * positions];
@@ -209,6 +212,7 @@ fn chunk_im2col(xs: &[f32], d: &Dims, g: ConvGeometry, count: usize, cols: &mut 
 
 /// The output gradient of `count` samples (`gs`, `[count, C_out,
 /// positions]`) as one `[C_out, count·positions]` matrix.
+#[inline(always)] // into its caller's `simd` copy
 fn chunk_rows(gs: &[f32], d: &Dims, count: usize, dy: &mut [f32]) {
     let positions = d.positions();
     for (i, row) in dy[..d.c_out * count * positions]
@@ -240,14 +244,19 @@ pub(super) fn forward(x: &FlexTensor, weight: &FlexTensor, g: ConvGeometry) -> O
             let xs = &xs[ci * chunk * in_sample..];
             with_scratch(0, d.patch() * width, |cols| {
                 with_scratch(1, d.c_out * width, |y| {
-                    chunk_im2col(xs, &d, g, count, cols);
-                    matmul_into(y, w, Mat::new(cols, d.patch(), width), 1.0, false);
-                    // [C_out, count·positions] → [count, C_out, positions].
-                    for (i, dst) in out.chunks_exact_mut(positions).enumerate() {
-                        let (j, c) = (i / d.c_out, i % d.c_out);
-                        let at = c * width + j * positions;
-                        dst.copy_from_slice(&y[at..at + positions]);
-                    }
+                    simd(
+                        #[inline(always)]
+                        || {
+                            chunk_im2col(xs, &d, g, count, cols);
+                            matmul_into(y, w, Mat::new(cols, d.patch(), width), 1.0, false);
+                            // [C_out, count·positions] → [count, C_out, positions].
+                            for (i, dst) in out.chunks_exact_mut(positions).enumerate() {
+                                let (j, c) = (i / d.c_out, i % d.c_out);
+                                let at = c * width + j * positions;
+                                dst.copy_from_slice(&y[at..at + positions]);
+                            }
+                        },
+                    )
                 })
             })
         });
@@ -290,16 +299,21 @@ fn input_grad(d: &Dims, g: ConvGeometry, ws: &[f32], gs: &[f32]) -> FlexTensor {
             let gs = &gs[ci * chunk * out_sample..];
             with_scratch(0, d.patch() * width, |dcols| {
                 with_scratch(1, d.c_out * width, |dy| {
-                    chunk_rows(gs, d, count, dy);
-                    matmul_into(dcols, w.t(), Mat::new(dy, d.c_out, width), 1.0, false);
-                    let dcols = &*dcols;
-                    for (j, dx) in dx.chunks_exact_mut(in_sample).enumerate() {
-                        let row = |r: usize| {
-                            let at = r * width + j * positions;
-                            &dcols[at..at + positions]
-                        };
-                        col2im(row, d, g, dx);
-                    }
+                    simd(
+                        #[inline(always)]
+                        || {
+                            chunk_rows(gs, d, count, dy);
+                            matmul_into(dcols, w.t(), Mat::new(dy, d.c_out, width), 1.0, false);
+                            let dcols = &*dcols;
+                            for (j, dx) in dx.chunks_exact_mut(in_sample).enumerate() {
+                                let row = |r: usize| {
+                                    let at = r * width + j * positions;
+                                    &dcols[at..at + positions]
+                                };
+                                col2im(row, d, g, dx);
+                            }
+                        },
+                    )
                 })
             })
         });

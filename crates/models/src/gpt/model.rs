@@ -16,7 +16,7 @@ use burn::tensor::ops::AttentionModuleOptions;
 use genzoo_core::fused::{causal_attention, causal_self_attention, gelu};
 use genzoo_core::{Error, Result};
 
-use crate::layers::LayerNorm;
+use crate::layers::{LayerNorm, linear_rows};
 use serde::{Deserialize, Serialize};
 
 /// Transformer hyper-parameters. The defaults are the `gpt-char` reference
@@ -167,12 +167,12 @@ impl<B: Backend> CausalSelfAttention<B> {
     ) -> Tensor<B, 3> {
         let [b, t, c] = x.dims();
         let hs = c / self.n_head;
-        let qkv = self.c_attn.forward(x); // (B, T, 3C)
+        let qkv = linear_rows(&self.c_attn, x); // (B, T, 3C)
         if cache.is_none() {
             // Training and uncached generation: causal attention over the
             // packed q, k, v, heads split and re-assembled inside (genzoo's
             // fused kernel on the CPU backend).
-            return self.c_proj.forward(causal_self_attention(qkv, self.n_head));
+            return linear_rows(&self.c_proj, causal_self_attention(qkv, self.n_head));
         }
         let split = |i: usize| {
             qkv.clone()
@@ -211,7 +211,7 @@ impl<B: Backend> CausalSelfAttention<B> {
             attention(q, k, v, mask, None, options)
         }; // (B, nh, T, hs)
         let y = y.swap_dims(1, 2).reshape([b, t, c]); // re-assemble the heads: (B, T, C)
-        self.c_proj.forward(y)
+        linear_rows(&self.c_proj, y)
     }
 }
 
@@ -225,7 +225,7 @@ pub struct Mlp<B: Backend> {
 impl<B: Backend> Mlp<B> {
     /// `[batch, t, n_embd]` → `[batch, t, n_embd]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        self.c_proj.forward(gelu(self.c_fc.forward(x)))
+        linear_rows(&self.c_proj, gelu(linear_rows(&self.c_fc, x)))
     }
 }
 
@@ -339,7 +339,7 @@ impl<B: Backend> Gpt<B> {
         }
         let x = self.ln_f.forward(x);
         match &self.lm_head {
-            Some(head) => head.forward(x),
+            Some(head) => linear_rows(head, x),
             None => {
                 // Tied head: logits = x · Eᵀ with E the token embedding (V, C).
                 let [_, _, c] = x.dims();
