@@ -1283,6 +1283,10 @@ mod tests {
             (2, 3, 6, 5, 2, 3, 1, 0),
             (1, 2, 7, 9, 3, 5, 2, 2),
             (2, 1, 5, 5, 2, 3, 3, 2),
+            // Stride 1 with more channels (the U-Net's shape of layer).
+            (3, 9, 6, 7, 5, 3, 1, 1),
+            (2, 8, 5, 5, 4, 3, 1, 0),
+            (1, 8, 7, 6, 3, 5, 1, 2),
         ] {
             let x = Tensor::<Ad, 4>::random([n, ci, h, w], Distribution::Normal(0.0, 1.0), &dev)
                 .require_grad();

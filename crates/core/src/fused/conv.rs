@@ -130,6 +130,10 @@ fn im2col<'a>(x: &[f32], d: &Dims, g: ConvGeometry, mut rows: impl Iterator<Item
         for ki in 0..d.kh {
             for kj in 0..d.kw {
                 let out = rows.next().expect("one im2col row per (channel, tap)");
+                if sh == 1 && sw == 1 && d.ow == d.w {
+                    im2col_same_width(plane, d, g, [ki, kj], out);
+                    continue;
+                }
                 let (lo, hi) = valid_range(kj, sw, g.padding[1], d.w, d.ow);
                 for (oy, line) in out.chunks_exact_mut(d.ow).enumerate() {
                     let Some(iy) = source(oy, ki, sh, g.padding[0], d.h) else {
@@ -153,6 +157,50 @@ fn im2col<'a>(x: &[f32], d: &Dims, g: ConvGeometry, mut rows: impl Iterator<Item
                 }
             }
         }
+    }
+}
+
+/// One im2col row of a stride-1 convolution whose output rows are as wide
+/// as its input's (3×3 with padding 1): tap (ki, kj) reads the input plane
+/// shifted by a constant flat offset, so the row is one block copy of the
+/// plane, then the entries that wrapped across a line edge or read the
+/// padding are zeroed. (Line by line, a 28-wide map costs a `memmove`
+/// call per 28 floats.)
+#[inline(always)]
+fn im2col_same_width(
+    plane: &[f32],
+    d: &Dims,
+    g: ConvGeometry,
+    [ki, kj]: [usize; 2],
+    out: &mut [f32],
+) {
+    let [ph, pw] = g.padding;
+    let ow = d.ow;
+    // Output lines oy_lo..oy_hi read input lines oy + ki − ph inside 0..h.
+    let oy_lo = ph.saturating_sub(ki).min(d.oh);
+    let oy_hi = (d.h + ph).saturating_sub(ki).clamp(oy_lo, d.oh);
+    out[..oy_lo * ow].fill(0.0);
+    out[oy_hi * ow..].fill(0.0);
+    if oy_lo == oy_hi {
+        return;
+    }
+    // Output (oy, ox) reads flat input index (oy + ki − ph)·w + ox + kj − pw.
+    let first = ((oy_lo + ki - ph) * d.w + kj) as isize - pw as isize;
+    let skip = (-first).max(0) as usize; // a read before the plane: padding
+    let src = (first.max(0)) as usize;
+    let start = oy_lo * ow + skip;
+    let len = (oy_hi * ow)
+        .saturating_sub(start)
+        .min(plane.len().saturating_sub(src));
+    if len > 0 {
+        out[start..start + len].copy_from_slice(&plane[src..src + len]);
+    }
+    // Columns ox < lo and ox ≥ hi read the padding (or wrapped into the
+    // neighbouring line, or past the plane's end): zeros.
+    let (lo, hi) = valid_range(kj, 1, pw, d.w, ow);
+    for line in out[oy_lo * ow..oy_hi * ow].chunks_exact_mut(ow) {
+        line[..lo].fill(0.0);
+        line[hi..].fill(0.0);
     }
 }
 
