@@ -49,6 +49,21 @@ pub trait FusedOps: Backend {
         composed_gelu_backward::<Self>(x, grad)
     }
 
+    /// Nearest-neighbour ×2 upsampling of `[N, C, H, W]`: `[N, C, 2H, 2W]`,
+    /// every value repeated over a 2×2 block.
+    fn fused_upsample_nearest2(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        composed_upsample_nearest2::<Self>(x)
+    }
+
+    /// The gradient of [`FusedOps::fused_upsample_nearest2`]: each 2×2
+    /// block of `grad` summed (`x` gives the shape only).
+    fn fused_upsample_nearest2_backward(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        composed_upsample_nearest2_backward::<Self>(x, grad)
+    }
+
     /// SiLU (swish): x·σ(x).
     fn fused_silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         composed_silu::<Self>(x)
@@ -402,6 +417,25 @@ fn composed_softplus<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D
     burn::tensor::activation::relu(x.clone()) + x.abs().neg().exp().log1p()
 }
 
+/// `[N, C, H, W]` → `[N, C, 2H, 2W]` as a broadcast over two new axes.
+fn composed_upsample_nearest2<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    let [n, c, h, w] = x.shape().dims();
+    let x = B::float_reshape(x, Shape::new([n, c, h, 1, w, 1]));
+    let x = B::float_expand(x, Shape::new([n, c, h, 2, w, 2]));
+    B::float_reshape(x, Shape::new([n, c, 2 * h, 2 * w]))
+}
+
+/// The sum of each 2×2 block of `grad`, from differentiable float ops.
+fn composed_upsample_nearest2_backward<B: Backend>(
+    x: FloatTensor<B>,
+    grad: FloatTensor<B>,
+) -> FloatTensor<B> {
+    let [n, c, h, w] = x.shape().dims();
+    let grad = B::float_reshape(grad, Shape::new([n, c, h, 2, w, 2]));
+    let grad = B::float_sum_dim(B::float_sum_dim(grad, 5), 3);
+    B::float_reshape(grad, Shape::new([n, c, h, w]))
+}
+
 /// x·σ(x).
 fn composed_silu<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
     B::float_mul(x.clone(), B::sigmoid(x))
@@ -427,6 +461,18 @@ impl FusedOps for Flex {
 
     fn fused_silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         kernels::map(x, kernels::silu).unwrap_or_else(composed_silu::<Self>)
+    }
+
+    fn fused_upsample_nearest2(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        kernels::upsample_nearest2(&x).unwrap_or_else(|| composed_upsample_nearest2::<Self>(x))
+    }
+
+    fn fused_upsample_nearest2_backward(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        kernels::upsample_nearest2_backward(&grad)
+            .unwrap_or_else(|| composed_upsample_nearest2_backward::<Self>(x, grad))
     }
 
     fn fused_softplus(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -638,6 +684,11 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
     unary_with_backward!(FusedGelu, fused_gelu, fused_gelu_backward);
     unary_with_backward!(FusedSilu, fused_silu, fused_silu_backward);
     unary_with_backward!(FusedSoftplus, fused_softplus, fused_softplus_backward);
+    unary_with_backward!(
+        FusedUpsampleNearest2,
+        fused_upsample_nearest2,
+        fused_upsample_nearest2_backward
+    );
 
     fn fused_causal_attention(
         q: FloatTensor<Self>,
@@ -886,6 +937,18 @@ pub fn softplus<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     route_cpu!(x, fused_softplus).unwrap_or_else(composed_softplus)
 }
 
+/// Nearest-neighbour ×2 upsampling on any backend: one copy pass (and a
+/// 2×2-sum backward) on the CPU backend, a broadcast and reshape elsewhere
+/// (on the CPU backend that reshape is a scalar strided copy).
+///
+/// # Shapes
+/// - x: `[batch, channels, h, w]` → `[batch, channels, 2h, 2w]`
+pub fn upsample_nearest2<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
+    const D: usize = 4;
+    route_cpu!(x, fused_upsample_nearest2)
+        .unwrap_or_else(|x| float::<B, 4>(composed_upsample_nearest2::<B>(primitive(x))))
+}
+
 /// SiLU (swish, x·σ(x)) on any backend: genzoo's fused kernel on the CPU
 /// backend, burn's `silu` elsewhere.
 pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
@@ -1130,6 +1193,36 @@ mod tests {
         let gb = (yb * upstream).sum().backward();
         let (da, db) = (xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap());
         assert!(max_diff(da, db) < 1e-4);
+    }
+
+    #[test]
+    fn nearest_upsampling_matches_burns_interpolate_in_values_and_gradients() {
+        use burn::tensor::module::interpolate;
+        use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
+        let dev = CpuDevice::default();
+        // Odd sizes, and enough lines to span several parallel tasks.
+        for [n, c, h, w] in [[2, 3, 5, 7], [3, 64, 14, 14], [1, 1, 1, 1]] {
+            let x = Tensor::<Ad, 4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &dev);
+            let (xa, xb) = (x.clone().require_grad(), x.require_grad());
+            let ours = upsample_nearest2(xa.clone());
+            let theirs = interpolate(
+                xb.clone(),
+                [2 * h, 2 * w],
+                InterpolateOptions::new(InterpolateMode::Nearest),
+            );
+            assert_eq!(ours.dims(), [n, c, 2 * h, 2 * w]);
+            assert_eq!(max_diff(ours.clone().inner(), theirs.clone().inner()), 0.0);
+            let upstream =
+                Tensor::<Ad, 4>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &dev);
+            let ga = (ours * upstream.clone()).sum().backward();
+            let gb = (theirs * upstream).sum().backward();
+            assert!(max_diff(xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap()) < 1e-5);
+            // The composed default (other backends) gives the same values.
+            let composed = float::<CpuBackend, 4>(composed_upsample_nearest2::<CpuBackend>(
+                primitive(xa.clone().inner()),
+            ));
+            assert_eq!(max_diff(composed, upsample_nearest2(xa.inner())), 0.0);
+        }
     }
 
     #[test]

@@ -104,6 +104,82 @@ pub(super) fn zip(
     Some(out)
 }
 
+/// Nearest-neighbour ×2 upsampling of a 4-D f32 tensor: each input line of
+/// W values becomes two output lines of 2W; `None` for other tensors.
+pub(super) fn upsample_nearest2(x: &FlexTensor) -> Option<FlexTensor> {
+    let shape = x.layout().shape();
+    if x.dtype() != DType::F32 || shape.num_dims() != 4 || shape[3] == 0 {
+        return None;
+    }
+    let (w, lines) = (shape[3], shape[0] * shape[1] * shape[2]);
+    let x = x.to_contiguous();
+    let xs: &[f32] = x.as_slice()?;
+    let out_shape = [shape[0], shape[1], 2 * shape[2], 2 * w];
+    let mut out = FlexTensor::empty(out_shape.into(), DType::F32);
+    let per_task = (CHUNK / (4 * w)).max(1);
+    out.storage_mut::<f32>()
+        .par_chunks_mut(per_task * 4 * w)
+        .zip(xs.par_chunks(per_task * w))
+        .for_each(|(o, x)| {
+            simd(
+                #[inline(always)]
+                || {
+                    for (pair, line) in o.chunks_exact_mut(4 * w).zip(x.chunks_exact(w)) {
+                        let (top, bottom) = pair.split_at_mut(2 * w);
+                        for (o, &v) in top.chunks_exact_mut(2).zip(line) {
+                            o[0] = v;
+                            o[1] = v;
+                        }
+                        bottom.copy_from_slice(top);
+                    }
+                },
+            )
+        });
+    debug_assert_eq!(lines * 4 * w, out.layout().shape().num_elements());
+    Some(out)
+}
+
+/// The gradient of [`upsample_nearest2`]: the sum of each 2×2 block of the
+/// `[N, C, 2H, 2W]` gradient; `None` for other tensors.
+pub(super) fn upsample_nearest2_backward(grad: &FlexTensor) -> Option<FlexTensor> {
+    let shape = grad.layout().shape();
+    if grad.dtype() != DType::F32
+        || shape.num_dims() != 4
+        || shape[2] % 2 != 0
+        || shape[3] % 2 != 0
+        || shape[3] == 0
+    {
+        return None;
+    }
+    let w = shape[3] / 2;
+    let grad = grad.to_contiguous();
+    let gs: &[f32] = grad.as_slice()?;
+    let in_shape = [shape[0], shape[1], shape[2] / 2, w];
+    let mut dx = FlexTensor::empty(in_shape.into(), DType::F32);
+    let per_task = (CHUNK / (4 * w)).max(1);
+    dx.storage_mut::<f32>()
+        .par_chunks_mut(per_task * w)
+        .zip(gs.par_chunks(per_task * 4 * w))
+        .for_each(|(dx, g)| {
+            simd(
+                #[inline(always)]
+                || {
+                    for (line, pair) in dx.chunks_exact_mut(w).zip(g.chunks_exact(4 * w)) {
+                        let (top, bottom) = pair.split_at(2 * w);
+                        for ((d, t), b) in line
+                            .iter_mut()
+                            .zip(top.chunks_exact(2))
+                            .zip(bottom.chunks_exact(2))
+                        {
+                            *d = (t[0] + t[1]) + (b[0] + b[1]);
+                        }
+                    }
+                },
+            )
+        });
+    Some(dx)
+}
+
 /// Each row of the `[rows, len]` tensor `x` normalised, (x − mean)·rstd,
 /// and the rows' rstd `[rows, 1]`; `None` unless `x` is a 2-D f32 tensor.
 pub(super) fn normalize_rows(x: &FlexTensor, eps: f32) -> Option<(FlexTensor, FlexTensor)> {

@@ -395,12 +395,7 @@ impl<B: Backend> Upsample<B> {
     /// # Shapes
     /// - x: `[batch, c, h, w]` → `[batch, c, 2h, 2w]`
     fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [n, c, h, w] = x.dims();
-        let doubled = x
-            .reshape([n, c, h, 1, w, 1])
-            .expand([n, c, h, 2, w, 2])
-            .reshape([n, c, 2 * h, 2 * w]);
-        conv2d(&self.conv, doubled)
+        conv2d(&self.conv, fused::upsample_nearest2(x))
     }
 }
 
