@@ -145,8 +145,8 @@ pub(super) fn upsample_nearest2_backward(grad: &FlexTensor) -> Option<FlexTensor
     let shape = grad.layout().shape();
     if grad.dtype() != DType::F32
         || shape.num_dims() != 4
-        || shape[2] % 2 != 0
-        || shape[3] % 2 != 0
+        || !shape[2].is_multiple_of(2)
+        || !shape[3].is_multiple_of(2)
         || shape[3] == 0
     {
         return None;
