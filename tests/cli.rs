@@ -260,6 +260,24 @@ fn a_backend_that_is_not_compiled_in_names_its_feature() {
 }
 
 #[test]
+#[cfg(unix)]
+fn output_into_a_closed_pipe_ends_quietly() {
+    // `genzoo list | head -0`: the reader is gone before genzoo writes.
+    use std::process::Stdio;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_genzoo"))
+        .arg("list")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run genzoo");
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("wait for genzoo");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "a panic's exit status");
+}
+
+#[test]
 fn list_shows_every_family() {
     let tmp = tempfile::tempdir().unwrap();
     let text = ok(&genzoo(&["list"], tmp.path()));
