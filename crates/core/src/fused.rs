@@ -944,7 +944,7 @@ pub fn softplus<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
 /// # Shapes
 /// - x: `[batch, channels, h, w]` → `[batch, channels, 2h, 2w]`
 pub fn upsample_nearest2<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
-    const D: usize = 4;
+    const D: usize = 4; // the rank `route_cpu!` routes at
     route_cpu!(x, fused_upsample_nearest2)
         .unwrap_or_else(|x| float::<B, 4>(composed_upsample_nearest2::<B>(primitive(x))))
 }

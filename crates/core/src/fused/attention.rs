@@ -274,7 +274,6 @@ fn blocks(t: usize) -> impl Iterator<Item = (usize, usize)> {
 
 /// The scores of query rows `r0..r1` against keys `0..r1`, scaled, into
 /// rows `r0..r1` of the `[T, T]` matrix `scores` (columns ≥ r1 untouched).
-#[allow(clippy::too_many_arguments)]
 fn block_scores(
     scores: &mut [f32],
     q: &[f32],
