@@ -73,12 +73,8 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         }
     }
     if let Some(n) = args.threads {
-        // The CPU backend's kernels run on rayon's global pool; it can be
-        // sized once, before any tensor work.
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(n.max(1))
-            .build_global()
-            .map_err(|e| Error::Config(format!("bench: cannot set {n} threads: {e}")))?;
+        genzoo_core::backend::set_cpu_threads(n)
+            .map_err(|e| Error::Config(format!("bench: {e}")))?;
     }
     let options = BenchOptions {
         steps: args.steps.max(1),

@@ -1,5 +1,6 @@
-//! Backend choice: the Flex CPU backend by default, wgpu and CUDA behind
-//! cargo features of the same names.
+//! Backend choice: the Flex CPU backend by default, wgpu, CUDA and
+//! LibTorch (`tch`, on the CPU, for comparison) behind cargo features of the
+//! same names.
 //!
 //! Library code is generic over `B: Backend`; only binaries pick a concrete
 //! backend, through [`BackendKind`] and [`with_backend`].
@@ -50,11 +51,19 @@ pub enum BackendKind {
     Wgpu,
     /// CUDA. Feature `cuda`.
     Cuda,
+    /// burn's LibTorch backend on the CPU (PyTorch's own kernels). Feature
+    /// `tch`; for comparison, not needed for anything.
+    Tch,
 }
 
 impl BackendKind {
     /// All kinds, in the order `--help` lists them.
-    pub const ALL: [BackendKind; 3] = [BackendKind::Cpu, BackendKind::Wgpu, BackendKind::Cuda];
+    pub const ALL: [BackendKind; 4] = [
+        BackendKind::Cpu,
+        BackendKind::Wgpu,
+        BackendKind::Cuda,
+        BackendKind::Tch,
+    ];
 
     /// Whether this backend was compiled into the running binary.
     pub fn is_compiled(self) -> bool {
@@ -62,6 +71,7 @@ impl BackendKind {
             BackendKind::Cpu => true,
             BackendKind::Wgpu => cfg!(feature = "wgpu"),
             BackendKind::Cuda => cfg!(feature = "cuda"),
+            BackendKind::Tch => cfg!(feature = "tch"),
         }
     }
 
@@ -71,6 +81,7 @@ impl BackendKind {
             BackendKind::Cpu => None,
             BackendKind::Wgpu => Some("wgpu"),
             BackendKind::Cuda => Some("cuda"),
+            BackendKind::Tch => Some("tch"),
         }
     }
 }
@@ -81,6 +92,7 @@ impl fmt::Display for BackendKind {
             BackendKind::Cpu => "cpu",
             BackendKind::Wgpu => "wgpu",
             BackendKind::Cuda => "cuda",
+            BackendKind::Tch => "tch",
         })
     }
 }
@@ -92,8 +104,9 @@ impl FromStr for BackendKind {
             "cpu" | "flex" => Ok(BackendKind::Cpu),
             "wgpu" => Ok(BackendKind::Wgpu),
             "cuda" => Ok(BackendKind::Cuda),
+            "tch" | "libtorch" => Ok(BackendKind::Tch),
             other => Err(Error::Config(format!(
-                "unknown backend '{other}': expected one of cpu, wgpu, cuda"
+                "unknown backend '{other}': expected one of cpu, wgpu, cuda, tch"
             ))),
         }
     }
@@ -187,9 +200,34 @@ pub fn with_backend<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Out
             probe::<Cuda>(&device, "cuda", "the CUDA device could not be used")?;
             task.run::<Autodiff<Cuda>>(device)
         }
+        #[cfg(feature = "tch")]
+        BackendKind::Tch => {
+            use burn::backend::{Autodiff, LibTorch, libtorch::LibTorchDevice};
+            if parallel.is_some() {
+                return Err(Error::Backend(
+                    "data-parallel training runs on the cpu, wgpu and cuda backends, not tch"
+                        .into(),
+                ));
+            }
+            task.run::<Autodiff<LibTorch>>(LibTorchDevice::Cpu)
+        }
         #[allow(unreachable_patterns)]
         _ => unreachable!("checked by is_compiled"),
     }
+}
+
+/// Sizes the CPU thread pools: rayon's global pool, which the CPU backend's
+/// kernels run on, and with the `tch` feature LibTorch's intra-op pool.
+/// Call it once, before any tensor work (rayon's pool can be built once).
+pub fn set_cpu_threads(n: usize) -> Result<()> {
+    let n = n.max(1);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| Error::Config(format!("cannot set {n} threads: {e}")))?;
+    #[cfg(feature = "tch")]
+    tch::set_num_threads(n as i32);
+    Ok(())
 }
 
 /// Checks that backend `kind` is compiled in and has a usable device,
@@ -275,6 +313,7 @@ mod tests {
     fn parses_backend_names() {
         assert_eq!("cpu".parse::<BackendKind>().unwrap(), BackendKind::Cpu);
         assert_eq!("CUDA".parse::<BackendKind>().unwrap(), BackendKind::Cuda);
+        assert_eq!("libtorch".parse::<BackendKind>().unwrap(), BackendKind::Tch);
         assert!("tpu".parse::<BackendKind>().is_err());
     }
 

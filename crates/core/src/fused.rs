@@ -23,6 +23,7 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind, unary};
 use burn::prelude::*;
+use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::{
     ActivationOps, ConvOptions, ConvTransposeOptions, FloatTensor, FloatTensorOps, ModuleOps,
 };
@@ -73,6 +74,21 @@ pub trait FusedOps: Backend {
     /// σ(x)·(1 + x·(1 − σ(x)))·grad.
     fn fused_silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         composed_silu_backward::<Self>(x, grad)
+    }
+
+    /// LeakyReLU: x where x ≥ 0, slope·x below.
+    fn fused_leaky_relu(x: FloatTensor<Self>, slope: f32) -> FloatTensor<Self> {
+        Self::leaky_relu(x, slope.into())
+    }
+
+    /// The gradient of [`FusedOps::fused_leaky_relu`] at `x` times `grad`:
+    /// grad where x ≥ 0, slope·grad below (burn's convention at 0).
+    fn fused_leaky_relu_backward(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        slope: f32,
+    ) -> FloatTensor<Self> {
+        composed_leaky_relu_backward::<Self>(x, grad, slope)
     }
 
     /// Softplus log(1 + eˣ), computed as max(x, 0) + log(1 + e^−|x|) so
@@ -223,6 +239,88 @@ pub trait FusedOps: Backend {
     ) -> FloatTensor<Self> {
         composed_normalize_rows_backward::<Self>(normed, rstd, grad)
     }
+
+    /// Batch normalisation in training mode (Ioffe & Szegedy 2015) over
+    /// `x` `[N, C, S]` (S: the positions of a channel in one sample): every
+    /// channel normalised with its batch mean μ and biased variance σ² (over
+    /// N·S values), then scaled by γ and shifted by β (`[C]` each).
+    /// Returns (y, μ, σ²); the statistics are for the running averages.
+    fn fused_batch_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        composed_batch_norm::<Self>(x, gamma, beta, eps)
+    }
+
+    /// The gradients (dx, dγ, dβ) of [`FusedOps::fused_batch_norm`] from its
+    /// input, its batch statistics, γ and the output's gradient g. With
+    /// x̂ = (x − μ)/√(σ² + eps) and M values per channel: dβ = Σ g,
+    /// dγ = Σ g·x̂, dx = γ/√(σ² + eps)·(g − dβ/M − x̂·dγ/M).
+    fn fused_batch_norm_backward(
+        x: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        eps: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        composed_batch_norm_backward::<Self>(x, mean, var, gamma, grad, eps)
+    }
+}
+
+/// A `[C]` vector as `[1, C, 1]`, to broadcast over `[N, C, S]`.
+fn per_channel<B: Backend>(v: FloatTensor<B>) -> Tensor<B, 3> {
+    let v = float::<B, 1>(v);
+    let c = v.dims()[0];
+    v.reshape([1, c, 1])
+}
+
+fn composed_batch_norm<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    beta: FloatTensor<B>,
+    eps: f32,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let x = float::<B, 3>(x);
+    let c = x.dims()[1];
+    // Every sample has S values per channel: the mean over S then over N is the mean over N·S.
+    let mean = x.clone().mean_dim(2).mean_dim(0);
+    let centered = x - mean.clone();
+    let var = centered.clone().square().mean_dim(2).mean_dim(0);
+    let scale = per_channel::<B>(gamma) / (var.clone() + eps as f64).sqrt();
+    let y = centered * scale + per_channel::<B>(beta);
+    (
+        primitive(y),
+        primitive(mean.reshape([c])),
+        primitive(var.reshape([c])),
+    )
+}
+
+fn composed_batch_norm_backward<B: Backend>(
+    x: FloatTensor<B>,
+    mean: FloatTensor<B>,
+    var: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    eps: f32,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let (x, g) = (float::<B, 3>(x), float::<B, 3>(grad));
+    let [n, c, s] = x.dims();
+    let count = (n * s) as f64;
+    let rstd = (per_channel::<B>(var) + eps as f64).sqrt().recip();
+    let normed = (x - per_channel::<B>(mean)) * rstd.clone();
+    let dbeta = g.clone().sum_dim(2).sum_dim(0);
+    let dgamma = (g.clone() * normed.clone()).sum_dim(2).sum_dim(0);
+    let dx = per_channel::<B>(gamma)
+        * rstd
+        * (g - dbeta.clone() / count - normed * dgamma.clone() / count);
+    (
+        primitive(dx),
+        primitive(dgamma.reshape([c])),
+        primitive(dbeta.reshape([c])),
+    )
 }
 
 fn composed_normalize_rows<B: Backend>(
@@ -441,6 +539,18 @@ fn composed_silu<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
     B::float_mul(x.clone(), B::sigmoid(x))
 }
 
+/// grad where x ≥ 0, slope·grad below, from differentiable float ops.
+fn composed_leaky_relu_backward<B: Backend>(
+    x: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    slope: f32,
+) -> FloatTensor<B> {
+    let bool_dtype = burn::tensor::get_device_settings::<B>(&B::float_device(&x)).bool_dtype;
+    let below = B::float_lower_elem(x, 0f32.into(), bool_dtype);
+    let scaled = B::float_mul_scalar(grad.clone(), slope.into());
+    B::float_mask_where(grad, below, scaled)
+}
+
 /// σ(x)·(1 + x·(1 − σ(x)))·grad from differentiable float ops.
 fn composed_silu_backward<B: Backend>(x: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTensor<B> {
     let s = B::sigmoid(x.clone());
@@ -488,6 +598,20 @@ impl FusedOps for Flex {
     fn fused_silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
         kernels::zip(&x, &grad, kernels::silu_grad)
             .unwrap_or_else(|| composed_silu_backward::<Self>(x, grad))
+    }
+
+    fn fused_leaky_relu(x: FloatTensor<Self>, slope: f32) -> FloatTensor<Self> {
+        kernels::map(x, |v| if v < 0.0 { v * slope } else { v })
+            .unwrap_or_else(|x| Self::leaky_relu(x, slope.into()))
+    }
+
+    fn fused_leaky_relu_backward(
+        x: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        slope: f32,
+    ) -> FloatTensor<Self> {
+        kernels::zip(&x, &grad, |x, g| if x < 0.0 { g * slope } else { g })
+            .unwrap_or_else(|| composed_leaky_relu_backward::<Self>(x, grad, slope))
     }
 
     fn fused_causal_attention_with_lse(
@@ -587,6 +711,28 @@ impl FusedOps for Flex {
     ) -> FloatTensor<Self> {
         kernels::normalize_rows_backward(&normed, &rstd, &grad)
             .unwrap_or_else(|| composed_normalize_rows_backward::<Self>(normed, rstd, grad))
+    }
+
+    fn fused_batch_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        kernels::batch_norm(&x, &gamma, &beta, eps)
+            .unwrap_or_else(|| composed_batch_norm::<Self>(x, gamma, beta, eps))
+    }
+
+    fn fused_batch_norm_backward(
+        x: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        var: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        eps: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        kernels::batch_norm_backward(&x, &mean, &var, &gamma, &grad, eps)
+            .unwrap_or_else(|| composed_batch_norm_backward::<Self>(x, mean, var, gamma, grad, eps))
     }
 }
 
@@ -689,6 +835,40 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         fused_upsample_nearest2,
         fused_upsample_nearest2_backward
     );
+
+    fn fused_leaky_relu(x: FloatTensor<Self>, slope: f32) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct FusedLeakyRelu;
+
+        impl<B: FusedOps> Backward<B, 1> for FusedLeakyRelu {
+            /// The input and the slope.
+            type State = (FloatTensor<B>, f32);
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let (input, slope) = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                    B::fused_leaky_relu_backward(input, grad, slope)
+                });
+            }
+        }
+
+        match FusedLeakyRelu
+            .prepare::<C>([x.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let output = B::fused_leaky_relu(x.primitive.clone(), slope);
+                prep.finish((x.primitive, slope), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_leaky_relu(x.primitive, slope)),
+        }
+    }
 
     fn fused_causal_attention(
         q: FloatTensor<Self>,
@@ -838,6 +1018,71 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             OpsKind::UnTracked(prep) => prep.finish(B::fused_normalize_rows(x.primitive, eps)),
         }
     }
+
+    fn fused_batch_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        eps: f32,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        #[derive(Debug)]
+        struct FusedBatchNorm;
+
+        impl<B: FusedOps> Backward<B, 3> for FusedBatchNorm {
+            /// x, the batch mean and variance, γ, eps.
+            type State = (
+                FloatTensor<B>,
+                FloatTensor<B>,
+                FloatTensor<B>,
+                FloatTensor<B>,
+                f32,
+            );
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [node_x, node_gamma, node_beta] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, mean, var, gamma, eps) = ops.state;
+                let (dx, dgamma, dbeta) =
+                    B::fused_batch_norm_backward(x, mean, var, gamma, grad, eps);
+                for (node, g) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
+                    if let Some(node) = node {
+                        grads.register::<B>(node.id, g);
+                    }
+                }
+            }
+        }
+
+        // The statistics leave the graph: they only feed the running averages.
+        let untracked = |t: FloatTensor<B>| <Self as AutodiffBackend>::from_inner(t);
+        let parents = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
+        match FusedBatchNorm
+            .prepare::<C>(parents)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (y, mean, var) = B::fused_batch_norm(
+                    x.primitive.clone(),
+                    gamma.primitive.clone(),
+                    beta.primitive,
+                    eps,
+                );
+                let stats = (untracked(mean.clone()), untracked(var.clone()));
+                let state = (x.primitive, mean, var, gamma.primitive, eps);
+                (prep.finish(state, y), stats.0, stats.1)
+            }
+            OpsKind::UnTracked(prep) => {
+                let (y, mean, var) =
+                    B::fused_batch_norm(x.primitive, gamma.primitive, beta.primitive, eps);
+                (prep.finish(y), untracked(mean), untracked(var))
+            }
+        }
+    }
 }
 
 #[cfg(feature = "wgpu")]
@@ -921,6 +1166,96 @@ pub fn normalize_rows<B: Backend>(x: Tensor<B, 2>, eps: f32) -> Tensor<B, 2> {
         })
 }
 
+/// The output and batch statistics of [`batch_norm`]: y `[N, C, S]`, and
+/// the per-channel mean and biased variance `[C]` (outside the autodiff
+/// graph), for the running averages.
+pub type BatchNormOutput<B> = (Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 1>);
+
+type BatchNormInput<B> = (Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 1>);
+
+/// Runs batch normalisation through backend `F`'s [`FusedOps`] when `B` is
+/// `F`; hands the inputs back untouched otherwise.
+fn routed_batch_norm<F: FusedOps, B: Backend>(
+    input: BatchNormInput<B>,
+    eps: f32,
+) -> std::result::Result<BatchNormOutput<B>, BatchNormInput<B>> {
+    let boxed: Box<dyn Any> = Box::new(input);
+    match boxed.downcast::<BatchNormInput<F>>() {
+        Ok(input) => {
+            let (x, gamma, beta) = *input;
+            let (y, mean, var) =
+                F::fused_batch_norm(primitive(x), primitive(gamma), primitive(beta), eps);
+            let output: BatchNormOutput<F> = (float(y), float(mean), float(var));
+            let boxed: Box<dyn Any> = Box::new(output);
+            Ok(*boxed.downcast::<BatchNormOutput<B>>().expect("F is B"))
+        }
+        Err(boxed) => Err(*boxed.downcast::<BatchNormInput<B>>().expect("unchanged")),
+    }
+}
+
+/// Batch normalisation in training mode over `x` `[N, C, S]` (S: a
+/// channel's positions in one sample, 1 after a linear layer): each channel
+/// normalised with its batch mean and biased variance (over N·S values),
+/// scaled by `gamma` and shifted by `beta`. One fused pass forward and one
+/// backward (an analytic gradient for x, γ and β) on the CPU backend;
+/// burn's ops elsewhere. Returns y and the batch statistics.
+///
+/// ```
+/// use burn::prelude::*;
+/// use genzoo_core::{CpuBackend, CpuDevice};
+/// let device = CpuDevice::default();
+/// let x = Tensor::<CpuBackend, 3>::from_floats([[[1.0, 3.0]], [[5.0, 7.0]]], &device);
+/// let (gamma, beta) = (Tensor::ones([1], &device), Tensor::zeros([1], &device));
+/// let (y, mean, var) = genzoo_core::fused::batch_norm(x, gamma, beta, 1e-5);
+/// assert_eq!(mean.into_scalar(), 4.0);
+/// assert_eq!(var.into_scalar(), 5.0);
+/// assert!(y.mean().into_scalar().abs() < 1e-6);
+/// ```
+pub fn batch_norm<B: Backend>(
+    x: Tensor<B, 3>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    eps: f32,
+) -> BatchNormOutput<B> {
+    routed_batch_norm::<Flex, B>((x, gamma, beta), eps)
+        .or_else(|input| routed_batch_norm::<Autodiff<Flex>, B>(input, eps))
+        .or_else(|input| routed_batch_norm::<Autodiff<Autodiff<Flex>>, B>(input, eps))
+        .unwrap_or_else(|(x, gamma, beta)| {
+            let (y, mean, var) =
+                composed_batch_norm::<B>(primitive(x), primitive(gamma), primitive(beta), eps);
+            (
+                float(y),
+                float::<B, 1>(mean).detach(),
+                float::<B, 1>(var).detach(),
+            )
+        })
+}
+
+pub(crate) use kernels::AdamScalars;
+
+/// Whether [`adam_step_flex`] handles these tensors (f32, one shape).
+pub(crate) fn adam_handles_flex(
+    param: &FloatTensor<Flex>,
+    grad: &FloatTensor<Flex>,
+    moments: Option<(&FloatTensor<Flex>, &FloatTensor<Flex>)>,
+) -> bool {
+    kernels::adam_handles(param, grad, moments)
+}
+
+/// One Adam update of a CPU-backend parameter in a single pass, in place
+/// where the buffers allow (see [`crate::optim::FusedAdam`]): (θ', m', v').
+///
+/// # Panics
+/// Unless [`adam_handles_flex`] the tensors.
+pub(crate) fn adam_step_flex(
+    param: FloatTensor<Flex>,
+    grad: &FloatTensor<Flex>,
+    moments: Option<(FloatTensor<Flex>, FloatTensor<Flex>)>,
+    scalars: AdamScalars,
+) -> (FloatTensor<Flex>, FloatTensor<Flex>, FloatTensor<Flex>) {
+    kernels::adam_step(param, grad, moments, scalars)
+}
+
 /// Softplus log(1 + eˣ) on any backend, in the form that neither overflows
 /// nor loses small values (max(x, 0) + log(1 + e^−|x|)): one fused pass with
 /// an analytic backward on the CPU backend, burn's ops elsewhere.
@@ -953,6 +1288,33 @@ pub fn upsample_nearest2<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
 /// backend, burn's `silu` elsewhere.
 pub fn silu<B: Backend, const D: usize>(x: Tensor<B, D>) -> Tensor<B, D> {
     route_cpu!(x, fused_silu).unwrap_or_else(burn::tensor::activation::silu)
+}
+
+/// LeakyReLU (x where x ≥ 0, `slope`·x below) on any backend: one pass
+/// forward and backward on the CPU backend, burn's `leaky_relu` (a mask
+/// and a select, differentiated op by op) elsewhere.
+///
+/// ```
+/// use burn::prelude::*;
+/// use genzoo_core::{CpuBackend, CpuDevice};
+/// let x = Tensor::<CpuBackend, 1>::from_floats([-2.0, 0.0, 3.0], &CpuDevice::default());
+/// let y: Vec<f32> = genzoo_core::fused::leaky_relu(x, 0.2).into_data().to_vec().unwrap();
+/// assert_eq!(y, [-0.4, 0.0, 3.0]);
+/// ```
+pub fn leaky_relu<B: Backend, const D: usize>(x: Tensor<B, D>, slope: f64) -> Tensor<B, D> {
+    let slope32 = slope as f32;
+    routed::<Flex, B, D>(x, |x| <Flex as FusedOps>::fused_leaky_relu(x, slope32))
+        .or_else(|x| {
+            routed::<Autodiff<Flex>, B, D>(x, |x| {
+                <Autodiff<Flex> as FusedOps>::fused_leaky_relu(x, slope32)
+            })
+        })
+        .or_else(|x| {
+            routed::<Autodiff<Autodiff<Flex>>, B, D>(x, |x| {
+                <Autodiff<Autodiff<Flex>> as FusedOps>::fused_leaky_relu(x, slope32)
+            })
+        })
+        .unwrap_or_else(|x| burn::tensor::activation::leaky_relu(x, slope))
 }
 
 /// Runs causal attention through backend `F`'s [`FusedOps`] when `B` is `F`;
@@ -1267,6 +1629,11 @@ mod tests {
     }
 
     #[test]
+    fn leaky_relu_matches_burns_in_values_and_gradients() {
+        matches_composed(|x| leaky_relu(x, 0.2), |x| activation::leaky_relu(x, 0.2));
+    }
+
+    #[test]
     fn row_normalisation_matches_burns_composition_in_values_and_gradients() {
         let dev = CpuDevice::default();
         // Rows of GroupNorm's sizes (N·G rows of (C/G)·H·W), an odd length,
@@ -1286,6 +1653,70 @@ mod tests {
             let gb = (yb * upstream).sum().backward();
             let (da, db) = (xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap());
             assert!(close(da, db), "{rows}x{len}");
+        }
+    }
+
+    #[test]
+    fn batch_norm_matches_burns_composition_in_values_and_gradients() {
+        let dev = CpuDevice::default();
+        // DCGAN's shapes (after a linear layer: S = 1; after a convolution:
+        // S = H·W), odd sizes, an offset mean, and a constant channel.
+        for (n, c, s, mean, std) in [
+            (64, 128, 49, 0.0, 1.0),
+            (16, 300, 1, 0.5, 2.0),
+            (3, 5, 37, 4.0, 0.1),
+            (1, 2, 1, 0.0, 1.0),
+        ] {
+            let x = Tensor::<Ad, 3>::random([n, c, s], Distribution::Normal(mean, std), &dev);
+            let x = Tensor::cat(vec![x, Tensor::ones([n, 1, s], &dev) * 3.0], 1);
+            let c = c + 1;
+            let gamma = Tensor::<Ad, 1>::random([c], Distribution::Normal(1.0, 0.5), &dev);
+            let beta = Tensor::<Ad, 1>::random([c], Distribution::Normal(0.0, 0.5), &dev);
+            let upstream = Tensor::<Ad, 3>::random([n, c, s], Distribution::Normal(0.0, 1.0), &dev);
+            let inputs = || {
+                (
+                    x.clone().require_grad(),
+                    gamma.clone().require_grad(),
+                    beta.clone().require_grad(),
+                )
+            };
+            let (xa, ga, ba) = inputs();
+            let (xb, gb, bb) = inputs();
+            let (ya, mean_a, var_a) = batch_norm(xa.clone(), ga.clone(), ba.clone(), 1e-5);
+            // burn's autodiff through the broadcast composition.
+            let (yb, mean_b, var_b) = {
+                let (y, m, v) = composed_batch_norm::<Ad>(
+                    primitive(xb.clone()),
+                    primitive(gb.clone()),
+                    primitive(bb.clone()),
+                    1e-5,
+                );
+                (float::<Ad, 3>(y), float::<Ad, 1>(m), float::<Ad, 1>(v))
+            };
+            let shape = format!("{n}x{c}x{s}");
+            assert!(close(ya.clone().inner(), yb.clone().inner()), "y {shape}");
+            assert!(close(mean_a.inner(), mean_b.inner()), "mean {shape}");
+            assert!(close(var_a.inner(), var_b.inner()), "var {shape}");
+            let grads_a = (ya * upstream.clone()).sum().backward();
+            let grads_b = (yb * upstream).sum().backward();
+            let pairs = [("dx", xa.grad(&grads_a).unwrap(), xb.grad(&grads_b).unwrap())];
+            for (name, ours, theirs) in pairs {
+                assert!(close(ours, theirs), "{name} {shape}");
+            }
+            for (name, ours, theirs) in [
+                (
+                    "dgamma",
+                    ga.grad(&grads_a).unwrap(),
+                    gb.grad(&grads_b).unwrap(),
+                ),
+                (
+                    "dbeta",
+                    ba.grad(&grads_a).unwrap(),
+                    bb.grad(&grads_b).unwrap(),
+                ),
+            ] {
+                assert!(close(ours, theirs), "{name} {shape}");
+            }
         }
     }
 

@@ -16,6 +16,7 @@ pub mod fused;
 pub mod grad;
 pub mod image;
 pub mod noise;
+pub mod optim;
 pub mod parallel;
 pub mod record;
 pub mod seed;

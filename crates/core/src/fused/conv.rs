@@ -120,20 +120,226 @@ fn valid_range(k: usize, stride: usize, pad: usize, size: usize, outputs: usize)
     (lo.min(hi), hi)
 }
 
+/// A convolution's input split into its stride phases: for stride
+/// (sh, sw), phase (py, px) holds the input lines ≡ py (mod sh) and columns
+/// ≡ px (mod sw), each phase plane `rows × ow` (zero where the input has
+/// no such position). Tap (ki, kj) then reads one phase plane shifted by a
+/// constant (dy, dx): output (oy, ox) reads phase position (oy + dy,
+/// ox + dx). So an im2col row is one block copy of a phase plane (and a
+/// col2im row one block add), with the few entries that read the padding
+/// zeroed, instead of a strided gather of every output line (7 to 28
+/// floats each at DCGAN's and the U-Net's sizes).
+///
+/// It applies when every phase has at most `ow` columns (the output is as
+/// wide as the input divided by the stride: 3×3 with padding 1, 4×4
+/// stride 2 with padding 1). At stride 1 the one phase is the plane itself.
+#[derive(Clone, Copy, Debug)]
+struct Phases {
+    stride: [usize; 2],
+    padding: [usize; 2],
+    /// Input size.
+    h: usize,
+    w: usize,
+    /// Lines per phase plane (the most any phase has).
+    rows: usize,
+    /// Output size; a phase plane's lines are `ow` wide.
+    oh: usize,
+    ow: usize,
+}
+
+/// Where one tap reads: its phase plane, the output lines and columns whose
+/// read lies inside that plane, and the block of the shifted read.
+struct Tap {
+    phase: usize,
+    /// Output lines `lines[0]..lines[1]` and columns `columns[0]..columns[1]`.
+    lines: [usize; 2],
+    columns: [usize; 2],
+    /// `out[start..start + len]` ↔ `plane[src..src + len]` over those lines
+    /// (`None`: empty); entries of wrapped columns are in it and must be
+    /// zeroed or dropped.
+    block: Option<[usize; 3]>,
+}
+
+impl Phases {
+    fn new(d: &Dims, g: ConvGeometry) -> Option<Self> {
+        let [sh, sw] = g.stride;
+        let fits = d.w.div_ceil(sw) <= d.ow && (sh > 1 || sw > 1 || d.w == d.ow);
+        fits.then(|| Self {
+            stride: g.stride,
+            padding: g.padding,
+            h: d.h,
+            w: d.w,
+            rows: d.h.div_ceil(sh),
+            oh: d.oh,
+            ow: d.ow,
+        })
+    }
+
+    /// At stride 1 the plane itself is the one phase (no copy).
+    fn unit(&self) -> bool {
+        self.stride == [1, 1]
+    }
+
+    fn plane_len(&self) -> usize {
+        self.rows * self.ow
+    }
+
+    /// Floats for all phase planes of one channel.
+    fn len(&self) -> usize {
+        self.stride[0] * self.stride[1] * self.plane_len()
+    }
+
+    /// Every tap of a `kh × kw` kernel, in im2col row order.
+    fn taps(&self, kh: usize, kw: usize) -> Vec<Tap> {
+        let [sh, sw] = self.stride.map(|s| s as isize);
+        let mut taps = Vec::with_capacity(kh * kw);
+        for ki in 0..kh {
+            for kj in 0..kw {
+                let ty = ki as isize - self.padding[0] as isize;
+                let tx = kj as isize - self.padding[1] as isize;
+                let (py, px) = (ty.rem_euclid(sh) as usize, tx.rem_euclid(sw) as usize);
+                let (dy, dx) = (ty.div_euclid(sh), tx.div_euclid(sw));
+                // The phase holds the input lines ≡ py (mod sh): (h − py)/sh rounded up.
+                let valid_lines = self.h.saturating_sub(py).div_ceil(self.stride[0]);
+                let valid_columns = self.w.saturating_sub(px).div_ceil(self.stride[1]);
+                let range = |shift: isize, valid: usize, outputs: usize| {
+                    let lo = (-shift).clamp(0, outputs as isize) as usize;
+                    let hi = (valid as isize - shift).clamp(lo as isize, outputs as isize);
+                    [lo, hi as usize]
+                };
+                let lines = range(dy, valid_lines, self.oh);
+                let columns = range(dx, valid_columns, self.ow);
+                let ow = self.ow as isize;
+                let first = (lines[0] as isize + dy) * ow + dx;
+                let skip = (-first).max(0) as usize; // reads before the plane: padding
+                let src = first.max(0) as usize;
+                let start = lines[0] * self.ow + skip;
+                let plane_len = if self.unit() {
+                    self.h * self.w
+                } else {
+                    self.plane_len()
+                };
+                let len = (lines[1] * self.ow)
+                    .saturating_sub(start)
+                    .min(plane_len.saturating_sub(src));
+                taps.push(Tap {
+                    phase: py * self.stride[1] + px,
+                    lines,
+                    columns,
+                    block: (len > 0).then_some([start, src, len]),
+                });
+            }
+        }
+        taps
+    }
+
+    /// One channel's input plane (`h × w`) into its phase planes.
+    #[inline(always)]
+    fn split(&self, plane: &[f32], phases: &mut [f32]) {
+        let [sh, sw] = self.stride;
+        phases.fill(0.0);
+        for (iy, line) in plane.chunks_exact(self.w).enumerate() {
+            let (py, ry) = (iy % sh, iy / sh);
+            for px in 0..sw {
+                let at = (py * sw + px) * self.plane_len() + ry * self.ow;
+                let dst = &mut phases[at..at + self.ow];
+                for (d, &v) in dst.iter_mut().zip(line.iter().skip(px).step_by(sw)) {
+                    *d = v;
+                }
+            }
+        }
+    }
+
+    /// The adjoint of [`Phases::split`]: phase planes back into one
+    /// channel's input plane (every position written).
+    #[inline(always)]
+    fn merge(&self, phases: &[f32], plane: &mut [f32]) {
+        let [sh, sw] = self.stride;
+        for (iy, line) in plane.chunks_exact_mut(self.w).enumerate() {
+            let (py, ry) = (iy % sh, iy / sh);
+            for px in 0..sw {
+                let at = (py * sw + px) * self.plane_len() + ry * self.ow;
+                let src = &phases[at..at + self.ow];
+                for (d, &v) in line.iter_mut().skip(px).step_by(sw).zip(src) {
+                    *d = v;
+                }
+            }
+        }
+    }
+
+    /// One im2col row: `out[oy·ow + ox]` = the tap's phase plane at
+    /// (oy + dy, ox + dx), 0 outside it.
+    #[inline(always)]
+    fn copy_tap(&self, plane: &[f32], tap: &Tap, out: &mut [f32]) {
+        let ([oy_lo, oy_hi], [lo, hi]) = (tap.lines, tap.columns);
+        let ow = self.ow;
+        out[..oy_lo * ow].fill(0.0);
+        out[oy_hi * ow..].fill(0.0);
+        if let Some([start, src, len]) = tap.block {
+            out[start..start + len].copy_from_slice(&plane[src..src + len]);
+        }
+        for line in out[oy_lo * ow..oy_hi * ow].chunks_exact_mut(ow) {
+            line[..lo].fill(0.0);
+            line[hi..].fill(0.0);
+        }
+    }
+
+    /// The adjoint of [`Phases::copy_tap`]: adds one col2im row onto the
+    /// tap's phase plane. The row's entries that read the padding are zeroed
+    /// first (it is scratch), so the block add puts nothing where they wrap.
+    #[inline(always)]
+    fn add_tap(&self, row: &mut [f32], tap: &Tap, plane: &mut [f32]) {
+        let ([oy_lo, oy_hi], [lo, hi]) = (tap.lines, tap.columns);
+        let ow = self.ow;
+        for line in row[oy_lo * ow..oy_hi * ow].chunks_exact_mut(ow) {
+            line[..lo].fill(0.0);
+            line[hi..].fill(0.0);
+        }
+        if let Some([start, src, len]) = tap.block {
+            for (p, &r) in plane[src..src + len]
+                .iter_mut()
+                .zip(&row[start..start + len])
+            {
+                *p += r;
+            }
+        }
+    }
+}
+
 /// One sample's im2col rows, in order: row (c·kh + ki)·kw + kj holds, at
 /// oy·ow + ox, x[c, oy·s + ki − p, ox·s + kj − p] (0 in the padding).
+/// `phases`: scratch of at least [`Phases::len`] floats when `d` has phases.
 #[inline(always)] // into its caller's `simd` copy
-fn im2col<'a>(x: &[f32], d: &Dims, g: ConvGeometry, mut rows: impl Iterator<Item = &'a mut [f32]>) {
+fn im2col<'a>(
+    x: &[f32],
+    d: &Dims,
+    g: ConvGeometry,
+    phases: &mut [f32],
+    mut rows: impl Iterator<Item = &'a mut [f32]>,
+) {
     let [sh, sw] = g.stride;
+    let phased = Phases::new(d, g);
+    let taps = phased.map_or_else(Vec::new, |p| p.taps(d.kh, d.kw));
     for c in 0..d.c_in {
         let plane = &x[c * d.h * d.w..(c + 1) * d.h * d.w];
+        if let Some(p) = &phased {
+            if !p.unit() {
+                p.split(plane, &mut phases[..p.len()]);
+            }
+            for tap in &taps {
+                let out = rows.next().expect("one im2col row per (channel, tap)");
+                let source = if p.unit() {
+                    plane
+                } else {
+                    &phases[tap.phase * p.plane_len()..(tap.phase + 1) * p.plane_len()]
+                };
+                p.copy_tap(source, tap, out);
+            }
+            continue;
+        }
         for ki in 0..d.kh {
             for kj in 0..d.kw {
                 let out = rows.next().expect("one im2col row per (channel, tap)");
-                if sh == 1 && sw == 1 && d.ow == d.w {
-                    im2col_same_width(plane, d, g, [ki, kj], out);
-                    continue;
-                }
                 let (lo, hi) = valid_range(kj, sw, g.padding[1], d.w, d.ow);
                 for (oy, line) in out.chunks_exact_mut(d.ow).enumerate() {
                     let Some(iy) = source(oy, ki, sh, g.padding[0], d.h) else {
@@ -160,62 +366,51 @@ fn im2col<'a>(x: &[f32], d: &Dims, g: ConvGeometry, mut rows: impl Iterator<Item
     }
 }
 
-/// One im2col row of a stride-1 convolution whose output rows are as wide
-/// as its input's (3×3 with padding 1): tap (ki, kj) reads the input plane
-/// shifted by a constant flat offset, so the row is one block copy of the
-/// plane, then the entries that wrapped across a line edge or read the
-/// padding are zeroed. (Line by line, a 28-wide map costs a `memmove`
-/// call per 28 floats.)
-#[inline(always)]
-fn im2col_same_width(
-    plane: &[f32],
+/// The adjoint of [`im2col`]: adds every entry of one sample's rows (row r,
+/// as in [`im2col`], at `cols[at(r)..]`; scratch, which it may overwrite)
+/// back onto the input position it was read from.
+#[inline(always)] // into its caller's `simd` copy
+fn col2im(
+    cols: &mut [f32],
+    at: impl Fn(usize) -> usize,
     d: &Dims,
     g: ConvGeometry,
-    [ki, kj]: [usize; 2],
-    out: &mut [f32],
+    phases: &mut [f32],
+    x: &mut [f32],
 ) {
-    let [ph, pw] = g.padding;
-    let ow = d.ow;
-    // Output lines oy_lo..oy_hi read input lines oy + ki − ph inside 0..h.
-    let oy_lo = ph.saturating_sub(ki).min(d.oh);
-    let oy_hi = (d.h + ph).saturating_sub(ki).clamp(oy_lo, d.oh);
-    out[..oy_lo * ow].fill(0.0);
-    out[oy_hi * ow..].fill(0.0);
-    if oy_lo == oy_hi {
-        return;
-    }
-    // Output (oy, ox) reads flat input index (oy + ki − ph)·w + ox + kj − pw.
-    let first = ((oy_lo + ki - ph) * d.w + kj) as isize - pw as isize;
-    let skip = (-first).max(0) as usize; // a read before the plane: padding
-    let src = (first.max(0)) as usize;
-    let start = oy_lo * ow + skip;
-    let len = (oy_hi * ow)
-        .saturating_sub(start)
-        .min(plane.len().saturating_sub(src));
-    if len > 0 {
-        out[start..start + len].copy_from_slice(&plane[src..src + len]);
-    }
-    // Columns ox < lo and ox ≥ hi read the padding (or wrapped into the
-    // neighbouring line, or past the plane's end): zeros.
-    let (lo, hi) = valid_range(kj, 1, pw, d.w, ow);
-    for line in out[oy_lo * ow..oy_hi * ow].chunks_exact_mut(ow) {
-        line[..lo].fill(0.0);
-        line[hi..].fill(0.0);
-    }
-}
-
-/// The adjoint of [`im2col`]: adds every entry of one sample's rows
-/// (`row(r)`, r as in [`im2col`]) back onto the input position it was read
-/// from.
-#[inline(always)] // into its caller's `simd` copy
-fn col2im<'a>(row: impl Fn(usize) -> &'a [f32], d: &Dims, g: ConvGeometry, x: &mut [f32]) {
-    x.fill(0.0);
+    let positions = d.positions();
     let [sh, sw] = g.stride;
+    let phased = Phases::new(d, g);
+    let taps = phased.map_or_else(Vec::new, |p| p.taps(d.kh, d.kw));
+    if phased.is_none() || phased.is_some_and(|p| p.unit()) {
+        x.fill(0.0);
+    }
     for c in 0..d.c_in {
         let plane = &mut x[c * d.h * d.w..(c + 1) * d.h * d.w];
+        if let Some(p) = &phased {
+            let phases = &mut phases[..p.len()];
+            if !p.unit() {
+                phases.fill(0.0);
+            }
+            for (t, tap) in taps.iter().enumerate() {
+                let start = at(c * taps.len() + t);
+                let col = &mut cols[start..start + positions];
+                let target = if p.unit() {
+                    &mut *plane
+                } else {
+                    &mut phases[tap.phase * p.plane_len()..(tap.phase + 1) * p.plane_len()]
+                };
+                p.add_tap(col, tap, target);
+            }
+            if !p.unit() {
+                p.merge(phases, plane);
+            }
+            continue;
+        }
         for ki in 0..d.kh {
             for kj in 0..d.kw {
-                let col = row((c * d.kh + ki) * d.kw + kj);
+                let start = at((c * d.kh + ki) * d.kw + kj);
+                let col = &cols[start..start + positions];
                 let (lo, hi) = valid_range(kj, sw, g.padding[1], d.w, d.ow);
                 if lo >= hi {
                     continue;
@@ -241,6 +436,11 @@ fn col2im<'a>(row: impl Fn(usize) -> &'a [f32], d: &Dims, g: ConvGeometry, x: &m
     }
 }
 
+/// Room for one channel's phase planes ([`Phases`]), if `d` has them.
+fn phase_scratch(d: &Dims, g: ConvGeometry) -> Vec<f32> {
+    vec![0.0; Phases::new(d, g).map_or(0, |p| p.len())]
+}
+
 fn f32_contiguous(t: &FlexTensor) -> Option<FlexTensor> {
     (t.dtype() == DType::F32).then(|| t.to_contiguous())
 }
@@ -251,10 +451,11 @@ fn f32_contiguous(t: &FlexTensor) -> Option<FlexTensor> {
 fn chunk_im2col(xs: &[f32], d: &Dims, g: ConvGeometry, count: usize, cols: &mut [f32]) {
     let (in_sample, positions) = (d.c_in * d.h * d.w, d.positions());
     let cols = &mut cols[..d.patch() * count * positions];
+    let mut phases = phase_scratch(d, g);
     for (j, x) in xs.chunks_exact(in_sample).take(count).enumerate() {
         // Row r of sample j is piece r·count + j of rows of `positions`.
         let rows = cols.chunks_exact_mut(positions).skip(j).step_by(count);
-        im2col(x, d, g, rows);
+        im2col(x, d, g, &mut phases, rows);
     }
 }
 
@@ -352,13 +553,10 @@ fn input_grad(d: &Dims, g: ConvGeometry, ws: &[f32], gs: &[f32]) -> FlexTensor {
                         || {
                             chunk_rows(gs, d, count, dy);
                             matmul_into(dcols, w.t(), Mat::new(dy, d.c_out, width), 1.0, false);
-                            let dcols = &*dcols;
+                            let mut phases = phase_scratch(d, g);
                             for (j, dx) in dx.chunks_exact_mut(in_sample).enumerate() {
-                                let row = |r: usize| {
-                                    let at = r * width + j * positions;
-                                    &dcols[at..at + positions]
-                                };
-                                col2im(row, d, g, dx);
+                                let at = |r: usize| r * width + j * positions;
+                                col2im(dcols, at, d, g, &mut phases, dx);
                             }
                         },
                     )

@@ -273,6 +273,347 @@ pub(super) fn normalize_rows_backward(
     Some(out)
 }
 
+/// Per-channel sums over the samples of an `[N, C, S]` tensor: `f(i, acc)`
+/// fills `acc` (`width` floats) with sample i's contributions, one task per
+/// sample; the N partial rows are then added up channel by channel (a loop
+/// over contiguous channels, so it vectorises even when S = 1).
+fn sample_sums(samples: usize, width: usize, f: impl Fn(usize, &mut [f32]) + Sync) -> Vec<f32> {
+    let mut partial = vec![0.0f32; samples * width];
+    partial
+        .par_chunks_mut(width)
+        .enumerate()
+        .for_each(|(i, acc)| f(i, acc));
+    let mut total = vec![0.0f32; width];
+    simd(
+        #[inline(always)]
+        || {
+            for row in partial.chunks_exact(width) {
+                for (t, &p) in total.iter_mut().zip(row) {
+                    *t += p;
+                }
+            }
+        },
+    );
+    total
+}
+
+/// Σ (x − mu)² with 16 independent partial sums (see [`sum`]).
+#[inline(always)]
+fn centered_square_sum(xs: &[f32], mu: f32) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let chunks = xs.chunks_exact(16);
+    let rest: f32 = chunks
+        .remainder()
+        .iter()
+        .map(|&x| (x - mu) * (x - mu))
+        .sum();
+    for chunk in chunks {
+        for (l, &x) in lanes.iter_mut().zip(chunk) {
+            *l += (x - mu) * (x - mu);
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
+}
+
+/// (Σ g, Σ g·(x − mu)) with 16 independent partial sums each.
+#[inline(always)]
+fn grad_sums(gs: &[f32], xs: &[f32], mu: f32) -> (f32, f32) {
+    let (mut lanes_g, mut lanes_gx) = ([0.0f32; 16], [0.0f32; 16]);
+    let (chunks_g, chunks_x) = (gs.chunks_exact(16), xs.chunks_exact(16));
+    let (mut rest_g, mut rest_gx) = (0.0f32, 0.0f32);
+    for (&g, &x) in chunks_g.remainder().iter().zip(chunks_x.remainder()) {
+        rest_g += g;
+        rest_gx += g * (x - mu);
+    }
+    for (cg, cx) in chunks_g.zip(chunks_x) {
+        for (((lg, lgx), &g), &x) in lanes_g.iter_mut().zip(&mut lanes_gx).zip(cg).zip(cx) {
+            *lg += g;
+            *lgx += g * (x - mu);
+        }
+    }
+    (
+        lanes_g.iter().sum::<f32>() + rest_g,
+        lanes_gx.iter().sum::<f32>() + rest_gx,
+    )
+}
+
+/// A new `[len]` f32 tensor holding `values`.
+fn vector(values: &[f32]) -> FlexTensor {
+    let mut out = FlexTensor::empty([values.len()].into(), DType::F32);
+    out.storage_mut::<f32>().copy_from_slice(values);
+    out
+}
+
+/// Batch normalisation in training mode over `x` `[N, C, S]`: the batch
+/// mean μ and biased variance σ² of every channel (over N·S values), and
+/// y = (x − μ)·γ/√(σ² + eps) + β. Returns (y, μ `[C]`, σ² `[C]`), or
+/// `None` for tensors it does not handle.
+pub(super) fn batch_norm(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    beta: &FlexTensor,
+    eps: f32,
+) -> Option<(FlexTensor, FlexTensor, FlexTensor)> {
+    let shape = x.layout().shape().clone();
+    if [x, gamma, beta].iter().any(|t| t.dtype() != DType::F32) || shape.num_dims() != 3 {
+        return None;
+    }
+    let (n, c, s) = (shape[0], shape[1], shape[2]);
+    if n * c * s == 0 {
+        return None;
+    }
+    let (x, gamma, beta) = (
+        x.to_contiguous(),
+        gamma.to_contiguous(),
+        beta.to_contiguous(),
+    );
+    let (xs, gammas, betas): (&[f32], &[f32], &[f32]) =
+        (x.as_slice()?, gamma.as_slice()?, beta.as_slice()?);
+    if gammas.len() != c || betas.len() != c {
+        return None;
+    }
+    let count = (n * s) as f32;
+    let sample = |i: usize| &xs[i * c * s..(i + 1) * c * s];
+
+    // Two passes (mean, then squared deviations) for accuracy, as burn's var.
+    let mean: Vec<f32> = sample_sums(n, c, |i, acc| {
+        simd(
+            #[inline(always)]
+            || {
+                for (a, row) in acc.iter_mut().zip(sample(i).chunks_exact(s)) {
+                    *a = sum(row);
+                }
+            },
+        )
+    })
+    .iter()
+    .map(|total| total / count)
+    .collect();
+    let var: Vec<f32> = sample_sums(n, c, |i, acc| {
+        simd(
+            #[inline(always)]
+            || {
+                for ((a, row), &mu) in acc.iter_mut().zip(sample(i).chunks_exact(s)).zip(&mean) {
+                    *a = centered_square_sum(row, mu);
+                }
+            },
+        )
+    })
+    .iter()
+    .map(|total| total / count)
+    .collect();
+
+    // Per channel, y = (x − μ)·scale + β with scale = γ·rstd.
+    let scale: Vec<f32> = gammas
+        .iter()
+        .zip(&var)
+        .map(|(g, v)| g / (v + eps).sqrt())
+        .collect();
+    let mut out = FlexTensor::empty(shape, DType::F32);
+    out.storage_mut::<f32>()
+        .par_chunks_mut(c * s)
+        .zip(xs.par_chunks(c * s))
+        .for_each(|(o, x)| {
+            simd(
+                #[inline(always)]
+                || {
+                    let channels = mean.iter().zip(&scale).zip(betas);
+                    for ((o, x), ((&mu, &k), &b)) in
+                        o.chunks_exact_mut(s).zip(x.chunks_exact(s)).zip(channels)
+                    {
+                        for (o, &x) in o.iter_mut().zip(x) {
+                            *o = (x - mu) * k + b;
+                        }
+                    }
+                },
+            )
+        });
+    Some((out, vector(&mean), vector(&var)))
+}
+
+/// The gradients (dx, dγ, dβ) of [`batch_norm`] from its input, its batch
+/// statistics and the incoming gradient g. With x̂ = (x − μ)·rstd and M
+/// values per channel: dβ = Σ g, dγ = Σ g·x̂, dx = γ·rstd·(g − dβ/M − x̂·dγ/M).
+pub(super) fn batch_norm_backward(
+    x: &FlexTensor,
+    mean: &FlexTensor,
+    var: &FlexTensor,
+    gamma: &FlexTensor,
+    grad: &FlexTensor,
+    eps: f32,
+) -> Option<(FlexTensor, FlexTensor, FlexTensor)> {
+    let shape = x.layout().shape().clone();
+    if [x, mean, var, gamma, grad]
+        .iter()
+        .any(|t| t.dtype() != DType::F32)
+        || shape.num_dims() != 3
+        || grad.layout().shape() != &shape
+    {
+        return None;
+    }
+    let (n, c, s) = (shape[0], shape[1], shape[2]);
+    if n * c * s == 0 {
+        return None;
+    }
+    let (x, mean, var, gamma, grad) = (
+        x.to_contiguous(),
+        mean.to_contiguous(),
+        var.to_contiguous(),
+        gamma.to_contiguous(),
+        grad.to_contiguous(),
+    );
+    let (xs, gs): (&[f32], &[f32]) = (x.as_slice()?, grad.as_slice()?);
+    let (means, vars, gammas): (&[f32], &[f32], &[f32]) =
+        (mean.as_slice()?, var.as_slice()?, gamma.as_slice()?);
+    if means.len() != c || vars.len() != c || gammas.len() != c {
+        return None;
+    }
+    let count = (n * s) as f32;
+    // One pass for both sums: acc[..c] = Σ g, acc[c..] = Σ g·(x − μ).
+    let sums = sample_sums(n, 2 * c, |i, acc| {
+        let (x, g) = (
+            &xs[i * c * s..(i + 1) * c * s],
+            &gs[i * c * s..(i + 1) * c * s],
+        );
+        let (acc_g, acc_gx) = acc.split_at_mut(c);
+        simd(
+            #[inline(always)]
+            || {
+                let rows = x.chunks_exact(s).zip(g.chunks_exact(s)).zip(means);
+                for ((sg, sgx), ((x, g), &mu)) in acc_g.iter_mut().zip(acc_gx.iter_mut()).zip(rows)
+                {
+                    (*sg, *sgx) = grad_sums(g, x, mu);
+                }
+            },
+        )
+    });
+    let rstd: Vec<f32> = vars.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+    let dbeta = &sums[..c];
+    let dgamma: Vec<f32> = sums[c..]
+        .iter()
+        .zip(&rstd)
+        .map(|(sgx, r)| sgx * r)
+        .collect();
+    // dx = k_g·g + k_x·(x − μ) + k_0 per channel.
+    let k_g: Vec<f32> = gammas.iter().zip(&rstd).map(|(g, r)| g * r).collect();
+    let k_x: Vec<f32> = (0..c)
+        .map(|j| -k_g[j] * rstd[j] * dgamma[j] / count)
+        .collect();
+    let k_0: Vec<f32> = (0..c).map(|j| -k_g[j] * dbeta[j] / count).collect();
+    let mut dx = FlexTensor::empty(shape, DType::F32);
+    dx.storage_mut::<f32>()
+        .par_chunks_mut(c * s)
+        .zip(xs.par_chunks(c * s).zip(gs.par_chunks(c * s)))
+        .for_each(|(o, (x, g))| {
+            simd(
+                #[inline(always)]
+                || {
+                    let rows = o
+                        .chunks_exact_mut(s)
+                        .zip(x.chunks_exact(s))
+                        .zip(g.chunks_exact(s));
+                    for (j, ((o, x), g)) in rows.enumerate() {
+                        let (mu, kg, kx, k0) = (means[j], k_g[j], k_x[j], k_0[j]);
+                        for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+                            *o = kg * g + kx * (x - mu) + k0;
+                        }
+                    }
+                },
+            )
+        });
+    Some((dx, vector(&dgamma), vector(dbeta)))
+}
+
+/// The scalars of one Adam update (burn's `Adam` formulation, step t):
+/// bias corrections folded into `combined` = √(1 − β₂ᵗ)/(1 − β₁ᵗ) and
+/// `eps_scaled` = ε·√(1 − β₂ᵗ).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AdamScalars {
+    pub beta_1: f32,
+    pub beta_2: f32,
+    pub combined: f32,
+    pub eps_scaled: f32,
+    pub lr: f32,
+}
+
+/// `t` with its elements the whole of its buffer, in order: itself when it
+/// already is (sharing the buffer only if `t` did), else a copy. With
+/// `storage_mut` (copy on write) that gives in-place updates of buffers
+/// nothing else holds, and a copy of those something else does.
+fn whole_buffer(t: FlexTensor) -> FlexTensor {
+    t.to_contiguous() // a clone when it already is; `t` itself is dropped here
+}
+
+/// Whether [`adam_step`] handles these tensors: all f32, of one shape.
+pub(super) fn adam_handles(
+    param: &FlexTensor,
+    grad: &FlexTensor,
+    moments: Option<(&FlexTensor, &FlexTensor)>,
+) -> bool {
+    let shape = param.layout().shape();
+    let same = |t: &FlexTensor| t.dtype() == DType::F32 && t.layout().shape() == shape;
+    same(param) && same(grad) && moments.is_none_or(|(m, v)| same(m) && same(v))
+}
+
+/// One Adam update of a parameter in one pass, in place where the buffers
+/// allow: returns (θ', m', v') from θ, its gradient g and the moments
+/// (`None` at the first step: zero). Each element goes through the same f32
+/// operations, in the same order, as burn's `Adam` (which makes ~13 tensor
+/// passes, each into a new buffer), so the result is bit-identical to it.
+///
+/// # Panics
+/// Unless [`adam_handles`] the tensors.
+pub(super) fn adam_step(
+    param: FlexTensor,
+    grad: &FlexTensor,
+    moments: Option<(FlexTensor, FlexTensor)>,
+    k: AdamScalars,
+) -> (FlexTensor, FlexTensor, FlexTensor) {
+    let handled = adam_handles(&param, grad, moments.as_ref().map(|(m, v)| (m, v)));
+    assert!(handled, "adam_step: f32 tensors of one shape");
+    let shape = param.layout().shape().clone();
+    let grad = grad.to_contiguous();
+    let gs: &[f32] = grad.as_slice().expect("contiguous f32");
+    let mut param = whole_buffer(param);
+    let fresh = moments.is_none();
+    let (mut m, mut v) = match moments {
+        Some((m, v)) => (whole_buffer(m), whole_buffer(v)),
+        None => (
+            FlexTensor::empty(shape.clone(), DType::F32),
+            FlexTensor::empty(shape, DType::F32),
+        ),
+    };
+    let (one_minus_b1, one_minus_b2) = (1.0 - k.beta_1, 1.0 - k.beta_2);
+    param
+        .storage_mut::<f32>()
+        .par_chunks_mut(CHUNK)
+        .zip(m.storage_mut::<f32>().par_chunks_mut(CHUNK))
+        .zip(v.storage_mut::<f32>().par_chunks_mut(CHUNK))
+        .zip(gs.par_chunks(CHUNK))
+        .for_each(|(((p, m), v), g)| {
+            simd(
+                #[inline(always)]
+                || {
+                    // The moments, as burn: m·β₁ + g·(1 − β₁), v·β₂ + g²·(1 − β₂).
+                    for ((m, v), &g) in m.iter_mut().zip(v.iter_mut()).zip(g) {
+                        if fresh {
+                            *m = g * one_minus_b1;
+                            *v = (g * g) * one_minus_b2;
+                        } else {
+                            *m = *m * k.beta_1 + g * one_minus_b1;
+                            *v = *v * k.beta_2 + (g * g) * one_minus_b2;
+                        }
+                    }
+                    // θ − lr·(m·combined / (√v + ε·√(1 − β₂ᵗ))).
+                    for ((p, &m), &v) in p.iter_mut().zip(m.iter()).zip(v.iter()) {
+                        *p -= ((m * k.combined) / (v.sqrt() + k.eps_scaled)) * k.lr;
+                    }
+                },
+            )
+        });
+    (param, m, v)
+}
+
 /// Runs `f` with this thread's scratch buffer number `slot` (0 or 1) of at
 /// least `len` floats (contents unspecified); nested calls use different
 /// slots (attention and convolution: 0 and 1 inside their tasks). Kernels reuse it across calls instead of

@@ -5,13 +5,14 @@
 use std::path::Path;
 
 use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{Adam, AdamConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use genzoo_core::ema::Ema;
 use genzoo_core::family::SampleRequest;
 use genzoo_core::noise;
+use genzoo_core::optim::FusedAdam;
 use genzoo_core::parallel::{Replica, broadcast_autodiff, broadcast_module};
 use genzoo_core::record::{
     load_module, load_optimizer, save_module, save_optimizer, trainable_params,
@@ -157,7 +158,7 @@ impl DdpmConfig {
     }
 }
 
-type AdamOf<M, B> = OptimizerAdaptor<Adam, M, B>;
+type AdamOf<M, B> = OptimizerAdaptor<FusedAdam, M, B>;
 
 /// A U-Net, its optimizer and its EMA: the `ddpm` family.
 pub struct DdpmTrainer<B: AutodiffBackend> {
@@ -178,11 +179,7 @@ impl<B: AutodiffBackend> DdpmTrainer<B> {
     pub fn new(config: DdpmConfig, device: &B::Device) -> Self {
         let unet = UNet::new(&config.unet, device);
         genzoo_core::record::force_init(&unet);
-        let optimizer = AdamConfig::new()
-            .with_beta_1(config.betas.0)
-            .with_beta_2(config.betas.1)
-            .with_epsilon(config.adam_eps)
-            .init();
+        let optimizer = FusedAdam::new(config.betas.0, config.betas.1, config.adam_eps).init();
         let ema = Ema::new(&unet, config.ema_decay, config.ema_warmup);
         Self {
             unet,

@@ -5,14 +5,15 @@
 use std::path::Path;
 
 use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{Adam, AdamConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use genzoo_core::ema::Ema;
 use genzoo_core::family::SampleRequest;
 use genzoo_core::grad::global_norm;
 use genzoo_core::noise;
+use genzoo_core::optim::FusedAdam;
 use genzoo_core::parallel::{Replica, broadcast_autodiff, broadcast_module};
 use genzoo_core::record::{
     load_module, load_optimizer, save_module, save_optimizer, trainable_params,
@@ -144,7 +145,7 @@ impl GanConfig {
     }
 }
 
-type AdamOf<M, B> = OptimizerAdaptor<Adam, M, B>;
+type AdamOf<M, B> = OptimizerAdaptor<FusedAdam, M, B>;
 
 /// Share of real images with a positive logit and fake ones with a non-positive one.
 ///
@@ -197,12 +198,7 @@ impl<B: AutodiffBackend> GanTrainer<B> {
         );
         genzoo_core::record::force_init(&generator);
         genzoo_core::record::force_init(&discriminator);
-        let adam = |(b1, b2): (f32, f32)| {
-            AdamConfig::new()
-                .with_beta_1(b1)
-                .with_beta_2(b2)
-                .with_epsilon(config.adam_eps)
-        };
+        let adam = |(b1, b2): (f32, f32)| FusedAdam::new(b1, b2, config.adam_eps);
         let ema = config.ema_decay.map(|d| Ema::new(&generator, d, true));
         Self {
             g_optimizer: adam(config.g_betas).init(),

@@ -21,7 +21,8 @@ use burn::nn::{
     PaddingConfig2d,
 };
 use burn::prelude::*;
-use burn::tensor::activation::{leaky_relu, relu, tanh};
+use burn::tensor::activation::{relu, tanh};
+use genzoo_core::fused::leaky_relu;
 
 use super::spectral::{SnConv2d, SnLinear};
 use crate::layers::{batch_norm, conv_transpose2d, conv2d};

@@ -6,11 +6,12 @@ use std::marker::PhantomData;
 use std::path::Path;
 
 use burn::module::{AutodiffModule, ModuleMapper, Param};
+use burn::optim::GradientsParams;
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{Adam, AdamConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::activation::log_softmax;
 use burn::tensor::backend::AutodiffBackend;
+use genzoo_core::optim::FusedAdam;
 use genzoo_core::parallel::{Replica, broadcast_autodiff};
 use genzoo_core::record::{load_module, load_optimizer, save_module, save_optimizer};
 use genzoo_core::vocabulary::Vocabulary;
@@ -62,7 +63,7 @@ impl<B: AutodiffBackend> ModuleMapper<B> for DecayMatrices<B> {
 /// The network, its optimizer and the device: what text and pixel GPTs share.
 struct GptCore<B: AutodiffBackend> {
     model: Gpt<B>,
-    optimizer: OptimizerAdaptor<Adam, Gpt<B>, B>,
+    optimizer: OptimizerAdaptor<FusedAdam, Gpt<B>, B>,
     config: GptConfig,
     device: B::Device,
 }
@@ -70,11 +71,7 @@ struct GptCore<B: AutodiffBackend> {
 impl<B: AutodiffBackend> GptCore<B> {
     fn new(config: GptConfig, device: &B::Device) -> Self {
         let model = config.init::<B>(device);
-        let optimizer = AdamConfig::new()
-            .with_beta_1(config.beta1)
-            .with_beta_2(config.beta2)
-            .with_epsilon(config.eps)
-            .init();
+        let optimizer = FusedAdam::new(config.beta1, config.beta2, config.eps).init();
         Self {
             model,
             optimizer,

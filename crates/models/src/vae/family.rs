@@ -4,11 +4,12 @@
 use std::path::Path;
 
 use burn::module::AutodiffModule;
+use burn::optim::GradientsParams;
 use burn::optim::adaptor::OptimizerAdaptor;
-use burn::optim::{Adam, AdamConfig, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use genzoo_core::family::SampleRequest;
+use genzoo_core::optim::FusedAdam;
 use genzoo_core::parallel::{Replica, broadcast_autodiff};
 use genzoo_core::record::{load_module, load_optimizer, save_module, save_optimizer};
 use genzoo_core::{Family, ImageBatch, Metrics, Result, StepContext};
@@ -20,7 +21,7 @@ use super::objective::{elbo_terms, iwae_nll};
 pub struct VaeTrainer<B: AutodiffBackend> {
     /// The network.
     pub model: Vae<B>,
-    optimizer: OptimizerAdaptor<Adam, Vae<B>, B>,
+    optimizer: OptimizerAdaptor<FusedAdam, Vae<B>, B>,
     config: VaeConfig,
     device: B::Device,
 }
@@ -29,11 +30,8 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
     /// A freshly initialised VAE and optimizer.
     pub fn new(config: VaeConfig, device: &B::Device) -> Self {
         let model = config.init::<B>(device);
-        let optimizer = AdamConfig::new()
-            .with_beta_1(config.adam_beta1)
-            .with_beta_2(config.adam_beta2)
-            .with_epsilon(config.adam_eps)
-            .init();
+        let optimizer =
+            FusedAdam::new(config.adam_beta1, config.adam_beta2, config.adam_eps).init();
         Self {
             model,
             optimizer,
