@@ -701,7 +701,7 @@ impl FusedOps for Flex {
         x: FloatTensor<Self>,
         eps: f32,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        kernels::normalize_rows(&x, eps).unwrap_or_else(|| composed_normalize_rows::<Self>(x, eps))
+        kernels::normalize_rows(x, eps).unwrap_or_else(|x| composed_normalize_rows::<Self>(x, eps))
     }
 
     fn fused_normalize_rows_backward(
@@ -1626,6 +1626,24 @@ mod tests {
     #[test]
     fn silu_matches_burns_composition_in_values_and_gradients() {
         matches_composed(silu, activation::silu);
+    }
+
+    #[test]
+    fn kernels_that_reuse_their_input_buffer_leave_shared_inputs_alone() {
+        let dev = CpuDevice::default();
+        let x = Tensor::<CpuBackend, 2>::random([6, 50], Distribution::Normal(1.0, 2.0), &dev);
+        let before: Vec<f32> = x.to_data().to_vec().unwrap();
+        let reference: Vec<f32> = activation::silu(x.clone()).into_data().to_vec().unwrap();
+        // Shared (x is kept): a new buffer. Owned (a fresh copy): written over.
+        for input in [x.clone(), x.clone() * 1.0] {
+            let y: Vec<f32> = silu(input).into_data().to_vec().unwrap();
+            assert!(y.iter().zip(&reference).all(|(a, b)| (a - b).abs() < 1e-5));
+            let normed = normalize_rows(x.clone() * 1.0, 1e-5);
+            assert!(normed.mean().into_scalar().abs() < 1e-5);
+        }
+        let kept = x.clone();
+        let _ = normalize_rows(x, 1e-5);
+        assert_eq!(kept.into_data().to_vec::<f32>().unwrap(), before);
     }
 
     #[test]

@@ -42,11 +42,38 @@ pub(super) fn simd<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Whether `x` alone holds its buffer and its elements are the whole
+/// buffer in order: a kernel may then write its result over it.
+fn reusable(x: &FlexTensor) -> bool {
+    let n = x.layout().num_elements();
+    x.is_unique()
+        && x.layout().contiguous_offsets() == Some((0, n))
+        && x.bytes().len() == n * std::mem::size_of::<f32>()
+}
+
 /// `f` applied to every element of `x`, or `x` back when it is not f32.
 /// (`f` is a generic, not a function pointer, so it inlines and vectorises.)
+/// Written over `x`'s own buffer when nothing else holds it (an activation
+/// in inference; under autodiff the input is kept for the backward pass).
 pub(super) fn map(x: FlexTensor, f: impl Fn(f32) -> f32 + Sync) -> Result<FlexTensor, FlexTensor> {
     if x.dtype() != DType::F32 {
         return Err(x);
+    }
+    if reusable(&x) {
+        let mut x = x;
+        x.storage_mut::<f32>()
+            .par_chunks_mut(CHUNK)
+            .for_each(|chunk| {
+                simd(
+                    #[inline(always)]
+                    || {
+                        for v in chunk.iter_mut() {
+                            *v = f(*v);
+                        }
+                    },
+                )
+            });
+        return Ok(x);
     }
     let x = if x.is_contiguous() {
         x
@@ -179,30 +206,32 @@ pub(super) fn upsample_nearest2_backward(grad: &FlexTensor) -> Option<FlexTensor
     Some(dx)
 }
 
-/// Each row of the `[rows, len]` tensor `x` normalised, (x − mean)·rstd,
-/// and the rows' rstd `[rows, 1]`; `None` unless `x` is a 2-D f32 tensor.
-pub(super) fn normalize_rows(x: &FlexTensor, eps: f32) -> Option<(FlexTensor, FlexTensor)> {
+/// Each row of `x` (`[rows, len]`) normalised to zero mean and unit
+/// variance; returns it and each row's rstd (`[rows, 1]`), or `x` back
+/// when it is not a 2-D f32 tensor. Computed over `x`'s own buffer when
+/// nothing else holds it, else over a copy.
+pub(super) fn normalize_rows(
+    x: FlexTensor,
+    eps: f32,
+) -> Result<(FlexTensor, FlexTensor), FlexTensor> {
     let shape = x.layout().shape().clone();
     if x.dtype() != DType::F32 || shape.num_dims() != 2 || shape[1] == 0 {
-        return None;
+        return Err(x);
     }
     let (rows, len) = (shape[0], shape[1]);
-    let x = x.to_contiguous();
-    let xs: &[f32] = x.as_slice()?;
-    let mut out = FlexTensor::empty(shape, DType::F32);
+    let mut out = whole_buffer(x);
     let mut rstd = FlexTensor::empty([rows, 1].into(), DType::F32);
     out.storage_mut::<f32>()
         .par_chunks_mut(len)
-        .zip(xs.par_chunks(len))
         .zip(rstd.storage_mut::<f32>().par_iter_mut())
-        .for_each(|((o, x), r)| {
+        .for_each(|(o, r)| {
             simd(
                 #[inline(always)]
                 || {
-                    let mean = sum(x) / len as f32;
+                    let mean = sum(o) / len as f32;
                     // Two passes (centre, then square) for accuracy, as burn's var.
-                    for (o, &x) in o.iter_mut().zip(x) {
-                        *o = x - mean;
+                    for o in o.iter_mut() {
+                        *o -= mean;
                     }
                     let mut lanes = [0.0f32; 16];
                     let chunks = o.chunks_exact(16);
@@ -220,7 +249,7 @@ pub(super) fn normalize_rows(x: &FlexTensor, eps: f32) -> Option<(FlexTensor, Fl
                 },
             )
         });
-    Some((out, rstd))
+    Ok((out, rstd))
 }
 
 /// The gradient of [`normalize_rows`]: per row, rstd·(g − mean(g) − x̂·mean(g·x̂)).
