@@ -233,15 +233,7 @@ pub(super) fn normalize_rows(
                     for o in o.iter_mut() {
                         *o -= mean;
                     }
-                    let mut lanes = [0.0f32; 16];
-                    let chunks = o.chunks_exact(16);
-                    let rest: f32 = chunks.remainder().iter().map(|d| d * d).sum();
-                    for chunk in chunks {
-                        for (l, d) in lanes.iter_mut().zip(chunk) {
-                            *l += d * d;
-                        }
-                    }
-                    let var = (lanes.iter().sum::<f32>() + rest) / len as f32;
+                    let var = centered_square_sum(o, 0.0) / len as f32;
                     *r = 1.0 / (var + eps).sqrt();
                     for o in o.iter_mut() {
                         *o *= *r;
