@@ -601,7 +601,10 @@ impl FusedOps for Flex {
     }
 
     fn fused_leaky_relu(x: FloatTensor<Self>, slope: f32) -> FloatTensor<Self> {
-        kernels::map(x, |v| if v < 0.0 { v * slope } else { v })
+        // A select then a multiply, so the loop vectorises (a branch on the
+        // sign, with a conditional multiply, compiled to scalar code with
+        // mispredictions: 13 % of a dcgan-28 step, forward and backward).
+        kernels::map(x, move |v| v * if v < 0.0 { slope } else { 1.0 })
             .unwrap_or_else(|x| Self::leaky_relu(x, slope.into()))
     }
 
@@ -610,7 +613,7 @@ impl FusedOps for Flex {
         grad: FloatTensor<Self>,
         slope: f32,
     ) -> FloatTensor<Self> {
-        kernels::zip(&x, &grad, |x, g| if x < 0.0 { g * slope } else { g })
+        kernels::zip(&x, &grad, move |x, g| g * if x < 0.0 { slope } else { 1.0 })
             .unwrap_or_else(|| composed_leaky_relu_backward::<Self>(x, grad, slope))
     }
 

@@ -601,8 +601,13 @@ fn weight_grad(d: &Dims, g: ConvGeometry, xs: &[f32], gs: &[f32]) -> FlexTensor 
                 let width = count * positions;
                 with_scratch(0, d.patch() * width, |cols| {
                     with_scratch(1, d.c_out * width, |dy| {
-                        chunk_im2col(&xs[first * in_sample..], d, g, count, cols);
-                        let dy = chunk_rows(&gs[first * out_sample..], d, count, dy);
+                        let dy = simd(
+                            #[inline(always)]
+                            || {
+                                chunk_im2col(&xs[first * in_sample..], d, g, count, cols);
+                                chunk_rows(&gs[first * out_sample..], d, count, dy)
+                            },
+                        );
                         let cols_t = Mat::new(cols, d.patch(), width).t();
                         matmul_into(&mut dw, Mat::new(dy, d.c_out, width), cols_t, 1.0, true);
                     })
