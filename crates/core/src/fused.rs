@@ -268,6 +268,120 @@ pub trait FusedOps: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         composed_batch_norm_backward::<Self>(x, mean, var, gamma, grad, eps)
     }
+
+    /// Group normalisation (Wu & He 2018) of `x` `[N, C, S]`: the C
+    /// channels of each sample split into `spec.groups` groups, each
+    /// normalised with its own mean μ and biased variance σ² (over (C/G)·S
+    /// values), then scaled by γ and shifted by β (`[C]` each), then SiLU
+    /// when `spec.silu`. Returns (y, μ, rstd = 1/√(σ² + eps)), the
+    /// statistics `[N·G]` for the backward pass.
+    fn fused_group_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        spec: GroupNormSpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        composed_group_norm::<Self>(x, gamma, beta, spec)
+    }
+
+    /// The gradients (dx, dγ, dβ) of [`FusedOps::fused_group_norm`] from its
+    /// inputs, its statistics and the output's gradient. With x̂ the
+    /// normalised input, z = γ·x̂ + β and dz the gradient at z (through SiLU
+    /// when present): dβ = Σ dz, dγ = Σ dz·x̂ (over samples and positions),
+    /// and per (sample, group) of L values, with d = γ·dz:
+    /// dx = rstd·(d − Σd/L − x̂·Σ(d·x̂)/L).
+    #[allow(clippy::too_many_arguments)]
+    fn fused_group_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        rstd: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        spec: GroupNormSpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        composed_group_norm_backward::<Self>(x, gamma, beta, mean, rstd, grad, spec)
+    }
+}
+
+/// What [`group_norm`] computes: the number of channel groups, the ε added
+/// to the variance, and whether SiLU follows the affine map (fused, as
+/// `GroupNorm → SiLU` in every residual block of the U-Net).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct GroupNormSpec {
+    /// Channel groups; divides the channel count.
+    pub groups: usize,
+    /// Added to the variance.
+    pub eps: f32,
+    /// Apply SiLU to the output.
+    pub silu: bool,
+}
+
+fn composed_group_norm<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    beta: FloatTensor<B>,
+    spec: GroupNormSpec,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let x = float::<B, 3>(x);
+    let [n, c, s] = x.dims();
+    let groups = spec.groups;
+    let grouped = x.reshape([n, groups, (c / groups) * s]);
+    let (var, mean) = grouped.clone().var_mean_bias(2);
+    let rstd = (var + spec.eps as f64).sqrt().recip();
+    let normed = ((grouped - mean.clone()) * rstd.clone()).reshape([n, c, s]);
+    let z = normed * per_channel::<B>(gamma) + per_channel::<B>(beta);
+    let y = if spec.silu {
+        burn::tensor::activation::silu(z)
+    } else {
+        z
+    };
+    (
+        primitive(y),
+        primitive(mean.reshape([n * groups])),
+        primitive(rstd.reshape([n * groups])),
+    )
+}
+
+fn composed_group_norm_backward<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    beta: FloatTensor<B>,
+    mean: FloatTensor<B>,
+    rstd: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    spec: GroupNormSpec,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let (x, g) = (float::<B, 3>(x), float::<B, 3>(grad));
+    let [n, c, s] = x.dims();
+    let (groups, len) = (spec.groups, (c / spec.groups) * s);
+    let per_group = |v: FloatTensor<B>| float::<B, 1>(v).reshape([n, groups, 1]);
+    let rstd = per_group(rstd);
+    let normed =
+        ((x.reshape([n, groups, len]) - per_group(mean)) * rstd.clone()).reshape([n, c, s]);
+    let gamma = per_channel::<B>(gamma);
+    let dz = if spec.silu {
+        let z = normed.clone() * gamma.clone() + per_channel::<B>(beta);
+        let sigma = burn::tensor::activation::sigmoid(z.clone());
+        g * sigma.clone() * ((sigma.neg() + 1.0) * z + 1.0)
+    } else {
+        g
+    };
+    let dbeta = dz.clone().sum_dim(2).sum_dim(0).reshape([c]);
+    let dgamma = (dz.clone() * normed.clone())
+        .sum_dim(2)
+        .sum_dim(0)
+        .reshape([c]);
+    let d = (dz * gamma).reshape([n, groups, len]);
+    let normed = normed.reshape([n, groups, len]);
+    let mean_d = d.clone().mean_dim(2);
+    let mean_dx = (d.clone() * normed.clone()).mean_dim(2);
+    let dx = (d - mean_d - normed * mean_dx) * rstd;
+    (
+        primitive(dx.reshape([n, c, s])),
+        primitive(dgamma),
+        primitive(dbeta),
+    )
 }
 
 /// A `[C]` vector as `[1, C, 1]`, to broadcast over `[N, C, S]`.
@@ -737,6 +851,30 @@ impl FusedOps for Flex {
         kernels::batch_norm_backward(&x, &mean, &var, &gamma, &grad, eps)
             .unwrap_or_else(|| composed_batch_norm_backward::<Self>(x, mean, var, gamma, grad, eps))
     }
+
+    fn fused_group_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        spec: GroupNormSpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        kernels::group_norm(&x, &gamma, &beta, spec)
+            .unwrap_or_else(|| composed_group_norm::<Self>(x, gamma, beta, spec))
+    }
+
+    fn fused_group_norm_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        rstd: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        spec: GroupNormSpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        kernels::group_norm_backward(&x, &gamma, &beta, &mean, &rstd, &grad, spec).unwrap_or_else(
+            || composed_group_norm_backward::<Self>(x, gamma, beta, mean, rstd, grad, spec),
+        )
+    }
 }
 
 /// Records a unary op whose backward is `backward(input, grad)`: the state
@@ -1086,6 +1224,79 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
             }
         }
     }
+
+    fn fused_group_norm(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        spec: GroupNormSpec,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        #[derive(Debug)]
+        struct FusedGroupNorm;
+
+        impl<B: FusedOps> Backward<B, 3> for FusedGroupNorm {
+            /// x, γ, β, the per-group mean and rstd, the spec.
+            type State = (
+                FloatTensor<B>,
+                FloatTensor<B>,
+                FloatTensor<B>,
+                FloatTensor<B>,
+                FloatTensor<B>,
+                GroupNormSpec,
+            );
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 3>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [node_x, node_gamma, node_beta] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (x, gamma, beta, mean, rstd, spec) = ops.state;
+                let (dx, dgamma, dbeta) =
+                    B::fused_group_norm_backward(x, gamma, beta, mean, rstd, grad, spec);
+                for (node, g) in [(node_x, dx), (node_gamma, dgamma), (node_beta, dbeta)] {
+                    if let Some(node) = node {
+                        grads.register::<B>(node.id, g);
+                    }
+                }
+            }
+        }
+
+        // The statistics leave the graph: only the backward pass reads them.
+        let untracked = |t: FloatTensor<B>| <Self as AutodiffBackend>::from_inner(t);
+        let parents = [x.node.clone(), gamma.node.clone(), beta.node.clone()];
+        match FusedGroupNorm
+            .prepare::<C>(parents)
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (y, mean, rstd) = B::fused_group_norm(
+                    x.primitive.clone(),
+                    gamma.primitive.clone(),
+                    beta.primitive.clone(),
+                    spec,
+                );
+                let stats = (untracked(mean.clone()), untracked(rstd.clone()));
+                let state = (
+                    x.primitive,
+                    gamma.primitive,
+                    beta.primitive,
+                    mean,
+                    rstd,
+                    spec,
+                );
+                (prep.finish(state, y), stats.0, stats.1)
+            }
+            OpsKind::UnTracked(prep) => {
+                let (y, mean, rstd) =
+                    B::fused_group_norm(x.primitive, gamma.primitive, beta.primitive, spec);
+                (prep.finish(y), untracked(mean), untracked(rstd))
+            }
+        }
+    }
 }
 
 #[cfg(feature = "wgpu")]
@@ -1231,6 +1442,63 @@ pub fn batch_norm<B: Backend>(
                 float::<B, 1>(mean).detach(),
                 float::<B, 1>(var).detach(),
             )
+        })
+}
+
+/// Runs group normalisation through backend `F`'s [`FusedOps`] when `B` is
+/// `F`; hands the inputs back untouched otherwise.
+fn routed_group_norm<F: FusedOps, B: Backend>(
+    input: BatchNormInput<B>,
+    spec: GroupNormSpec,
+) -> std::result::Result<Tensor<B, 3>, BatchNormInput<B>> {
+    let boxed: Box<dyn Any> = Box::new(input);
+    match boxed.downcast::<BatchNormInput<F>>() {
+        Ok(input) => {
+            let (x, gamma, beta) = *input;
+            let (y, _, _) =
+                F::fused_group_norm(primitive(x), primitive(gamma), primitive(beta), spec);
+            let boxed: Box<dyn Any> = Box::new(float::<F, 3>(y));
+            Ok(*boxed.downcast::<Tensor<B, 3>>().expect("F is B"))
+        }
+        Err(boxed) => Err(*boxed.downcast::<BatchNormInput<B>>().expect("unchanged")),
+    }
+}
+
+/// Group normalisation over `x` `[N, C, S]` (S: a channel's positions):
+/// each sample's channels in `spec.groups` groups, each group normalised
+/// with its own mean and biased variance, then the per-channel `gamma`
+/// and `beta`, then SiLU when `spec.silu`. On the CPU backend one pass
+/// over each sample forward and two backward (dx, dγ, dβ analytic), where
+/// the composition makes four (normalise, scale, shift, SiLU) each way;
+/// burn's ops elsewhere.
+///
+/// ```
+/// use burn::prelude::*;
+/// use genzoo_core::fused::{group_norm, GroupNormSpec};
+/// use genzoo_core::{CpuBackend, CpuDevice};
+/// let device = CpuDevice::default();
+/// // One sample, two channels in one group: normalised together.
+/// let x = Tensor::<CpuBackend, 3>::from_floats([[[1.0, 3.0], [5.0, 7.0]]], &device);
+/// let (gamma, beta) = (Tensor::ones([2], &device), Tensor::zeros([2], &device));
+/// let spec = GroupNormSpec { groups: 1, eps: 1e-5, silu: false };
+/// let y = group_norm(x, gamma, beta, spec).into_data().to_vec::<f32>().unwrap();
+/// // Mean 4, variance 5: y = (x − 4)/√5.
+/// let expected = [-3.0, -1.0, 1.0, 3.0].map(|v: f32| v / 5f32.sqrt());
+/// assert!(y.iter().zip(expected).all(|(a, b)| (a - b).abs() < 1e-5));
+/// ```
+pub fn group_norm<B: Backend>(
+    x: Tensor<B, 3>,
+    gamma: Tensor<B, 1>,
+    beta: Tensor<B, 1>,
+    spec: GroupNormSpec,
+) -> Tensor<B, 3> {
+    routed_group_norm::<Flex, B>((x, gamma, beta), spec)
+        .or_else(|input| routed_group_norm::<Autodiff<Flex>, B>(input, spec))
+        .or_else(|input| routed_group_norm::<Autodiff<Autodiff<Flex>>, B>(input, spec))
+        .unwrap_or_else(|(x, gamma, beta)| {
+            let (y, _, _) =
+                composed_group_norm::<B>(primitive(x), primitive(gamma), primitive(beta), spec);
+            float(y)
         })
 }
 
@@ -1738,6 +2006,145 @@ mod tests {
             ] {
                 assert!(close(ours, theirs), "{name} {shape}");
             }
+        }
+    }
+
+    #[test]
+    fn group_norm_matches_burns_composition_in_values_and_gradients() {
+        let dev = CpuDevice::default();
+        // The U-Net's shapes (8 groups of 32 and 64 channels over 28×28 and
+        // 7×7), odd sizes, one channel per group, an offset mean, and a
+        // constant group (variance 0: eps decides); with and without SiLU.
+        for (n, c, s, groups, mean, std) in [
+            (4, 32, 784, 8, 0.0, 1.0),
+            (3, 64, 49, 8, 2.0, 3.0),
+            (2, 6, 37, 3, 0.0, 0.5),
+            (2, 5, 1, 5, 1.0, 1.0),
+            (1, 4, 3, 1, 0.0, 1.0),
+        ] {
+            let x = Tensor::<Ad, 3>::random([n, c, s], Distribution::Normal(mean, std), &dev);
+            // The last group constant in the first sample.
+            let per_group = c / groups;
+            let x = x.slice_assign(
+                [0..1, c - per_group..c, 0..s],
+                Tensor::ones([1, per_group, s], &dev) * 3.0,
+            );
+            let gamma = Tensor::<Ad, 1>::random([c], Distribution::Normal(1.0, 0.5), &dev);
+            let beta = Tensor::<Ad, 1>::random([c], Distribution::Normal(0.0, 0.5), &dev);
+            let upstream = Tensor::<Ad, 3>::random([n, c, s], Distribution::Normal(0.0, 1.0), &dev);
+            for silu in [false, true] {
+                let spec = GroupNormSpec {
+                    groups,
+                    eps: 1e-5,
+                    silu,
+                };
+                let inputs = || {
+                    (
+                        x.clone().require_grad(),
+                        gamma.clone().require_grad(),
+                        beta.clone().require_grad(),
+                    )
+                };
+                let (xa, ga, ba) = inputs();
+                let (xb, gb, bb) = inputs();
+                let ya = group_norm(xa.clone(), ga.clone(), ba.clone(), spec);
+                // burn's autodiff through the composition.
+                let yb = {
+                    let (y, _, _) = composed_group_norm::<Ad>(
+                        primitive(xb.clone()),
+                        primitive(gb.clone()),
+                        primitive(bb.clone()),
+                        spec,
+                    );
+                    float::<Ad, 3>(y)
+                };
+                let case = format!("{n}x{c}x{s} groups {groups} silu {silu}");
+                assert!(close(ya.clone().inner(), yb.clone().inner()), "y {case}");
+                // Inference (no autodiff) takes the plain kernel.
+                let plain = group_norm(
+                    x.clone().inner(),
+                    gamma.clone().inner(),
+                    beta.clone().inner(),
+                    spec,
+                );
+                assert!(close(plain, yb.clone().inner()), "y untracked {case}");
+                let grads_a = (ya * upstream.clone()).sum().backward();
+                let grads_b = (yb * upstream.clone()).sum().backward();
+                let pairs = [("dx", xa.grad(&grads_a).unwrap(), xb.grad(&grads_b).unwrap())];
+                for (name, ours, theirs) in pairs {
+                    assert!(close(ours, theirs), "{name} {case}");
+                }
+                for (name, ours, theirs) in [
+                    (
+                        "dgamma",
+                        ga.grad(&grads_a).unwrap(),
+                        gb.grad(&grads_b).unwrap(),
+                    ),
+                    (
+                        "dbeta",
+                        ba.grad(&grads_a).unwrap(),
+                        bb.grad(&grads_b).unwrap(),
+                    ),
+                ] {
+                    assert!(close(ours, theirs), "{name} {case}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn group_norm_backward_composition_matches_burns_autodiff() {
+        // The composed backward (what other backends and nested autodiff
+        // run) against burn differentiating the composed forward.
+        let dev = CpuDevice::default();
+        let (n, c, s, groups) = (3, 6, 10, 2);
+        let x = Tensor::<Ad, 3>::random([n, c, s], Distribution::Normal(0.5, 2.0), &dev);
+        let gamma = Tensor::<Ad, 1>::random([c], Distribution::Normal(1.0, 0.5), &dev);
+        let beta = Tensor::<Ad, 1>::random([c], Distribution::Normal(0.0, 0.5), &dev);
+        let upstream =
+            Tensor::<CpuBackend, 3>::random([n, c, s], Distribution::Normal(0.0, 1.0), &dev);
+        for silu in [false, true] {
+            let spec = GroupNormSpec {
+                groups,
+                eps: 1e-5,
+                silu,
+            };
+            let (xa, ga, ba) = (
+                x.clone().require_grad(),
+                gamma.clone().require_grad(),
+                beta.clone().require_grad(),
+            );
+            let (y, mean, rstd) = composed_group_norm::<Ad>(
+                primitive(xa.clone()),
+                primitive(ga.clone()),
+                primitive(ba.clone()),
+                spec,
+            );
+            let grads = (float::<Ad, 3>(y) * Tensor::from_inner(upstream.clone()))
+                .sum()
+                .backward();
+            let inner = |t: FloatTensor<Ad>| float::<Ad, 1>(t).inner();
+            let (dx, dgamma, dbeta) = composed_group_norm_backward::<CpuBackend>(
+                primitive(x.clone().inner()),
+                primitive(gamma.clone().inner()),
+                primitive(beta.clone().inner()),
+                primitive(inner(mean)),
+                primitive(inner(rstd)),
+                primitive(upstream.clone()),
+                spec,
+            );
+            assert!(
+                close(float::<CpuBackend, 3>(dx), xa.grad(&grads).unwrap()),
+                "dx silu {silu}"
+            );
+            assert!(
+                close(float::<CpuBackend, 1>(dgamma), ga.grad(&grads).unwrap()),
+                "dgamma silu {silu}"
+            );
+            assert!(
+                close(float::<CpuBackend, 1>(dbeta), ba.grad(&grads).unwrap()),
+                "dbeta silu {silu}"
+            );
         }
     }
 

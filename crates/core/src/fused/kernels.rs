@@ -7,6 +7,8 @@ use burn::tensor::DType;
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
+use super::GroupNormSpec;
+
 /// Elements per parallel task: large enough to amortise scheduling.
 const CHUNK: usize = 1 << 14;
 
@@ -358,6 +360,262 @@ fn grad_sums(gs: &[f32], xs: &[f32], mu: f32) -> (f32, f32) {
     )
 }
 
+/// Group normalisation of `x` `[N, C, S]` with per-channel γ and β, then
+/// SiLU when `spec.silu` (see [`super::FusedOps::fused_group_norm`]): one
+/// task per sample; each group's values are contiguous (channels
+/// g·C/G.. of the sample), so its statistics are two sums over one slice
+/// and the output one more pass. Returns (y, mean, rstd), the statistics
+/// `[N·G]`.
+pub(super) fn group_norm(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    beta: &FlexTensor,
+    spec: GroupNormSpec,
+) -> Option<(FlexTensor, FlexTensor, FlexTensor)> {
+    let shape = x.layout().shape().clone();
+    if [x, gamma, beta].iter().any(|t| t.dtype() != DType::F32) || shape.num_dims() != 3 {
+        return None;
+    }
+    let (n, c, s, groups) = (shape[0], shape[1], shape[2], spec.groups);
+    if n * c * s == 0 || groups == 0 || c % groups != 0 {
+        return None;
+    }
+    let (x, gamma, beta) = (
+        x.to_contiguous(),
+        gamma.to_contiguous(),
+        beta.to_contiguous(),
+    );
+    let (xs, gammas, betas): (&[f32], &[f32], &[f32]) =
+        (x.as_slice()?, gamma.as_slice()?, beta.as_slice()?);
+    if gammas.len() != c || betas.len() != c {
+        return None;
+    }
+    let mut out = FlexTensor::empty(shape, DType::F32);
+    // (mean, rstd) of every (sample, group).
+    let mut stats = vec![0.0f32; 2 * n * groups];
+    out.storage_mut::<f32>()
+        .par_chunks_mut(c * s)
+        .zip(xs.par_chunks(c * s))
+        .zip(stats.par_chunks_mut(2 * groups))
+        .for_each(|((o, x), stats)| {
+            // Two copies of the loop, so neither tests `silu` per element.
+            let sample = (gammas, betas, s, spec.eps);
+            if spec.silu {
+                simd(
+                    #[inline(always)]
+                    || group_norm_sample::<true>(o, x, stats, sample),
+                )
+            } else {
+                simd(
+                    #[inline(always)]
+                    || group_norm_sample::<false>(o, x, stats, sample),
+                )
+            }
+        });
+    let mean: Vec<f32> = stats.iter().step_by(2).copied().collect();
+    let rstd: Vec<f32> = stats.iter().skip(1).step_by(2).copied().collect();
+    Some((out, vector(&mean), vector(&rstd)))
+}
+
+/// One sample of [`group_norm`]: `o` and `x` its `[C, S]` values, `stats`
+/// its groups' (mean, rstd) pairs to fill; `SILU` applies SiLU. Inlined
+/// into its caller's `simd` copy (an outlined function stays baseline SSE2).
+#[inline(always)]
+fn group_norm_sample<const SILU: bool>(
+    o: &mut [f32],
+    x: &[f32],
+    stats: &mut [f32],
+    (gammas, betas, s, eps): (&[f32], &[f32], usize, f32),
+) {
+    let groups = stats.len() / 2;
+    let (len, per_group) = (x.len() / groups, gammas.len() / groups);
+    let group_slices = o
+        .chunks_exact_mut(len)
+        .zip(x.chunks_exact(len))
+        .zip(stats.chunks_exact_mut(2));
+    for (g, ((o, x), stats)) in group_slices.enumerate() {
+        // Two passes (mean, then squared deviations) for accuracy, as burn's var.
+        let mean = sum(x) / len as f32;
+        let rstd = 1.0 / (centered_square_sum(x, mean) / len as f32 + eps).sqrt();
+        (stats[0], stats[1]) = (mean, rstd);
+        let channels = g * per_group..(g + 1) * per_group;
+        let affine = gammas[channels.clone()].iter().zip(&betas[channels]);
+        for ((o, x), (&gamma, &beta)) in o.chunks_exact_mut(s).zip(x.chunks_exact(s)).zip(affine) {
+            let scale = gamma * rstd;
+            for (o, &x) in o.iter_mut().zip(x) {
+                let z = (x - mean) * scale + beta;
+                *o = if SILU { silu(z) } else { z };
+            }
+        }
+    }
+}
+
+/// The gradients (dx, dγ, dβ) of [`group_norm`] (formulas at
+/// [`super::FusedOps::fused_group_norm_backward`]). One task per sample,
+/// two passes over it: the first writes dz (the gradient at γ·x̂ + β,
+/// through SiLU) into dx's buffer and sums Σdz and Σdz·x̂ per channel; the
+/// second turns dz into dx in place with the group's sums.
+pub(super) fn group_norm_backward(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    beta: &FlexTensor,
+    mean: &FlexTensor,
+    rstd: &FlexTensor,
+    grad: &FlexTensor,
+    spec: GroupNormSpec,
+) -> Option<(FlexTensor, FlexTensor, FlexTensor)> {
+    let shape = x.layout().shape().clone();
+    if [x, gamma, beta, mean, rstd, grad]
+        .iter()
+        .any(|t| t.dtype() != DType::F32)
+        || shape.num_dims() != 3
+        || grad.layout().shape() != &shape
+    {
+        return None;
+    }
+    let (n, c, s, groups) = (shape[0], shape[1], shape[2], spec.groups);
+    if n * c * s == 0 || groups == 0 || c % groups != 0 {
+        return None;
+    }
+    let (x, gamma, beta, mean, rstd, grad) = (
+        x.to_contiguous(),
+        gamma.to_contiguous(),
+        beta.to_contiguous(),
+        mean.to_contiguous(),
+        rstd.to_contiguous(),
+        grad.to_contiguous(),
+    );
+    let (xs, gs, gammas, betas): (&[f32], &[f32], &[f32], &[f32]) = (
+        x.as_slice()?,
+        grad.as_slice()?,
+        gamma.as_slice()?,
+        beta.as_slice()?,
+    );
+    let (means, rstds): (&[f32], &[f32]) = (mean.as_slice()?, rstd.as_slice()?);
+    if gammas.len() != c
+        || betas.len() != c
+        || means.len() != n * groups
+        || rstds.len() != n * groups
+    {
+        return None;
+    }
+    let mut dx = FlexTensor::empty(shape, DType::F32);
+    // Per sample: Σ dz per channel, then Σ dz·x̂ per channel.
+    let mut partial = vec![0.0f32; n * 2 * c];
+    dx.storage_mut::<f32>()
+        .par_chunks_mut(c * s)
+        .zip(xs.par_chunks(c * s).zip(gs.par_chunks(c * s)))
+        .zip(partial.par_chunks_mut(2 * c))
+        .zip(means.par_chunks(groups).zip(rstds.par_chunks(groups)))
+        .for_each(|(((o, (x, g)), acc), stats)| {
+            let sample = (gammas, betas, s);
+            if spec.silu {
+                simd(
+                    #[inline(always)]
+                    || group_norm_sample_backward::<true>(o, (x, g), acc, stats, sample),
+                )
+            } else {
+                simd(
+                    #[inline(always)]
+                    || group_norm_sample_backward::<false>(o, (x, g), acc, stats, sample),
+                )
+            }
+        });
+    let mut sums = vec![0.0f32; 2 * c];
+    for sample in partial.chunks_exact(2 * c) {
+        for (t, p) in sums.iter_mut().zip(sample) {
+            *t += p;
+        }
+    }
+    let (dbeta, dgamma) = sums.split_at(c);
+    Some((dx, vector(dgamma), vector(dbeta)))
+}
+
+/// One sample of [`group_norm_backward`]: `o` receives dx, (`x`, `g`) the
+/// sample's input and output gradient, `acc` its per-channel (Σdz, Σdz·x̂),
+/// `stats` its groups' means and rstds. Inlined into its caller's `simd` copy.
+#[inline(always)]
+fn group_norm_sample_backward<const SILU: bool>(
+    o: &mut [f32],
+    (x, g): (&[f32], &[f32]),
+    acc: &mut [f32],
+    (means, rstds): (&[f32], &[f32]),
+    (gammas, betas, s): (&[f32], &[f32], usize),
+) {
+    let (c, groups) = (gammas.len(), means.len());
+    let (per_group, len) = (c / groups, (c / groups) * s);
+    let (acc_dz, acc_dzx) = acc.split_at_mut(c);
+    for group in 0..groups {
+        let (mu, r) = (means[group], rstds[group]);
+        let channels = group * per_group..(group + 1) * per_group;
+        for j in channels.clone() {
+            let at = j * s..(j + 1) * s;
+            let (gamma, beta) = (gammas[j], betas[j]);
+            let dz_at = |x: f32, g: f32| {
+                let xhat = (x - mu) * r;
+                let dz = if SILU {
+                    silu_grad(gamma * xhat + beta, g)
+                } else {
+                    g
+                };
+                (dz, xhat)
+            };
+            (acc_dz[j], acc_dzx[j]) = dz_sums(&x[at.clone()], &g[at.clone()], &mut o[at], dz_at);
+        }
+        // d = γ·dz; the group's means of d and d·x̂.
+        let (mut sum_d, mut sum_dx) = (0.0f32, 0.0f32);
+        for j in channels.clone() {
+            sum_d += gammas[j] * acc_dz[j];
+            sum_dx += gammas[j] * acc_dzx[j];
+        }
+        let (mean_d, mean_dx) = (sum_d / len as f32, sum_dx / len as f32);
+        for j in channels {
+            let at = j * s..(j + 1) * s;
+            let k = gammas[j] * r;
+            for (o, &x) in o[at.clone()].iter_mut().zip(&x[at]) {
+                let xhat = (x - mu) * r;
+                *o = k * *o - r * (mean_d + xhat * mean_dx);
+            }
+        }
+    }
+}
+
+/// Writes dz = f(x, g).0 into `dz` and returns (Σ dz, Σ dz·x̂) with
+/// (dz, x̂) = f(x, g), in 16 independent partial sums each (see [`sum`]).
+#[inline(always)]
+fn dz_sums(
+    xs: &[f32],
+    gs: &[f32],
+    dz: &mut [f32],
+    f: impl Fn(f32, f32) -> (f32, f32),
+) -> (f32, f32) {
+    let (mut lanes, mut lanes_x) = ([0.0f32; 16], [0.0f32; 16]);
+    let whole = xs.len() / 16 * 16;
+    let chunks = xs[..whole]
+        .chunks_exact(16)
+        .zip(gs[..whole].chunks_exact(16))
+        .zip(dz[..whole].chunks_exact_mut(16));
+    for ((x, g), d) in chunks {
+        for i in 0..16 {
+            let (v, xhat) = f(x[i], g[i]);
+            d[i] = v;
+            lanes[i] += v;
+            lanes_x[i] += v * xhat;
+        }
+    }
+    let (mut rest, mut rest_x) = (0.0f32, 0.0f32);
+    for ((&x, &g), d) in xs[whole..].iter().zip(&gs[whole..]).zip(&mut dz[whole..]) {
+        let (v, xhat) = f(x, g);
+        *d = v;
+        rest += v;
+        rest_x += v * xhat;
+    }
+    (
+        lanes.iter().sum::<f32>() + rest,
+        lanes_x.iter().sum::<f32>() + rest_x,
+    )
+}
+
 /// A new `[len]` f32 tensor holding `values`.
 fn vector(values: &[f32]) -> FlexTensor {
     let mut out = FlexTensor::empty([values.len()].into(), DType::F32);
@@ -696,7 +954,8 @@ pub(super) fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
     // Round x·log2(e) to the nearest integer with the 1.5·2²³ trick (no libm call).
     const ROUND: f32 = 12_582_912.0;
-    let n = (x * std::f32::consts::LOG2_E + ROUND) - ROUND;
+    let shifted = x * std::f32::consts::LOG2_E + ROUND;
+    let n = shifted - ROUND;
     let r = x - n * 0.693_359_4 + n * 2.121_944_4e-4;
     let mut p = 1.987_569_1e-4;
     p = p * r + 1.398_199_9e-3;
@@ -705,7 +964,11 @@ pub(super) fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    y * f32::from_bits(((n as i32 + 127) << 23) as u32)
+    // 2ⁿ: `shifted` is exactly 1.5·2²³ + n, so its bits are ROUND's plus n.
+    // Integer operations on the bits vectorise; `n as i32` (a saturating
+    // cast) compiled to one scalar conversion per lane.
+    let n_bits = shifted.to_bits().wrapping_sub(ROUND.to_bits());
+    y * f32::from_bits(n_bits.wrapping_add(127) << 23)
 }
 
 /// erf(x) by Abramowitz & Stegun 7.1.26 (absolute error ≤ 1.5·10⁻⁷).
@@ -832,6 +1095,7 @@ mod tests {
         assert!(worst_exp < 3e-7, "exp relative error {worst_exp}");
         assert!(worst_erf < 1e-6, "erf absolute error {worst_erf}");
         assert_eq!(exp(-1000.0), (-87.0f32).exp());
+        assert!(exp(f32::NAN).is_nan());
         assert!(silu(-1000.0).abs() < 1e-30 && silu(1000.0) == 1000.0);
     }
 

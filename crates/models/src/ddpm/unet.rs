@@ -147,10 +147,13 @@ pub fn timestep_features<B: Backend>(t: Tensor<B, 1>, width: usize) -> Tensor<B,
 
 /// Group normalisation (Wu & He 2018) with a per-channel affine map.
 ///
-/// Same maths and parameters as burn's `GroupNorm`, formulated for the CPU
-/// backend's fast paths: statistics over a `[N, G, C/G·H·W]` view and the
-/// affine map as per-row scalars of an `[N·C, H·W]` view (burn's `[1, C, 1, 1]`
-/// broadcast misses them: 47 → 16 ms on 128×64×14×14, see shared/notes/cpu-op-gap.md).
+/// Same maths and parameters as burn's `GroupNorm`, computed by
+/// [`fused::group_norm`]: on the CPU backend one pass per sample for
+/// statistics, normalisation, affine map and (in [`GroupNorm::forward_silu`])
+/// the SiLU that follows it in every residual block, where burn's module
+/// makes a `[1, C, 1, 1]` broadcast that misses Flex's fast paths (47 → 16 ms
+/// on 128×64×14×14 as rows, shared/notes/cpu-op-gap.md) and the SiLU another
+/// pass.
 #[derive(Module, Debug)]
 pub struct GroupNorm<B: Backend> {
     /// Scale γ, `[channels]`.
@@ -173,19 +176,28 @@ impl<B: Backend> GroupNorm<B> {
     /// # Shapes
     /// - x: `[batch, channels, height, width]` → same
     pub fn forward(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.normalise(x, false)
+    }
+
+    /// `silu(self.forward(x))`, fused.
+    pub fn forward_silu(&self, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        self.normalise(x, true)
+    }
+
+    fn normalise(&self, x: Tensor<B, 4>, silu: bool) -> Tensor<B, 4> {
         let [n, c, h, w] = x.dims();
-        // One row per (sample, group); statistics as per-row scalars `[N·G, 1]`.
-        let grouped = x.reshape([n * self.groups, (c / self.groups) * h * w]);
-        // One fused pass with an analytic backward on the CPU backend.
-        let normed = fused::normalize_rows(grouped, 1e-5);
-        let rows = normed.reshape([n * c, h * w]);
-        let per_row = |p: &Param<Tensor<B, 1>>| {
-            p.val()
-                .unsqueeze_dim::<2>(0)
-                .repeat_dim(0, n)
-                .reshape([n * c, 1])
+        let spec = fused::GroupNormSpec {
+            groups: self.groups,
+            eps: 1e-5,
+            silu,
         };
-        (rows * per_row(&self.gamma) + per_row(&self.beta)).reshape([n, c, h, w])
+        fused::group_norm(
+            x.reshape([n, c, h * w]),
+            self.gamma.val(),
+            self.beta.val(),
+            spec,
+        )
+        .reshape([n, c, h, w])
     }
 }
 
@@ -264,14 +276,14 @@ impl<B: Backend> ResBlock<B> {
     /// - x: `[batch, in, h, w]`, temb_act: `[batch, time_embedding]` (already through SiLU)
     /// - output: `[batch, out, h, w]`
     fn forward(&self, x: Tensor<B, 4>, temb_act: Tensor<B, 2>) -> Tensor<B, 4> {
-        let h = conv2d(&self.conv1, silu(self.norm1.forward(x.clone())));
+        let h = conv2d(&self.conv1, self.norm1.forward_silu(x.clone()));
         let [n, c, height, width] = h.dims();
         // The time embedding as per-row scalars of an `[N·C, H·W]` view (the fast path).
         let t = self.time.forward(temb_act).reshape([n * c, 1]);
         let h = (h.reshape([n * c, height * width]) + t).reshape([n, c, height, width]);
         let h = conv2d(
             &self.conv2,
-            self.dropout.forward(silu(self.norm2.forward(h))),
+            self.dropout.forward(self.norm2.forward_silu(h)),
         );
         let skip = match &self.shortcut {
             Some(conv) => conv.forward(x),
@@ -542,7 +554,7 @@ impl<B: Backend> UNet<B> {
             let skip = skips.pop().expect("one skip per up block");
             h = stage.forward(Tensor::cat(vec![h, skip], 1), temb_act.clone());
         }
-        conv2d(&self.conv_out, silu(self.norm_out.forward(h)))
+        conv2d(&self.conv_out, self.norm_out.forward_silu(h))
     }
 }
 
@@ -639,6 +651,11 @@ mod tests {
         let y2 = theirs.forward(x.clone());
         y1.clone().into_data().assert_approx_eq::<f32>(
             &y2.clone().into_data(),
+            burn::tensor::Tolerance::absolute(1e-4),
+        );
+        // The fused SiLU variant is SiLU after the module.
+        ours.forward_silu(x.clone()).into_data().assert_approx_eq::<f32>(
+            &silu(y2.clone()).into_data(),
             burn::tensor::Tolerance::absolute(1e-4),
         );
         let g1 = (y1 * weights.clone()).sum().backward();
