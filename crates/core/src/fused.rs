@@ -65,6 +65,21 @@ pub trait FusedOps: Backend {
         composed_upsample_nearest2_backward::<Self>(x, grad)
     }
 
+    /// `[a, b]` concatenated along the channels (dimension 1) of
+    /// `[N, C_a, …]` and `[N, C_b, …]`.
+    fn fused_cat_channels(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        Self::float_cat(vec![a, b], 1)
+    }
+
+    /// The gradients of [`FusedOps::fused_cat_channels`]: `grad`'s first
+    /// `first` channels and the rest.
+    fn fused_split_channels(
+        grad: FloatTensor<Self>,
+        first: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        composed_split_channels::<Self>(grad, first)
+    }
+
     /// SiLU (swish): x·σ(x).
     fn fused_silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
         composed_silu::<Self>(x)
@@ -315,6 +330,18 @@ pub struct GroupNormSpec {
     pub eps: f32,
     /// Apply SiLU to the output.
     pub silu: bool,
+}
+
+fn composed_split_channels<B: Backend>(
+    grad: FloatTensor<B>,
+    first: usize,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let grad = float::<B, 4>(grad);
+    let channels = grad.dims()[1];
+    (
+        primitive(grad.clone().narrow(1, 0, first)),
+        primitive(grad.narrow(1, first, channels - first)),
+    )
 }
 
 fn composed_group_norm<B: Backend>(
@@ -697,6 +724,14 @@ impl FusedOps for Flex {
     ) -> FloatTensor<Self> {
         kernels::upsample_nearest2_backward(&grad)
             .unwrap_or_else(|| composed_upsample_nearest2_backward::<Self>(x, grad))
+    }
+
+    fn fused_split_channels(
+        grad: FloatTensor<Self>,
+        first: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        kernels::split_channels(&grad, first)
+            .unwrap_or_else(|| composed_split_channels::<Self>(grad, first))
     }
 
     fn fused_softplus(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -1225,6 +1260,46 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
     }
 
+    fn fused_cat_channels(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct FusedCatChannels;
+
+        impl<B: FusedOps> Backward<B, 2> for FusedCatChannels {
+            /// The first input's channels.
+            type State = usize;
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 2>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let [node_a, node_b] = ops.parents;
+                let grad = grads.consume::<B>(&ops.node);
+                let (da, db) = B::fused_split_channels(grad, ops.state);
+                for (node, g) in [(node_a, da), (node_b, db)] {
+                    if let Some(node) = node {
+                        grads.register::<B>(node.id, g);
+                    }
+                }
+            }
+        }
+
+        let first = a.primitive.shape()[1];
+        match FusedCatChannels
+            .prepare::<C>([a.node.clone(), b.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                prep.finish(first, B::fused_cat_channels(a.primitive, b.primitive))
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::fused_cat_channels(a.primitive, b.primitive))
+            }
+        }
+    }
+
     fn fused_group_norm(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
@@ -1553,6 +1628,36 @@ pub fn upsample_nearest2<B: Backend>(x: Tensor<B, 4>) -> Tensor<B, 4> {
     const D: usize = 4; // the rank `route_cpu!` routes at
     route_cpu!(x, fused_upsample_nearest2)
         .unwrap_or_else(|x| float::<B, 4>(composed_upsample_nearest2::<B>(primitive(x))))
+}
+
+/// `[a, b]` concatenated along the channels, as `Tensor::cat(vec![a, b], 1)`.
+/// Under autodiff on the CPU backend its backward hands each input a
+/// contiguous gradient: burn's cat backward gives strided views of the
+/// output gradient, and where an input also feeds another layer (the
+/// U-Net's skips) adding the two gradients then takes Flex's scalar
+/// strided path (2.4 % of a ddpm-unet step) and reshaping them a copy.
+///
+/// # Shapes
+/// - a: `[batch, c_a, h, w]`, b: `[batch, c_b, h, w]` → `[batch, c_a + c_b, h, w]`
+pub fn cat_channels<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Tensor<B, 4> {
+    type Pair<B> = (Tensor<B, 4>, Tensor<B, 4>);
+    fn routed_cat<F: FusedOps, B: Backend>(
+        pair: Pair<B>,
+    ) -> std::result::Result<Tensor<B, 4>, Pair<B>> {
+        let boxed: Box<dyn Any> = Box::new(pair);
+        match boxed.downcast::<Pair<F>>() {
+            Ok(pair) => {
+                let (a, b) = *pair;
+                let y = float::<F, 4>(F::fused_cat_channels(primitive(a), primitive(b)));
+                let boxed: Box<dyn Any> = Box::new(y);
+                Ok(*boxed.downcast::<Tensor<B, 4>>().expect("F is B"))
+            }
+            Err(boxed) => Err(*boxed.downcast::<Pair<B>>().expect("unchanged")),
+        }
+    }
+    routed_cat::<Autodiff<Flex>, B>((a, b))
+        .or_else(routed_cat::<Autodiff<Autodiff<Flex>>, B>)
+        .unwrap_or_else(|(a, b)| Tensor::cat(vec![a, b], 1))
 }
 
 /// SiLU (swish, x·σ(x)) on any backend: genzoo's fused kernel on the CPU
@@ -2145,6 +2250,37 @@ mod tests {
                 close(float::<CpuBackend, 1>(dbeta), ba.grad(&grads).unwrap()),
                 "dbeta silu {silu}"
             );
+        }
+    }
+
+    #[test]
+    fn cat_channels_matches_burns_cat_in_values_and_gradients() {
+        let dev = CpuDevice::default();
+        let a = Tensor::<Ad, 4>::random([2, 3, 4, 5], Distribution::Normal(0.0, 1.0), &dev);
+        let b = Tensor::<Ad, 4>::random([2, 5, 4, 5], Distribution::Normal(0.0, 1.0), &dev);
+        let upstream = Tensor::<Ad, 4>::random([2, 8, 4, 5], Distribution::Normal(0.0, 1.0), &dev);
+        let run = |fused: bool| {
+            let (a, b) = (a.clone().require_grad(), b.clone().require_grad());
+            let y = if fused {
+                cat_channels(a.clone(), b.clone())
+            } else {
+                Tensor::cat(vec![a.clone(), b.clone()], 1)
+            };
+            // `a` also feeds another op: its two gradients are added.
+            let loss = (y.clone() * upstream.clone()).sum() + (a.clone() * a.clone()).sum();
+            let grads = loss.backward();
+            (y.inner(), a.grad(&grads).unwrap(), b.grad(&grads).unwrap())
+        };
+        let (ours, theirs) = (run(true), run(false));
+        assert_eq!(max_diff(ours.0, theirs.0), 0.0);
+        assert!(max_diff(ours.1, theirs.1) < 1e-6);
+        assert_eq!(max_diff(ours.2, theirs.2), 0.0);
+        // Splits at the edges: one part empty.
+        let grad = primitive(upstream.inner());
+        for first in [0, 8] {
+            let (da, db) = <CpuBackend as FusedOps>::fused_split_channels(grad.clone(), first);
+            assert_eq!(da.shape().dims::<4>(), [2, first, 4, 5]);
+            assert_eq!(db.shape().dims::<4>(), [2, 8 - first, 4, 5]);
         }
     }
 

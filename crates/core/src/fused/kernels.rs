@@ -360,6 +360,33 @@ fn grad_sums(gs: &[f32], xs: &[f32], mu: f32) -> (f32, f32) {
     )
 }
 
+/// `grad` (`[N, C, …]`) split after its first `first` channels into two
+/// new contiguous tensors, one block copy per sample each.
+pub(super) fn split_channels(grad: &FlexTensor, first: usize) -> Option<(FlexTensor, FlexTensor)> {
+    let shape = grad.layout().shape().clone();
+    if grad.dtype() != DType::F32 || shape.num_dims() < 2 || first > shape[1] {
+        return None;
+    }
+    let c = shape[1];
+    let rest: usize = (2..shape.num_dims()).map(|d| shape[d]).product();
+    let grad = grad.to_contiguous();
+    let gs: &[f32] = grad.as_slice()?;
+    let part = |channels: usize, offset: usize| {
+        let mut dims = shape.clone();
+        dims[1] = channels;
+        let mut out = FlexTensor::empty(dims, DType::F32);
+        let len = channels * rest;
+        if len > 0 {
+            out.storage_mut::<f32>()
+                .par_chunks_mut(len)
+                .zip(gs.par_chunks(c * rest))
+                .for_each(|(o, g)| o.copy_from_slice(&g[offset..offset + len]));
+        }
+        out
+    };
+    Some((part(first, 0), part(c - first, first * rest)))
+}
+
 /// Group normalisation of `x` `[N, C, S]` with per-channel γ and β, then
 /// SiLU when `spec.silu` (see [`super::FusedOps::fused_group_norm`]): one
 /// task per sample; each group's values are contiguous (channels

@@ -552,7 +552,7 @@ impl<B: Backend> UNet<B> {
                 h = self.upsample[i / per_level].forward(h);
             }
             let skip = skips.pop().expect("one skip per up block");
-            h = stage.forward(Tensor::cat(vec![h, skip], 1), temb_act.clone());
+            h = stage.forward(fused::cat_channels(h, skip), temb_act.clone());
         }
         conv2d(&self.conv_out, self.norm_out.forward_silu(h))
     }
@@ -654,10 +654,12 @@ mod tests {
             burn::tensor::Tolerance::absolute(1e-4),
         );
         // The fused SiLU variant is SiLU after the module.
-        ours.forward_silu(x.clone()).into_data().assert_approx_eq::<f32>(
-            &silu(y2.clone()).into_data(),
-            burn::tensor::Tolerance::absolute(1e-4),
-        );
+        ours.forward_silu(x.clone())
+            .into_data()
+            .assert_approx_eq::<f32>(
+                &silu(y2.clone()).into_data(),
+                burn::tensor::Tolerance::absolute(1e-4),
+            );
         let g1 = (y1 * weights.clone()).sum().backward();
         let g2 = (y2 * weights).sum().backward();
         x.grad(&g1).unwrap().into_data().assert_approx_eq::<f32>(
