@@ -97,14 +97,12 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         options.backend,
         options.threads
     );
-    with_backend(
-        args.backend,
-        Suite {
-            models,
-            options,
-            json: args.json,
-        },
-    )
+    let suite = Suite {
+        models,
+        options,
+        json: args.json,
+    };
+    genzoo_core::backend::on_cpu_pool(|| with_backend(args.backend, suite))
 }
 
 struct Suite {

@@ -489,7 +489,29 @@ pub(crate) fn start_training(
         text,
         time_limit,
     };
-    with_backend(backend, job)
+    if job.config.parallel.is_parallel() {
+        // Replicas run on their own threads while this one waits for them:
+        // it must not hold a thread of the pool their kernels need.
+        with_backend(backend, job)
+    } else {
+        with_backend_on_pool(backend, job)
+    }
+}
+
+/// [`with_backend`], run on a thread of the CPU backend's pool when
+/// `backend` is the CPU one ([`genzoo_core::backend::on_cpu_pool`]: the
+/// kernels then start where they are asked for instead of being handed to
+/// the pool, twice as fast for batch-1 generation). Only for tasks that
+/// never wait on other threads doing tensor work.
+fn with_backend_on_pool<T>(backend: BackendKind, task: T) -> Result<T::Output>
+where
+    T: BackendTask + Send,
+    T::Output: Send,
+{
+    match backend {
+        BackendKind::Cpu => genzoo_core::backend::on_cpu_pool(|| with_backend(backend, task)),
+        _ => with_backend(backend, task),
+    }
 }
 
 /// The data of a run: images or a text corpus, as the model reads.
@@ -854,7 +876,7 @@ fn sample(args: SampleArgs) -> Result<()> {
         }
         None => None,
     };
-    with_backend(
+    with_backend_on_pool(
         args.backend,
         SampleJob {
             config,
@@ -1062,7 +1084,7 @@ pub(crate) fn evaluate_run(
     } else {
         None
     };
-    with_backend(
+    with_backend_on_pool(
         backend,
         EvalJob {
             run,

@@ -230,6 +230,27 @@ pub fn set_cpu_threads(n: usize) -> Result<()> {
     Ok(())
 }
 
+/// Runs `work` on a thread of rayon's global pool (the one the CPU
+/// backend's kernels use) and returns its result.
+///
+/// Called from any other thread, every parallel operation is handed to the
+/// pool while the calling thread sleeps until it is done: two thread
+/// switches per tensor operation, which dominate small ones (batch-1
+/// decoding, small layers). On a pool thread the operation starts where
+/// it is asked for and the other threads join in by work stealing; with
+/// one thread it runs inline. Size the pool first ([`set_cpu_threads`]).
+///
+/// ```
+/// use genzoo_core::backend::on_cpu_pool;
+/// assert!(rayon::current_thread_index().is_none()); // the main thread
+/// assert!(on_cpu_pool(|| rayon::current_thread_index().is_some()));
+/// assert_eq!(on_cpu_pool(|| (1..=10u64).sum::<u64>()), 55);
+/// ```
+pub fn on_cpu_pool<R: Send>(work: impl FnOnce() -> R + Send) -> R {
+    // `scope` runs its body on a worker of the global pool.
+    rayon::scope(|_| work())
+}
+
 /// Checks that backend `kind` is compiled in and has a usable device,
 /// without running anything else: call it before creating files.
 pub fn check_available(kind: BackendKind) -> Result<()> {
