@@ -3,7 +3,7 @@
 
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
-use genzoo_core::backend::{BackendTask, with_backend};
+use genzoo_core::backend::BackendTask;
 use genzoo_core::{BackendKind, Error, Result};
 use genzoo_train::bench::{BenchOptions, REFERENCE_MODELS, Record, bench_model};
 
@@ -102,7 +102,7 @@ pub fn bench(args: BenchArgs) -> Result<()> {
         options,
         json: args.json,
     };
-    genzoo_core::backend::on_cpu_pool(|| with_backend(args.backend, suite))
+    crate::cli::with_backend_on_pool(args.backend, suite)
 }
 
 struct Suite {

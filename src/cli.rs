@@ -503,7 +503,7 @@ pub(crate) fn start_training(
 /// kernels then start where they are asked for instead of being handed to
 /// the pool, twice as fast for batch-1 generation). Only for tasks that
 /// never wait on other threads doing tensor work.
-fn with_backend_on_pool<T>(backend: BackendKind, task: T) -> Result<T::Output>
+pub(crate) fn with_backend_on_pool<T>(backend: BackendKind, task: T) -> Result<T::Output>
 where
     T: BackendTask + Send,
     T::Output: Send,

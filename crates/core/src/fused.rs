@@ -359,7 +359,7 @@ fn composed_group_norm<B: Backend>(
     let normed = ((grouped - mean.clone()) * rstd.clone()).reshape([n, c, s]);
     let z = normed * per_channel::<B>(gamma) + per_channel::<B>(beta);
     let y = if spec.silu {
-        burn::tensor::activation::silu(z)
+        float(composed_silu::<B>(primitive(z)))
     } else {
         z
     };
@@ -389,8 +389,7 @@ fn composed_group_norm_backward<B: Backend>(
     let gamma = per_channel::<B>(gamma);
     let dz = if spec.silu {
         let z = normed.clone() * gamma.clone() + per_channel::<B>(beta);
-        let sigma = burn::tensor::activation::sigmoid(z.clone());
-        g * sigma.clone() * ((sigma.neg() + 1.0) * z + 1.0)
+        float(composed_silu_backward::<B>(primitive(z), primitive(g)))
     } else {
         g
     };
@@ -1380,23 +1379,32 @@ impl FusedOps for burn::backend::Wgpu {}
 #[cfg(feature = "cuda")]
 impl FusedOps for burn::backend::Cuda {}
 
+/// Runs `op` on `input` when `In` (inputs of some backend `B`) is `InF`
+/// (the same inputs of backend `F`), that is when `B` is `F`, and returns
+/// its `OutF` as `Out` (the same outputs of `B`); hands `input` back
+/// untouched otherwise. How the free functions reach one backend's
+/// [`FusedOps`] by type, without `B: FusedOps` bounds on their callers.
+fn route_as<In: 'static, InF: 'static, OutF: 'static, Out: 'static>(
+    input: In,
+    op: impl FnOnce(InF) -> OutF,
+) -> std::result::Result<Out, In> {
+    let boxed: Box<dyn Any> = Box::new(input);
+    match boxed.downcast::<InF>() {
+        Ok(input) => {
+            let output: Box<dyn Any> = Box::new(op(*input));
+            Ok(*output.downcast::<Out>().expect("F is B"))
+        }
+        Err(boxed) => Err(*boxed.downcast::<In>().expect("unchanged")),
+    }
+}
+
 /// Runs `op` on `x` through backend `F` (its [`FusedOps`], or another extension) when `B` is `F`;
 /// hands `x` back untouched otherwise.
 pub(crate) fn routed<F: Backend, B: Backend, const D: usize>(
     x: Tensor<B, D>,
     op: impl FnOnce(FloatTensor<F>) -> FloatTensor<F>,
 ) -> std::result::Result<Tensor<B, D>, Tensor<B, D>> {
-    let boxed: Box<dyn Any> = Box::new(x);
-    match boxed.downcast::<Tensor<F, D>>() {
-        Ok(x) => {
-            let y = Tensor::<F, D>::from_primitive(TensorPrimitive::Float(op(x
-                .into_primitive()
-                .tensor())));
-            let boxed: Box<dyn Any> = Box::new(y);
-            Ok(*boxed.downcast::<Tensor<B, D>>().expect("F is B"))
-        }
-        Err(boxed) => Err(*boxed.downcast::<Tensor<B, D>>().expect("unchanged")),
-    }
+    route_as(x, |x: Tensor<F, D>| float::<F, D>(op(primitive(x))))
 }
 
 /// The CPU backends genzoo has kernels for, plain and under one or two
@@ -1460,26 +1468,20 @@ pub fn normalize_rows<B: Backend>(x: Tensor<B, 2>, eps: f32) -> Tensor<B, 2> {
 /// graph), for the running averages.
 pub type BatchNormOutput<B> = (Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 1>);
 
-type BatchNormInput<B> = (Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 1>);
+type AffineNormInput<B> = (Tensor<B, 3>, Tensor<B, 1>, Tensor<B, 1>);
 
 /// Runs batch normalisation through backend `F`'s [`FusedOps`] when `B` is
 /// `F`; hands the inputs back untouched otherwise.
 fn routed_batch_norm<F: FusedOps, B: Backend>(
-    input: BatchNormInput<B>,
+    input: AffineNormInput<B>,
     eps: f32,
-) -> std::result::Result<BatchNormOutput<B>, BatchNormInput<B>> {
-    let boxed: Box<dyn Any> = Box::new(input);
-    match boxed.downcast::<BatchNormInput<F>>() {
-        Ok(input) => {
-            let (x, gamma, beta) = *input;
-            let (y, mean, var) =
-                F::fused_batch_norm(primitive(x), primitive(gamma), primitive(beta), eps);
-            let output: BatchNormOutput<F> = (float(y), float(mean), float(var));
-            let boxed: Box<dyn Any> = Box::new(output);
-            Ok(*boxed.downcast::<BatchNormOutput<B>>().expect("F is B"))
-        }
-        Err(boxed) => Err(*boxed.downcast::<BatchNormInput<B>>().expect("unchanged")),
-    }
+) -> std::result::Result<BatchNormOutput<B>, AffineNormInput<B>> {
+    route_as(input, |(x, gamma, beta): AffineNormInput<F>| {
+        let (y, mean, var) =
+            F::fused_batch_norm(primitive(x), primitive(gamma), primitive(beta), eps);
+        let output: BatchNormOutput<F> = (float(y), float(mean), float(var));
+        output
+    })
 }
 
 /// Batch normalisation in training mode over `x` `[N, C, S]` (S: a
@@ -1523,20 +1525,13 @@ pub fn batch_norm<B: Backend>(
 /// Runs group normalisation through backend `F`'s [`FusedOps`] when `B` is
 /// `F`; hands the inputs back untouched otherwise.
 fn routed_group_norm<F: FusedOps, B: Backend>(
-    input: BatchNormInput<B>,
+    input: AffineNormInput<B>,
     spec: GroupNormSpec,
-) -> std::result::Result<Tensor<B, 3>, BatchNormInput<B>> {
-    let boxed: Box<dyn Any> = Box::new(input);
-    match boxed.downcast::<BatchNormInput<F>>() {
-        Ok(input) => {
-            let (x, gamma, beta) = *input;
-            let (y, _, _) =
-                F::fused_group_norm(primitive(x), primitive(gamma), primitive(beta), spec);
-            let boxed: Box<dyn Any> = Box::new(float::<F, 3>(y));
-            Ok(*boxed.downcast::<Tensor<B, 3>>().expect("F is B"))
-        }
-        Err(boxed) => Err(*boxed.downcast::<BatchNormInput<B>>().expect("unchanged")),
-    }
+) -> std::result::Result<Tensor<B, 3>, AffineNormInput<B>> {
+    route_as(input, |(x, gamma, beta): AffineNormInput<F>| {
+        let (y, _, _) = F::fused_group_norm(primitive(x), primitive(gamma), primitive(beta), spec);
+        float::<F, 3>(y)
+    })
 }
 
 /// Group normalisation over `x` `[N, C, S]` (S: a channel's positions):
@@ -1644,16 +1639,9 @@ pub fn cat_channels<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Tensor<B, 4
     fn routed_cat<F: FusedOps, B: Backend>(
         pair: Pair<B>,
     ) -> std::result::Result<Tensor<B, 4>, Pair<B>> {
-        let boxed: Box<dyn Any> = Box::new(pair);
-        match boxed.downcast::<Pair<F>>() {
-            Ok(pair) => {
-                let (a, b) = *pair;
-                let y = float::<F, 4>(F::fused_cat_channels(primitive(a), primitive(b)));
-                let boxed: Box<dyn Any> = Box::new(y);
-                Ok(*boxed.downcast::<Tensor<B, 4>>().expect("F is B"))
-            }
-            Err(boxed) => Err(*boxed.downcast::<Pair<B>>().expect("unchanged")),
-        }
+        route_as(pair, |(a, b): Pair<F>| {
+            float::<F, 4>(F::fused_cat_channels(primitive(a), primitive(b)))
+        })
     }
     routed_cat::<Autodiff<Flex>, B>((a, b))
         .or_else(routed_cat::<Autodiff<Autodiff<Flex>>, B>)
@@ -1701,16 +1689,10 @@ fn routed_attention<F: FusedOps, B: Backend>(
     qkv: Qkv<B>,
     scale: f32,
 ) -> std::result::Result<Tensor<B, 4>, Qkv<B>> {
-    let boxed: Box<dyn Any> = Box::new(qkv);
-    match boxed.downcast::<Qkv<F>>() {
-        Ok(qkv) => {
-            let (q, k, v) = *qkv;
-            let out = F::fused_causal_attention(primitive(q), primitive(k), primitive(v), scale);
-            let boxed: Box<dyn Any> = Box::new(float::<F, 4>(out));
-            Ok(*boxed.downcast::<Tensor<B, 4>>().expect("F is B"))
-        }
-        Err(boxed) => Err(*boxed.downcast::<Qkv<B>>().expect("unchanged")),
-    }
+    route_as(qkv, |(q, k, v): Qkv<F>| {
+        let out = F::fused_causal_attention(primitive(q), primitive(k), primitive(v), scale);
+        float::<F, 4>(out)
+    })
 }
 
 /// Causal self-attention softmax(Q·Kᵀ/√d, position i seeing 0..=i)·V on any
@@ -1788,16 +1770,9 @@ fn routed_conv<F: FusedOps, B: Backend>(
     geometry: ConvGeometry,
     op: fn(FloatTensor<F>, FloatTensor<F>, ConvGeometry) -> FloatTensor<F>,
 ) -> std::result::Result<Tensor<B, 4>, XW<B>> {
-    let boxed: Box<dyn Any> = Box::new(xw);
-    match boxed.downcast::<XW<F>>() {
-        Ok(xw) => {
-            let (x, weight) = *xw;
-            let out = op(primitive(x), primitive(weight), geometry);
-            let boxed: Box<dyn Any> = Box::new(float::<F, 4>(out));
-            Ok(*boxed.downcast::<Tensor<B, 4>>().expect("F is B"))
-        }
-        Err(boxed) => Err(*boxed.downcast::<XW<B>>().expect("unchanged")),
-    }
+    route_as(xw, |(x, weight): XW<F>| {
+        float::<F, 4>(op(primitive(x), primitive(weight), geometry))
+    })
 }
 
 /// The CPU backends genzoo has kernels for, for a convolution-like op.

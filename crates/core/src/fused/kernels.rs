@@ -387,6 +387,27 @@ pub(super) fn split_channels(grad: &FlexTensor, first: usize) -> Option<(FlexTen
     Some((part(first, 0), part(c - first, first * rest)))
 }
 
+/// The inputs of a normalisation with a per-channel affine map, checked
+/// and made contiguous: x a non-empty `[N, C, S]` f32 tensor, γ and β `[C]`
+/// f32 vectors; with (N, C, S). `None` when they are not.
+fn per_channel_affine(
+    x: &FlexTensor,
+    gamma: &FlexTensor,
+    beta: &FlexTensor,
+) -> Option<([FlexTensor; 3], [usize; 3])> {
+    let shape = x.layout().shape();
+    if [x, gamma, beta].iter().any(|t| t.dtype() != DType::F32) || shape.num_dims() != 3 {
+        return None;
+    }
+    let (n, c, s) = (shape[0], shape[1], shape[2]);
+    let per_channel = |t: &FlexTensor| t.layout().num_elements() == c;
+    if n * c * s == 0 || !per_channel(gamma) || !per_channel(beta) {
+        return None;
+    }
+    let inputs = [x, gamma, beta].map(FlexTensor::to_contiguous);
+    Some((inputs, [n, c, s]))
+}
+
 /// Group normalisation of `x` `[N, C, S]` with per-channel γ and β, then
 /// SiLU when `spec.silu` (see [`super::FusedOps::fused_group_norm`]): one
 /// task per sample; each group's values are contiguous (channels
@@ -399,24 +420,14 @@ pub(super) fn group_norm(
     beta: &FlexTensor,
     spec: GroupNormSpec,
 ) -> Option<(FlexTensor, FlexTensor, FlexTensor)> {
-    let shape = x.layout().shape().clone();
-    if [x, gamma, beta].iter().any(|t| t.dtype() != DType::F32) || shape.num_dims() != 3 {
+    let ([x, gamma, beta], [n, c, s]) = per_channel_affine(x, gamma, beta)?;
+    let groups = spec.groups;
+    if groups == 0 || c % groups != 0 {
         return None;
     }
-    let (n, c, s, groups) = (shape[0], shape[1], shape[2], spec.groups);
-    if n * c * s == 0 || groups == 0 || c % groups != 0 {
-        return None;
-    }
-    let (x, gamma, beta) = (
-        x.to_contiguous(),
-        gamma.to_contiguous(),
-        beta.to_contiguous(),
-    );
     let (xs, gammas, betas): (&[f32], &[f32], &[f32]) =
         (x.as_slice()?, gamma.as_slice()?, beta.as_slice()?);
-    if gammas.len() != c || betas.len() != c {
-        return None;
-    }
+    let shape = x.layout().shape().clone();
     let mut out = FlexTensor::empty(shape, DType::F32);
     // (mean, rstd) of every (sample, group).
     let mut stats = vec![0.0f32; 2 * n * groups];
@@ -660,24 +671,10 @@ pub(super) fn batch_norm(
     beta: &FlexTensor,
     eps: f32,
 ) -> Option<(FlexTensor, FlexTensor, FlexTensor)> {
-    let shape = x.layout().shape().clone();
-    if [x, gamma, beta].iter().any(|t| t.dtype() != DType::F32) || shape.num_dims() != 3 {
-        return None;
-    }
-    let (n, c, s) = (shape[0], shape[1], shape[2]);
-    if n * c * s == 0 {
-        return None;
-    }
-    let (x, gamma, beta) = (
-        x.to_contiguous(),
-        gamma.to_contiguous(),
-        beta.to_contiguous(),
-    );
+    let ([x, gamma, beta], [n, c, s]) = per_channel_affine(x, gamma, beta)?;
     let (xs, gammas, betas): (&[f32], &[f32], &[f32]) =
         (x.as_slice()?, gamma.as_slice()?, beta.as_slice()?);
-    if gammas.len() != c || betas.len() != c {
-        return None;
-    }
+    let shape = x.layout().shape().clone();
     let count = (n * s) as f32;
     let sample = |i: usize| &xs[i * c * s..(i + 1) * c * s];
 
