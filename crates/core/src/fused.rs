@@ -1881,6 +1881,17 @@ mod tests {
         max_diff(ours, reference) <= 1e-4 * scale
     }
 
+    /// `close`, with the tolerance also relative to `terms`: the size of the
+    /// terms a result is the difference of, where they cancel.
+    fn close_with_terms<const D: usize>(
+        ours: Tensor<CpuBackend, D>,
+        reference: Tensor<CpuBackend, D>,
+        terms: f32,
+    ) -> bool {
+        let scale = reference.clone().abs().max().into_scalar().max(1.0);
+        max_diff(ours, reference) <= 1e-4 * scale.max(terms)
+    }
+
     /// Values and input gradients of a fused op against burn's composition
     /// on random inputs (wide enough to reach the tails), within 1e-4.
     fn matches_composed(
@@ -2150,10 +2161,28 @@ mod tests {
                 assert!(close(plain, yb.clone().inner()), "y untracked {case}");
                 let grads_a = (ya * upstream.clone()).sum().backward();
                 let grads_b = (yb * upstream.clone()).sum().backward();
-                let pairs = [("dx", xa.grad(&grads_a).unwrap(), xb.grad(&grads_b).unwrap())];
-                for (name, ours, theirs) in pairs {
-                    assert!(close(ours, theirs), "{name} {case}");
-                }
+                // dx = rstd·(d − mean(d) − x̂·mean(d·x̂)) with d = γ·dz: in a
+                // one-element group it is exactly 0, a difference of terms
+                // of size rstd·|γ·dz| (316·|γ·dz| when eps decides) whose
+                // f32 rounding is all that is left. dz ≤ 1.1·dy under SiLU.
+                let (_, _, rstd) = composed_group_norm::<CpuBackend>(
+                    primitive(x.clone().inner()),
+                    primitive(gamma.clone().inner()),
+                    primitive(beta.clone().inner()),
+                    spec,
+                );
+                let rstd = float::<CpuBackend, 1>(rstd)
+                    .reshape([n, groups, 1])
+                    .expand([n, groups, per_group * s])
+                    .reshape([n, c, s]);
+                let terms = (upstream.clone().inner().abs()
+                    * gamma.clone().inner().abs().reshape([1, c, 1])
+                    * rstd
+                    * 1.1)
+                    .max()
+                    .into_scalar();
+                let (dx_a, dx_b) = (xa.grad(&grads_a).unwrap(), xb.grad(&grads_b).unwrap());
+                assert!(close_with_terms(dx_a, dx_b, terms), "dx {case}");
                 for (name, ours, theirs) in [
                     (
                         "dgamma",
