@@ -725,6 +725,10 @@ impl FusedOps for Flex {
             .unwrap_or_else(|| composed_upsample_nearest2_backward::<Self>(x, grad))
     }
 
+    fn fused_cat_channels(a: FloatTensor<Self>, b: FloatTensor<Self>) -> FloatTensor<Self> {
+        kernels::cat_channels(&a, &b).unwrap_or_else(|| Self::float_cat(vec![a, b], 1))
+    }
+
     fn fused_split_channels(
         grad: FloatTensor<Self>,
         first: usize,
@@ -2257,6 +2261,49 @@ mod tests {
         }
     }
 
+    /// burn-flex is patched (third_party/burn-flex/GENZOO-PATCH.md) to run
+    /// element-wise ops on ≥ 2¹⁶ elements in parallel chunks: same-shape,
+    /// shared-row and per-row-scalar operands, in place and copied, must
+    /// give exactly the element-by-element result.
+    #[test]
+    fn large_element_wise_ops_match_element_by_element() {
+        let dev = CpuDevice::default();
+        // 210,000 elements: rows of 1000 do not divide the 16,384 chunk.
+        let (n, c, s) = (3, 70, 1000);
+        let normal = Distribution::Normal(0.0, 1.0);
+        let data = |dims: Vec<usize>| {
+            Tensor::<CpuBackend, 1>::random([dims.iter().product::<usize>()], normal, &dev)
+                .into_data()
+        };
+        let (x, y) = (data(vec![n, c, s]), data(vec![n, c, s]));
+        let (row, per_row) = (data(vec![s]), data(vec![n * c]));
+        let v = |d: &TensorData| d.to_vec::<f32>().unwrap();
+        let (xs, ys, rows, scalars) = (v(&x), v(&y), v(&row), v(&per_row));
+        let fresh =
+            |d: &TensorData| Tensor::<CpuBackend, 1>::from_data(d.clone(), &dev).reshape([n, c, s]);
+        let check = |got: Tensor<CpuBackend, 3>, want: &dyn Fn(usize) -> f32, what: &str| {
+            let got = got.into_data().to_vec::<f32>().unwrap();
+            let bad = (0..got.len()).find(|&i| got[i] != want(i));
+            assert!(bad.is_none(), "{what}: element {bad:?}");
+        };
+        for unique in [true, false] {
+            let lhs = fresh(&x);
+            // A second handle on the buffer forces the copying path.
+            let keep = (!unique).then(|| lhs.clone());
+            check(lhs + fresh(&y), &|i| xs[i] + ys[i], "same shape");
+            let lhs = fresh(&x);
+            let keep2 = (!unique).then(|| lhs.clone());
+            let shared = Tensor::<CpuBackend, 1>::from_data(row.clone(), &dev).reshape([1, 1, s]);
+            check(lhs * shared, &|i| xs[i] * rows[i % s], "shared row");
+            let lhs = fresh(&x);
+            let keep3 = (!unique).then(|| lhs.clone());
+            let scalar =
+                Tensor::<CpuBackend, 1>::from_data(per_row.clone(), &dev).reshape([n, c, 1]);
+            check(lhs - scalar, &|i| xs[i] - scalars[i / s], "per-row scalar");
+            drop((keep, keep2, keep3));
+        }
+    }
+
     #[test]
     fn cat_channels_matches_burns_cat_in_values_and_gradients() {
         let dev = CpuDevice::default();
@@ -2279,6 +2326,16 @@ mod tests {
         assert_eq!(max_diff(ours.0, theirs.0), 0.0);
         assert!(max_diff(ours.1, theirs.1) < 1e-6);
         assert_eq!(max_diff(ours.2, theirs.2), 0.0);
+        // Untracked: the plain backend's kernel, on a strided view and with
+        // an empty part.
+        let wide =
+            Tensor::<CpuBackend, 4>::random([2, 3, 4, 7], Distribution::Normal(0.0, 1.0), &dev);
+        let view = wide.slice([0..2, 0..3, 0..4, 1..6]);
+        let plain_b = b.clone().inner();
+        let expected = Tensor::cat(vec![view.clone(), plain_b.clone()], 1);
+        assert_eq!(max_diff(cat_channels(view, plain_b.clone()), expected), 0.0);
+        let empty = Tensor::<CpuBackend, 4>::zeros([2, 0, 4, 5], &dev);
+        assert_eq!(max_diff(cat_channels(empty, plain_b.clone()), plain_b), 0.0);
         // Splits at the edges: one part empty.
         let grad = primitive(upstream.inner());
         for first in [0, 8] {

@@ -14,7 +14,7 @@ use burn_flex::FlexTensor;
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
-use super::kernels;
+use super::kernels::{self, zeroed};
 
 /// A row-major matrix view, or its transpose, over a slice.
 #[derive(Clone, Copy)]
@@ -363,8 +363,8 @@ pub(super) fn forward(
     let dims @ [b, h, t, d] = heads_shape(&[q, k, v])?;
     let (q, k, v) = (contiguous(q), contiguous(k), contiguous(v));
     let split = Heads::split(dims);
-    let mut out = FlexTensor::empty(Shape::new([b, h, t, d]), DType::F32);
-    let mut lse = FlexTensor::empty(Shape::new([b, h, t]), DType::F32);
+    let mut out = zeroed(Shape::new([b, h, t, d]));
+    let mut lse = zeroed(Shape::new([b, h, t]));
     forward_heads(
         [
             (q.as_slice()?, split),
@@ -390,8 +390,8 @@ pub(super) fn packed_forward(qkv: &FlexTensor, n_head: usize) -> Option<(FlexTen
     let qkv = contiguous(qkv);
     let src = qkv.as_slice()?;
     let part = |i| (src, Heads::packed(dims, 3, i));
-    let mut out = FlexTensor::empty(Shape::new([b, t, h * d]), DType::F32);
-    let mut lse = FlexTensor::empty(Shape::new([b, h, t]), DType::F32);
+    let mut out = zeroed(Shape::new([b, t, h * d]));
+    let mut lse = zeroed(Shape::new([b, h, t]));
     forward_heads(
         [part(0), part(1), part(2)],
         out.storage_mut::<f32>(),
@@ -518,9 +518,9 @@ pub(super) fn backward(
     let [q, k, v, out, lse, grad] = [q, k, v, out, lse, grad].map(contiguous);
     let split = Heads::split(dims);
     let shape = || Shape::new([b, h, t, d]);
-    let mut dq = FlexTensor::empty(shape(), DType::F32);
-    let mut dk = FlexTensor::empty(shape(), DType::F32);
-    let mut dv = FlexTensor::empty(shape(), DType::F32);
+    let mut dq = zeroed(shape());
+    let mut dk = zeroed(shape());
+    let mut dv = zeroed(shape());
     let (sq, sk, sv) = (
         SharedOut::new(dq.storage_mut::<f32>()),
         SharedOut::new(dk.storage_mut::<f32>()),
@@ -564,7 +564,7 @@ pub(super) fn packed_backward(
     }
     let [qkv, out, lse, grad] = [qkv, out, lse, grad].map(contiguous);
     let src = qkv.as_slice()?;
-    let mut dqkv = FlexTensor::empty(qkv.layout().shape().clone(), DType::F32);
+    let mut dqkv = zeroed(qkv.layout().shape().clone());
     let shared = SharedOut::new(dqkv.storage_mut::<f32>());
     let (part, whole) = (|i| Heads::packed(dims, 3, i), Heads::packed(dims, 1, 0));
     backward_heads(

@@ -21,12 +21,12 @@
 //! pass is that convolution's input gradient, and its gradients are that
 //! convolution's forward pass and weight gradient (with roles exchanged).
 
-use burn::tensor::{DType, Shape};
+use burn::tensor::{DType, Shape, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
 use super::attention::{Mat, matmul_into};
-use super::kernels::{simd, with_scratch};
+use super::kernels::{par_new, simd, with_scratch};
 
 /// Stride and symmetric zero padding of a convolution.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -493,41 +493,38 @@ pub(super) fn forward(x: &FlexTensor, weight: &FlexTensor, g: ConvGeometry) -> O
     let d = Dims::new(x.layout().shape(), weight.layout().shape(), g)?;
     let (x, weight) = (f32_contiguous(x)?, f32_contiguous(weight)?);
     let (xs, ws): (&[f32], &[f32]) = (x.as_slice()?, weight.as_slice()?);
-    let mut out = FlexTensor::empty(Shape::new([d.n, d.c_out, d.oh, d.ow]), DType::F32);
     let (positions, chunk) = (d.positions(), d.chunk());
     let (in_sample, out_sample) = (d.c_in * d.h * d.w, d.c_out * positions);
     let w = Mat::new(ws, d.c_out, d.patch());
-    out.storage_mut::<f32>()
-        .par_chunks_mut((chunk * out_sample).max(1))
-        .enumerate()
-        .for_each(|(ci, out)| {
-            let count = out.len() / out_sample.max(1);
-            let width = count * positions;
-            let xs = &xs[ci * chunk * in_sample..];
-            with_scratch(0, d.patch() * width, |cols| {
-                with_scratch(1, d.c_out * width, |y| {
-                    simd(
-                        #[inline(always)]
-                        || {
-                            chunk_im2col(xs, &d, g, count, cols);
-                            let cols = Mat::new(cols, d.patch(), width);
-                            if count == 1 {
-                                // One sample: the GEMM's [C_out, positions] is its output.
-                                matmul_into(out, w, cols, 1.0, false);
-                                return;
-                            }
-                            matmul_into(y, w, cols, 1.0, false);
-                            // [C_out, count·positions] → [count, C_out, positions].
-                            for (i, dst) in out.chunks_exact_mut(positions).enumerate() {
-                                let (j, c) = (i / d.c_out, i % d.c_out);
-                                let at = c * width + j * positions;
-                                dst.copy_from_slice(&y[at..at + positions]);
-                            }
-                        },
-                    )
-                })
+    let shape = Shape::new([d.n, d.c_out, d.oh, d.ow]);
+    let out = par_new(shape, chunk * out_sample, |ci, out| {
+        let count = out.len() / out_sample.max(1);
+        let width = count * positions;
+        let xs = &xs[ci * chunk * in_sample..];
+        with_scratch(0, d.patch() * width, |cols| {
+            with_scratch(1, d.c_out * width, |y| {
+                simd(
+                    #[inline(always)]
+                    || {
+                        chunk_im2col(xs, &d, g, count, cols);
+                        let cols = Mat::new(cols, d.patch(), width);
+                        if count == 1 {
+                            // One sample: the GEMM's [C_out, positions] is its output.
+                            matmul_into(out, w, cols, 1.0, false);
+                            return;
+                        }
+                        matmul_into(y, w, cols, 1.0, false);
+                        // [C_out, count·positions] → [count, C_out, positions].
+                        for (i, dst) in out.chunks_exact_mut(positions).enumerate() {
+                            let (j, c) = (i / d.c_out, i % d.c_out);
+                            let at = c * width + j * positions;
+                            dst.copy_from_slice(&y[at..at + positions]);
+                        }
+                    },
+                )
             })
-        });
+        })
+    });
     Some(out)
 }
 
@@ -557,32 +554,28 @@ fn input_grad(d: &Dims, g: ConvGeometry, ws: &[f32], gs: &[f32]) -> FlexTensor {
     let (positions, chunk) = (d.positions(), d.chunk());
     let (in_sample, out_sample) = (d.c_in * d.h * d.w, d.c_out * positions);
     let w = Mat::new(ws, d.c_out, d.patch());
-    let mut dx = FlexTensor::empty(Shape::new([d.n, d.c_in, d.h, d.w]), DType::F32);
-    dx.storage_mut::<f32>()
-        .par_chunks_mut((chunk * in_sample).max(1))
-        .enumerate()
-        .for_each(|(ci, dx)| {
-            let count = dx.len() / in_sample.max(1);
-            let width = count * positions;
-            let gs = &gs[ci * chunk * out_sample..];
-            with_scratch(0, d.patch() * width, |dcols| {
-                with_scratch(1, d.c_out * width, |dy| {
-                    simd(
-                        #[inline(always)]
-                        || {
-                            let dy = chunk_rows(gs, d, count, dy);
-                            matmul_into(dcols, w.t(), Mat::new(dy, d.c_out, width), 1.0, false);
-                            let mut phases = phase_scratch(d, g);
-                            for (j, dx) in dx.chunks_exact_mut(in_sample).enumerate() {
-                                let at = |r: usize| r * width + j * positions;
-                                col2im(dcols, at, d, g, &mut phases, dx);
-                            }
-                        },
-                    )
-                })
+    let shape = Shape::new([d.n, d.c_in, d.h, d.w]);
+    par_new(shape, chunk * in_sample, |ci, dx| {
+        let count = dx.len() / in_sample.max(1);
+        let width = count * positions;
+        let gs = &gs[ci * chunk * out_sample..];
+        with_scratch(0, d.patch() * width, |dcols| {
+            with_scratch(1, d.c_out * width, |dy| {
+                simd(
+                    #[inline(always)]
+                    || {
+                        let dy = chunk_rows(gs, d, count, dy);
+                        matmul_into(dcols, w.t(), Mat::new(dy, d.c_out, width), 1.0, false);
+                        let mut phases = phase_scratch(d, g);
+                        for (j, dx) in dx.chunks_exact_mut(in_sample).enumerate() {
+                            let at = |r: usize| r * width + j * positions;
+                            col2im(dcols, at, d, g, &mut phases, dx);
+                        }
+                    },
+                )
             })
-        });
-    dx
+        })
+    })
 }
 
 /// dW of a convolution: each task accumulates dY·cols(X)ᵀ over its chunks,
@@ -624,9 +617,7 @@ fn weight_grad(d: &Dims, g: ConvGeometry, xs: &[f32], gs: &[f32]) -> FlexTensor 
                 a
             },
         );
-    let mut dw = FlexTensor::empty(Shape::new([d.c_out, d.c_in, d.kh, d.kw]), DType::F32);
-    dw.storage_mut::<f32>().copy_from_slice(&dw_sum);
-    dw
+    FlexTensor::from_data(TensorData::new(dw_sum, [d.c_out, d.c_in, d.kh, d.kw]))
 }
 
 /// The convolution a transposed convolution is the adjoint of: for `x`

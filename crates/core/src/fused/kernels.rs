@@ -3,7 +3,9 @@
 //! compiler vectorises (branch-free polynomial `exp` and `erf` instead of
 //! `libm` calls).
 
-use burn::tensor::DType;
+use std::mem::MaybeUninit;
+
+use burn::tensor::{DType, Shape, TensorData};
 use burn_flex::FlexTensor;
 use rayon::prelude::*;
 
@@ -11,6 +13,59 @@ use super::GroupNormSpec;
 
 /// Elements per parallel task: large enough to amortise scheduling.
 const CHUNK: usize = 1 << 14;
+
+/// A new contiguous f32 tensor of zeros, zero-filled in parallel chunks.
+/// `FlexTensor::empty` fills its zeros on the calling thread, so every
+/// kernel that then writes its output in parallel left the other threads
+/// idle for a memset first (2 % of a U-Net sampling call at 2 threads, all
+/// of it serial).
+pub(super) fn zeroed(shape: Shape) -> FlexTensor {
+    let n = shape.num_elements();
+    let values = if n < 4 * CHUNK {
+        vec![0.0f32; n]
+    } else {
+        let mut values = Vec::<f32>::with_capacity(n);
+        values.spare_capacity_mut()[..n]
+            .par_chunks_mut(CHUNK)
+            .for_each(|chunk| {
+                for v in chunk {
+                    v.write(0.0);
+                }
+            });
+        // SAFETY: the loop above initialised all n elements.
+        unsafe { values.set_len(n) };
+        values
+    };
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
+
+/// A new contiguous f32 tensor whose chunks of `chunk` elements (the last
+/// may be shorter) are written in parallel by `fill(index, chunk)`. Each
+/// chunk is zeroed in its own task just before `fill` runs, while it is in
+/// that core's cache, instead of a whole-buffer zero fill first.
+pub(super) fn par_new(
+    shape: Shape,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync + Send,
+) -> FlexTensor {
+    let n = shape.num_elements();
+    let mut values = Vec::<f32>::with_capacity(n);
+    values.spare_capacity_mut()[..n]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, part)| {
+            for v in part.iter_mut() {
+                v.write(0.0);
+            }
+            // SAFETY: every element of `part` was initialised just above,
+            // and `MaybeUninit<f32>` has the layout of `f32`.
+            let part = unsafe { &mut *(part as *mut [MaybeUninit<f32>] as *mut [f32]) };
+            fill(i, part)
+        });
+    // SAFETY: the chunks above cover all n elements, each initialised.
+    unsafe { values.set_len(n) };
+    FlexTensor::from_data(TensorData::new(values, shape))
+}
 
 /// Runs `f` compiled for the widest vector unit this CPU has: AVX-512, then
 /// AVX2 + FMA, else the build's baseline (SSE2 on x86-64, whose 4 lanes are
@@ -83,21 +138,17 @@ pub(super) fn map(x: FlexTensor, f: impl Fn(f32) -> f32 + Sync) -> Result<FlexTe
         x.to_contiguous()
     };
     let input: &[f32] = x.as_slice().expect("contiguous f32");
-    let mut out = FlexTensor::empty(x.layout().shape().clone(), DType::F32);
-    out.storage_mut::<f32>()
-        .par_chunks_mut(CHUNK)
-        .zip(input.par_chunks(CHUNK))
-        .for_each(|(o, i)| {
-            simd(
-                #[inline(always)]
-                || {
-                    for (o, &i) in o.iter_mut().zip(i) {
-                        *o = f(i);
-                    }
-                },
-            )
-        });
-    Ok(out)
+    Ok(par_new(x.layout().shape().clone(), CHUNK, |at, o| {
+        let i = &input[at * CHUNK..];
+        simd(
+            #[inline(always)]
+            || {
+                for (o, &i) in o.iter_mut().zip(i) {
+                    *o = f(i);
+                }
+            },
+        )
+    }))
 }
 
 /// `f(x, g)` element by element, or `None` when the two are not f32 tensors
@@ -116,21 +167,17 @@ pub(super) fn zip(
     let x = x.to_contiguous();
     let g = g.to_contiguous();
     let (xs, gs): (&[f32], &[f32]) = (x.as_slice()?, g.as_slice()?);
-    let mut out = FlexTensor::empty(x.layout().shape().clone(), DType::F32);
-    out.storage_mut::<f32>()
-        .par_chunks_mut(CHUNK)
-        .zip(xs.par_chunks(CHUNK).zip(gs.par_chunks(CHUNK)))
-        .for_each(|(o, (x, g))| {
-            simd(
-                #[inline(always)]
-                || {
-                    for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
-                        *o = f(x, g);
-                    }
-                },
-            )
-        });
-    Some(out)
+    Some(par_new(x.layout().shape().clone(), CHUNK, |at, o| {
+        let (x, g) = (&xs[at * CHUNK..], &gs[at * CHUNK..]);
+        simd(
+            #[inline(always)]
+            || {
+                for ((o, &x), &g) in o.iter_mut().zip(x).zip(g) {
+                    *o = f(x, g);
+                }
+            },
+        )
+    }))
 }
 
 /// Nearest-neighbour ×2 upsampling of a 4-D f32 tensor: each input line of
@@ -144,7 +191,7 @@ pub(super) fn upsample_nearest2(x: &FlexTensor) -> Option<FlexTensor> {
     let x = x.to_contiguous();
     let xs: &[f32] = x.as_slice()?;
     let out_shape = [shape[0], shape[1], 2 * shape[2], 2 * w];
-    let mut out = FlexTensor::empty(out_shape.into(), DType::F32);
+    let mut out = zeroed(out_shape.into());
     let per_task = (CHUNK / (4 * w)).max(1);
     out.storage_mut::<f32>()
         .par_chunks_mut(per_task * 4 * w)
@@ -183,7 +230,7 @@ pub(super) fn upsample_nearest2_backward(grad: &FlexTensor) -> Option<FlexTensor
     let grad = grad.to_contiguous();
     let gs: &[f32] = grad.as_slice()?;
     let in_shape = [shape[0], shape[1], shape[2] / 2, w];
-    let mut dx = FlexTensor::empty(in_shape.into(), DType::F32);
+    let mut dx = zeroed(in_shape.into());
     let per_task = (CHUNK / (4 * w)).max(1);
     dx.storage_mut::<f32>()
         .par_chunks_mut(per_task * w)
@@ -222,7 +269,7 @@ pub(super) fn normalize_rows(
     }
     let (rows, len) = (shape[0], shape[1]);
     let mut out = whole_buffer(x);
-    let mut rstd = FlexTensor::empty([rows, 1].into(), DType::F32);
+    let mut rstd = zeroed([rows, 1].into());
     out.storage_mut::<f32>()
         .par_chunks_mut(len)
         .zip(rstd.storage_mut::<f32>().par_iter_mut())
@@ -273,7 +320,7 @@ pub(super) fn normalize_rows_backward(
     if rs.len() != shape[0] {
         return None;
     }
-    let mut out = FlexTensor::empty(shape, DType::F32);
+    let mut out = zeroed(shape);
     out.storage_mut::<f32>()
         .par_chunks_mut(len)
         .zip(ys.par_chunks(len).zip(gs.par_chunks(len)))
@@ -360,6 +407,30 @@ fn grad_sums(gs: &[f32], xs: &[f32], mu: f32) -> (f32, f32) {
     )
 }
 
+/// `a` (`[N, C_a, …]`) and `b` (`[N, C_b, …]`) concatenated along the
+/// channels, two block copies per sample, samples in parallel (burn's `cat`
+/// copies on one thread); `None` unless both are f32 of matching shapes.
+pub(super) fn cat_channels(a: &FlexTensor, b: &FlexTensor) -> Option<FlexTensor> {
+    let (sa, sb) = (a.layout().shape(), b.layout().shape());
+    let same_rest = sa.num_dims() == sb.num_dims()
+        && sa.num_dims() >= 2
+        && sa[0] == sb[0]
+        && (2..sa.num_dims()).all(|d| sa[d] == sb[d]);
+    if a.dtype() != DType::F32 || b.dtype() != DType::F32 || !same_rest {
+        return None;
+    }
+    let rest: usize = (2..sa.num_dims()).map(|d| sa[d]).product();
+    let (len_a, len_b) = (sa[1] * rest, sb[1] * rest);
+    let mut shape = sa.clone();
+    shape[1] = sa[1] + sb[1];
+    let (a, b) = (a.to_contiguous(), b.to_contiguous());
+    let (xa, xb): (&[f32], &[f32]) = (a.as_slice()?, b.as_slice()?);
+    Some(par_new(shape, len_a + len_b, |i, out| {
+        out[..len_a].copy_from_slice(&xa[i * len_a..(i + 1) * len_a]);
+        out[len_a..].copy_from_slice(&xb[i * len_b..(i + 1) * len_b]);
+    }))
+}
+
 /// `grad` (`[N, C, …]`) split after its first `first` channels into two
 /// new contiguous tensors, one block copy per sample each.
 pub(super) fn split_channels(grad: &FlexTensor, first: usize) -> Option<(FlexTensor, FlexTensor)> {
@@ -374,7 +445,7 @@ pub(super) fn split_channels(grad: &FlexTensor, first: usize) -> Option<(FlexTen
     let part = |channels: usize, offset: usize| {
         let mut dims = shape.clone();
         dims[1] = channels;
-        let mut out = FlexTensor::empty(dims, DType::F32);
+        let mut out = zeroed(dims);
         let len = channels * rest;
         if len > 0 {
             out.storage_mut::<f32>()
@@ -428,7 +499,7 @@ pub(super) fn group_norm(
     let (xs, gammas, betas): (&[f32], &[f32], &[f32]) =
         (x.as_slice()?, gamma.as_slice()?, beta.as_slice()?);
     let shape = x.layout().shape().clone();
-    let mut out = FlexTensor::empty(shape, DType::F32);
+    let mut out = zeroed(shape);
     // (mean, rstd) of every (sample, group).
     let mut stats = vec![0.0f32; 2 * n * groups];
     out.storage_mut::<f32>()
@@ -537,7 +608,7 @@ pub(super) fn group_norm_backward(
     {
         return None;
     }
-    let mut dx = FlexTensor::empty(shape, DType::F32);
+    let mut dx = zeroed(shape);
     // Per sample: Σ dz per channel, then Σ dz·x̂ per channel.
     let mut partial = vec![0.0f32; n * 2 * c];
     dx.storage_mut::<f32>()
@@ -656,7 +727,7 @@ fn dz_sums(
 
 /// A new `[len]` f32 tensor holding `values`.
 fn vector(values: &[f32]) -> FlexTensor {
-    let mut out = FlexTensor::empty([values.len()].into(), DType::F32);
+    let mut out = zeroed([values.len()].into());
     out.storage_mut::<f32>().copy_from_slice(values);
     out
 }
@@ -712,7 +783,7 @@ pub(super) fn batch_norm(
         .zip(&var)
         .map(|(g, v)| g / (v + eps).sqrt())
         .collect();
-    let mut out = FlexTensor::empty(shape, DType::F32);
+    let mut out = zeroed(shape);
     out.storage_mut::<f32>()
         .par_chunks_mut(c * s)
         .zip(xs.par_chunks(c * s))
@@ -803,7 +874,7 @@ pub(super) fn batch_norm_backward(
         .map(|j| -k_g[j] * rstd[j] * dgamma[j] / count)
         .collect();
     let k_0: Vec<f32> = (0..c).map(|j| -k_g[j] * dbeta[j] / count).collect();
-    let mut dx = FlexTensor::empty(shape, DType::F32);
+    let mut dx = zeroed(shape);
     dx.storage_mut::<f32>()
         .par_chunks_mut(c * s)
         .zip(xs.par_chunks(c * s).zip(gs.par_chunks(c * s)))
@@ -881,10 +952,7 @@ pub(super) fn adam_step(
     let fresh = moments.is_none();
     let (mut m, mut v) = match moments {
         Some((m, v)) => (whole_buffer(m), whole_buffer(v)),
-        None => (
-            FlexTensor::empty(shape.clone(), DType::F32),
-            FlexTensor::empty(shape, DType::F32),
-        ),
+        None => (zeroed(shape.clone()), zeroed(shape)),
     };
     let (one_minus_b1, one_minus_b2) = (1.0 - k.beta_1, 1.0 - k.beta_2);
     param

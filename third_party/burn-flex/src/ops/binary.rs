@@ -96,12 +96,24 @@ where
         let lhs_storage: &mut [f32] = lhs.storage_mut();
         let l_slice = &mut lhs_storage[..l_end];
 
-        match simd_op {
-            BinaryOp::Add => simd::add_inplace_f32(l_slice, r_slice),
-            BinaryOp::Sub => simd::sub_inplace_f32(l_slice, r_slice),
-            BinaryOp::Mul => simd::mul_inplace_f32(l_slice, r_slice),
-            BinaryOp::Div => simd::div_inplace_f32(l_slice, r_slice),
+        // GENZOO-PATCH: large tensors in parallel chunks (one thread
+        // walked the whole buffer while the others idled).
+        let run = |l: &mut [f32], r: &[f32]| match simd_op {
+            BinaryOp::Add => simd::add_inplace_f32(l, r),
+            BinaryOp::Sub => simd::sub_inplace_f32(l, r),
+            BinaryOp::Mul => simd::mul_inplace_f32(l, r),
+            BinaryOp::Div => simd::div_inplace_f32(l, r),
+        };
+        #[cfg(feature = "rayon")]
+        if l_slice.len() >= PARALLEL_MIN && l_slice.len() == r_slice.len() {
+            use rayon::prelude::*;
+            l_slice
+                .par_chunks_mut(PARALLEL_CHUNK)
+                .zip(r_slice.par_chunks(PARALLEL_CHUNK))
+                .for_each(|(l, r)| run(l, r));
+            return lhs;
         }
+        run(l_slice, r_slice);
         return lhs;
     }
 
@@ -237,6 +249,15 @@ fn detect_broadcast_pattern(lhs: &Layout, rhs: &FlexTensor) -> Option<BroadcastV
     None
 }
 
+/// GENZOO-PATCH: element-wise f32 ops on at least this many elements run
+/// in parallel, in chunks of [`PARALLEL_CHUNK`] elements (whole rows for
+/// the broadcast patterns). Below it a rayon dispatch costs more than it
+/// saves.
+#[cfg(all(feature = "simd", feature = "rayon"))]
+const PARALLEL_MIN: usize = 1 << 16;
+#[cfg(all(feature = "simd", feature = "rayon"))]
+const PARALLEL_CHUNK: usize = 1 << 14;
+
 /// Execute a detected broadcast pattern for f32. Writes in-place into
 /// lhs when unique; otherwise allocates a fresh contiguous output.
 #[cfg(feature = "simd")]
@@ -285,12 +306,21 @@ fn run_broadcast_pattern_f32(
             // lengths, and pays the macerator feature-detection cost
             // exactly once.
             let dst_full = &mut dst[..total];
-            match simd_op {
-                BinaryOp::Add => simd::add_shared_row_inplace_f32(dst_full, rhs_row),
-                BinaryOp::Sub => simd::sub_shared_row_inplace_f32(dst_full, rhs_row),
-                BinaryOp::Mul => simd::mul_shared_row_inplace_f32(dst_full, rhs_row),
-                BinaryOp::Div => simd::div_shared_row_inplace_f32(dst_full, rhs_row),
+            let run = |dst: &mut [f32]| match simd_op {
+                BinaryOp::Add => simd::add_shared_row_inplace_f32(dst, rhs_row),
+                BinaryOp::Sub => simd::sub_shared_row_inplace_f32(dst, rhs_row),
+                BinaryOp::Mul => simd::mul_shared_row_inplace_f32(dst, rhs_row),
+                BinaryOp::Div => simd::div_shared_row_inplace_f32(dst, rhs_row),
+            };
+            // GENZOO-PATCH: large tensors in parallel chunks of whole rows.
+            #[cfg(feature = "rayon")]
+            if total >= PARALLEL_MIN {
+                use rayon::prelude::*;
+                let rows = (PARALLEL_CHUNK / row_len).max(1);
+                dst_full.par_chunks_mut(rows * row_len).for_each(run);
+                return;
             }
+            run(dst_full);
         }
         BroadcastView::PerRowScalar {
             outer_count,
@@ -301,12 +331,24 @@ fn run_broadcast_pattern_f32(
             // One monomorphized helper per op. The closure is statically
             // known at each call site so LLVM still autovectorizes the
             // inner scalar loop, and the outer op dispatch happens once.
-            match simd_op {
+            let run = |dst: &mut [f32], scalars: &[f32]| match simd_op {
                 BinaryOp::Add => per_row_scalar_apply(dst, scalars, row_len, |a, b| a + b),
                 BinaryOp::Sub => per_row_scalar_apply(dst, scalars, row_len, |a, b| a - b),
                 BinaryOp::Mul => per_row_scalar_apply(dst, scalars, row_len, |a, b| a * b),
                 BinaryOp::Div => per_row_scalar_apply(dst, scalars, row_len, |a, b| a / b),
+            };
+            // GENZOO-PATCH: large tensors in parallel chunks of whole rows.
+            #[cfg(feature = "rayon")]
+            if outer_count * row_len >= PARALLEL_MIN {
+                use rayon::prelude::*;
+                let rows = (PARALLEL_CHUNK / row_len).max(1);
+                dst[..outer_count * row_len]
+                    .par_chunks_mut(rows * row_len)
+                    .zip(scalars.par_chunks(rows))
+                    .for_each(|(dst, scalars)| run(dst, scalars));
+                return;
             }
+            run(dst, scalars);
         }
     }
 }
