@@ -2436,6 +2436,12 @@ mod tests {
             (3, 9, 6, 7, 5, 3, 1, 1),
             (2, 8, 5, 5, 4, 3, 1, 0),
             (1, 8, 7, 6, 3, 5, 1, 2),
+            // Stride 1 over ≥ 196 positions: the forward by kernel rows,
+            // 'same' and 'valid' padding, and the U-Net's 28×28 layer.
+            (2, 5, 14, 15, 3, 3, 1, 1),
+            (1, 3, 16, 13, 4, 5, 1, 2),
+            (1, 3, 18, 16, 2, 3, 1, 0),
+            (2, 32, 28, 28, 32, 3, 1, 1),
         ] {
             let x = Tensor::<Ad, 4>::random([n, ci, h, w], Distribution::Normal(0.0, 1.0), &dev)
                 .require_grad();
