@@ -1647,7 +1647,8 @@ pub fn cat_channels<B: Backend>(a: Tensor<B, 4>, b: Tensor<B, 4>) -> Tensor<B, 4
             float::<F, 4>(F::fused_cat_channels(primitive(a), primitive(b)))
         })
     }
-    routed_cat::<Autodiff<Flex>, B>((a, b))
+    routed_cat::<Flex, B>((a, b))
+        .or_else(routed_cat::<Autodiff<Flex>, B>)
         .or_else(routed_cat::<Autodiff<Autodiff<Flex>>, B>)
         .unwrap_or_else(|(a, b)| Tensor::cat(vec![a, b], 1))
 }

@@ -48,21 +48,42 @@ pub(super) fn par_new(
     chunk: usize,
     fill: impl Fn(usize, &mut [f32]) + Sync + Send,
 ) -> FlexTensor {
-    let n = shape.num_elements();
+    let mut nothing = vec![(); shape.num_elements().div_ceil(chunk.max(1))];
+    par_new_with(shape, chunk, &mut nothing, 1, |i, out, _| fill(i, out))
+}
+
+/// [`par_new`], with chunk i of `side` (`side_chunk` elements) handed to
+/// `fill` next to output chunk i (per-sample statistics).
+pub(super) fn par_new_with<T: Send>(
+    shape: Shape,
+    chunk: usize,
+    side: &mut [T],
+    side_chunk: usize,
+    fill: impl Fn(usize, &mut [f32], &mut [T]) + Sync + Send,
+) -> FlexTensor {
+    let (n, chunk, side_chunk) = (shape.num_elements(), chunk.max(1), side_chunk.max(1));
+    // Every output chunk needs its side chunk, or the zip below would leave
+    // the output's tail uninitialised.
+    assert!(
+        side.len().div_ceil(side_chunk) >= n.div_ceil(chunk),
+        "too few side chunks"
+    );
     let mut values = Vec::<f32>::with_capacity(n);
     values.spare_capacity_mut()[..n]
-        .par_chunks_mut(chunk.max(1))
+        .par_chunks_mut(chunk)
+        .zip(side.par_chunks_mut(side_chunk))
         .enumerate()
-        .for_each(|(i, part)| {
+        .for_each(|(i, (part, side))| {
             for v in part.iter_mut() {
                 v.write(0.0);
             }
             // SAFETY: every element of `part` was initialised just above,
             // and `MaybeUninit<f32>` has the layout of `f32`.
             let part = unsafe { &mut *(part as *mut [MaybeUninit<f32>] as *mut [f32]) };
-            fill(i, part)
+            fill(i, part, side)
         });
-    // SAFETY: the chunks above cover all n elements, each initialised.
+    // SAFETY: the chunks above cover all n elements (asserted), each
+    // initialised.
     unsafe { values.set_len(n) };
     FlexTensor::from_data(TensorData::new(values, shape))
 }
@@ -191,27 +212,23 @@ pub(super) fn upsample_nearest2(x: &FlexTensor) -> Option<FlexTensor> {
     let x = x.to_contiguous();
     let xs: &[f32] = x.as_slice()?;
     let out_shape = [shape[0], shape[1], 2 * shape[2], 2 * w];
-    let mut out = zeroed(out_shape.into());
     let per_task = (CHUNK / (4 * w)).max(1);
-    out.storage_mut::<f32>()
-        .par_chunks_mut(per_task * 4 * w)
-        .zip(xs.par_chunks(per_task * w))
-        .for_each(|(o, x)| {
-            simd(
-                #[inline(always)]
-                || {
-                    for (pair, line) in o.chunks_exact_mut(4 * w).zip(x.chunks_exact(w)) {
-                        let (top, bottom) = pair.split_at_mut(2 * w);
-                        for (o, &v) in top.chunks_exact_mut(2).zip(line) {
-                            o[0] = v;
-                            o[1] = v;
-                        }
-                        bottom.copy_from_slice(top);
+    Some(par_new(out_shape.into(), per_task * 4 * w, |i, o| {
+        let x = &xs[i * per_task * w..];
+        simd(
+            #[inline(always)]
+            || {
+                for (pair, line) in o.chunks_exact_mut(4 * w).zip(x.chunks_exact(w)) {
+                    let (top, bottom) = pair.split_at_mut(2 * w);
+                    for (o, &v) in top.chunks_exact_mut(2).zip(line) {
+                        o[0] = v;
+                        o[1] = v;
                     }
-                },
-            )
-        });
-    Some(out)
+                    bottom.copy_from_slice(top);
+                }
+            },
+        )
+    }))
 }
 
 /// The gradient of [`upsample_nearest2`]: the sum of each 2×2 block of the
@@ -499,28 +516,24 @@ pub(super) fn group_norm(
     let (xs, gammas, betas): (&[f32], &[f32], &[f32]) =
         (x.as_slice()?, gamma.as_slice()?, beta.as_slice()?);
     let shape = x.layout().shape().clone();
-    let mut out = zeroed(shape);
     // (mean, rstd) of every (sample, group).
     let mut stats = vec![0.0f32; 2 * n * groups];
-    out.storage_mut::<f32>()
-        .par_chunks_mut(c * s)
-        .zip(xs.par_chunks(c * s))
-        .zip(stats.par_chunks_mut(2 * groups))
-        .for_each(|((o, x), stats)| {
-            // Two copies of the loop, so neither tests `silu` per element.
-            let sample = (gammas, betas, s, spec.eps);
-            if spec.silu {
-                simd(
-                    #[inline(always)]
-                    || group_norm_sample::<true>(o, x, stats, sample),
-                )
-            } else {
-                simd(
-                    #[inline(always)]
-                    || group_norm_sample::<false>(o, x, stats, sample),
-                )
-            }
-        });
+    let out = par_new_with(shape, c * s, &mut stats, 2 * groups, |i, o, stats| {
+        let x = &xs[i * c * s..(i + 1) * c * s];
+        // Two copies of the loop, so neither tests `silu` per element.
+        let sample = (gammas, betas, s, spec.eps);
+        if spec.silu {
+            simd(
+                #[inline(always)]
+                || group_norm_sample::<true>(o, x, stats, sample),
+            )
+        } else {
+            simd(
+                #[inline(always)]
+                || group_norm_sample::<false>(o, x, stats, sample),
+            )
+        }
+    });
     let mean: Vec<f32> = stats.iter().step_by(2).copied().collect();
     let rstd: Vec<f32> = stats.iter().skip(1).step_by(2).copied().collect();
     Some((out, vector(&mean), vector(&rstd)))
