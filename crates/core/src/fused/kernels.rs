@@ -21,22 +21,10 @@ const CHUNK: usize = 1 << 14;
 /// of it serial).
 pub(super) fn zeroed(shape: Shape) -> FlexTensor {
     let n = shape.num_elements();
-    let values = if n < 4 * CHUNK {
-        vec![0.0f32; n]
-    } else {
-        let mut values = Vec::<f32>::with_capacity(n);
-        values.spare_capacity_mut()[..n]
-            .par_chunks_mut(CHUNK)
-            .for_each(|chunk| {
-                for v in chunk {
-                    v.write(0.0);
-                }
-            });
-        // SAFETY: the loop above initialised all n elements.
-        unsafe { values.set_len(n) };
-        values
-    };
-    FlexTensor::from_data(TensorData::new(values, shape))
+    if n < 4 * CHUNK {
+        return FlexTensor::from_data(TensorData::new(vec![0.0f32; n], shape));
+    }
+    par_new(shape, CHUNK, |_, _| {})
 }
 
 /// A new contiguous f32 tensor whose chunks of `chunk` elements (the last
@@ -462,15 +450,10 @@ pub(super) fn split_channels(grad: &FlexTensor, first: usize) -> Option<(FlexTen
     let part = |channels: usize, offset: usize| {
         let mut dims = shape.clone();
         dims[1] = channels;
-        let mut out = zeroed(dims);
         let len = channels * rest;
-        if len > 0 {
-            out.storage_mut::<f32>()
-                .par_chunks_mut(len)
-                .zip(gs.par_chunks(c * rest))
-                .for_each(|(o, g)| o.copy_from_slice(&g[offset..offset + len]));
-        }
-        out
+        par_new(dims, len, |i, o| {
+            o.copy_from_slice(&gs[i * c * rest + offset..][..len])
+        })
     };
     Some((part(first, 0), part(c - first, first * rest)))
 }
@@ -740,9 +723,7 @@ fn dz_sums(
 
 /// A new `[len]` f32 tensor holding `values`.
 fn vector(values: &[f32]) -> FlexTensor {
-    let mut out = zeroed([values.len()].into());
-    out.storage_mut::<f32>().copy_from_slice(values);
-    out
+    FlexTensor::from_data(TensorData::new(values.to_vec(), [values.len()]))
 }
 
 /// Batch normalisation in training mode over `x` `[N, C, S]`: the batch
