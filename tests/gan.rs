@@ -3,8 +3,9 @@
 
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
-use genzoo::core::CpuDevice;
+use genzoo::core::family::SampleRequest;
 use genzoo::core::record::param_values;
+use genzoo::core::{CpuDevice, Family};
 use genzoo::data::{ImageData, ImageDataset, Scaling, synthetic};
 use genzoo::models::gan::{GanConfig, GanTrainer};
 use genzoo::train::logger::read_jsonl;
@@ -124,4 +125,48 @@ fn dcgan_28_resume_is_exact() {
         param_values(&b.sampling_generator()),
         "EMA weights too"
     );
+}
+
+#[test]
+fn samples_depend_on_the_seed_alone() {
+    // Held throughout: the busy thread below must not disturb other tests' draws.
+    let _guard = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let gan = fresh(&GanConfig {
+        height: 12,
+        width: 12,
+        ..Default::default()
+    });
+    let sample = |seed: u64| -> Vec<f32> {
+        let request = SampleRequest {
+            n: 3,
+            seed,
+            ..Default::default()
+        };
+        gan.sample_images(&request)
+            .unwrap()
+            .into_data()
+            .to_vec()
+            .unwrap()
+    };
+    let a = sample(4);
+    // Another thread drawing from burn's process-wide CPU RNG meanwhile
+    // must not change the samples.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let b = std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = Tensor::<Flex, 1>::random(
+                    [64],
+                    burn::tensor::Distribution::Default,
+                    &CpuDevice::default(),
+                );
+            }
+        });
+        // Many tries: a draw between seeding and sampling is a narrow window.
+        let same = (0..50).all(|_| sample(4) == a);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        same
+    });
+    assert!(b, "the same seed gave other samples");
+    assert_ne!(a, sample(5));
 }

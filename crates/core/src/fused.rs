@@ -1866,8 +1866,8 @@ pub fn conv_transpose2d<B: Backend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::seed::{host_rng, normal_tensor};
     use crate::{CpuBackend, CpuDevice};
-    use burn::tensor::Distribution;
     use burn::tensor::activation;
 
     type Ad = Autodiff<CpuBackend>;
@@ -1903,15 +1903,16 @@ mod tests {
         composed: fn(Tensor<Ad, 3>) -> Tensor<Ad, 3>,
     ) {
         let dev = CpuDevice::default();
+        let mut rng = host_rng(1, "test", 0);
         // Odd sizes exercise the kernels' chunk remainders.
-        let x = Tensor::<Ad, 3>::random([3, 37, 129], Distribution::Normal(0.0, 3.0), &dev);
+        let x = normal_tensor::<Ad, 3>(&mut rng, [3, 37, 129], 0.0, 3.0, &dev);
         let tails =
             Tensor::<Ad, 1>::from_floats([-90.0, -30.0, -9.0, 0.0, 1e-6, 9.0, 30.0, 90.0], &dev)
                 .reshape([1, 1, 8])
                 .repeat_dim(0, 3)
                 .repeat_dim(1, 37);
         let x = Tensor::cat(vec![x, tails], 2);
-        let upstream = Tensor::<Ad, 3>::random(x.dims(), Distribution::Normal(0.0, 1.0), &dev);
+        let upstream = normal_tensor::<Ad, 3>(&mut rng, x.dims(), 0.0, 1.0, &dev);
         let xa = x.clone().require_grad();
         let xb = x.require_grad();
         let ya = fused(xa.clone());
@@ -1928,9 +1929,10 @@ mod tests {
         use burn::tensor::module::interpolate;
         use burn::tensor::ops::{InterpolateMode, InterpolateOptions};
         let dev = CpuDevice::default();
+        let mut rng = host_rng(1, "test", 0);
         // Odd sizes, and enough lines to span several parallel tasks.
         for [n, c, h, w] in [[2, 3, 5, 7], [3, 64, 14, 14], [1, 1, 1, 1]] {
-            let x = Tensor::<Ad, 4>::random([n, c, h, w], Distribution::Normal(0.0, 1.0), &dev);
+            let x = normal_tensor::<Ad, 4>(&mut rng, [n, c, h, w], 0.0, 1.0, &dev);
             let (xa, xb) = (x.clone().require_grad(), x.require_grad());
             let ours = upsample_nearest2(xa.clone());
             let theirs = interpolate(
@@ -1940,8 +1942,7 @@ mod tests {
             );
             assert_eq!(ours.dims(), [n, c, 2 * h, 2 * w]);
             assert_eq!(max_diff(ours.clone().inner(), theirs.clone().inner()), 0.0);
-            let upstream =
-                Tensor::<Ad, 4>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &dev);
+            let upstream = normal_tensor::<Ad, 4>(&mut rng, ours.dims(), 0.0, 1.0, &dev);
             let ga = (ours * upstream.clone()).sum().backward();
             let gb = (theirs * upstream).sum().backward();
             assert!(max_diff(xa.grad(&ga).unwrap(), xb.grad(&gb).unwrap()) < 1e-5);
@@ -1966,7 +1967,8 @@ mod tests {
     #[test]
     fn softplus_matches_burns_composition_in_values_and_gradients() {
         let dev = CpuDevice::default();
-        let x = Tensor::<CpuBackend, 2>::random([7, 301], Distribution::Normal(0.0, 6.0), &dev);
+        let mut rng = host_rng(1, "test", 0);
+        let x = normal_tensor::<CpuBackend, 2>(&mut rng, [7, 301], 0.0, 6.0, &dev);
         let tails = Tensor::<CpuBackend, 1>::from_floats(
             [-100.0, -88.0, -20.0, -1e-6, 0.0, 1e-6, 20.0, 88.0, 100.0],
             &dev,
@@ -1974,8 +1976,7 @@ mod tests {
         .reshape([1, 9])
         .repeat_dim(0, 7);
         let x = Tensor::cat(vec![x, tails], 1);
-        let upstream =
-            Tensor::<CpuBackend, 2>::random(x.dims(), Distribution::Normal(0.0, 1.0), &dev);
+        let upstream = normal_tensor::<CpuBackend, 2>(&mut rng, x.dims(), 0.0, 1.0, &dev);
         // Values: the composition from burn's ops.
         let ours = softplus(x.clone());
         assert!(max_diff(ours, composed_softplus(x.clone())) < 1e-4);
@@ -1997,7 +1998,8 @@ mod tests {
     #[test]
     fn kernels_that_reuse_their_input_buffer_leave_shared_inputs_alone() {
         let dev = CpuDevice::default();
-        let x = Tensor::<CpuBackend, 2>::random([6, 50], Distribution::Normal(1.0, 2.0), &dev);
+        let mut rng = host_rng(1, "test", 0);
+        let x = normal_tensor::<CpuBackend, 2>(&mut rng, [6, 50], 1.0, 2.0, &dev);
         let before: Vec<f32> = x.to_data().to_vec().unwrap();
         let reference: Vec<f32> = activation::silu(x.clone()).into_data().to_vec().unwrap();
         // Shared (x is kept): a new buffer. Owned (a fresh copy): written over.
@@ -2020,12 +2022,13 @@ mod tests {
     #[test]
     fn row_normalisation_matches_burns_composition_in_values_and_gradients() {
         let dev = CpuDevice::default();
+        let mut rng = host_rng(1, "test", 0);
         // Rows of GroupNorm's sizes (N·G rows of (C/G)·H·W), an odd length,
         // a constant row (variance 0: eps decides), and large offsets.
         for (rows, len, mean, std) in [(8, 1568, 0.0, 1.0), (5, 37, 3.0, 0.1), (3, 1, 0.0, 1.0)] {
-            let x = Tensor::<Ad, 2>::random([rows, len], Distribution::Normal(mean, std), &dev);
+            let x = normal_tensor::<Ad, 2>(&mut rng, [rows, len], mean, std, &dev);
             let x = Tensor::cat(vec![x, Tensor::ones([1, len], &dev) * 2.0], 0);
-            let upstream = Tensor::<Ad, 2>::random(x.dims(), Distribution::Normal(0.0, 1.0), &dev);
+            let upstream = normal_tensor::<Ad, 2>(&mut rng, x.dims(), 0.0, 1.0, &dev);
             let (xa, xb) = (x.clone().require_grad(), x.require_grad());
             let ya = normalize_rows(xa.clone(), 1e-5);
             let yb = {
@@ -2043,6 +2046,7 @@ mod tests {
     #[test]
     fn batch_norm_matches_burns_composition_in_values_and_gradients() {
         let dev = CpuDevice::default();
+        let mut rng = host_rng(1, "test", 0);
         // DCGAN's shapes (after a linear layer: S = 1; after a convolution:
         // S = H·W), odd sizes, an offset mean, and a constant channel.
         for (n, c, s, mean, std) in [
@@ -2051,12 +2055,12 @@ mod tests {
             (3, 5, 37, 4.0, 0.1),
             (1, 2, 1, 0.0, 1.0),
         ] {
-            let x = Tensor::<Ad, 3>::random([n, c, s], Distribution::Normal(mean, std), &dev);
+            let x = normal_tensor::<Ad, 3>(&mut rng, [n, c, s], mean, std, &dev);
             let x = Tensor::cat(vec![x, Tensor::ones([n, 1, s], &dev) * 3.0], 1);
             let c = c + 1;
-            let gamma = Tensor::<Ad, 1>::random([c], Distribution::Normal(1.0, 0.5), &dev);
-            let beta = Tensor::<Ad, 1>::random([c], Distribution::Normal(0.0, 0.5), &dev);
-            let upstream = Tensor::<Ad, 3>::random([n, c, s], Distribution::Normal(0.0, 1.0), &dev);
+            let gamma = normal_tensor::<Ad, 1>(&mut rng, [c], 1.0, 0.5, &dev);
+            let beta = normal_tensor::<Ad, 1>(&mut rng, [c], 0.0, 0.5, &dev);
+            let upstream = normal_tensor::<Ad, 3>(&mut rng, [n, c, s], 0.0, 1.0, &dev);
             let inputs = || {
                 (
                     x.clone().require_grad(),
@@ -2107,6 +2111,7 @@ mod tests {
     #[test]
     fn group_norm_matches_burns_composition_in_values_and_gradients() {
         let dev = CpuDevice::default();
+        let mut rng = host_rng(1, "test", 0);
         // The U-Net's shapes (8 groups of 32 and 64 channels over 28×28 and
         // 7×7), odd sizes, one channel per group, an offset mean, and a
         // constant group (variance 0: eps decides); with and without SiLU.
@@ -2117,16 +2122,16 @@ mod tests {
             (2, 5, 1, 5, 1.0, 1.0),
             (1, 4, 3, 1, 0.0, 1.0),
         ] {
-            let x = Tensor::<Ad, 3>::random([n, c, s], Distribution::Normal(mean, std), &dev);
+            let x = normal_tensor::<Ad, 3>(&mut rng, [n, c, s], mean, std, &dev);
             // The last group constant in the first sample.
             let per_group = c / groups;
             let x = x.slice_assign(
                 [0..1, c - per_group..c, 0..s],
                 Tensor::ones([1, per_group, s], &dev) * 3.0,
             );
-            let gamma = Tensor::<Ad, 1>::random([c], Distribution::Normal(1.0, 0.5), &dev);
-            let beta = Tensor::<Ad, 1>::random([c], Distribution::Normal(0.0, 0.5), &dev);
-            let upstream = Tensor::<Ad, 3>::random([n, c, s], Distribution::Normal(0.0, 1.0), &dev);
+            let gamma = normal_tensor::<Ad, 1>(&mut rng, [c], 1.0, 0.5, &dev);
+            let beta = normal_tensor::<Ad, 1>(&mut rng, [c], 0.0, 0.5, &dev);
+            let upstream = normal_tensor::<Ad, 3>(&mut rng, [n, c, s], 0.0, 1.0, &dev);
             for silu in [false, true] {
                 let spec = GroupNormSpec {
                     groups,
@@ -2210,12 +2215,12 @@ mod tests {
         // The composed backward (what other backends and nested autodiff
         // run) against burn differentiating the composed forward.
         let dev = CpuDevice::default();
+        let mut rng = host_rng(1, "test", 0);
         let (n, c, s, groups) = (3, 6, 10, 2);
-        let x = Tensor::<Ad, 3>::random([n, c, s], Distribution::Normal(0.5, 2.0), &dev);
-        let gamma = Tensor::<Ad, 1>::random([c], Distribution::Normal(1.0, 0.5), &dev);
-        let beta = Tensor::<Ad, 1>::random([c], Distribution::Normal(0.0, 0.5), &dev);
-        let upstream =
-            Tensor::<CpuBackend, 3>::random([n, c, s], Distribution::Normal(0.0, 1.0), &dev);
+        let x = normal_tensor::<Ad, 3>(&mut rng, [n, c, s], 0.5, 2.0, &dev);
+        let gamma = normal_tensor::<Ad, 1>(&mut rng, [c], 1.0, 0.5, &dev);
+        let beta = normal_tensor::<Ad, 1>(&mut rng, [c], 0.0, 0.5, &dev);
+        let upstream = normal_tensor::<CpuBackend, 3>(&mut rng, [n, c, s], 0.0, 1.0, &dev);
         for silu in [false, true] {
             let spec = GroupNormSpec {
                 groups,
@@ -2268,12 +2273,12 @@ mod tests {
     #[test]
     fn large_element_wise_ops_match_element_by_element() {
         let dev = CpuDevice::default();
+        let mut rng = host_rng(1, "test", 0);
         // 210,000 elements: rows of 1000 do not divide the 16,384 chunk.
         let (n, c, s) = (3, 70, 1000);
-        let normal = Distribution::Normal(0.0, 1.0);
-        let data = |dims: Vec<usize>| {
-            Tensor::<CpuBackend, 1>::random([dims.iter().product::<usize>()], normal, &dev)
-                .into_data()
+        let mut data = |dims: Vec<usize>| {
+            let len = dims.iter().product::<usize>();
+            normal_tensor::<CpuBackend, 1>(&mut rng, [len], 0.0, 1.0, &dev).into_data()
         };
         let (x, y) = (data(vec![n, c, s]), data(vec![n, c, s]));
         let (row, per_row) = (data(vec![s]), data(vec![n * c]));
@@ -2307,9 +2312,10 @@ mod tests {
     #[test]
     fn cat_channels_matches_burns_cat_in_values_and_gradients() {
         let dev = CpuDevice::default();
-        let a = Tensor::<Ad, 4>::random([2, 3, 4, 5], Distribution::Normal(0.0, 1.0), &dev);
-        let b = Tensor::<Ad, 4>::random([2, 5, 4, 5], Distribution::Normal(0.0, 1.0), &dev);
-        let upstream = Tensor::<Ad, 4>::random([2, 8, 4, 5], Distribution::Normal(0.0, 1.0), &dev);
+        let mut rng = host_rng(1, "test", 0);
+        let a = normal_tensor::<Ad, 4>(&mut rng, [2, 3, 4, 5], 0.0, 1.0, &dev);
+        let b = normal_tensor::<Ad, 4>(&mut rng, [2, 5, 4, 5], 0.0, 1.0, &dev);
+        let upstream = normal_tensor::<Ad, 4>(&mut rng, [2, 8, 4, 5], 0.0, 1.0, &dev);
         let run = |fused: bool| {
             let (a, b) = (a.clone().require_grad(), b.clone().require_grad());
             let y = if fused {
@@ -2328,8 +2334,7 @@ mod tests {
         assert_eq!(max_diff(ours.2, theirs.2), 0.0);
         // Untracked: the plain backend's kernel, on a strided view and with
         // an empty part.
-        let wide =
-            Tensor::<CpuBackend, 4>::random([2, 3, 4, 7], Distribution::Normal(0.0, 1.0), &dev);
+        let wide = normal_tensor::<CpuBackend, 4>(&mut rng, [2, 3, 4, 7], 0.0, 1.0, &dev);
         let view = wide.slice([0..2, 0..3, 0..4, 1..6]);
         let plain_b = b.clone().inner();
         let expected = Tensor::cat(vec![view.clone(), plain_b.clone()], 1);
@@ -2348,15 +2353,13 @@ mod tests {
     #[test]
     fn causal_attention_matches_burns_in_values_and_gradients() {
         let dev = CpuDevice::default();
+        let mut rng = host_rng(1, "test", 0);
         // 150 and 129 cross the kernel's 64-row blocks (a partial last block).
         for [b, h, t, d] in [[2, 3, 17, 8], [1, 2, 64, 32], [1, 1, 1, 4], [1, 2, 150, 8]] {
-            let input = || {
-                Tensor::<Ad, 4>::random([b, h, t, d], Distribution::Normal(0.0, 1.5), &dev)
-                    .require_grad()
-            };
+            let mut input =
+                || normal_tensor::<Ad, 4>(&mut rng, [b, h, t, d], 0.0, 1.5, &dev).require_grad();
             let (q, k, v) = (input(), input(), input());
-            let upstream =
-                Tensor::<Ad, 4>::random([b, h, t, d], Distribution::Normal(0.0, 1.0), &dev);
+            let upstream = normal_tensor::<Ad, 4>(&mut rng, [b, h, t, d], 0.0, 1.0, &dev);
             let ours = causal_attention(q.clone(), k.clone(), v.clone());
             // burn's decomposed attention with an explicit causal mask.
             let theirs = {
@@ -2390,13 +2393,14 @@ mod tests {
     #[test]
     fn packed_self_attention_matches_split_heads_in_values_and_gradients() {
         let dev = CpuDevice::default();
+        let mut rng = host_rng(1, "test", 0);
         for (b, t, n_head, head_size) in
             [(2, 17, 3, 8), (1, 64, 4, 32), (1, 1, 1, 4), (2, 129, 2, 8)]
         {
             let c = n_head * head_size;
-            let qkv = Tensor::<Ad, 3>::random([b, t, 3 * c], Distribution::Normal(0.0, 1.5), &dev)
-                .require_grad();
-            let upstream = Tensor::<Ad, 3>::random([b, t, c], Distribution::Normal(0.0, 1.0), &dev);
+            let qkv =
+                normal_tensor::<Ad, 3>(&mut rng, [b, t, 3 * c], 0.0, 1.5, &dev).require_grad();
+            let upstream = normal_tensor::<Ad, 3>(&mut rng, [b, t, c], 0.0, 1.0, &dev);
             let ours = causal_self_attention(qkv.clone(), n_head);
             // The heads split out, burn's decomposed attention with an
             // explicit mask, the heads merged back.
@@ -2422,6 +2426,7 @@ mod tests {
     #[test]
     fn conv2d_matches_burns_in_values_and_gradients() {
         let dev = CpuDevice::default();
+        let mut rng = host_rng(1, "test", 0);
         // (N, C_in, H, W, C_out, k, stride, padding): the U-Net's 3×3 convs,
         // its stride-2 downsampling, DCGAN's 4×4 stride 2, odd sizes.
         for (n, ci, h, w, co, k, s, p) in [
@@ -2443,13 +2448,10 @@ mod tests {
             (1, 3, 18, 16, 2, 3, 1, 0),
             (2, 32, 28, 28, 32, 3, 1, 1),
         ] {
-            let x = Tensor::<Ad, 4>::random([n, ci, h, w], Distribution::Normal(0.0, 1.0), &dev)
-                .require_grad();
+            let x = normal_tensor::<Ad, 4>(&mut rng, [n, ci, h, w], 0.0, 1.0, &dev).require_grad();
             let weight =
-                Tensor::<Ad, 4>::random([co, ci, k, k], Distribution::Normal(0.0, 0.5), &dev)
-                    .require_grad();
-            let bias =
-                Tensor::<Ad, 1>::random([co], Distribution::Normal(0.0, 0.5), &dev).require_grad();
+                normal_tensor::<Ad, 4>(&mut rng, [co, ci, k, k], 0.0, 0.5, &dev).require_grad();
+            let bias = normal_tensor::<Ad, 1>(&mut rng, [co], 0.0, 0.5, &dev).require_grad();
             let geometry = ConvGeometry {
                 stride: [s, s],
                 padding: [p, p],
@@ -2463,8 +2465,7 @@ mod tests {
             );
             assert_eq!(ours.dims(), theirs.dims());
             assert!(max_diff(ours.clone().inner(), theirs.clone().inner()) < 1e-4);
-            let upstream =
-                Tensor::<Ad, 4>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &dev);
+            let upstream = normal_tensor::<Ad, 4>(&mut rng, ours.dims(), 0.0, 1.0, &dev);
             let ga = (ours * upstream.clone()).sum().backward();
             let gb = (theirs * upstream).sum().backward();
             assert!(max_diff(x.grad(&ga).unwrap(), x.grad(&gb).unwrap()) < 1e-4);
@@ -2472,17 +2473,17 @@ mod tests {
             assert!(close(bias.grad(&ga).unwrap(), bias.grad(&gb).unwrap()));
 
             // The transposed convolution with the same geometry, from [n, co, ...] back up.
-            let y = Tensor::<Ad, 4>::random(
+            let y = normal_tensor::<Ad, 4>(
+                &mut rng,
                 theirs_shape(n, co, h, w, k, s, p),
-                Distribution::Normal(0.0, 1.0),
+                0.0,
+                1.0,
                 &dev,
             )
             .require_grad();
             let weight_t =
-                Tensor::<Ad, 4>::random([co, ci, k, k], Distribution::Normal(0.0, 0.5), &dev)
-                    .require_grad();
-            let bias_t =
-                Tensor::<Ad, 1>::random([ci], Distribution::Normal(0.0, 0.5), &dev).require_grad();
+                normal_tensor::<Ad, 4>(&mut rng, [co, ci, k, k], 0.0, 0.5, &dev).require_grad();
+            let bias_t = normal_tensor::<Ad, 1>(&mut rng, [ci], 0.0, 0.5, &dev).require_grad();
             let ours =
                 conv_transpose2d(y.clone(), weight_t.clone(), Some(bias_t.clone()), geometry);
             let theirs = burn::tensor::module::conv_transpose2d(
@@ -2493,8 +2494,7 @@ mod tests {
             );
             assert_eq!(ours.dims(), theirs.dims());
             assert!(close(ours.clone().inner(), theirs.clone().inner()));
-            let upstream =
-                Tensor::<Ad, 4>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &dev);
+            let upstream = normal_tensor::<Ad, 4>(&mut rng, ours.dims(), 0.0, 1.0, &dev);
             let ga = (ours * upstream.clone()).sum().backward();
             let gb = (theirs * upstream).sum().backward();
             assert!(close(y.grad(&ga).unwrap(), y.grad(&gb).unwrap()));
@@ -2522,7 +2522,8 @@ mod tests {
     #[test]
     fn the_plain_backend_and_nested_autodiff_route_too() {
         let dev = CpuDevice::default();
-        let x = Tensor::<CpuBackend, 2>::random([5, 33], Distribution::Normal(0.0, 2.0), &dev);
+        let mut rng = host_rng(1, "test", 0);
+        let x = normal_tensor::<CpuBackend, 2>(&mut rng, [5, 33], 0.0, 2.0, &dev);
         assert!(max_diff(gelu(x.clone()), activation::gelu(x.clone())) < 1e-4);
         assert!(max_diff(silu(x.clone()), activation::silu(x.clone())) < 1e-4);
         // Second derivative of Σ silu(x) through nested autodiff (the fused

@@ -22,7 +22,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::parallel::Replica;
-use crate::seed::derive;
+use crate::seed::{derive, standard_normal};
 
 #[derive(Clone, Copy)]
 struct Stream {
@@ -136,12 +136,12 @@ pub fn normal_per_example<B: Backend, const D: usize>(
     shape: [usize; D],
     device: &B::Device,
 ) -> Tensor<B, D> {
-    draw(shape, device, Distribution::Normal(0.0, 1.0), |rng| {
-        // Box–Muller: two uniforms in (0, 1] → one normal.
-        let u1 = 1.0 - rng.random::<f64>();
-        let u2 = rng.random::<f64>();
-        (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
-    })
+    draw(
+        shape,
+        device,
+        Distribution::Normal(0.0, 1.0),
+        standard_normal,
+    )
 }
 
 /// Uniform noise in `[low, high)`, one row (`shape[0]`) per example.

@@ -206,7 +206,7 @@ mod tests {
     use burn::backend::Autodiff;
     use burn::module::AutodiffModule;
     use burn::nn::BatchNormConfig;
-    use burn::tensor::Distribution;
+    use genzoo_core::seed::{host_rng, normal_tensor, uniform_tensor};
     use genzoo_core::{CpuBackend, CpuDevice};
 
     type Ad = Autodiff<CpuBackend>;
@@ -229,19 +229,20 @@ mod tests {
     /// burn's module, in training and inference, for ranks 2 and 4.
     fn matches_burn<const D: usize>(shape: [usize; D]) {
         let dev = CpuDevice::default();
+        let mut rng = host_rng(1, "test", 0);
         let c = shape[1];
         let ours: BatchNorm<Ad> = BatchNormConfig::new(c).init(&dev);
         // Non-trivial affine parameters, shared by both.
-        let gamma = Tensor::<Ad, 1>::random([c], Distribution::Uniform(0.5, 1.5), &dev);
-        let beta = Tensor::<Ad, 1>::random([c], Distribution::Uniform(-0.5, 0.5), &dev);
+        let gamma = uniform_tensor::<Ad, 1>(&mut rng, [c], 0.5, 1.5, &dev);
+        let beta = uniform_tensor::<Ad, 1>(&mut rng, [c], -0.5, 0.5, &dev);
         let ours = BatchNorm {
             gamma: burn::module::Param::from_tensor(gamma),
             beta: burn::module::Param::from_tensor(beta),
             ..ours
         };
         let theirs = ours.clone();
-        let x = Tensor::<CpuBackend, D>::random(shape, Distribution::Normal(0.3, 2.0), &dev);
-        let upstream = Tensor::<Ad, D>::random(shape, Distribution::Normal(0.0, 1.0), &dev);
+        let x = normal_tensor::<CpuBackend, D>(&mut rng, shape, 0.3, 2.0, &dev);
+        let upstream = normal_tensor::<Ad, D>(&mut rng, shape, 0.0, 1.0, &dev);
         for step in 0..2 {
             let xa = Tensor::<Ad, D>::from_inner(x.clone()).require_grad();
             let xb = Tensor::<Ad, D>::from_inner(x.clone()).require_grad();
@@ -279,14 +280,15 @@ mod tests {
     #[test]
     fn layer_norm_matches_burns_module() {
         let dev = CpuDevice::default();
+        let mut rng = host_rng(1, "test", 0);
         for bias in [true, false] {
             let ours = LayerNorm::<Ad>::new(37, bias, &dev);
             let mut theirs = burn::nn::LayerNormConfig::new(37)
                 .with_bias(bias)
                 .init::<Ad>(&dev);
             // Non-trivial γ and β, the same in both.
-            let gamma = Tensor::<Ad, 1>::random([37], Distribution::Normal(1.0, 0.5), &dev);
-            let beta = Tensor::<Ad, 1>::random([37], Distribution::Normal(0.0, 0.5), &dev);
+            let gamma = normal_tensor::<Ad, 1>(&mut rng, [37], 1.0, 0.5, &dev);
+            let beta = normal_tensor::<Ad, 1>(&mut rng, [37], 0.0, 0.5, &dev);
             let ours = LayerNorm {
                 gamma: Param::from_tensor(gamma.clone()),
                 beta: bias.then(|| Param::from_tensor(beta.clone())),
@@ -294,10 +296,8 @@ mod tests {
             };
             theirs.gamma = Param::from_tensor(gamma);
             theirs.beta = bias.then(|| Param::from_tensor(beta));
-            let x = Tensor::<Ad, 3>::random([3, 5, 37], Distribution::Normal(2.0, 3.0), &dev)
-                .require_grad();
-            let upstream =
-                Tensor::<Ad, 3>::random([3, 5, 37], Distribution::Normal(0.0, 1.0), &dev);
+            let x = normal_tensor::<Ad, 3>(&mut rng, [3, 5, 37], 2.0, 3.0, &dev).require_grad();
+            let upstream = normal_tensor::<Ad, 3>(&mut rng, [3, 5, 37], 0.0, 1.0, &dev);
             let (ya, yb) = (ours.forward(x.clone()), theirs.forward(x.clone()));
             assert!(max_diff(ya.clone().inner(), yb.clone().inner()) < 1e-4);
             let ga = (ya * upstream.clone()).sum().backward();

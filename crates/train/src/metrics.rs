@@ -356,17 +356,12 @@ pub fn sample_quality(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::Rng;
 
     /// n draws of N(mean, diag(std²)) in `dim` dimensions.
     fn gaussian_features(n: usize, dim: usize, mean: f64, std: f64, seed: u64) -> Features {
         let mut rng = genzoo_core::seed::host_rng(seed, "test", 0);
         let values = (0..n * dim)
-            .map(|_| {
-                // Box–Muller
-                let (u1, u2): (f64, f64) = (rng.random::<f64>().max(1e-300), rng.random());
-                (mean + std * (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-            })
+            .map(|_| (mean + std * genzoo_core::seed::standard_normal(&mut rng)) as f32)
             .collect();
         Features::new(values, dim).unwrap()
     }

@@ -17,10 +17,9 @@ use genzoo_core::parallel::{Replica, broadcast_autodiff, broadcast_module};
 use genzoo_core::record::{
     load_module, load_optimizer, save_module, save_optimizer, trainable_params,
 };
-use genzoo_core::seed::host_rng;
+use genzoo_core::seed::{host_rng, normal_tensor};
 use genzoo_core::{Error, Family, ImageBatch, Metrics, Result, StepContext};
 use indicatif::{ProgressBar, ProgressStyle};
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 
 use super::objective::{self, Prediction, q_sample};
@@ -364,7 +363,7 @@ impl<B: AutodiffBackend> DdpmTrainer<B> {
         // Noise comes from a host RNG seeded by the request: same seed, same samples,
         // whatever else runs in the process.
         let mut rng = host_rng(request.seed, "ddpm-sample", 0);
-        let mut normal = |shape: [usize; 4]| host_normal(&mut rng, shape, &self.device);
+        let mut normal = |shape: [usize; 4]| normal_tensor(&mut rng, shape, 0.0, 1.0, &self.device);
         let timesteps = sampler.timesteps(&self.schedule);
         let bar = if request.sampler.progress {
             let bar = ProgressBar::new(timesteps.len() as u64);
@@ -452,7 +451,7 @@ impl<B: AutodiffBackend> DdpmTrainer<B> {
         let labels = Tensor::<B::InnerBackend, 1, Int>::zeros([n], &self.device);
         let mut total = objective::prior_bits_per_dim(&self.schedule, x0.clone());
         for (t, weight) in std::iter::once((0usize, 1.0)).chain(kl_terms) {
-            let noise = host_normal(&mut rng, [n, c, h, w], &self.device);
+            let noise = normal_tensor(&mut rng, [n, c, h, w], 0.0, 1.0, &self.device);
             let t_all = vec![t; n];
             let x_t = q_sample(&self.schedule, x0.clone(), &t_all, noise);
             let t_in = Tensor::<B::InnerBackend, 1>::full([n], t as f32, &self.device);
@@ -506,24 +505,6 @@ pub fn kl_quadrature(t_max: usize, points: usize) -> Vec<(usize, f64)> {
             (ts[i], (left + right) / 2.0)
         })
         .collect()
-}
-
-/// A tensor of standard normal draws from a host RNG (Box–Muller).
-fn host_normal<Bk: Backend>(
-    rng: &mut impl Rng,
-    shape: [usize; 4],
-    device: &Bk::Device,
-) -> Tensor<Bk, 4> {
-    let len = shape.iter().product::<usize>();
-    let values: Vec<f32> = (0..len).map(|_| standard_normal(rng)).collect();
-    Tensor::from_data(TensorData::new(values, shape), device)
-}
-
-/// A standard normal draw (Box–Muller), from a host RNG.
-fn standard_normal(rng: &mut impl Rng) -> f32 {
-    let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
-    let u2: f64 = rng.random::<f64>();
-    ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
 }
 
 impl<B: AutodiffBackend> Family<B> for DdpmTrainer<B> {

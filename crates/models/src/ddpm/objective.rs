@@ -194,8 +194,8 @@ mod tests {
     use super::*;
     use crate::ddpm::schedule::BetaSchedule;
     use burn::backend::Flex;
-    use burn::tensor::Distribution;
     use genzoo_core::CpuDevice;
+    use genzoo_core::seed::{host_rng, normal_tensor, uniform_tensor};
 
     fn schedule() -> NoiseSchedule {
         NoiseSchedule::new(BetaSchedule::default(), 1000)
@@ -205,6 +205,7 @@ mod tests {
     fn q_sample_has_the_forward_process_statistics() {
         let _guard = crate::rng_lock();
         let dev = CpuDevice::default();
+        let mut rng = host_rng(1, "test", 0);
         Flex::seed(&dev, 3);
         let s = schedule();
         // 20,000 draws of x_t for one pixel x_0 = 0.5 at t = 300:
@@ -212,7 +213,7 @@ mod tests {
         let n = 20_000;
         let t = vec![300usize; n];
         let x0 = Tensor::<Flex, 4>::full([n, 1, 1, 1], 0.5, &dev);
-        let noise = Tensor::<Flex, 4>::random([n, 1, 1, 1], Distribution::Normal(0.0, 1.0), &dev);
+        let noise = normal_tensor::<Flex, 4>(&mut rng, [n, 1, 1, 1], 0.0, 1.0, &dev);
         let xt: Vec<f32> = q_sample(&s, x0, &t, noise).into_data().to_vec().unwrap();
         let mean = xt.iter().map(|v| *v as f64).sum::<f64>() / n as f64;
         let var = xt.iter().map(|v| (*v as f64 - mean).powi(2)).sum::<f64>() / n as f64;
@@ -234,10 +235,11 @@ mod tests {
     fn eps_and_v_conversions_round_trip() {
         let _guard = crate::rng_lock();
         let dev = CpuDevice::default();
+        let mut rng = host_rng(1, "test", 0);
         let s = schedule();
         let t = [0usize, 10, 500, 999];
-        let x0 = Tensor::<Flex, 4>::random([4, 1, 3, 3], Distribution::Uniform(-1.0, 1.0), &dev);
-        let eps = Tensor::<Flex, 4>::random([4, 1, 3, 3], Distribution::Normal(0.0, 1.0), &dev);
+        let x0 = uniform_tensor::<Flex, 4>(&mut rng, [4, 1, 3, 3], -1.0, 1.0, &dev);
+        let eps = normal_tensor::<Flex, 4>(&mut rng, [4, 1, 3, 3], 0.0, 1.0, &dev);
         let xt = q_sample(&s, x0.clone(), &t, eps.clone());
         let tol = burn::tensor::Tolerance::<f32>::absolute(2e-3);
         for p in [Prediction::Epsilon, Prediction::V] {

@@ -564,9 +564,9 @@ mod tests {
     use burn::backend::Autodiff;
     use burn::backend::Flex;
     use burn::nn::{GroupNorm as BurnGroupNorm, GroupNormConfig};
-    use burn::tensor::Distribution;
     use genzoo_core::CpuDevice;
     use genzoo_core::record::{force_init, trainable_params};
+    use genzoo_core::seed::{host_rng, normal_tensor};
 
     type AB = Autodiff<Flex>;
 
@@ -595,6 +595,7 @@ mod tests {
     fn shapes_for_28_and_32_pixels_one_and_three_channels() {
         let _guard = crate::rng_lock();
         let dev = CpuDevice::default();
+        let mut rng = host_rng(1, "test", 0);
         for (c, hw, classes) in [(1, 28, 0), (3, 32, 0), (1, 32, 10), (3, 28, 10)] {
             let config = UNetConfig {
                 channels: c,
@@ -607,7 +608,7 @@ mod tests {
             };
             config.validate().unwrap();
             let net = UNet::<Flex>::new(&config, &dev);
-            let x = Tensor::<Flex, 4>::random([2, c, hw, hw], Distribution::Normal(0.0, 1.0), &dev);
+            let x = normal_tensor::<Flex, 4>(&mut rng, [2, c, hw, hw], 0.0, 1.0, &dev);
             let t = Tensor::<Flex, 1>::from_floats([0.0, 999.0], &dev);
             let y = Tensor::<Flex, 1, Int>::from_ints([1, 0], &dev);
             assert_eq!(net.forward(x, t, y).dims(), [2, c, hw, hw]);
@@ -629,13 +630,13 @@ mod tests {
     fn group_norm_matches_burns_values_and_gradients() {
         let _guard = crate::rng_lock();
         let dev = CpuDevice::default();
-        let x = Tensor::<AB, 4>::random([3, 8, 5, 4], Distribution::Normal(1.0, 2.0), &dev)
-            .require_grad();
+        let mut rng = host_rng(1, "test", 0);
+        let x = normal_tensor::<AB, 4>(&mut rng, [3, 8, 5, 4], 1.0, 2.0, &dev).require_grad();
         let ours = GroupNorm::<AB>::new(4, 8, &dev);
         let theirs: BurnGroupNorm<AB> = GroupNormConfig::new(4, 8).init(&dev);
         // Same non-trivial affine parameters in both.
-        let gamma = Tensor::<AB, 1>::random([8], Distribution::Normal(1.0, 0.5), &dev);
-        let beta = Tensor::<AB, 1>::random([8], Distribution::Normal(0.0, 0.5), &dev);
+        let gamma = normal_tensor::<AB, 1>(&mut rng, [8], 1.0, 0.5, &dev);
+        let beta = normal_tensor::<AB, 1>(&mut rng, [8], 0.0, 0.5, &dev);
         let ours = GroupNorm {
             gamma: Param::from_tensor(gamma.clone()),
             beta: Param::from_tensor(beta.clone()),
@@ -646,7 +647,7 @@ mod tests {
             beta: Some(Param::from_tensor(beta)),
             ..theirs
         };
-        let weights = Tensor::<AB, 4>::random([3, 8, 5, 4], Distribution::Normal(0.0, 1.0), &dev);
+        let weights = normal_tensor::<AB, 4>(&mut rng, [3, 8, 5, 4], 0.0, 1.0, &dev);
         let y1 = ours.forward(x.clone());
         let y2 = theirs.forward(x.clone());
         y1.clone().into_data().assert_approx_eq::<f32>(
@@ -686,11 +687,12 @@ mod tests {
     fn pointwise_conv_is_a_1x1_convolution() {
         let _guard = crate::rng_lock();
         let dev = CpuDevice::default();
+        let mut rng = host_rng(1, "test", 0);
         let ours = PointwiseConv::<Flex>::new(6, 4, &dev);
         let mut conv: Conv2d<Flex> = Conv2dConfig::new([6, 4], [1, 1]).init(&dev);
         conv.weight = Param::from_tensor(ours.weight.val().reshape([4, 6, 1, 1]));
         conv.bias = Some(Param::from_tensor(ours.bias.val()));
-        let x = Tensor::<Flex, 4>::random([2, 6, 3, 5], Distribution::Normal(0.0, 1.0), &dev);
+        let x = normal_tensor::<Flex, 4>(&mut rng, [2, 6, 3, 5], 0.0, 1.0, &dev);
         ours.forward(x.clone()).into_data().assert_approx_eq::<f32>(
             &conv.forward(x).into_data(),
             burn::tensor::Tolerance::absolute(1e-5),

@@ -418,7 +418,8 @@ impl<B: AutodiffBackend> Family<B> for GanTrainer<B> {
             0
         };
         let labels = request.labels::<B::InnerBackend>(classes, "cdcgan-28", &self.device)?;
-        B::InnerBackend::seed(&self.device, request.seed);
+        // Host noise seeded by the request: the same images whatever else runs.
+        let _noise = noise::begin(genzoo_core::seed::derive(request.seed, "gan-sample", 0));
         let z = self.noise::<B::InnerBackend>(request.n, &self.device);
         // [-1, 1] → [0, 1]
         Ok((self.sampling_generator().forward(z, labels) + 1.0) / 2.0)
@@ -477,9 +478,9 @@ impl<B: AutodiffBackend> Family<B> for GanTrainer<B> {
 mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex};
-    use burn::tensor::Distribution;
     use genzoo_core::CpuDevice;
     use genzoo_core::record::trainable_values;
+    use genzoo_core::seed::{host_rng, uniform_tensor};
 
     type AB = Autodiff<Flex>;
 
@@ -549,6 +550,7 @@ mod tests {
     fn each_update_changes_only_its_own_network() {
         let _guard = crate::rng_lock();
         let dev = CpuDevice::default();
+        let mut rng = host_rng(1, "test", 0);
         Flex::seed(&dev, 2);
         for kind in [DiscriminatorKind::BatchNorm, DiscriminatorKind::Spectral] {
             let mut gan = GanTrainer::<AB>::new(
@@ -561,11 +563,7 @@ mod tests {
                 &dev,
             );
             let batch = ImageBatch {
-                images: Tensor::<AB, 4>::random(
-                    [8, 1, 8, 8],
-                    Distribution::Uniform(-1.0, 1.0),
-                    &dev,
-                ),
+                images: uniform_tensor::<AB, 4>(&mut rng, [8, 1, 8, 8], -1.0, 1.0, &dev),
                 labels: Tensor::<AB, 1, Int>::zeros([8], &dev),
             };
             let mut ctx = StepContext::new(1, 1e-2);
@@ -594,6 +592,7 @@ mod tests {
     fn wgan_gp_trains_a_step() {
         let _guard = crate::rng_lock();
         let dev = CpuDevice::default();
+        let mut rng = host_rng(1, "test", 0);
         Flex::seed(&dev, 9);
         let config = GanConfig {
             height: 8,
@@ -606,7 +605,7 @@ mod tests {
         };
         let gan = GanTrainer::<AB>::new(config, &dev);
         let batch = ImageBatch {
-            images: Tensor::<AB, 4>::random([4, 1, 8, 8], Distribution::Uniform(-1.0, 1.0), &dev),
+            images: uniform_tensor::<AB, 4>(&mut rng, [4, 1, 8, 8], -1.0, 1.0, &dev),
             labels: Tensor::<AB, 1, Int>::zeros([4], &dev),
         };
         let (gan, m1) = gan
@@ -627,6 +626,7 @@ mod tests {
     fn collapse_guard_warns_once_with_the_step() {
         let _guard = crate::rng_lock();
         let dev = CpuDevice::default();
+        let mut rng = host_rng(1, "test", 0);
         // Thresholds every step meets, so the guard must fire after `patience` steps.
         let config = GanConfig {
             height: 8,
@@ -638,7 +638,7 @@ mod tests {
         };
         let mut gan = GanTrainer::<AB>::new(config, &dev);
         let batch = ImageBatch {
-            images: Tensor::<AB, 4>::random([4, 1, 8, 8], Distribution::Uniform(-1.0, 1.0), &dev),
+            images: uniform_tensor::<AB, 4>(&mut rng, [4, 1, 8, 8], -1.0, 1.0, &dev),
             labels: Tensor::<AB, 1, Int>::zeros([4], &dev),
         };
         let mut warned_at = Vec::new();

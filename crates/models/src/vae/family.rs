@@ -9,9 +9,11 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use genzoo_core::family::SampleRequest;
+use genzoo_core::noise;
 use genzoo_core::optim::FusedAdam;
 use genzoo_core::parallel::{Replica, broadcast_autodiff};
 use genzoo_core::record::{load_module, load_optimizer, save_module, save_optimizer};
+use genzoo_core::seed::derive;
 use genzoo_core::{Family, ImageBatch, Metrics, Result, StepContext};
 
 use super::model::{PixelLikelihood, Vae, VaeConfig};
@@ -145,7 +147,8 @@ impl<B: AutodiffBackend> Family<B> for VaeTrainer<B> {
         // About 16k decoded rows per call bounds the memory whatever k is.
         let per_call = (16_384 / k).max(1);
         let dims = self.config.pixels() as f64 * std::f64::consts::LN_2;
-        B::InnerBackend::seed(device, seed);
+        // Host noise seeded by the call: the same bound whatever else runs.
+        let _noise = noise::begin(derive(seed, "vae-iwae", 0));
         let mut bits = Vec::with_capacity(n);
         for start in (0..n).step_by(per_call) {
             let end = (start + per_call).min(n);
@@ -167,7 +170,7 @@ impl<B: AutodiffBackend> Family<B> for VaeTrainer<B> {
             "a conditional preset (cvae-mlp, cvae-conv)",
             device,
         )?;
-        B::InnerBackend::seed(device, request.seed);
+        let _noise = noise::begin(derive(request.seed, "vae-sample", 0));
         Ok(self.model.valid().sample(labels, device))
     }
 

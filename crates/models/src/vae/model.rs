@@ -12,7 +12,6 @@
 use burn::nn::conv::{Conv2d, Conv2dConfig, ConvTranspose2d, ConvTranspose2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
-use burn::tensor::Distribution;
 use burn::tensor::activation::{relu, sigmoid};
 use genzoo_core::noise;
 use genzoo_core::{Error, Result};
@@ -366,7 +365,8 @@ impl<B: Backend> Vae<B> {
         mu + (log_var * 0.5).exp() * eps
     }
 
-    /// Images drawn from the prior: z ~ N(0, I), shown as the decoder's
+    /// Images drawn from the prior: z ~ N(0, I) (one row per image from the
+    /// open noise stream, [`genzoo_core::noise`]), shown as the decoder's
     /// means (see [`Vae::mean_image`]).
     ///
     /// # Shapes
@@ -374,7 +374,7 @@ impl<B: Backend> Vae<B> {
     /// - returns: `[n, channels, height, width]`
     pub fn sample(&self, labels: Tensor<B, 1, Int>, device: &B::Device) -> Tensor<B, 4> {
         let n = labels.dims()[0];
-        let z = Tensor::random([n, self.latent], Distribution::Normal(0.0, 1.0), device);
+        let z = noise::normal_per_example([n, self.latent], device);
         self.mean_image(self.decode(z, self.condition(labels)))
     }
 

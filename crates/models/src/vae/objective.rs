@@ -196,6 +196,7 @@ pub fn iwae_nll<B: Backend>(
 mod tests {
     use super::*;
     use crate::vae::VaeConfig;
+    use genzoo_core::seed::{host_rng, uniform_tensor};
     use genzoo_core::{CpuBackend, CpuDevice};
 
     #[test]
@@ -313,6 +314,7 @@ mod tests {
     fn iwae_bound_is_tighter_than_the_elbo_on_average() {
         let _guard = crate::rng_lock();
         let dev = CpuDevice::default();
+        let mut rng = host_rng(1, "test", 0);
         CpuBackend::seed(&dev, 3);
         let model = VaeConfig {
             hidden: 32,
@@ -322,11 +324,7 @@ mod tests {
             ..Default::default()
         }
         .init::<CpuBackend>(&dev);
-        let x = Tensor::<CpuBackend, 4>::random(
-            [16, 1, 8, 8],
-            burn::tensor::Distribution::Uniform(0.0, 1.0),
-            &dev,
-        );
+        let x = uniform_tensor::<CpuBackend, 4>(&mut rng, [16, 1, 8, 8], 0.0, 1.0, &dev);
         let labels = Tensor::<CpuBackend, 1, Int>::zeros([16], &dev);
         let elbo: f32 = (0..20)
             .map(|_| {
