@@ -21,6 +21,9 @@ use genzoo::train::checkpoint::list_checkpoints;
 use genzoo::train::logger::read_jsonl;
 use genzoo::train::{RunDir, TrainConfig, Trainer};
 
+mod support;
+use support::while_the_backend_rng_is_busy;
+
 type B = Autodiff<Flex>;
 
 const SIZE: usize = 12;
@@ -85,26 +88,6 @@ fn trainer(dir: &Path, cfg: TrainConfig, resume: bool) -> Trainer {
 
 fn weights(f: &VaeTrainer<B>) -> Vec<f32> {
     param_values(&f.model.valid())
-}
-
-/// Runs `f` while another thread keeps drawing from burn's process-wide CPU
-/// RNG, as another model or test in the same process would.
-fn while_the_backend_rng_is_busy<T>(f: impl FnOnce() -> T) -> T {
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = Tensor::<Flex, 1>::random(
-                    [64],
-                    burn::tensor::Distribution::Default,
-                    &CpuDevice::default(),
-                );
-            }
-        });
-        let out = f();
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        out
-    })
 }
 
 #[test]

@@ -11,6 +11,9 @@ use genzoo::models::gan::{GanConfig, GanTrainer};
 use genzoo::train::logger::read_jsonl;
 use genzoo::train::{RunDir, TrainConfig, Trainer};
 
+mod support;
+use support::while_the_backend_rng_is_busy;
+
 type B = Autodiff<Flex>;
 
 static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -149,24 +152,8 @@ fn samples_depend_on_the_seed_alone() {
             .unwrap()
     };
     let a = sample(4);
-    // Another thread drawing from burn's process-wide CPU RNG meanwhile
-    // must not change the samples.
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let b = std::thread::scope(|s| {
-        s.spawn(|| {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let _ = Tensor::<Flex, 1>::random(
-                    [64],
-                    burn::tensor::Distribution::Default,
-                    &CpuDevice::default(),
-                );
-            }
-        });
-        // Many tries: a draw between seeding and sampling is a narrow window.
-        let same = (0..50).all(|_| sample(4) == a);
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        same
-    });
-    assert!(b, "the same seed gave other samples");
+    // Many tries: a draw between seeding and sampling is a narrow window.
+    let same = while_the_backend_rng_is_busy(|| (0..50).all(|_| sample(4) == a));
+    assert!(same, "the same seed gave other samples");
     assert_ne!(a, sample(5));
 }
