@@ -22,7 +22,7 @@ use genzoo::train::logger::read_jsonl;
 use genzoo::train::{RunDir, TrainConfig, Trainer};
 
 mod support;
-use support::while_the_backend_rng_is_busy;
+use support::assert_samples_depend_on_the_seed_alone;
 
 type B = Autodiff<Flex>;
 
@@ -95,23 +95,7 @@ fn vae_samples_depend_on_the_seed_alone() {
     // Held throughout: the busy thread must not disturb other tests' draws.
     let _guard = lock();
     let vae = fresh_vae();
-    let sample = |seed: u64| -> Vec<f32> {
-        let request = SampleRequest {
-            n: 4,
-            seed,
-            ..Default::default()
-        };
-        vae.sample_images(&request)
-            .unwrap()
-            .into_data()
-            .to_vec()
-            .unwrap()
-    };
-    let a = sample(4);
-    // Many tries: a draw between seeding and sampling is a narrow window.
-    let same = while_the_backend_rng_is_busy(|| (0..50).all(|_| sample(4) == a));
-    assert!(same, "the same seed gave other samples");
-    assert_ne!(a, sample(5));
+    assert_samples_depend_on_the_seed_alone(&vae);
 }
 
 #[test]

@@ -4,7 +4,9 @@
 use burn::backend::Flex;
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use genzoo::core::CpuDevice;
+use burn::tensor::backend::AutodiffBackend;
+use genzoo::core::family::SampleRequest;
+use genzoo::core::{CpuDevice, Family};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Runs `f` while another thread keeps drawing from burn's process-wide CPU
@@ -24,4 +26,25 @@ pub fn while_the_backend_rng_is_busy<T>(f: impl FnOnce() -> T) -> T {
         stop.store(true, Ordering::Relaxed);
         out
     })
+}
+
+/// Asserts that `family`'s samples for a seed are the same on every call,
+/// even while another thread draws from burn's CPU RNG, and that another
+/// seed gives others. Hold the test binary's RNG lock around it.
+#[allow(dead_code)]
+pub fn assert_samples_depend_on_the_seed_alone<B: AutodiffBackend, F: Family<B>>(family: &F) {
+    let sample = |seed: u64| -> Vec<f32> {
+        let request = SampleRequest {
+            n: 3,
+            seed,
+            ..Default::default()
+        };
+        let images = family.sample_images(&request).unwrap();
+        images.into_data().to_vec().unwrap()
+    };
+    let a = sample(4);
+    // Many tries: a draw between seeding and sampling is a narrow window.
+    let same = while_the_backend_rng_is_busy(|| (0..50).all(|_| sample(4) == a));
+    assert!(same, "the same seed gave other samples");
+    assert_ne!(a, sample(5), "another seed gave the same samples");
 }
