@@ -14,6 +14,7 @@ use genzoo::core::{CpuDevice, Family, ImageBatch};
 use genzoo::data::synthetic::write_idx_dataset;
 use genzoo::data::{ImageData, ImageDataset, Scaling, synthetic};
 use genzoo::models::ModelConfig;
+use genzoo::models::ddpm::{DdpmConfig, DdpmTrainer, UNetConfig};
 use genzoo::models::gan::GanTrainer;
 use genzoo::models::vae::{VaeConfig, VaeTrainer};
 use genzoo::train::data_parallel::{ParallelConfig, run_replicas};
@@ -203,6 +204,46 @@ fn two_replicas_take_the_one_device_step_of_vae_mlp_and_dcgan_28() {
     }
     // Only the leader wrote checkpoints, in the one-device format.
     assert!(tmp.path().join("gan2/checkpoints").is_dir());
+}
+
+#[test]
+fn two_replicas_drop_and_noise_as_one_device_does() {
+    // A class-conditional DDPM with dropout in its U-Net: timesteps, noise,
+    // label dropout and dropout masks are all per-example draws of the step's
+    // stream, so two replicas must take exactly the one-device steps.
+    let _g = lock(&RNG_LOCK);
+    let tmp = tempfile::tempdir().unwrap();
+    let ddpm = DdpmConfig {
+        unet: UNetConfig {
+            height: 8,
+            width: 8,
+            base_channels: 8,
+            groups: 4,
+            time_embedding: 32,
+            num_classes: 10,
+            dropout: 0.3,
+            ..Default::default()
+        },
+        timesteps: 100,
+        conditional: true,
+        // As for dcgan-28 above: a step proportional to the gradient.
+        adam_eps: 1.0,
+        ..Default::default()
+    };
+    let images = data(8, 16);
+    let cfg = config(2, 16);
+    let make = |d: &CpuDevice| DdpmTrainer::<B>::new(ddpm.clone(), d);
+    let start = param_values(&make(&CpuDevice::default()).unet);
+    let [one, two] = [1, 2].map(|devices| {
+        let dir = tmp.path().join(format!("ddpm{devices}"));
+        param_values(&train(make, &images, &dir, &cfg, devices, None, false).unet)
+    });
+    assert!(max_diff(&one, &start) > 1e-4, "the steps changed nothing");
+    assert!(
+        max_diff(&one, &two) < 1e-5,
+        "ddpm with dropout: 2 replicas differ from 1 device by {}",
+        max_diff(&one, &two)
+    );
 }
 
 #[test]

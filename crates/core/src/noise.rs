@@ -18,7 +18,7 @@ use std::cell::Cell;
 
 use burn::prelude::*;
 use burn::tensor::Distribution;
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::parallel::Replica;
@@ -156,6 +156,53 @@ pub fn uniform_per_example<B: Backend, const D: usize>(
     })
 }
 
+/// A keep mask, 1 with probability `keep` and 0 otherwise, one row
+/// (`shape[0]`) per example.
+pub fn keep_mask_per_example<B: Backend, const D: usize>(
+    shape: [usize; D],
+    keep: f64,
+    device: &B::Device,
+) -> Tensor<B, D> {
+    // Compare 32 random bits with keep·2³² (cheaper than a float per element).
+    let threshold = (keep.clamp(0.0, 1.0) * 4_294_967_296.0) as u64;
+    draw(shape, device, Distribution::Bernoulli(keep), |rng| {
+        f64::from(u8::from(u64::from(rng.next_u32()) < threshold))
+    })
+}
+
+/// Dropout (Srivastava et al. 2014): zeroes each element with probability
+/// `prob` and scales the rest by 1/(1 − prob), on autodiff backends
+/// (training) only; elsewhere it returns `x` unchanged.
+///
+/// Unlike burn's `Dropout`, the masks are per-example draws of the step's
+/// noise stream: a resumed run drops what an uninterrupted one drops, and
+/// data-parallel replicas drop what one device would.
+///
+/// ```
+/// use burn::backend::Autodiff;
+/// use burn::prelude::*;
+/// use genzoo_core::{CpuBackend, CpuDevice, noise};
+/// let dev = CpuDevice::default();
+/// let x = Tensor::<Autodiff<CpuBackend>, 2>::ones([4, 1000], &dev);
+/// let y = { let _s = noise::begin(1); noise::dropout(x.clone(), 0.25) };
+/// let kept = y.clone().greater_elem(0.0).int().sum().into_scalar() as f64 / 4000.0;
+/// assert!((kept - 0.75).abs() < 0.03);
+/// assert!((y.max().into_scalar() - 1.0 / 0.75).abs() < 1e-6); // survivors are scaled
+/// ```
+pub fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, prob: f64) -> Tensor<B, D> {
+    assert!(
+        prob < 1.0,
+        "dropout probability must be below 1, got {prob}"
+    );
+    let device = x.device();
+    if prob <= 0.0 || !B::ad_enabled(&device) {
+        return x;
+    }
+    let keep = 1.0 - prob;
+    let mask = keep_mask_per_example::<B, D>(x.dims(), keep, &device);
+    x * (mask * (1.0 / keep))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,5 +241,50 @@ mod tests {
         let u = uniform_per_example::<CpuBackend, 1>([20_000], 2.0, 4.0, &dev);
         assert!(u.clone().min().into_scalar() >= 2.0 && u.clone().max().into_scalar() < 4.0);
         assert!((u.mean().into_scalar() - 3.0).abs() < 0.03);
+    }
+
+    #[test]
+    fn dropout_masks_follow_the_stream_and_only_train() {
+        use burn::backend::Autodiff;
+        type Ad = Autodiff<CpuBackend>;
+        let dev = CpuDevice::default();
+        let x = Tensor::<Ad, 3>::ones([6, 50, 40], &dev);
+        let drop = |seed| {
+            let _s = begin(seed);
+            dropout(x.clone(), 0.3).into_data()
+        };
+        assert_eq!(drop(1), drop(1));
+        assert_ne!(drop(1), drop(2));
+        let y = {
+            let _s = begin(1);
+            dropout(x.clone(), 0.3)
+        };
+        let values = y.into_data().to_vec::<f32>().unwrap();
+        let kept = values.iter().filter(|&&v| v != 0.0).count() as f64 / values.len() as f64;
+        assert!((kept - 0.7).abs() < 0.02, "kept {kept}");
+        assert!(
+            values
+                .iter()
+                .all(|&v| v == 0.0 || (v - 1.0 / 0.7).abs() < 1e-6)
+        );
+        // Inference (no autodiff) and p = 0 leave the input alone.
+        let plain = Tensor::<CpuBackend, 3>::ones([2, 3, 4], &dev);
+        assert_eq!(dropout(plain.clone(), 0.5).into_data(), plain.into_data());
+        assert_eq!(dropout(x.clone(), 0.0).into_data(), x.into_data());
+        // Replicas draw their rows of the global batch's masks.
+        let whole = {
+            let _s = begin(3);
+            keep_mask_per_example::<CpuBackend, 2>([5, 64], 0.5, &dev)
+        };
+        let parts: Vec<_> = (0..2)
+            .map(|rank| {
+                let mut replica = Replica::new(rank, 2);
+                replica.batch = Some(5);
+                let _s = begin_sharded(3, replica);
+                let (start, end) = replica.shard_range(5);
+                keep_mask_per_example::<CpuBackend, 2>([end - start, 64], 0.5, &dev)
+            })
+            .collect();
+        assert_eq!(whole.into_data(), Tensor::cat(parts, 0).into_data());
     }
 }

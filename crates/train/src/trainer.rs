@@ -269,10 +269,11 @@ impl Trainer {
 
         while step < end {
             if leader {
-                // Backend randomness (dropout) is seeded by the leader only:
-                // burn's CPU backend keeps one RNG per process, which replicas
-                // on threads would race on. Per-example noise comes from the
-                // step's own stream below instead.
+                // Backend randomness is seeded by the leader only: burn's CPU
+                // backend keeps one RNG per process, which replicas on threads
+                // would race on. genzoo's families draw none in a step (their
+                // noise and dropout masks come from the step's own stream
+                // below); this seeds what a user's own family draws.
                 seed_step::<B>(device, cfg.seed, step + 1);
             }
             let mut batch = data.train_batch(epoch, index, device);

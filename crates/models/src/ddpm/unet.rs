@@ -16,12 +16,11 @@
 
 use burn::module::{Initializer, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{
-    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Linear, LinearConfig, PaddingConfig2d,
-};
+use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use genzoo_core::fused::{self, silu};
+use genzoo_core::noise::dropout;
 
 use crate::layers::conv2d;
 use genzoo_core::{Error, Result};
@@ -254,7 +253,8 @@ pub struct ResBlock<B: Backend> {
     conv1: Conv2d<B>,
     time: Linear<B>,
     norm2: GroupNorm<B>,
-    dropout: Dropout,
+    /// Dropout probability before `conv2` (masks from the step's noise stream).
+    dropout: f64,
     conv2: Conv2d<B>,
     shortcut: Option<PointwiseConv<B>>,
 }
@@ -266,7 +266,7 @@ impl<B: Backend> ResBlock<B> {
             conv1: conv3x3(d_in, d_out, 1, device),
             time: LinearConfig::new(config.time_embedding, d_out).init(device),
             norm2: GroupNorm::new(config.groups, d_out, device),
-            dropout: DropoutConfig::new(config.dropout).init(),
+            dropout: config.dropout,
             conv2: conv3x3(d_out, d_out, 1, device),
             shortcut: (d_in != d_out).then(|| PointwiseConv::new(d_in, d_out, device)),
         }
@@ -283,7 +283,7 @@ impl<B: Backend> ResBlock<B> {
         let h = (h.reshape([n * c, height * width]) + t).reshape([n, c, height, width]);
         let h = conv2d(
             &self.conv2,
-            self.dropout.forward(self.norm2.forward_silu(h)),
+            dropout(self.norm2.forward_silu(h), self.dropout),
         );
         let skip = match &self.shortcut {
             Some(conv) => conv.forward(x),

@@ -11,9 +11,11 @@
 use burn::module::Param;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
+use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use genzoo_core::fused::{causal_attention, causal_self_attention, gelu};
+use genzoo_core::noise::dropout;
 use genzoo_core::{Error, Result};
 
 use crate::layers::{LayerNorm, linear_rows};
@@ -34,7 +36,8 @@ pub struct GptConfig {
     pub n_head: usize,
     /// Embedding width.
     pub n_embd: usize,
-    /// Dropout probability (0 = off).
+    /// Dropout probability (0 = off) on the embeddings, the attention
+    /// weights and both residual branches, as nanoGPT; training only.
     pub dropout: f64,
     /// Biases in Linear and LayerNorm layers.
     pub bias: bool,
@@ -80,6 +83,12 @@ impl GptConfig {
                 "gpt: vocab_size, block_size, n_layer and n_head must be positive".into(),
             ));
         }
+        if !(0.0..1.0).contains(&self.dropout) {
+            return Err(Error::Config(format!(
+                "gpt: dropout must be in [0, 1), got {}",
+                self.dropout
+            )));
+        }
         if !self.n_embd.is_multiple_of(self.n_head) {
             return Err(Error::Config(format!(
                 "gpt: n_embd ({}) must be divisible by n_head ({})",
@@ -114,11 +123,13 @@ impl GptConfig {
                     c_attn: linear(c, 3 * c, &normal),
                     c_proj: linear(c, c, &residual),
                     n_head: self.n_head,
+                    dropout: self.dropout,
                 },
                 ln_2: norm(),
                 mlp: Mlp {
                     c_fc: linear(c, 4 * c, &normal),
                     c_proj: linear(4 * c, c, &residual),
+                    dropout: self.dropout,
                 },
             })
             .collect();
@@ -133,6 +144,7 @@ impl GptConfig {
             ln_f: norm(),
             lm_head: (!self.tie_weights).then(|| linear(c, self.vocab_size, &normal)),
             block_size: self.block_size,
+            dropout: self.dropout,
         };
         genzoo_core::record::force_init(&gpt);
         gpt
@@ -145,6 +157,7 @@ pub struct CausalSelfAttention<B: Backend> {
     c_attn: Linear<B>,
     c_proj: Linear<B>,
     n_head: usize,
+    dropout: f64,
 }
 
 /// The cached keys and values of one attention layer, `[batch, n_head, t, head_size]` each.
@@ -166,21 +179,19 @@ impl<B: Backend> CausalSelfAttention<B> {
         cache: Option<&mut Option<LayerCache<B>>>,
     ) -> Tensor<B, 3> {
         let [b, t, c] = x.dims();
-        let hs = c / self.n_head;
         let qkv = linear_rows(&self.c_attn, x); // (B, T, 3C)
         if cache.is_none() {
             // Training and uncached generation: causal attention over the
             // packed q, k, v, heads split and re-assembled inside (genzoo's
-            // fused kernel on the CPU backend).
-            return linear_rows(&self.c_proj, causal_self_attention(qkv, self.n_head));
+            // fused kernel on the CPU backend), which has no dropout.
+            let y = if self.dropout > 0.0 && B::ad_enabled(&qkv.device()) {
+                causal_attention_with_dropout(qkv, self.n_head, self.dropout)
+            } else {
+                causal_self_attention(qkv, self.n_head)
+            };
+            return dropout(linear_rows(&self.c_proj, y), self.dropout);
         }
-        let split = |i: usize| {
-            qkv.clone()
-                .narrow(2, i * c, c)
-                .reshape([b, t, self.n_head, hs])
-                .swap_dims(1, 2)
-        }; // (B, nh, T, hs)
-        let (q, mut k, mut v) = (split(0), split(1), split(2));
+        let (q, mut k, mut v) = split_heads(qkv, self.n_head); // (B, nh, T, hs) each
         let mut past = 0;
         if let Some(cache) = cache {
             if let Some(prev) = cache.take() {
@@ -211,8 +222,50 @@ impl<B: Backend> CausalSelfAttention<B> {
             attention(q, k, v, mask, None, options)
         }; // (B, nh, T, hs)
         let y = y.swap_dims(1, 2).reshape([b, t, c]); // re-assemble the heads: (B, T, C)
-        linear_rows(&self.c_proj, y)
+        dropout(linear_rows(&self.c_proj, y), self.dropout)
     }
+}
+
+/// The queries, keys and values of packed `[batch, t, 3·n_embd]`
+/// projections, `[batch, n_head, t, head_size]` each.
+fn split_heads<B: Backend>(
+    qkv: Tensor<B, 3>,
+    n_head: usize,
+) -> (Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>) {
+    let [b, t, c3] = qkv.dims();
+    let c = c3 / 3;
+    let split = |i: usize| {
+        qkv.clone()
+            .narrow(2, i * c, c)
+            .reshape([b, t, n_head, c / n_head])
+            .swap_dims(1, 2)
+    };
+    (split(0), split(1), split(2))
+}
+
+/// Causal attention with dropout on the attention weights (nanoGPT's
+/// `attn_dropout`), written out: softmax(q·kᵀ/√d with the future masked),
+/// dropped, times v.
+///
+/// # Shapes
+/// - qkv: `[batch, t, 3·n_embd]` → `[batch, t, n_embd]`
+fn causal_attention_with_dropout<B: Backend>(
+    qkv: Tensor<B, 3>,
+    n_head: usize,
+    prob: f64,
+) -> Tensor<B, 3> {
+    let [b, t, c3] = qkv.dims();
+    let (q, k, v) = split_heads(qkv, n_head);
+    let head_size = c3 / 3 / n_head;
+    let scores = q.matmul(k.swap_dims(2, 3)) / (head_size as f64).sqrt(); // (B, nh, T, T)
+    let future = Tensor::<B, 2, Bool>::tril_mask([t, t], 0, &scores.device())
+        .unsqueeze::<4>()
+        .expand([b, n_head, t, t]);
+    let weights = dropout(
+        softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3),
+        prob,
+    );
+    weights.matmul(v).swap_dims(1, 2).reshape([b, t, c3 / 3])
 }
 
 /// The position-wise feed-forward network: Linear → GELU → Linear.
@@ -220,12 +273,14 @@ impl<B: Backend> CausalSelfAttention<B> {
 pub struct Mlp<B: Backend> {
     c_fc: Linear<B>,
     c_proj: Linear<B>,
+    dropout: f64,
 }
 
 impl<B: Backend> Mlp<B> {
     /// `[batch, t, n_embd]` → `[batch, t, n_embd]`
     pub fn forward(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
-        linear_rows(&self.c_proj, gelu(linear_rows(&self.c_fc, x)))
+        let x = linear_rows(&self.c_proj, gelu(linear_rows(&self.c_fc, x)));
+        dropout(x, self.dropout)
     }
 }
 
@@ -279,6 +334,7 @@ pub struct Gpt<B: Backend> {
     ln_f: LayerNorm<B>,
     lm_head: Option<Linear<B>>,
     block_size: usize,
+    dropout: f64,
 }
 
 impl<B: Backend> Gpt<B> {
@@ -333,7 +389,8 @@ impl<B: Backend> Gpt<B> {
         let positions = Tensor::<B, 1, Int>::arange(past as i64..(past + t) as i64, &device)
             .unsqueeze::<2>()
             .expand([b, t]);
-        let mut x = self.wte.forward(tokens) + self.wpe.forward(positions); // (B, T, C)
+        let x = self.wte.forward(tokens) + self.wpe.forward(positions); // (B, T, C)
+        let mut x = dropout(x, self.dropout);
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward(x, cache.as_deref_mut().map(|c| &mut c.layers[i]));
         }
@@ -430,5 +487,60 @@ mod tests {
         let cached = Tensor::cat(parts, 1);
         let diff: f32 = (full - cached).abs().max().into_scalar();
         assert!(diff < 1e-4, "max difference {diff}");
+    }
+
+    #[test]
+    fn attention_written_out_matches_the_fused_kernel() {
+        let dev = CpuDevice::default();
+        let mut rng = genzoo_core::seed::host_rng(1, "test", 0);
+        let qkv =
+            genzoo_core::seed::normal_tensor::<CpuBackend, 3>(&mut rng, [2, 9, 48], 0.0, 1.0, &dev);
+        // With p = 0 the written-out path drops nothing: it must be the fused kernel's attention.
+        let written = causal_attention_with_dropout(qkv.clone(), 4, 0.0);
+        let fused = causal_self_attention(qkv, 4);
+        let diff: f32 = (written - fused).abs().max().into_scalar();
+        assert!(diff < 1e-5, "max difference {diff}");
+    }
+
+    #[test]
+    fn dropout_acts_in_training_only_follows_the_noise_stream_and_stays_causal() {
+        use burn::backend::Autodiff;
+        use burn::module::AutodiffModule;
+        use genzoo_core::noise;
+        type Ad = Autodiff<CpuBackend>;
+        let _guard = crate::rng_lock();
+        let dev = CpuDevice::default();
+        let config = |dropout| GptConfig {
+            vocab_size: 11,
+            block_size: 16,
+            n_embd: 32,
+            dropout,
+            ..Default::default()
+        };
+        // The same seed, the same weights: the models differ in dropout only.
+        CpuBackend::seed(&dev, 4);
+        let plain = config(0.0).init::<Ad>(&dev);
+        CpuBackend::seed(&dev, 4);
+        let dropped = config(0.2).init::<Ad>(&dev);
+        let a = Tensor::<Ad, 2, Int>::from_ints([[1, 2, 3, 4, 5, 6, 7, 8]], &dev);
+        let b = Tensor::<Ad, 2, Int>::from_ints([[1, 2, 3, 4, 5, 9, 10, 0]], &dev);
+        let train = |tokens: &Tensor<Ad, 2, Int>, seed| {
+            let _s = noise::begin(seed);
+            dropped.forward(tokens.clone()).inner()
+        };
+        let max_diff = |x: Tensor<CpuBackend, 3>, y: Tensor<CpuBackend, 3>| -> f32 {
+            (x - y).abs().max().into_scalar()
+        };
+        let reference = plain.forward(a.clone()).inner();
+        // Training: masks from the stream, the same for the same seed.
+        assert_eq!(train(&a, 1).into_data(), train(&a, 1).into_data());
+        assert!(max_diff(train(&a, 1), train(&a, 2)) > 1e-3);
+        assert!(max_diff(train(&a, 1), reference.clone()) > 1e-3);
+        // Under the same masks, a future token never moves earlier logits.
+        let diff = max_diff(train(&a, 1).narrow(1, 0, 5), train(&b, 1).narrow(1, 0, 5));
+        assert_eq!(diff, 0.0, "dropout broke causality");
+        // Inference drops nothing.
+        let inference = dropped.valid().forward(a.clone().inner());
+        assert!(max_diff(inference, reference) < 1e-6);
     }
 }
