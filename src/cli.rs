@@ -1275,7 +1275,18 @@ fn info(run_path: &Path) -> Result<()> {
         config.model.family()
     );
     println!("parameters: {params}");
-    println!("dataset:    {}", config.data.dataset);
+    match (&config.data.text, config.model.reads_text()) {
+        (Some(text), true) => println!(
+            "text:       {} ({} tokens)",
+            text.display(),
+            if config.data.bytes {
+                "byte"
+            } else {
+                "character"
+            }
+        ),
+        _ => println!("dataset:    {}", config.data.dataset),
+    }
     let identity = config.identity()?;
     match latest_good(&run.checkpoints_dir(), &identity, |w| eprintln!("{w}"))? {
         Some((dir, m)) => println!(

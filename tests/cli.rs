@@ -318,6 +318,11 @@ fn gpt_char_trains_on_a_text_file_and_continues_a_prompt() {
         config.contains("vocabulary = ") && config.contains("vocab_size = 30"),
         "{config}"
     );
+    let info = ok(&genzoo(&["info", "--run", "runs/g"], dir));
+    assert!(
+        info.contains("text:       poem.txt (character tokens)") && !info.contains("mnist"),
+        "{info}"
+    );
     let out = genzoo(
         &[
             "sample", "--run", "runs/g", "--prompt", "The ", "--tokens", "20", "--seed", "2",
