@@ -15,7 +15,7 @@ use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
 use genzoo_core::fused::{causal_attention, causal_self_attention, gelu};
-use genzoo_core::noise::dropout;
+use genzoo_core::noise::{dropout, drops};
 use genzoo_core::{Error, Result};
 
 use crate::layers::{LayerNorm, linear_rows};
@@ -184,7 +184,7 @@ impl<B: Backend> CausalSelfAttention<B> {
             // Training and uncached generation: causal attention over the
             // packed q, k, v, heads split and re-assembled inside (genzoo's
             // fused kernel on the CPU backend), which has no dropout.
-            let y = if self.dropout > 0.0 && B::ad_enabled(&qkv.device()) {
+            let y = if drops::<B>(self.dropout, &qkv.device()) {
                 causal_attention_with_dropout(qkv, self.n_head, self.dropout)
             } else {
                 causal_self_attention(qkv, self.n_head)
