@@ -14,11 +14,14 @@ use genzoo::core::{CpuDevice, Family, ImageBatch};
 use genzoo::data::synthetic::write_idx_dataset;
 use genzoo::data::{ImageData, ImageDataset, Scaling, synthetic};
 use genzoo::models::ModelConfig;
-use genzoo::models::ddpm::{DdpmConfig, DdpmTrainer, UNetConfig};
+use genzoo::models::ddpm::DdpmTrainer;
 use genzoo::models::gan::GanTrainer;
 use genzoo::models::vae::{VaeConfig, VaeTrainer};
 use genzoo::train::data_parallel::{ParallelConfig, run_replicas};
 use genzoo::train::{RunConfig, RunDir, TrainConfig, Trainer};
+
+mod support;
+use support::tiny_ddpm;
 
 type B = Autodiff<Flex>;
 
@@ -213,23 +216,10 @@ fn two_replicas_drop_and_noise_as_one_device_does() {
     // stream, so two replicas must take exactly the one-device steps.
     let _g = lock(&RNG_LOCK);
     let tmp = tempfile::tempdir().unwrap();
-    let ddpm = DdpmConfig {
-        unet: UNetConfig {
-            height: 8,
-            width: 8,
-            base_channels: 8,
-            groups: 4,
-            time_embedding: 32,
-            num_classes: 10,
-            dropout: 0.3,
-            ..Default::default()
-        },
-        timesteps: 100,
-        conditional: true,
-        // As for dcgan-28 above: a step proportional to the gradient.
-        adam_eps: 1.0,
-        ..Default::default()
-    };
+    let mut ddpm = tiny_ddpm(10);
+    ddpm.unet.dropout = 0.3;
+    // As for dcgan-28 above: a step proportional to the gradient.
+    ddpm.adam_eps = 1.0;
     let images = data(8, 16);
     let cfg = config(2, 16);
     let make = |d: &CpuDevice| DdpmTrainer::<B>::new(ddpm.clone(), d);

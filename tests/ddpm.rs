@@ -8,12 +8,12 @@ use burn::prelude::*;
 use genzoo::core::record::param_values;
 use genzoo::core::{CpuDevice, Family, SampleRequest, SamplerOptions};
 use genzoo::data::{ImageData, ImageDataset, Scaling, synthetic};
-use genzoo::models::ddpm::{DdpmConfig, DdpmTrainer, UNetConfig};
+use genzoo::models::ddpm::{DdpmConfig, DdpmTrainer};
 use genzoo::train::logger::read_jsonl;
 use genzoo::train::{RunDir, TrainConfig, Trainer};
 
 mod support;
-use support::while_the_backend_rng_is_busy;
+use support::{tiny_ddpm, while_the_backend_rng_is_busy};
 
 type B = Autodiff<Flex>;
 
@@ -37,24 +37,6 @@ fn data(size: usize, batch: usize) -> ImageData {
 }
 
 /// A small DDPM on 8×8 images: fast enough for many steps in a test.
-fn tiny(conditional: bool) -> DdpmConfig {
-    DdpmConfig {
-        unet: UNetConfig {
-            height: 8,
-            width: 8,
-            base_channels: 8,
-            groups: 4,
-            time_embedding: 32,
-            num_classes: if conditional { 4 } else { 0 },
-            ..Default::default()
-        },
-        timesteps: 100,
-        conditional,
-        ema_decay: 0.9,
-        ..Default::default()
-    }
-}
-
 fn fresh(config: &DdpmConfig) -> DdpmTrainer<B> {
     <Flex as Backend>::seed(&CpuDevice::default(), 5);
     DdpmTrainer::<B>::new(config.clone(), &CpuDevice::default())
@@ -89,7 +71,7 @@ fn loss_falls_and_is_logged_per_quarter_of_t() {
     let _guard = lock();
     let tmp = tempfile::tempdir().unwrap();
     trainer(tmp.path(), 60, 16, 2e-3, false)
-        .fit(fresh(&tiny(false)), &data(8, 16), &CpuDevice::default())
+        .fit(fresh(&tiny_ddpm(0)), &data(8, 16), &CpuDevice::default())
         .unwrap();
     let records = read_jsonl(&tmp.path().join("metrics.jsonl")).unwrap();
     let losses: Vec<f64> = records
@@ -175,7 +157,7 @@ fn ddpm_unet_resume_is_exact_with_ema() {
 #[test]
 fn ddim_with_eta_zero_is_deterministic_and_seeds_matter() {
     let _guard = lock();
-    let ddpm = fresh(&tiny(false));
+    let ddpm = fresh(&tiny_ddpm(0));
     let request = |seed: u64, eta: f64| SampleRequest {
         n: 3,
         seed,
@@ -221,7 +203,7 @@ fn ddim_with_eta_zero_is_deterministic_and_seeds_matter() {
 #[test]
 fn guidance_trajectories_and_bad_sampler_options() {
     let _guard = lock();
-    let conditional = fresh(&tiny(true));
+    let conditional = fresh(&tiny_ddpm(4));
     let guided = SampleRequest {
         n: 4,
         seed: 0,
@@ -270,7 +252,7 @@ fn guidance_trajectories_and_bad_sampler_options() {
     let last: Vec<f32> = trajectory.narrow(0, 5, 1).into_data().to_vec().unwrap();
     assert_eq!(single, last);
 
-    let unconditional = fresh(&tiny(false));
+    let unconditional = fresh(&tiny_ddpm(0));
     let err = unconditional
         .sample_images(&guided)
         .unwrap_err()
@@ -311,7 +293,7 @@ fn guidance_trajectories_and_bad_sampler_options() {
 #[test]
 fn the_bound_is_positive_and_the_estimate_tracks_the_exact_sum() {
     let _guard = lock();
-    let ddpm = fresh(&tiny(false));
+    let ddpm = fresh(&tiny_ddpm(0));
     let (pixels, _) = synthetic::images(4, 8, 4, 9);
     let images: Vec<f32> = pixels.iter().map(|p| *p as f32 / 255.0).collect();
     let x =

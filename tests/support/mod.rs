@@ -7,6 +7,7 @@ use burn::tensor::Distribution;
 use burn::tensor::backend::AutodiffBackend;
 use genzoo::core::family::SampleRequest;
 use genzoo::core::{CpuDevice, Family};
+use genzoo::models::ddpm::{DdpmConfig, UNetConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Runs `f` while another thread keeps drawing from burn's process-wide CPU
@@ -47,4 +48,25 @@ pub fn assert_samples_depend_on_the_seed_alone<B: AutodiffBackend, F: Family<B>>
     let same = while_the_backend_rng_is_busy(|| (0..50).all(|_| sample(4) == a));
     assert!(same, "the same seed gave other samples");
     assert_ne!(a, sample(5), "another seed gave the same samples");
+}
+
+/// A DDPM small enough for tests: an 8×8 U-Net of 8 base channels, T = 100;
+/// class-conditional when `num_classes` > 0.
+#[allow(dead_code)]
+pub fn tiny_ddpm(num_classes: usize) -> DdpmConfig {
+    DdpmConfig {
+        unet: UNetConfig {
+            height: 8,
+            width: 8,
+            base_channels: 8,
+            groups: 4,
+            time_embedding: 32,
+            num_classes,
+            ..Default::default()
+        },
+        timesteps: 100,
+        conditional: num_classes > 0,
+        ema_decay: 0.9,
+        ..Default::default()
+    }
 }
