@@ -12,6 +12,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use genzoo_core::{Error, Result};
+use genzoo_models::ModelConfig;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -209,7 +210,7 @@ pub fn verify(
             ),
         )));
     }
-    if manifest.identity.fingerprint != identity.fingerprint {
+    if !same_model_config(&manifest.identity.fingerprint, &identity.fingerprint) {
         return Err(Unusable::Incompatible(Error::checkpoint(
             dir,
             format!(
@@ -229,6 +230,21 @@ pub fn verify(
         }
     }
     Ok(manifest)
+}
+
+/// Whether two fingerprints describe the same model config. Model configs
+/// are compared as values, so a checkpoint written before a config key
+/// existed matches a run that has the key at the value its absence means.
+/// Fingerprints that are not model configs must be equal as text.
+fn same_model_config(checkpoint: &str, run: &str) -> bool {
+    checkpoint == run
+        || matches!(
+            (
+                toml::from_str::<ModelConfig>(checkpoint),
+                toml::from_str::<ModelConfig>(run),
+            ),
+            (Ok(a), Ok(b)) if a == b
+        )
 }
 
 /// The newest usable checkpoint, falling back past corrupt ones with a
@@ -262,4 +278,40 @@ pub fn latest_good(
         checkpoints,
         format!("no usable checkpoint: {}", problems.join("; ")),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use genzoo_models::gpt::GptConfig;
+
+    #[test]
+    fn model_configs_compare_as_values_with_absent_keys_at_their_meaning() {
+        let fingerprint = |config: GptConfig| toml::to_string(&ModelConfig::Gpt(config)).unwrap();
+        let new = |decay_embeddings| {
+            fingerprint(GptConfig {
+                decay_embeddings,
+                ..Default::default()
+            })
+        };
+        // A checkpoint from before `decay_embeddings` existed: those runs decayed embeddings.
+        let old = new(true).replace("decay_embeddings = true\n", "");
+        assert_ne!(
+            old,
+            new(true),
+            "the key must be gone from the old fingerprint"
+        );
+        assert!(same_model_config(&old, &new(true)));
+        assert!(!same_model_config(&old, &new(false)));
+        // Another value of any key is another config.
+        let wider = fingerprint(GptConfig {
+            n_embd: 256,
+            ..Default::default()
+        });
+        assert!(!same_model_config(&wider, &new(false)));
+        assert!(same_model_config(&new(false), &new(false)));
+        // Fingerprints that are no model config compare as text.
+        assert!(same_model_config("custom", "custom"));
+        assert!(!same_model_config("custom", "custom "));
+    }
 }

@@ -60,6 +60,23 @@ impl<B: AutodiffBackend> ModuleMapper<B> for DecayMatrices<B> {
     }
 }
 
+/// AdamW's decoupled weight decay for one step at learning rate `lr`: the
+/// linear layers' weight matrices, and the embeddings if the config says so.
+fn weight_decay<B: AutodiffBackend>(model: Gpt<B>, config: &GptConfig, lr: f64) -> Gpt<B> {
+    if config.weight_decay == 0.0 {
+        return model;
+    }
+    let mut decay = DecayMatrices {
+        factor: 1.0 - lr * config.weight_decay,
+        _b: PhantomData,
+    };
+    if config.decay_embeddings {
+        model.map(&mut decay)
+    } else {
+        model.map_blocks_and_head(&mut decay)
+    }
+}
+
 /// The network, its optimizer and the device: what text and pixel GPTs share.
 struct GptCore<B: AutodiffBackend> {
     model: Gpt<B>,
@@ -90,12 +107,7 @@ impl<B: AutodiffBackend> GptCore<B> {
         let loss = cross_entropy(self.model.forward(inputs), targets);
         let grads = GradientsParams::from_grads(loss.backward(), &self.model);
         let lr = ctx.lr();
-        if self.config.weight_decay > 0.0 {
-            self.model = self.model.map(&mut DecayMatrices {
-                factor: 1.0 - lr * self.config.weight_decay,
-                _b: PhantomData,
-            });
-        }
+        self.model = weight_decay(self.model, &self.config, lr);
         self.model = ctx.apply(&mut self.optimizer, self.model, grads)?;
         Ok((self, loss.into_scalar().elem()))
     }
@@ -481,39 +493,47 @@ mod tests {
     type AB = Autodiff<Flex>;
 
     #[test]
-    fn decay_touches_matrices_only() {
+    fn decay_touches_linear_weights_and_embeddings_only_if_asked() {
         let _guard = crate::rng_lock();
         let dev = CpuDevice::default();
-        let config = GptConfig {
-            vocab_size: 5,
-            block_size: 4,
-            n_embd: 8,
-            n_head: 2,
-            n_layer: 1,
-            bias: true,
-            ..Default::default()
-        };
-        let model = config.init::<AB>(&dev);
-        let before = genzoo_core::record::param_shapes(&model);
-        let values = genzoo_core::record::param_values(&model);
-        let decayed = model.map(&mut DecayMatrices::<AB> {
-            factor: 0.5,
-            _b: PhantomData,
-        });
-        let after = genzoo_core::record::param_values(&decayed);
-        let mut offset = 0;
-        for (name, shape) in before {
-            let len: usize = shape.iter().product();
-            let ratio = if shape.len() >= 2 { 0.5 } else { 1.0 };
-            for i in offset..offset + len {
+        for (tie_weights, decay_embeddings) in [(true, false), (false, false), (true, true)] {
+            let config = GptConfig {
+                vocab_size: 5,
+                block_size: 4,
+                n_embd: 8,
+                n_head: 2,
+                n_layer: 2,
+                bias: true,
+                tie_weights,
+                weight_decay: 0.5,
+                decay_embeddings,
+                ..Default::default()
+            };
+            let model = config.init::<AB>(&dev);
+            let before = genzoo_core::record::param_shapes(&model);
+            let values = genzoo_core::record::param_values(&model);
+            // One step at lr 1: θ·(1 − 1·0.5).
+            let after = genzoo_core::record::param_values(&weight_decay(model, &config, 1.0));
+            let mut offset = 0;
+            let mut decayed = Vec::new();
+            for (name, shape) in before {
+                let len: usize = shape.iter().product();
+                let embedding = name.starts_with("wte") || name.starts_with("wpe");
+                let ratio = if shape.len() >= 2 && (decay_embeddings || !embedding) {
+                    decayed.push(name.clone());
+                    0.5
+                } else {
+                    1.0
+                };
                 assert!(
-                    (after[i] - values[i] * ratio).abs() < 1e-7,
-                    "{name}: {} vs {}",
-                    after[i],
-                    values[i]
+                    (offset..offset + len).all(|i| after[i] == values[i] * ratio),
+                    "{name} {shape:?} should be scaled by {ratio} (decay_embeddings {decay_embeddings})"
                 );
+                offset += len;
             }
-            offset += len;
+            // 4 linear weights per block, the untied head, and both embeddings when asked.
+            let count = 4 * 2 + usize::from(!tie_weights) + 2 * usize::from(decay_embeddings);
+            assert_eq!(decayed.len(), count, "{decayed:?}");
         }
     }
 

@@ -8,7 +8,7 @@
 //! Besides the training forward pass it has a key/value cache: generating a
 //! token then costs one position of work per layer instead of the whole prefix.
 
-use burn::module::Param;
+use burn::module::{ModuleMapper, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
@@ -49,10 +49,22 @@ pub struct GptConfig {
     pub beta2: f32,
     /// AdamW ε (PyTorch's 1e-8).
     pub eps: f32,
-    /// Decoupled weight decay, applied to parameters of two or more dimensions only.
+    /// Decoupled weight decay, applied to the weight matrices of the linear
+    /// layers only: never to norms or biases.
     pub weight_decay: f64,
+    /// Whether the token and position embeddings are decayed too. nanoGPT
+    /// has decayed every tensor of two or more dimensions since mid-2023;
+    /// its original rule, the default here, leaves embeddings alone. A config
+    /// file without this key means `true`: what genzoo did before the key
+    /// existed, so that older runs resume as they trained.
+    #[serde(default = "embeddings_decayed_before_the_option")]
+    pub decay_embeddings: bool,
     /// What the model reads: text (with its vocabulary) or pixels.
     pub input: super::family::GptInput,
+}
+
+fn embeddings_decayed_before_the_option() -> bool {
+    true
 }
 
 impl Default for GptConfig {
@@ -70,6 +82,7 @@ impl Default for GptConfig {
             beta2: 0.99,
             eps: 1e-8,
             weight_decay: 0.1,
+            decay_embeddings: false,
             input: super::family::GptInput::Text { vocabulary: None },
         }
     }
@@ -412,6 +425,14 @@ impl<B: Backend> Gpt<B> {
     /// The token embedding (for weight decay and tests).
     pub fn token_embedding(&self) -> &Param<Tensor<B, 2>> {
         &self.wte.weight
+    }
+
+    /// Maps the parameters of the blocks and of an untied output head
+    /// through `mapper`, leaving the embeddings and the final norm as they are.
+    pub fn map_blocks_and_head<M: ModuleMapper<B>>(mut self, mapper: &mut M) -> Self {
+        self.blocks = self.blocks.into_iter().map(|b| b.map(mapper)).collect();
+        self.lm_head = self.lm_head.map(|head| head.map(mapper));
+        self
     }
 }
 
