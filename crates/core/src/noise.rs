@@ -102,14 +102,16 @@ fn rows_of(local_rows: usize, shard: Option<Replica>) -> (usize, usize, usize) {
     }
 }
 
+/// Draws `sample` for every element of the global batch from the stream's
+/// next RNG and keeps this thread's rows; outside a stream, `fallback`.
 fn draw<B: Backend, const D: usize>(
     shape: [usize; D],
     device: &B::Device,
-    fallback: Distribution,
+    fallback: impl FnOnce() -> Tensor<B, D>,
     sample: impl Fn(&mut ChaCha8Rng) -> f64,
 ) -> Tensor<B, D> {
     let Some((mut rng, shard)) = next_rng() else {
-        return Tensor::random(shape, fallback, device);
+        return fallback();
     };
     let per_row: usize = shape[1..].iter().product();
     let (start, end, total) = rows_of(shape[0], shard);
@@ -136,12 +138,8 @@ pub fn normal_per_example<B: Backend, const D: usize>(
     shape: [usize; D],
     device: &B::Device,
 ) -> Tensor<B, D> {
-    draw(
-        shape,
-        device,
-        Distribution::Normal(0.0, 1.0),
-        standard_normal,
-    )
+    let fallback = || Tensor::random(shape, Distribution::Normal(0.0, 1.0), device);
+    draw(shape, device, fallback, standard_normal)
 }
 
 /// Uniform noise in `[low, high)`, one row (`shape[0]`) per example.
@@ -151,22 +149,30 @@ pub fn uniform_per_example<B: Backend, const D: usize>(
     high: f64,
     device: &B::Device,
 ) -> Tensor<B, D> {
-    draw(shape, device, Distribution::Uniform(low, high), |rng| {
+    let fallback = || Tensor::random(shape, Distribution::Uniform(low, high), device);
+    draw(shape, device, fallback, |rng| {
         low + (high - low) * rng.random::<f64>()
     })
 }
 
-/// A keep mask, 1 with probability `keep` and 0 otherwise, one row
-/// (`shape[0]`) per example.
-pub fn keep_mask_per_example<B: Backend, const D: usize>(
+/// A dropout mask, one row (`shape[0]`) per example: 0 with probability
+/// `prob`, else 1/(1 − prob), so that multiplying by it is dropout.
+pub fn dropout_mask_per_example<B: Backend, const D: usize>(
     shape: [usize; D],
-    keep: f64,
+    prob: f64,
     device: &B::Device,
 ) -> Tensor<B, D> {
+    let keep = 1.0 - prob;
+    let scale = 1.0 / keep;
+    let fallback = || Tensor::random(shape, Distribution::Bernoulli(keep), device) * scale;
     // Compare 32 random bits with keep·2³² (cheaper than a float per element).
     let threshold = (keep.clamp(0.0, 1.0) * 4_294_967_296.0) as u64;
-    draw(shape, device, Distribution::Bernoulli(keep), |rng| {
-        f64::from(u8::from(u64::from(rng.next_u32()) < threshold))
+    draw(shape, device, fallback, |rng| {
+        if u64::from(rng.next_u32()) < threshold {
+            scale
+        } else {
+            0.0
+        }
     })
 }
 
@@ -204,9 +210,8 @@ pub fn dropout<B: Backend, const D: usize>(x: Tensor<B, D>, prob: f64) -> Tensor
     if !drops::<B>(prob, &device) {
         return x;
     }
-    let keep = 1.0 - prob;
-    let mask = keep_mask_per_example::<B, D>(x.dims(), keep, &device);
-    x * (mask * (1.0 / keep))
+    let mask = dropout_mask_per_example::<B, D>(x.dims(), prob, &device);
+    x * mask
 }
 
 #[cfg(test)]
@@ -276,7 +281,7 @@ mod tests {
         // Replicas draw their rows of the global batch's masks.
         let whole = {
             let _s = begin(3);
-            keep_mask_per_example::<CpuBackend, 2>([5, 64], 0.5, &dev)
+            dropout_mask_per_example::<CpuBackend, 2>([5, 64], 0.5, &dev)
         };
         let parts: Vec<_> = (0..2)
             .map(|rank| {
@@ -284,7 +289,7 @@ mod tests {
                 replica.batch = Some(5);
                 let _s = begin_sharded(3, replica);
                 let (start, end) = replica.shard_range(5);
-                keep_mask_per_example::<CpuBackend, 2>([end - start, 64], 0.5, &dev)
+                dropout_mask_per_example::<CpuBackend, 2>([end - start, 64], 0.5, &dev)
             })
             .collect();
         assert_eq!(whole.into_data(), Tensor::cat(parts, 0).into_data());
