@@ -50,13 +50,15 @@ pub struct GptConfig {
     /// AdamW ε (PyTorch's 1e-8).
     pub eps: f32,
     /// Decoupled weight decay, applied to the weight matrices of the linear
-    /// layers only: never to norms or biases.
+    /// layers (and the embeddings with `decay_embeddings`), never to norms or biases.
     pub weight_decay: f64,
     /// Whether the token and position embeddings are decayed too. nanoGPT
     /// has decayed every tensor of two or more dimensions since mid-2023;
-    /// its original rule, the default here, leaves embeddings alone. A config
-    /// file without this key means `true`: what genzoo did before the key
-    /// existed, so that older runs resume as they trained.
+    /// its original rule, the default here, leaves embeddings alone. A
+    /// serialised config without this key (a run's `config.toml` from before
+    /// the key existed) means `true`, what genzoo did then, so that older runs
+    /// resume as they trained; `--config` files are laid over the preset and
+    /// keep its `false`.
     #[serde(default = "embeddings_decayed_before_the_option")]
     pub decay_embeddings: bool,
     /// What the model reads: text (with its vocabulary) or pixels.
