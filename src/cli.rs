@@ -93,12 +93,16 @@ struct TrainArgs {
 /// Flags that override the config (and the preset's recipe).
 #[derive(Args, Debug, Default)]
 struct Overrides {
-    /// `mnist`, `fashion-mnist`, or `idx:<DIR>`.
+    /// `mnist`, `fashion-mnist`, `cifar-10`, `idx:<DIR>` (MNIST-format
+    /// files) or `folder:<DIR>` (PNG/JPEG/BMP images, class subfolders optional).
     #[arg(long)]
     dataset: Option<String>,
-    /// Directory with the dataset's IDX files (raw or .gz).
+    /// Directory with the dataset's files (IDX raw or .gz; CIFAR-10's batches).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Resize a folder dataset's images (shorter side, then a centre crop) to N×N.
+    #[arg(long)]
+    image_size: Option<usize>,
     #[arg(long)]
     batch_size: Option<usize>,
     #[arg(long)]
@@ -166,6 +170,9 @@ impl Overrides {
         }
         if let Some(v) = self.limit {
             c.data.limit = Some(v);
+        }
+        if let Some(v) = self.image_size {
+            c.data.image_size = Some(v);
         }
         if let Some(v) = &self.text {
             c.data.text = Some(v.clone());
@@ -250,12 +257,15 @@ struct EvalArgs {
 enum EvaluatorCommand {
     /// Train (or retrain) the evaluator of a dataset and cache it.
     Train {
-        /// `mnist`, `fashion-mnist`, or `idx:<DIR>`.
+        /// `mnist`, `fashion-mnist`, `cifar-10`, `idx:<DIR>` or `folder:<DIR>`.
         #[arg(long, default_value = "mnist")]
         dataset: String,
-        /// Directory with the dataset's IDX files.
+        /// Directory with the dataset's files.
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Resize a folder dataset's images to N×N (as its runs did).
+        #[arg(long)]
+        image_size: Option<usize>,
         /// Training epochs.
         #[arg(long, default_value_t = EVALUATOR_EPOCHS)]
         epochs: u64,
@@ -348,10 +358,13 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Evaluator(EvaluatorCommand::Train {
             dataset,
             data_dir,
+            image_size,
             epochs,
             force,
         }) => {
-            let source: DatasetSource = dataset.parse()?;
+            let source = dataset
+                .parse::<DatasetSource>()?
+                .with_image_size(image_size)?;
             let (train, test) = load_image_dataset(&source, &Locator::from_env(data_dir.clone()))?;
             let dir = evaluator_dir(&source.name(), &train)?;
             if dir.join("evaluator.json").exists() && !force {
@@ -521,7 +534,7 @@ enum JobData {
 }
 
 fn load_images(config: &mut RunConfig) -> Result<JobData> {
-    let source: DatasetSource = config.data.dataset.parse()?;
+    let source = config.data.image_source()?;
     let (mut train_set, mut test_set) =
         load_image_dataset(&source, &Locator::from_env(config.data.data_dir.clone()))?;
     if let Some(n) = config.data.limit {
@@ -535,6 +548,14 @@ fn load_images(config: &mut RunConfig) -> Result<JobData> {
         train_set.len(),
         test_set.len()
     );
+    if let (Err(Error::Config(why)), DatasetSource::Folder { .. }) =
+        (config.model.validate(), &source)
+    {
+        // The usual cause: the folder's image size does not suit the model.
+        return Err(Error::Config(format!(
+            "{why} (the images are {h}x{w}: --image-size N resizes them to N×N)"
+        )));
+    }
     Ok(JobData::Images(ImageData::new(
         train_set,
         test_set,
@@ -869,7 +890,7 @@ fn sample(args: SampleArgs) -> Result<()> {
     };
     let complete = match args.complete_rows {
         Some(rows) => {
-            let source: DatasetSource = config.data.dataset.parse()?;
+            let source = config.data.image_source()?;
             let (_, test) =
                 load_image_dataset(&source, &Locator::from_env(config.data.data_dir.clone()))?;
             Some((test.take(request.n), rows))
@@ -1071,7 +1092,7 @@ pub(crate) fn evaluate_run(
             EVAL_METRICS.join(", ")
         )));
     }
-    let source: DatasetSource = config.data.dataset.parse()?;
+    let source = config.data.image_source()?;
     let (train, test) =
         load_image_dataset(&source, &Locator::from_env(config.data.data_dir.clone()))?;
     let wants_samples = metrics.iter().any(|m| m != "nll");

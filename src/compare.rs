@@ -51,6 +51,7 @@ fn run_config(experiment: &Experiment, index: usize, seed: u64) -> Result<RunCon
     config.data.dataset = experiment.dataset.clone();
     config.data.data_dir = experiment.data_dir.clone();
     config.data.limit = experiment.limit;
+    config.data.image_size = experiment.image_size;
     config.train.seed = seed;
     let b = &experiment.budget;
     (config.train.steps, config.train.epochs) = match (b.steps, b.epochs) {

@@ -225,6 +225,101 @@ fn data_errors_are_clear() {
     assert!(fails(&genzoo(&["train", "vae-xl"], dir)).contains("genzoo list"));
 }
 
+/// Writes `n` colour PNGs in two class folders, in two sizes: red squares
+/// and blue ones on grey.
+fn write_colour_folder(dir: &Path, n: u32) {
+    for i in 0..n {
+        let (class, colour) = if i % 2 == 0 {
+            ("red", [220, 30, 30])
+        } else {
+            ("blue", [30, 30, 220])
+        };
+        let (w, h) = if i % 3 == 0 { (24, 16) } else { (16, 16) };
+        let mut img = image::RgbImage::from_pixel(w, h, image::Rgb([128, 128, 128]));
+        for y in 4..12 {
+            for x in (w / 2 - 4)..(w / 2 + 4) {
+                img.put_pixel(x, y, image::Rgb(colour));
+            }
+        }
+        let path = dir.join(class).join(format!("{i}.png"));
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        img.save(path).unwrap();
+    }
+}
+
+#[test]
+fn a_folder_of_colour_images_trains_at_the_size_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_colour_folder(&dir.join("shapes"), 40);
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "cvae-conv",
+            "--dataset",
+            "folder:shapes",
+            "--out",
+            "runs/f",
+            "--steps",
+            "3",
+            "--batch-size",
+            "8",
+        ];
+        args.extend_from_slice(extra);
+        genzoo(&args, dir)
+    };
+    // Two sizes and no --image-size: refused, naming an odd file and the flag.
+    let err = fails(&train(&[]));
+    assert!(
+        err.contains("must share one size") && err.contains("--image-size"),
+        "{err}"
+    );
+    // A size the model cannot take: the model's reason, and the flag.
+    let err = fails(&train(&["--image-size", "6"]));
+    assert!(err.contains("6x6") && err.contains("--image-size"), "{err}");
+
+    let text = ok(&train(&["--image-size", "8"]));
+    assert!(text.contains("images of 3x8x8"), "{text}");
+    let config = std::fs::read_to_string(dir.join("runs/f/config.toml")).unwrap();
+    assert!(config.contains("image_size = 8"), "{config}");
+    // Resuming reads the size back from the run's config.
+    ok(&genzoo(&["resume", "runs/f", "--steps", "4"], dir));
+    // Classes are the folders in sorted order: blue 0, red 1.
+    ok(&genzoo(
+        &[
+            "sample", "--run", "runs/f", "--n", "4", "--class", "1", "--out", "red.png",
+        ],
+        dir,
+    ));
+    let grid = image::open(dir.join("red.png")).unwrap();
+    assert_eq!(
+        (grid.width(), grid.height()),
+        (2 * (8 + 2) + 2, 2 * (8 + 2) + 2)
+    );
+    let err = fails(&genzoo(
+        &[
+            "sample", "--run", "runs/f", "--n", "4", "--class", "2", "--out", "x.png",
+        ],
+        dir,
+    ));
+    assert!(err.contains("out of range"), "{err}");
+    // MNIST-format data has its size: --image-size is refused, not ignored.
+    let err = fails(&genzoo(
+        &[
+            "train",
+            "vae-mlp",
+            "--dataset",
+            "mnist",
+            "--image-size",
+            "32",
+            "--steps",
+            "1",
+        ],
+        dir,
+    ));
+    assert!(err.contains("folder:<DIR>"), "{err}");
+}
+
 #[test]
 fn a_backend_that_is_not_compiled_in_names_its_feature() {
     let tmp = tempfile::tempdir().unwrap();

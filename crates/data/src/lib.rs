@@ -1,9 +1,10 @@
 //! # genzoo-data
 //!
-//! Data for genzoo's families: MNIST-format (IDX) files, raw or gzipped,
-//! found locally or downloaded with checksums into a cache; in-memory image
-//! datasets; and deterministic, seeded batching with random access by
-//! (epoch, batch index), which is what makes exact resume possible.
+//! Data for genzoo's families: MNIST-format (IDX) files, raw or gzipped, and
+//! CIFAR-10, found locally or downloaded with checksums into a cache; folders
+//! of image files; text corpora; in-memory image datasets; and
+//! deterministic, seeded batching with random access by (epoch, batch
+//! index), which is what makes exact resume possible.
 //!
 //! ```no_run
 //! use genzoo_data::{DatasetSource, Locator, load_image_dataset};
@@ -12,13 +13,16 @@
 //! assert_eq!(train.dims(), (1, 28, 28));
 //! ```
 
+pub mod cifar;
 pub mod dataset;
 pub mod download;
+pub mod folder;
 pub mod idx;
 pub mod mnist;
+pub mod source;
 pub mod synthetic;
 pub mod text;
 
 pub use dataset::{ImageData, ImageDataset, Scaling};
-pub use mnist::{DatasetSource, Locator, load_image_dataset};
+pub use source::{DatasetSource, Locator, load_image_dataset};
 pub use text::{TextCorpus, TextData, Vocabulary};

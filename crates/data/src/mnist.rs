@@ -9,13 +9,13 @@
 //! checked against its published MD5.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use genzoo_core::{Error, Result};
 
 use crate::dataset::ImageDataset;
 use crate::download::download_verified;
 use crate::idx::read_idx;
+use crate::source::Locator;
 
 /// The four files of an MNIST-format dataset, by their canonical names.
 pub const FILES: [&str; 4] = [
@@ -24,44 +24,6 @@ pub const FILES: [&str; 4] = [
     "t10k-images-idx3-ubyte",
     "t10k-labels-idx1-ubyte",
 ];
-
-/// Where a dataset comes from.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum DatasetSource {
-    /// A dataset known by name, with mirrors and checksums.
-    Named(&'static KnownDataset),
-    /// Any directory of MNIST-format files (`idx:<DIR>`).
-    IdxDir(PathBuf),
-}
-
-impl DatasetSource {
-    /// The name used for run directories and messages.
-    pub fn name(&self) -> String {
-        match self {
-            DatasetSource::Named(k) => k.name.to_string(),
-            DatasetSource::IdxDir(p) => format!("idx:{}", p.display()),
-        }
-    }
-}
-
-impl FromStr for DatasetSource {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        if let Some(dir) = s.strip_prefix("idx:") {
-            return Ok(DatasetSource::IdxDir(PathBuf::from(dir)));
-        }
-        KNOWN
-            .iter()
-            .find(|k| k.name == s || k.aliases.contains(&s))
-            .map(DatasetSource::Named)
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "unknown dataset '{s}': expected one of {} or idx:<DIR> for a directory of MNIST-format files",
-                    KNOWN.iter().map(|k| k.name).collect::<Vec<_>>().join(", ")
-                ))
-            })
-    }
-}
 
 /// A dataset genzoo knows how to download.
 #[derive(Debug, PartialEq, Eq)]
@@ -127,61 +89,6 @@ pub static KNOWN: [KnownDataset; 2] = [
     },
 ];
 
-/// Where to look for data, and whether downloading is allowed. Built from
-/// the environment by [`Locator::from_env`]; tests build it by hand.
-#[derive(Clone, Debug)]
-pub struct Locator {
-    /// `--data-dir`: a directory holding the dataset's files. When given, it is the only place looked at.
-    pub data_dir: Option<PathBuf>,
-    /// `$GENZOO_DATA_DIR`: a directory with one subdirectory per dataset.
-    pub data_root: Option<PathBuf>,
-    /// The cache root (`$XDG_CACHE_HOME/genzoo` or `~/.cache/genzoo`).
-    pub cache_root: Option<PathBuf>,
-    /// System-wide dataset roots (`/usr/share/datasets`).
-    pub system_roots: Vec<PathBuf>,
-    /// Mirror overrides (a base URL), by dataset name.
-    pub mirror_overrides: Vec<(String, String)>,
-    /// Whether to download missing files.
-    pub allow_download: bool,
-}
-
-impl Locator {
-    /// The locator for this process: `data_dir` from the command line, the
-    /// rest from the environment (`GENZOO_DATA_DIR`, `XDG_CACHE_HOME`,
-    /// `HOME`, the mirror variables; `GENZOO_OFFLINE=1` disables downloads).
-    pub fn from_env(data_dir: Option<PathBuf>) -> Self {
-        let env = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-        let cache_root = env("XDG_CACHE_HOME")
-            .map(PathBuf::from)
-            .or_else(|| env("HOME").map(|h| PathBuf::from(h).join(".cache")))
-            .map(|c| c.join("genzoo"));
-        let mirror_overrides = KNOWN
-            .iter()
-            .filter_map(|k| {
-                std::env::var(k.mirror_env)
-                    .ok()
-                    .filter(|v| !v.is_empty())
-                    .map(|v| (k.name.to_string(), v))
-            })
-            .collect();
-        Locator {
-            data_dir,
-            data_root: env("GENZOO_DATA_DIR").map(PathBuf::from),
-            cache_root,
-            system_roots: vec![PathBuf::from("/usr/share/datasets")],
-            mirror_overrides,
-            allow_download: env("GENZOO_OFFLINE").is_none_or(|v| v == "0"),
-        }
-    }
-
-    fn mirrors(&self, known: &KnownDataset) -> Vec<String> {
-        match self.mirror_overrides.iter().find(|(n, _)| n == known.name) {
-            Some((_, url)) => vec![url.clone()],
-            None => known.mirrors.iter().map(|s| s.to_string()).collect(),
-        }
-    }
-}
-
 /// The four files of a dataset once found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DatasetFiles {
@@ -225,32 +132,21 @@ fn complete(dir: &Path, origin: &'static str) -> Option<DatasetFiles> {
     }
 }
 
-/// Finds (or downloads) the files of `source` following the order in the
-/// module documentation.
-pub fn resolve(source: &DatasetSource, locator: &Locator) -> Result<DatasetFiles> {
-    let explicit = match source {
-        DatasetSource::IdxDir(dir) => Some((dir.clone(), "idx: directory")),
-        DatasetSource::Named(_) => locator.data_dir.clone().map(|d| (d, "--data-dir")),
-    };
-    if let Some((dir, origin)) = explicit {
-        return complete(&dir, origin).ok_or_else(|| missing_error(&dir, origin));
+/// The files of an MNIST-format directory given by path (`idx:<DIR>`).
+pub fn resolve_dir(dir: &Path) -> Result<DatasetFiles> {
+    let origin = "idx: directory";
+    complete(dir, origin).ok_or_else(|| missing_error(dir, origin))
+}
+
+/// Finds (or downloads) the files of a known dataset following the order in
+/// the module documentation.
+pub fn resolve(known: &'static KnownDataset, locator: &Locator) -> Result<DatasetFiles> {
+    if let Some(dir) = &locator.data_dir {
+        return complete(dir, "--data-dir").ok_or_else(|| missing_error(dir, "--data-dir"));
     }
-    let DatasetSource::Named(known) = source else {
-        unreachable!("handled above")
-    };
     let mut looked = Vec::new();
-    let mut candidates: Vec<(PathBuf, &'static str)> = Vec::new();
-    if let Some(root) = &locator.data_root {
-        candidates.push((root.join(known.name), "$GENZOO_DATA_DIR"));
-    }
-    if let Some(root) = &locator.cache_root {
-        candidates.push((root.join(known.name), "cache"));
-    }
-    for root in &locator.system_roots {
-        candidates.push((root.join(known.name), "system"));
-    }
-    for (dir, origin) in &candidates {
-        if let Some(files) = complete(dir, origin) {
+    for (dir, origin) in locator.search_dirs(known.name) {
+        if let Some(files) = complete(&dir, origin) {
             return Ok(files);
         }
         looked.push(dir.display().to_string());
@@ -265,7 +161,7 @@ pub fn resolve(source: &DatasetSource, locator: &Locator) -> Result<DatasetFiles
     if !locator.allow_download {
         return Err(offline_error(known, &cache, &looked, None));
     }
-    download_into(known, &cache, &locator.mirrors(known))
+    download_into(known, &cache, &locator.mirrors(known.name, known.mirrors))
         .map_err(|e| offline_error(known, &cache, &looked, Some(e)))?;
     complete(&cache, "download").ok_or_else(|| missing_error(&cache, "download"))
 }
@@ -330,30 +226,25 @@ fn offline_error(
     ))
 }
 
-/// Finds and loads a dataset's train and test splits as the files define them.
-pub fn load_image_dataset(
-    source: &DatasetSource,
-    locator: &Locator,
+/// Loads the train and test splits as the four files define them.
+pub fn load(
+    files: &DatasetFiles,
+    class_names: Vec<String>,
 ) -> Result<(ImageDataset, ImageDataset)> {
-    let files = resolve(source, locator)?;
-    let classes: Vec<String> = match source {
-        DatasetSource::Named(k) => k.classes.iter().map(|s| s.to_string()).collect(),
-        DatasetSource::IdxDir(_) => Vec::new(),
-    };
     let [train_x, train_y, test_x, test_y] = &files.paths;
     let train = ImageDataset::from_idx(
         &read_idx(train_x)?,
         &read_idx(train_y)?,
         train_x,
         train_y,
-        classes.clone(),
+        class_names.clone(),
     )?;
     let test = ImageDataset::from_idx(
         &read_idx(test_x)?,
         &read_idx(test_y)?,
         test_x,
         test_y,
-        classes,
+        class_names,
     )?;
     if train.dims() != test.dims() {
         return Err(Error::Data(format!(
@@ -397,31 +288,31 @@ mod tests {
     fn resolution_order_is_data_dir_env_cache_system() {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
-        let mnist: DatasetSource = "mnist".parse().unwrap();
+        let mnist = &KNOWN[0];
         let mut loc = locator(root);
 
         write_dataset(&root.join("system/mnist"), 1);
-        assert_eq!(resolve(&mnist, &loc).unwrap().origin, "system");
+        assert_eq!(resolve(mnist, &loc).unwrap().origin, "system");
         write_dataset(&root.join("cache/mnist"), 1);
-        assert_eq!(resolve(&mnist, &loc).unwrap().origin, "cache");
+        assert_eq!(resolve(mnist, &loc).unwrap().origin, "cache");
         write_dataset(&root.join("env/mnist"), 1);
-        assert_eq!(resolve(&mnist, &loc).unwrap().origin, "$GENZOO_DATA_DIR");
+        assert_eq!(resolve(mnist, &loc).unwrap().origin, "$GENZOO_DATA_DIR");
         write_dataset(&root.join("explicit"), 1);
         loc.data_dir = Some(root.join("explicit"));
-        let files = resolve(&mnist, &loc).unwrap();
+        let files = resolve(mnist, &loc).unwrap();
         assert_eq!(files.origin, "--data-dir");
         assert!(files.paths[0].starts_with(root.join("explicit")));
 
         // An explicit --data-dir that lacks files is an error, not a silent fallback.
         loc.data_dir = Some(root.join("empty"));
-        let err = resolve(&mnist, &loc).unwrap_err().to_string();
+        let err = resolve(mnist, &loc).unwrap_err().to_string();
         assert!(err.contains("t10k-labels-idx1-ubyte"), "{err}");
     }
 
     #[test]
     fn offline_error_lists_missing_files_and_remedies() {
         let tmp = tempfile::tempdir().unwrap();
-        let err = resolve(&"fashion-mnist".parse().unwrap(), &locator(tmp.path()))
+        let err = resolve(&KNOWN[1], &locator(tmp.path()))
             .unwrap_err()
             .to_string();
         for needle in [
@@ -463,13 +354,10 @@ mod tests {
         let mut loc = locator(tmp.path());
         loc.allow_download = true;
         loc.mirror_overrides = vec![("tiny".into(), format!("{base}/d/"))];
-        let files = resolve(&DatasetSource::Named(known), &loc).unwrap();
+        let files = resolve(known, &loc).unwrap();
         assert_eq!(files.origin, "download");
         assert!(files.paths[0].starts_with(tmp.path().join("cache/tiny")));
         // A second resolve finds the cache (the server has stopped serving by then).
-        assert_eq!(
-            resolve(&DatasetSource::Named(known), &loc).unwrap().origin,
-            "cache"
-        );
+        assert_eq!(resolve(known, &loc).unwrap().origin, "cache");
     }
 }

@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 
 use genzoo_core::{Error, Result};
-use genzoo_data::Scaling;
+use genzoo_data::{DatasetSource, Scaling};
 use genzoo_models::{ModelConfig, preset};
 use serde::{Deserialize, Serialize};
 
@@ -125,7 +125,8 @@ impl TrainConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DataConfig {
-    /// `mnist`, `fashion-mnist`, or `idx:<DIR>`.
+    /// `mnist`, `fashion-mnist`, `cifar-10`, `idx:<DIR>` (MNIST-format
+    /// files) or `folder:<DIR>` (image files).
     pub dataset: String,
     /// A directory holding the dataset's files (overrides the search).
     pub data_dir: Option<PathBuf>,
@@ -137,6 +138,26 @@ pub struct DataConfig {
     pub text: Option<PathBuf>,
     /// Byte-level tokens (256) instead of the text's characters.
     pub bytes: bool,
+    /// A `folder:` dataset's images resized and centre-cropped to this
+    /// side; without it they must all have one size.
+    pub image_size: Option<usize>,
+}
+
+impl DataConfig {
+    /// The image dataset this config names, with its image size.
+    ///
+    /// ```
+    /// use genzoo_train::config::DataConfig;
+    /// let data = DataConfig { dataset: "folder:photos".into(), image_size: Some(32), ..Default::default() };
+    /// assert_eq!(data.image_source().unwrap().name(), "folder:photos");
+    /// let data = DataConfig { dataset: "mnist".into(), image_size: Some(32), ..Default::default() };
+    /// assert!(data.image_source().is_err()); // MNIST's images have their size
+    /// ```
+    pub fn image_source(&self) -> Result<DatasetSource> {
+        self.dataset
+            .parse::<DatasetSource>()?
+            .with_image_size(self.image_size)
+    }
 }
 
 impl Default for DataConfig {
@@ -148,6 +169,7 @@ impl Default for DataConfig {
             scaling: Scaling::Unit,
             text: None,
             bytes: false,
+            image_size: None,
         }
     }
 }

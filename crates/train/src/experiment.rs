@@ -34,11 +34,14 @@ use serde::{Deserialize, Serialize};
 pub struct Experiment {
     /// Name (the output directory's default name).
     pub name: String,
-    /// `mnist`, `fashion-mnist` or `idx:<DIR>`, for every run.
+    /// `mnist`, `fashion-mnist`, `cifar-10`, `idx:<DIR>` or `folder:<DIR>`, for every run.
     pub dataset: String,
     /// Directory with the dataset's files.
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
+    /// A `folder:` dataset's images resized to this side.
+    #[serde(default)]
+    pub image_size: Option<usize>,
     /// Use only the first N training and test images.
     #[serde(default)]
     pub limit: Option<usize>,
