@@ -32,9 +32,11 @@ pub enum GptInput {
         /// The characters of the vocabulary (set from the training text).
         vocabulary: Option<String>,
     },
-    /// Images: each pixel quantised to `levels` grey levels, raster order, after a start token.
+    /// Images: each pixel quantised to `levels` levels, in raster order
+    /// with a pixel's channels in turn (R, G, B, as PixelCNN orders them),
+    /// after a start token.
     Pixels {
-        /// Grey levels (the start token is `levels`).
+        /// Levels per channel value (the start token is `levels`).
         levels: usize,
         /// Image channels, height and width (set from the data).
         shape: (usize, usize, usize),
@@ -284,17 +286,19 @@ impl<B: AutodiffBackend> GptPixel<B> {
         })
     }
 
-    /// Images in `[0, 1]` as token sequences: a start token, then each pixel's level.
+    /// Images in `[0, 1]` as token sequences: a start token, then each
+    /// pixel's levels, row by row, a pixel's channels in turn.
     ///
     /// # Shapes
-    /// - images: `[batch, c, h, w]` → inputs `[batch, c·h·w]` (start + all but the last pixel), targets `[batch, c·h·w]`
+    /// - images: `[batch, c, h, w]` → inputs `[batch, h·w·c]` (start + all but the last value), targets `[batch, h·w·c]`
     pub fn tokens<Bk: Backend>(
         &self,
         images: Tensor<Bk, 4>,
     ) -> (Tensor<Bk, 2, Int>, Tensor<Bk, 2, Int>) {
         let n = images.dims()[0];
         let levels = self.levels as f64;
-        let pixels = (images.reshape([n as i32, -1]) * levels)
+        let raster = images.permute([0, 2, 3, 1]); // [N, H, W, C]
+        let pixels = (raster.reshape([n as i32, -1]) * levels)
             .floor()
             .clamp(0.0, levels - 1.0)
             .int(); // [N, D]
@@ -307,7 +311,8 @@ impl<B: AutodiffBackend> GptPixel<B> {
 
 impl<B: AutodiffBackend> GptPixel<B> {
     /// Completes images from their top `rows` rows: the given rows are
-    /// kept (quantised), the rest is sampled pixel by pixel.
+    /// kept (quantised), the rest is sampled pixel by pixel (channel by
+    /// channel within a pixel).
     ///
     /// # Shapes
     /// - images: `[n, c, h, w]` in `[0, 1]` → `[n, c, h, w]` in `[0, 1]`
@@ -324,14 +329,9 @@ impl<B: AutodiffBackend> GptPixel<B> {
                 "the model draws {c}x{h}x{w} images, these are {ic}x{ih}x{iw}"
             )));
         }
-        if c != 1 {
-            return Err(Error::Config(
-                "completing rows is defined for one-channel images".into(),
-            ));
-        }
         let rows = rows.min(h);
         let (inputs, _) = self.tokens(images);
-        let given = 1 + rows * w; // the start token and the given rows
+        let given = 1 + rows * w * c; // the start token and the given rows
         let data = inputs
             .narrow(1, 0, given)
             .into_data()
@@ -349,22 +349,30 @@ impl<B: AutodiffBackend> GptPixel<B> {
         let completed = generate(
             &self.core.model.valid(),
             &prompts,
-            h * w - rows * w,
+            (h - rows) * w * c,
             &sampling,
             seed,
             true,
             &self.core.device,
         );
-        let values: Vec<f32> = prompts
+        let tokens: Vec<u32> = prompts
             .iter()
             .zip(completed)
             .flat_map(|(p, rest)| p[1..].iter().copied().chain(rest).collect::<Vec<_>>())
-            .map(|t| (t as f32 + 0.5) / self.levels as f32)
             .collect();
-        Ok(Tensor::from_data(
-            TensorData::new(values, [n, c, h, w]),
-            &self.core.device,
-        ))
+        Ok(self.images_from_tokens(&tokens, n))
+    }
+
+    /// Images `[n, c, h, w]` from `n` token sequences in [`tokens`](Self::tokens)'
+    /// order, each level drawn as the centre of its bin.
+    fn images_from_tokens(&self, tokens: &[u32], n: usize) -> Tensor<B::InnerBackend, 4> {
+        let (c, h, w) = self.shape;
+        let values: Vec<f32> = tokens
+            .iter()
+            .map(|&t| (t as f32 + 0.5) / self.levels as f32)
+            .collect();
+        Tensor::from_data(TensorData::new(values, [n, h, w, c]), &self.core.device)
+            .permute([0, 3, 1, 2])
     }
 }
 
@@ -457,16 +465,8 @@ impl<B: AutodiffBackend> Family<B> for GptPixel<B> {
             true,
             &self.core.device,
         );
-        // A level's pixel value is the centre of its bin.
-        let values: Vec<f32> = rows
-            .iter()
-            .flatten()
-            .map(|&t| (t as f32 + 0.5) / self.levels as f32)
-            .collect();
-        Ok(Tensor::from_data(
-            TensorData::new(values, [request.n, c, h, w]),
-            &self.core.device,
-        ))
+        let tokens: Vec<u32> = rows.into_iter().flatten().collect();
+        Ok(self.images_from_tokens(&tokens, request.n))
     }
 
     fn broadcast_weights(mut self, replica: &Replica) -> Result<Self> {
@@ -581,6 +581,64 @@ mod tests {
             ]
         );
         assert_eq!(done.len(), 12);
+    }
+
+    #[test]
+    fn colour_pixels_are_tokens_channel_by_channel_and_complete_by_rows() {
+        let _guard = crate::rng_lock();
+        let dev = CpuDevice::default();
+        let input = GptInput::Pixels {
+            levels: 4,
+            shape: (3, 2, 2),
+        };
+        let gpt = GptPixel::<AB>::new(
+            GptConfig {
+                vocab_size: 5,
+                block_size: 13,
+                n_embd: 8,
+                n_head: 2,
+                n_layer: 1,
+                ..Default::default()
+            },
+            &input,
+            &dev,
+        )
+        .unwrap();
+        // Channel c of pixel (y, x) holds level (c + 2y + x) % 4.
+        let level = |c: usize, y: usize, x: usize| ((c + 2 * y + x) % 4) as f32;
+        let planes: Vec<f32> = (0..3)
+            .flat_map(|c| (0..2).flat_map(move |y| (0..2).map(move |x| (c, y, x))))
+            .map(|(c, y, x)| (level(c, y, x) + 0.5) / 4.0)
+            .collect();
+        let images =
+            Tensor::<Flex, 4>::from_data(TensorData::new(planes.clone(), [1, 3, 2, 2]), &dev);
+        let (_, targets) = gpt.tokens(images.clone());
+        let tokens = targets
+            .into_data()
+            .convert::<i64>()
+            .to_vec::<i64>()
+            .unwrap();
+        // Pixel (0,0) R G B, pixel (0,1) R G B, then the second row.
+        assert_eq!(tokens, vec![0, 1, 2, 1, 2, 3, 2, 3, 0, 3, 0, 1]);
+        // Completing from the first row keeps all three channels of it.
+        let done = gpt.complete(images, 1, 7).unwrap();
+        assert_eq!(done.dims(), [1, 3, 2, 2]);
+        let done = done.into_data().to_vec::<f32>().unwrap();
+        for c in 0..3 {
+            for x in 0..2 {
+                let i = c * 4 + x; // (c, y = 0, x) in [c, h, w]
+                assert_eq!(done[i], planes[i], "channel {c}, pixel (0, {x})");
+            }
+        }
+        // And sampled images come back in [c, h, w].
+        let sampled = gpt
+            .sample_images(&SampleRequest {
+                n: 2,
+                seed: 1,
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(sampled.dims(), [2, 3, 2, 2]);
     }
 
     #[test]
