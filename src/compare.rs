@@ -63,6 +63,20 @@ fn run_config(experiment: &Experiment, index: usize, seed: u64) -> Result<RunCon
     Ok(config)
 }
 
+/// Builds every run's config before anything trains, so that a misspelt
+/// preset or override in the last run does not surface hours in.
+fn check_runs(experiment: &Experiment) -> Result<()> {
+    for (index, spec) in experiment.runs.iter().enumerate() {
+        let config = run_config(experiment, index, experiment.seeds[0])
+            .map_err(|e| Error::Config(format!("run '{}': {e}", spec.name)))?;
+        config.train.validate()?;
+        if !config.model.reads_text() {
+            config.data.image_source()?;
+        }
+    }
+    Ok(())
+}
+
 /// The training-loss series of a run (its family's main loss).
 fn loss_curve(dir: &Path) -> Vec<f64> {
     let Ok(records) = genzoo_train::logger::read_jsonl(&dir.join("metrics.jsonl")) else {
@@ -80,6 +94,7 @@ fn loss_curve(dir: &Path) -> Vec<f64> {
 /// Runs the experiment in `path`, writing into `out` (default `runs/<name>`).
 pub fn compare(path: &Path, out: Option<PathBuf>, backend: BackendKind) -> Result<()> {
     let experiment = Experiment::load(path)?;
+    check_runs(&experiment).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
     let out = out.unwrap_or_else(|| PathBuf::from("runs").join(&experiment.name));
     std::fs::create_dir_all(&out).map_err(|e| Error::io(&out, e))?;
     let mut results = Vec::new();
@@ -213,4 +228,58 @@ pub fn compare(path: &Path, out: Option<PathBuf>, backend: BackendKind) -> Resul
         out.join("report.png").display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_experiments_and_their_runs_build() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+        let mut files = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                let experiment = Experiment::load(&path).unwrap();
+                check_runs(&experiment).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                files += 1;
+            }
+        }
+        assert!(files >= 2, "{files} experiment files in {}", dir.display());
+    }
+
+    #[test]
+    fn a_bad_run_anywhere_is_found_before_training() {
+        let experiment: Experiment = toml::from_str(
+            r#"
+            name = "t"
+            dataset = "mnist"
+            seeds = [0]
+            [budget]
+            steps = 3
+            [[runs]]
+            name = "vae"
+            preset = "vae-mlp"
+            [[runs]]
+            name = "gan"
+            preset = "dcgan-82"
+            "#,
+        )
+        .unwrap();
+        let err = check_runs(&experiment).unwrap_err().to_string();
+        assert!(
+            err.contains("run 'gan'") && err.contains("dcgan-82"),
+            "{err}"
+        );
+        let mut typo = experiment.clone();
+        typo.runs[1].preset = "dcgan-28".into();
+        typo.runs[1].overrides = toml::from_str("train = { batch_sise = 8 }").unwrap();
+        let err = check_runs(&typo).unwrap_err().to_string();
+        assert!(err.contains("batch_sise"), "{err}");
+        typo.runs[1].overrides = toml::Table::new();
+        check_runs(&typo).unwrap();
+        typo.dataset = "mnsit".into();
+        assert!(check_runs(&typo).unwrap_err().to_string().contains("mnsit"));
+    }
 }
