@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use genzoo_core::{Error, Result};
 use image::imageops::{self, FilterType};
 use image::{ColorType, RgbImage};
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use crate::dataset::ImageDataset;
@@ -184,17 +185,22 @@ fn decode(path: &Path, size: Option<usize>) -> Result<(RgbImage, bool)> {
     Ok((cropped, grey))
 }
 
-/// Decodes `files` into one dataset with `channels` (1 or 3); every image
-/// must have the size of `reference` (the first image's, or the size asked).
+/// Decodes `files` (in parallel) and checks that every image has the size
+/// of `reference` (the first image's; set here when `None`); also says
+/// whether all of them were grey.
 fn decode_all(
     files: &[Listed],
     size: Option<usize>,
     reference: &mut Option<(u32, u32, PathBuf)>,
 ) -> Result<(Vec<RgbImage>, bool)> {
+    // Decoding dominates loading: every core takes a share of the files.
+    let decoded: Vec<(RgbImage, bool)> = files
+        .par_iter()
+        .map(|(path, _)| decode(path, size))
+        .collect::<Result<_>>()?;
     let mut images = Vec::with_capacity(files.len());
     let mut all_grey = true;
-    for (path, _) in files {
-        let (image, grey) = decode(path, size)?;
+    for ((path, _), (image, grey)) in files.iter().zip(decoded) {
         let dims = image.dimensions();
         match reference {
             None => *reference = Some((dims.0, dims.1, path.clone())),
