@@ -537,27 +537,25 @@ mod tests {
         }
     }
 
+    /// A one-layer GPT over images of `shape` quantised to `levels`.
+    fn tiny_pixel_gpt(levels: usize, shape: (usize, usize, usize)) -> GptPixel<AB> {
+        let input = GptInput::Pixels { levels, shape };
+        let config = GptConfig {
+            vocab_size: levels + 1,
+            block_size: shape.0 * shape.1 * shape.2 + 1,
+            n_embd: 8,
+            n_head: 2,
+            n_layer: 1,
+            ..Default::default()
+        };
+        GptPixel::new(config, &input, &CpuDevice::default()).unwrap()
+    }
+
     #[test]
     fn completion_keeps_the_given_rows() {
         let _guard = crate::rng_lock();
         let dev = CpuDevice::default();
-        let input = GptInput::Pixels {
-            levels: 16,
-            shape: (1, 4, 3),
-        };
-        let gpt = GptPixel::<AB>::new(
-            GptConfig {
-                vocab_size: 17,
-                block_size: 13,
-                n_embd: 8,
-                n_head: 2,
-                n_layer: 1,
-                ..Default::default()
-            },
-            &input,
-            &dev,
-        )
-        .unwrap();
+        let gpt = tiny_pixel_gpt(16, (1, 4, 3));
         let images = Tensor::<Flex, 4>::from_floats(
             [[[[0.0, 0.5, 1.0], [0.25, 0.75, 0.1], [0.0; 3], [0.0; 3]]]],
             &dev,
@@ -587,23 +585,7 @@ mod tests {
     fn colour_pixels_are_tokens_channel_by_channel_and_complete_by_rows() {
         let _guard = crate::rng_lock();
         let dev = CpuDevice::default();
-        let input = GptInput::Pixels {
-            levels: 4,
-            shape: (3, 2, 2),
-        };
-        let gpt = GptPixel::<AB>::new(
-            GptConfig {
-                vocab_size: 5,
-                block_size: 13,
-                n_embd: 8,
-                n_head: 2,
-                n_layer: 1,
-                ..Default::default()
-            },
-            &input,
-            &dev,
-        )
-        .unwrap();
+        let gpt = tiny_pixel_gpt(4, (3, 2, 2));
         // Channel c of pixel (y, x) holds level (c + 2y + x) % 4.
         let level = |c: usize, y: usize, x: usize| ((c + 2 * y + x) % 4) as f32;
         let planes: Vec<f32> = (0..3)
@@ -645,23 +627,7 @@ mod tests {
     fn pixel_tokens_shift_by_one_after_the_start_token() {
         let _guard = crate::rng_lock();
         let dev = CpuDevice::default();
-        let input = GptInput::Pixels {
-            levels: 16,
-            shape: (1, 2, 2),
-        };
-        let gpt = GptPixel::<AB>::new(
-            GptConfig {
-                vocab_size: 17,
-                block_size: 5,
-                n_embd: 8,
-                n_head: 2,
-                n_layer: 1,
-                ..Default::default()
-            },
-            &input,
-            &dev,
-        )
-        .unwrap();
+        let gpt = tiny_pixel_gpt(16, (1, 2, 2));
         let images = Tensor::<Flex, 4>::from_floats([[[[0.0, 0.5], [0.99, 1.0]]]], &dev);
         let (x, y) = gpt.tokens(images);
         assert_eq!(
