@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 use genzoo_core::{Error, Result};
 
 use crate::dataset::ImageDataset;
-use crate::download::download_verified;
-use crate::source::Locator;
+use crate::download::download_from_mirrors;
+use crate::source::{Locator, Search};
 
 /// The dataset's name in `--dataset` and in the cache.
 pub const NAME: &str = "cifar-10";
@@ -82,19 +82,10 @@ pub fn resolve(locator: &Locator) -> Result<(PathBuf, &'static str)> {
             .map(|d| (d, "--data-dir"))
             .ok_or_else(|| missing_error(dir, "--data-dir"));
     }
-    let mut looked = Vec::new();
-    for (dir, origin) in locator.search_dirs(NAME) {
-        if let Some(found) = batch_dir(&dir) {
-            return Ok((found, origin));
-        }
-        looked.push(dir.display().to_string());
-    }
-    let Some(cache) = locator.cache_root.as_ref().map(|r| r.join(NAME)) else {
-        return Err(Error::Data(format!(
-            "{NAME} not found (looked in: {}) and there is no cache directory to download into \
-             (set HOME or XDG_CACHE_HOME, or pass --data-dir)",
-            looked.join(", ")
-        )));
+    let found = locator.search(NAME, |dir, origin| batch_dir(dir).map(|d| (d, origin)))?;
+    let (cache, looked) = match found {
+        Search::Found(found) => return Ok(found),
+        Search::Missing { cache, looked } => (cache, looked),
     };
     let why = if locator.allow_download {
         match download_into(&cache, &locator.mirrors(NAME, MIRRORS), ARCHIVE_MD5) {
@@ -129,20 +120,10 @@ fn missing_error(dir: &Path, origin: &str) -> Error {
 /// the batches into `cache/`[`SUBDIR`].
 fn download_into(cache: &Path, mirrors: &[String], md5: &str) -> Result<()> {
     let archive = cache.join(ARCHIVE);
-    let mut errors = Vec::new();
-    for mirror in mirrors {
-        let url = format!("{}/{ARCHIVE}", mirror.trim_end_matches('/'));
-        eprintln!("downloading {url}");
-        match download_verified(&url, &archive, md5) {
-            Ok(()) => {
-                let unpacked = unpack(&archive, &cache.join(SUBDIR));
-                let _ = std::fs::remove_file(&archive);
-                return unpacked;
-            }
-            Err(e) => errors.push(e.to_string()),
-        }
-    }
-    Err(Error::Data(errors.join("; ")))
+    download_from_mirrors(mirrors, ARCHIVE, &archive, md5)?;
+    let unpacked = unpack(&archive, &cache.join(SUBDIR));
+    let _ = std::fs::remove_file(&archive);
+    unpacked
 }
 
 /// Writes the archive's batch files (and nothing else: only the six names,

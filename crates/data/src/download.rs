@@ -66,6 +66,27 @@ fn fetch_into(url: &str, tmp: &Path, md5_hex: &str) -> Result<()> {
     Ok(())
 }
 
+/// Downloads `file` from the first of `mirrors` (base URLs) that serves it
+/// with MD5 `md5_hex`, into `dest` as [`download_verified`] does; the error
+/// lists every mirror's failure.
+pub fn download_from_mirrors(
+    mirrors: &[String],
+    file: &str,
+    dest: &Path,
+    md5_hex: &str,
+) -> Result<()> {
+    let mut errors = Vec::new();
+    for mirror in mirrors {
+        let url = format!("{}/{file}", mirror.trim_end_matches('/'));
+        eprintln!("downloading {url}");
+        match download_verified(&url, dest, md5_hex) {
+            Ok(()) => return Ok(()),
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    Err(Error::Data(errors.join("; ")))
+}
+
 /// Lowercase hex of bytes.
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()

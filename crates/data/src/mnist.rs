@@ -1,21 +1,16 @@
 //! MNIST-format datasets (MNIST, Fashion-MNIST, any IDX directory) and
-//! where to find them.
-//!
-//! A named dataset is looked for, in order: in `--data-dir`; in
-//! `$GENZOO_DATA_DIR/<name>`; in the cache `$XDG_CACHE_HOME/genzoo/<name>`
-//! (`~/.cache/genzoo/<name>`); in the system location
-//! `/usr/share/datasets/<name>` (Debian's `dataset-fashion-mnist` package);
-//! and finally downloaded from the public mirrors into the cache, each file
-//! checked against its published MD5.
+//! where to find them: a named one is looked for as [`crate::source`]
+//! describes, and downloaded from the public mirrors into the cache, each
+//! file checked against its published MD5.
 
 use std::path::{Path, PathBuf};
 
 use genzoo_core::{Error, Result};
 
 use crate::dataset::ImageDataset;
-use crate::download::download_verified;
+use crate::download::download_from_mirrors;
 use crate::idx::read_idx;
-use crate::source::Locator;
+use crate::source::{Locator, Search};
 
 /// The four files of an MNIST-format dataset, by their canonical names.
 pub const FILES: [&str; 4] = [
@@ -144,19 +139,9 @@ pub fn resolve(known: &'static KnownDataset, locator: &Locator) -> Result<Datase
     if let Some(dir) = &locator.data_dir {
         return complete(dir, "--data-dir").ok_or_else(|| missing_error(dir, "--data-dir"));
     }
-    let mut looked = Vec::new();
-    for (dir, origin) in locator.search_dirs(known.name) {
-        if let Some(files) = complete(&dir, origin) {
-            return Ok(files);
-        }
-        looked.push(dir.display().to_string());
-    }
-    let Some(cache) = locator.cache_root.as_ref().map(|r| r.join(known.name)) else {
-        return Err(Error::Data(format!(
-            "{} not found (looked in: {}) and there is no cache directory to download into (set HOME or XDG_CACHE_HOME, or pass --data-dir)",
-            known.name,
-            looked.join(", ")
-        )));
+    let (cache, looked) = match locator.search(known.name, complete)? {
+        Search::Found(files) => return Ok(files),
+        Search::Missing { cache, looked } => (cache, looked),
     };
     if !locator.allow_download {
         return Err(offline_error(known, &cache, &looked, None));
@@ -171,23 +156,7 @@ fn download_into(known: &KnownDataset, cache: &Path, mirrors: &[String]) -> Resu
     for name in missing {
         let idx = FILES.iter().position(|f| *f == name).expect("known file");
         let file = format!("{name}.gz");
-        let dest = cache.join(&file);
-        let mut errors = Vec::new();
-        let mut ok = false;
-        for mirror in mirrors {
-            let url = format!("{}/{file}", mirror.trim_end_matches('/'));
-            eprintln!("downloading {url}");
-            match download_verified(&url, &dest, known.md5[idx]) {
-                Ok(()) => {
-                    ok = true;
-                    break;
-                }
-                Err(e) => errors.push(e.to_string()),
-            }
-        }
-        if !ok {
-            return Err(Error::Data(errors.join("; ")));
-        }
+        download_from_mirrors(mirrors, &file, &cache.join(&file), known.md5[idx])?;
     }
     Ok(())
 }

@@ -9,7 +9,7 @@
 //! package); and finally downloaded from the public mirrors into the cache,
 //! checked against the published MD5.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use genzoo_core::{Error, Result};
@@ -132,7 +132,7 @@ impl Locator {
         let mirror_vars = mnist::KNOWN
             .iter()
             .map(|k| (k.name, k.mirror_env))
-            .chain([(crate::cifar::NAME, crate::cifar::MIRROR_ENV)]);
+            .chain([(cifar::NAME, cifar::MIRROR_ENV)]);
         let mirror_overrides = mirror_vars
             .filter_map(|(name, var)| {
                 std::env::var(var)
@@ -176,6 +176,45 @@ impl Locator {
         }
         dirs
     }
+
+    /// Probes the [search directories](Self::search_dirs) of dataset `name`
+    /// in order and returns the first hit, or, when none has it, the cache
+    /// directory to download it into. An error when there is no cache
+    /// directory either.
+    pub fn search<T>(
+        &self,
+        name: &str,
+        probe: impl Fn(&Path, &'static str) -> Option<T>,
+    ) -> Result<Search<T>> {
+        let mut looked = Vec::new();
+        for (dir, origin) in self.search_dirs(name) {
+            if let Some(found) = probe(&dir, origin) {
+                return Ok(Search::Found(found));
+            }
+            looked.push(dir.display().to_string());
+        }
+        let Some(cache) = self.cache_root.as_ref().map(|r| r.join(name)) else {
+            return Err(Error::Data(format!(
+                "{name} not found (looked in: {}) and there is no cache directory to download into \
+                 (set HOME or XDG_CACHE_HOME, or pass --data-dir)",
+                looked.join(", ")
+            )));
+        };
+        Ok(Search::Missing { cache, looked })
+    }
+}
+
+/// What [`Locator::search`] found.
+pub enum Search<T> {
+    /// The probe's answer for the first directory that has the dataset.
+    Found(T),
+    /// No search directory has it.
+    Missing {
+        /// The cache directory to download it into.
+        cache: PathBuf,
+        /// The directories looked in, for messages.
+        looked: Vec<String>,
+    },
 }
 
 /// Finds and loads a dataset's train and test splits.
