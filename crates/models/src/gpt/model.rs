@@ -424,7 +424,7 @@ impl<B: Backend> Gpt<B> {
         }
     }
 
-    /// The token embedding (for weight decay and tests).
+    /// The token embedding matrix, `[vocab_size, n_embd]`.
     pub fn token_embedding(&self) -> &Param<Tensor<B, 2>> {
         &self.wte.weight
     }
