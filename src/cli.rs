@@ -280,27 +280,27 @@ struct SampleArgs {
     /// The run directory.
     #[arg(long)]
     run: PathBuf,
-    /// Number of samples.
-    #[arg(long, default_value_t = 64)]
-    n: usize,
+    /// Number of samples (image models) [default: 64].
+    #[arg(long)]
+    n: Option<usize>,
     /// Seed of the sampling noise (same seed and checkpoint: the same image, byte for byte).
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Sample this class (class-conditional presets: cvae-mlp, cvae-conv, cdcgan-28, cddpm-unet).
     #[arg(long)]
     class: Option<usize>,
-    /// Output PNG (image models).
-    #[arg(long, default_value = "samples.png")]
-    out: PathBuf,
+    /// Output PNG (image models) [default: samples.png].
+    #[arg(long)]
+    out: Option<PathBuf>,
     /// Text to continue (text models).
-    #[arg(long, default_value = "")]
-    prompt: String,
-    /// Tokens to generate (text models).
-    #[arg(long, default_value_t = 500)]
-    tokens: usize,
-    /// Softmax temperature (0: greedy; text models).
-    #[arg(long, default_value_t = 0.8)]
-    temperature: f64,
+    #[arg(long)]
+    prompt: Option<String>,
+    /// Tokens to generate (text models) [default: 500].
+    #[arg(long)]
+    tokens: Option<usize>,
+    /// Softmax temperature, 0 for greedy (text models) [default: 0.8].
+    #[arg(long)]
+    temperature: Option<f64>,
     /// Sample among the k most likely tokens only (text models).
     #[arg(long)]
     top_k: Option<usize>,
@@ -365,6 +365,9 @@ pub fn run(cli: Cli) -> Result<()> {
             let source = dataset
                 .parse::<DatasetSource>()?
                 .with_image_size(image_size)?;
+            if data_dir.is_some() {
+                check_data_dir_flag(&source)?;
+            }
             let (train, test) = load_image_dataset(&source, &Locator::from_env(data_dir.clone()))?;
             let dir = evaluator_dir(&source.name(), &train)?;
             if dir.join("evaluator.json").exists() && !force {
@@ -428,6 +431,15 @@ fn train(args: TrainArgs) -> Result<()> {
         }
     };
     args.overrides.apply(&mut config);
+    if args.overrides.data_dir.is_some() {
+        if config.model.reads_text() {
+            return Err(Error::Config(
+                "--data-dir says where an image dataset's files are; a text model reads --text FILE"
+                    .into(),
+            ));
+        }
+        check_data_dir_flag(&config.data.image_source()?)?;
+    }
     start_training(
         config,
         &out,
@@ -437,6 +449,18 @@ fn train(args: TrainArgs) -> Result<()> {
         None,
     )
     .map(|_| ())
+}
+
+/// Refuses `--data-dir` for a dataset that would ignore it (one that names
+/// its own directory), rather than leave the user believing it was read.
+fn check_data_dir_flag(source: &DatasetSource) -> Result<()> {
+    if source.reads_data_dir() {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "--data-dir says where mnist, fashion-mnist or cifar-10 are; {} names its own directory",
+        source.name()
+    )))
 }
 
 /// What a training call did.
@@ -858,6 +882,7 @@ fn load_run(run_path: &Path) -> Result<(RunDir, RunConfig, PathBuf)> {
 
 fn sample(args: SampleArgs) -> Result<()> {
     let (_, config, checkpoint) = load_run(&args.run)?;
+    check_sample_flags(&args, &config)?;
     let sampler = SamplerOptions {
         method: args.sampler,
         steps: args.steps,
@@ -866,23 +891,16 @@ fn sample(args: SampleArgs) -> Result<()> {
         raw_weights: args.raw_weights,
         progress: true,
     };
-    if (sampler.is_set() || args.trajectory) && config.model.family() != "ddpm" {
-        return Err(Error::Config(format!(
-            "--sampler, --steps, --eta, --guidance, --raw-weights and --trajectory are for diffusion models; {} is a {} model",
-            config.preset,
-            config.model.family()
-        )));
-    }
     let request = SampleRequest {
-        n: args.n.max(1),
+        n: args.n.unwrap_or(64),
         seed: args.seed,
         class: args.class,
         sampler,
     };
     let text = TextRequest {
-        prompt: args.prompt,
-        tokens: args.tokens,
-        temperature: args.temperature,
+        prompt: args.prompt.unwrap_or_default(),
+        tokens: args.tokens.unwrap_or(500),
+        temperature: args.temperature.unwrap_or(0.8),
         top_k: args.top_k,
         top_p: args.top_p,
         seed: args.seed,
@@ -906,9 +924,84 @@ fn sample(args: SampleArgs) -> Result<()> {
             text,
             complete,
             trajectory: args.trajectory,
-            out: args.out,
+            out: args.out.unwrap_or_else(|| PathBuf::from("samples.png")),
         },
     )
+}
+
+/// Refuses sampling flags the run's model would ignore (an image model's
+/// `--n` on a text model, a text model's `--prompt` on an image model, a
+/// diffusion sampler's on anything else) and values no sampler can use:
+/// a flag that silently does nothing is a wrong result the user cannot see.
+fn check_sample_flags(args: &SampleArgs, config: &RunConfig) -> Result<()> {
+    let given = |flags: &[(&'static str, bool)]| -> Vec<&'static str> {
+        flags
+            .iter()
+            .filter(|(_, set)| *set)
+            .map(|(f, _)| *f)
+            .collect()
+    };
+    let misplaced = |flags: Vec<&str>, kind: &str| -> Result<()> {
+        if flags.is_empty() {
+            return Ok(());
+        }
+        Err(Error::Config(format!(
+            "{} {} for {kind}; {} is a {} model",
+            flags.join(", "),
+            if flags.len() == 1 { "is" } else { "are" },
+            config.preset,
+            config.model.family()
+        )))
+    };
+    let diffusion = given(&[
+        ("--sampler", args.sampler.is_some()),
+        ("--steps", args.steps.is_some()),
+        ("--eta", args.eta.is_some()),
+        ("--guidance", args.guidance.is_some()),
+        ("--raw-weights", args.raw_weights),
+        ("--trajectory", args.trajectory),
+    ]);
+    if config.model.family() != "ddpm" {
+        misplaced(diffusion, "diffusion models")?;
+    }
+    let text = given(&[
+        ("--prompt", args.prompt.is_some()),
+        ("--tokens", args.tokens.is_some()),
+        ("--temperature", args.temperature.is_some()),
+        ("--top-k", args.top_k.is_some()),
+        ("--top-p", args.top_p.is_some()),
+        ("--no-cache", args.no_cache),
+    ]);
+    let image = given(&[
+        ("--n", args.n.is_some()),
+        ("--class", args.class.is_some()),
+        ("--out", args.out.is_some()),
+        ("--complete-rows", args.complete_rows.is_some()),
+    ]);
+    if config.model.reads_text() {
+        misplaced(image, "image models (a text model prints its text)")?;
+    } else {
+        misplaced(text, "text models")?;
+    }
+    if args.n == Some(0) {
+        return Err(Error::Config("--n must be at least 1".into()));
+    }
+    if args.top_k == Some(0) {
+        return Err(Error::Config("--top-k must be at least 1".into()));
+    }
+    if let Some(p) = args.top_p
+        && !(p > 0.0 && p <= 1.0)
+    {
+        return Err(Error::Config(format!("--top-p must be in (0, 1], got {p}")));
+    }
+    if let Some(t) = args.temperature
+        && !(t.is_finite() && t >= 0.0)
+    {
+        return Err(Error::Config(format!(
+            "--temperature must be 0 (greedy) or positive, got {t}"
+        )));
+    }
+    Ok(())
 }
 
 struct SampleJob {
@@ -1092,10 +1185,27 @@ pub(crate) fn evaluate_run(
             EVAL_METRICS.join(", ")
         )));
     }
+    if metrics.is_empty() {
+        return Err(Error::Config(format!(
+            "no metric asked for: choose from {}",
+            EVAL_METRICS.join(", ")
+        )));
+    }
+    let wants_samples = metrics.iter().any(|m| m != "nll");
+    // FID and precision/recall need a spread of samples; nll needs an image.
+    let least = if wants_samples { 2 } else { 1 };
+    if n < least {
+        return Err(Error::Config(format!(
+            "--n must be at least {least}, got {n}"
+        )));
+    }
+    // Before the evaluator trains and the samples are drawn, which take minutes.
+    if metrics.iter().any(|m| m == "nll") {
+        config.model.check_bits_per_dim()?;
+    }
     let source = config.data.image_source()?;
     let (train, test) =
         load_image_dataset(&source, &Locator::from_env(config.data.data_dir.clone()))?;
-    let wants_samples = metrics.iter().any(|m| m != "nll");
     let evaluator_dir = if wants_samples {
         let dir = evaluator_dir(&source.name(), &train)?;
         if !dir.join("evaluator.json").exists() {
@@ -1114,7 +1224,7 @@ pub(crate) fn evaluate_run(
             test,
             evaluator_dir,
             metrics,
-            n: n.max(2),
+            n,
             terms,
             seed,
         },

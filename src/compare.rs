@@ -104,6 +104,7 @@ pub fn compare(path: &Path, out: Option<PathBuf>, backend: BackendKind) -> Resul
             let mut state = read_state(&dir);
             let config = run_config(&experiment, index, seed)?;
             let batch_size = config.train.batch_size;
+            let has_likelihood = config.model.check_bits_per_dim();
             if state.done {
                 eprintln!(
                     "{} seed {seed}: trained ({} steps), skipping",
@@ -165,16 +166,16 @@ pub fn compare(path: &Path, out: Option<PathBuf>, backend: BackendKind) -> Resul
                         )?);
                     }
                     if experiment.eval.metrics.iter().any(|m| m == "nll") {
-                        match evaluate_run(
-                            &dir,
-                            &["nll".to_string()],
-                            experiment.eval.nll_images,
-                            experiment.eval.nll_terms,
-                            seed,
-                            backend,
-                        ) {
-                            Ok(f) => figures.extend(f),
-                            // Not every family has a likelihood (GANs have none): the cell stays empty.
+                        // Not every family has a likelihood (GANs have none): the cell stays empty.
+                        match &has_likelihood {
+                            Ok(()) => figures.extend(evaluate_run(
+                                &dir,
+                                &["nll".to_string()],
+                                experiment.eval.nll_images,
+                                experiment.eval.nll_terms,
+                                seed,
+                                backend,
+                            )?),
                             Err(e) => eprintln!("{} seed {seed}: no bits/dim ({e})", spec.name),
                         }
                     }

@@ -221,6 +221,39 @@ fn data_errors_are_clear() {
         err.contains("t10k-images-idx3-ubyte") && err.contains("truncated"),
         "{err}"
     );
+    // --data-dir where the dataset names its own directory would be ignored: refused.
+    let err = fails(&genzoo(
+        &[
+            "train",
+            "vae-mlp",
+            "--dataset",
+            "idx:bad",
+            "--data-dir",
+            "other",
+            "--steps",
+            "1",
+        ],
+        dir,
+    ));
+    assert!(
+        err.contains("--data-dir") && err.contains("idx:bad names its own directory"),
+        "{err}"
+    );
+    std::fs::write(dir.join("t.txt"), "some text ".repeat(100)).unwrap();
+    let err = fails(&genzoo(
+        &[
+            "train",
+            "gpt-char",
+            "--text",
+            "t.txt",
+            "--data-dir",
+            "other",
+            "--steps",
+            "1",
+        ],
+        dir,
+    ));
+    assert!(err.contains("a text model reads --text FILE"), "{err}");
     // An unknown preset.
     assert!(fails(&genzoo(&["train", "vae-xl"], dir)).contains("genzoo list"));
 }
@@ -436,6 +469,24 @@ fn gpt_char_trains_on_a_text_file_and_continues_a_prompt() {
         dir,
     ));
     assert!(err.contains("'Z'") && err.contains("vocabulary"), "{err}");
+    // Image flags on a text model are refused by name, not ignored.
+    let err = fails(&genzoo(
+        &["sample", "--run", "runs/g", "--n", "4", "--out", "x.png"],
+        dir,
+    ));
+    assert!(err.contains("--n, --out are for image models"), "{err}");
+    for (flag, value, expected) in [
+        ("--top-p", "1.5", "--top-p must be in (0, 1]"),
+        ("--top-k", "0", "--top-k must be at least 1"),
+        (
+            "--temperature",
+            "inf",
+            "--temperature must be 0 (greedy) or positive",
+        ),
+    ] {
+        let err = fails(&genzoo(&["sample", "--run", "runs/g", flag, value], dir));
+        assert!(err.contains(expected), "{flag} {value}: {err}");
+    }
     let err = fails(&genzoo(
         &["train", "gpt-char", "--steps", "1", "--out", "runs/none"],
         dir,
@@ -567,6 +618,35 @@ fn ddpm_trains_and_samples_with_either_sampler_and_a_trajectory() {
         dir,
     ));
     assert!(err.contains("diffusion"), "{err}");
+    let err = fails(&genzoo(
+        &[
+            "sample", "--run", "runs/vae", "--prompt", "hi", "--tokens", "5",
+        ],
+        dir,
+    ));
+    assert!(
+        err.contains("--prompt, --tokens are for text models"),
+        "{err}"
+    );
+    let err = fails(&genzoo(&["sample", "--run", "runs/vae", "--n", "0"], dir));
+    assert!(err.contains("--n must be at least 1"), "{err}");
+    // eval refuses what it cannot do before any evaluator trains.
+    for (args, expected) in [
+        (&["--metrics", ""][..], "no metric asked for"),
+        (
+            &["--metrics", "fid", "--n", "1"][..],
+            "--n must be at least 2",
+        ),
+        (&["--metrics", "fid,nll"][..], "Bernoulli decoder"),
+    ] {
+        let err = fails(&genzoo(
+            &[&["eval", "--run", "runs/vae"][..], args].concat(),
+            dir,
+        ));
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+    assert!(!dir.join("runs/vae/eval.json").exists());
+    assert!(!dir.join("cache/genzoo/evaluators").exists());
 }
 
 #[test]

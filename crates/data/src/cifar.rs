@@ -106,6 +106,13 @@ pub fn resolve(locator: &Locator) -> Result<(PathBuf, &'static str)> {
 }
 
 fn missing_error(dir: &Path, origin: &str) -> Error {
+    if !dir.is_dir() {
+        return Error::Data(format!(
+            "{} ({origin}) is not a directory: CIFAR-10's binary version is six batch files, \
+             data_batch_1.bin … data_batch_5.bin and test_batch.bin",
+            dir.display()
+        ));
+    }
     let missing: Vec<&str> = all_files()
         .filter(|f| !dir.join(f).is_file() && !dir.join(SUBDIR).join(f).is_file())
         .collect();
@@ -311,6 +318,22 @@ mod tests {
         );
         write_batches(&tmp.path().join("cache/cifar-10"));
         assert_eq!(resolve(&loc).unwrap().1, "cache");
+
+        // --data-dir alone is searched; what it lacks is named.
+        let mut loc = loc;
+        loc.data_dir = Some(tmp.path().join("nowhere"));
+        let err = resolve(&loc).unwrap_err().to_string();
+        assert!(
+            err.contains("nowhere (--data-dir) is not a directory"),
+            "{err}"
+        );
+        std::fs::remove_file(tmp.path().join("cache/cifar-10/test_batch.bin")).unwrap();
+        loc.data_dir = Some(tmp.path().join("cache/cifar-10"));
+        let err = resolve(&loc).unwrap_err().to_string();
+        assert!(
+            err.contains("lacks CIFAR-10's test_batch.bin (") && !err.contains("data_batch_1"),
+            "{err}"
+        );
     }
 
     #[test]

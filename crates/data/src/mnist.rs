@@ -162,12 +162,18 @@ fn download_into(known: &KnownDataset, cache: &Path, mirrors: &[String]) -> Resu
 }
 
 fn missing_error(dir: &Path, origin: &str) -> Error {
+    if !dir.is_dir() {
+        return Error::Data(format!(
+            "{} ({origin}) is not a directory: an MNIST-format directory holds {} (raw or .gz)",
+            dir.display(),
+            FILES.join(", ")
+        ));
+    }
     let (_, missing) = find_files(dir);
     Error::Data(format!(
-        "{} ({origin}) lacks {}: an MNIST-format directory holds {} (raw or .gz)",
+        "{} ({origin}) lacks {} (raw or .gz)",
         dir.display(),
         missing.join(", "),
-        FILES.join(", ")
     ))
 }
 
@@ -275,7 +281,19 @@ mod tests {
         // An explicit --data-dir that lacks files is an error, not a silent fallback.
         loc.data_dir = Some(root.join("empty"));
         let err = resolve(mnist, &loc).unwrap_err().to_string();
-        assert!(err.contains("t10k-labels-idx1-ubyte"), "{err}");
+        assert!(
+            err.contains("is not a directory") && err.contains("t10k-labels-idx1-ubyte"),
+            "{err}"
+        );
+        // A directory missing one file names that file alone.
+        std::fs::remove_file(root.join("explicit/t10k-labels-idx1-ubyte")).unwrap();
+        loc.data_dir = Some(root.join("explicit"));
+        let err = resolve(mnist, &loc).unwrap_err().to_string();
+        assert!(
+            err.contains("lacks t10k-labels-idx1-ubyte (raw or .gz)")
+                && !err.contains("train-images"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -48,6 +48,12 @@ impl DatasetSource {
         }
     }
 
+    /// Whether `--data-dir` says where this dataset's files are: it does
+    /// for datasets known by name; `idx:` and `folder:` name their own.
+    pub fn reads_data_dir(&self) -> bool {
+        matches!(self, DatasetSource::Named(_) | DatasetSource::Cifar10)
+    }
+
     /// The same source with its images resized to `size`×`size`: only image
     /// folders take a size (the other datasets' images have theirs).
     pub fn with_image_size(self, size: Option<usize>) -> Result<Self> {

@@ -99,6 +99,21 @@ impl ModelConfig {
         }
     }
 
+    /// Whether the model has a likelihood of 8-bit images in bits/dim
+    /// (`eval --metrics nll`); the error says why not. Checked before any
+    /// evaluation work starts.
+    pub fn check_bits_per_dim(&self) -> Result<()> {
+        match self {
+            ModelConfig::Vae(c) => c.check_bits_per_dim(),
+            ModelConfig::Gan(_) => Err(Error::Config(
+                "gan: a GAN has no likelihood: its samples are scored by fid, kid, is and pr"
+                    .into(),
+            )),
+            ModelConfig::Ddpm(_) => Ok(()),
+            ModelConfig::Gpt(c) => c.input.check_bits_per_dim(),
+        }
+    }
+
     /// Checks the config for values no model can be built from.
     pub fn validate(&self) -> Result<()> {
         match self {

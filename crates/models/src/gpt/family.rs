@@ -43,6 +43,25 @@ pub enum GptInput {
     },
 }
 
+impl GptInput {
+    /// Whether the model has a likelihood of 8-bit images in bits/dim: a
+    /// pixel model whose levels split the 256 byte values evenly.
+    pub fn check_bits_per_dim(&self) -> Result<()> {
+        match self {
+            GptInput::Text { .. } => Err(Error::Config(
+                "gpt: a text model's likelihood is its val_loss (nats per token), not bits/dim of images"
+                    .into(),
+            )),
+            GptInput::Pixels { levels, .. } if !256usize.is_multiple_of(*levels) => {
+                Err(Error::Config(format!(
+                    "gpt: bits/dim on 8-bit data needs levels dividing 256, got {levels}"
+                )))
+            }
+            GptInput::Pixels { .. } => Ok(()),
+        }
+    }
+}
+
 /// Decoupled weight decay θ ← θ·(1 − lr·λ) on parameters of rank ≥ 2 (as
 /// PyTorch's AdamW applies it before the Adam update).
 struct DecayMatrices<B> {
@@ -421,12 +440,11 @@ impl<B: AutodiffBackend> Family<B> for GptPixel<B> {
         _effort: Option<usize>,
         _seed: u64,
     ) -> Result<Vec<f64>> {
-        if !256usize.is_multiple_of(self.levels) {
-            return Err(genzoo_core::Error::Config(format!(
-                "bits/dim on 8-bit data needs levels dividing 256, got {}",
-                self.levels
-            )));
+        GptInput::Pixels {
+            levels: self.levels,
+            shape: self.shape,
         }
+        .check_bits_per_dim()?;
         let (inputs, targets) = self.tokens(images);
         let [n, t] = targets.dims();
         let logits = self.core.model.valid().forward(inputs); // [n, t, vocab]

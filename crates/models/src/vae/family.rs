@@ -16,7 +16,7 @@ use genzoo_core::record::{load_module, load_optimizer, save_module, save_optimiz
 use genzoo_core::seed::derive;
 use genzoo_core::{Family, ImageBatch, Metrics, Result, StepContext};
 
-use super::model::{PixelLikelihood, Vae, VaeConfig};
+use super::model::{Vae, VaeConfig};
 use super::objective::{elbo_terms, iwae_nll};
 
 /// A VAE with its Adam optimizer: the `vae` family.
@@ -123,21 +123,7 @@ impl<B: AutodiffBackend> Family<B> for VaeTrainer<B> {
         effort: Option<usize>,
         seed: u64,
     ) -> Result<Vec<f64>> {
-        if self.config.likelihood != PixelLikelihood::DiscretizedLogistic {
-            return Err(genzoo_core::Error::Config(
-                "vae: a Bernoulli decoder models intensities, not 8-bit values, so it has no \
-                 bits/dim on the scale of the other families; train with \
-                 likelihood = \"discretized-logistic\" (preset vae-mlp-dl)"
-                    .into(),
-            ));
-        }
-        if self.config.conditional {
-            return Err(genzoo_core::Error::Config(
-                "vae: a class-conditional model gives p(x|y), not p(x); its bits/dim would not \
-                 compare with unconditional models'"
-                    .into(),
-            ));
-        }
+        self.config.check_bits_per_dim()?;
         let k = effort.unwrap_or(Self::DEFAULT_IWAE_SAMPLES).max(1);
         let model = self.model.valid();
         let device = &self.device;

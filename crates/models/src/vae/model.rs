@@ -159,6 +159,27 @@ impl VaeConfig {
         Ok(())
     }
 
+    /// Whether the model has a likelihood of 8-bit images in bits/dim: only
+    /// the unconditional discretised-logistic decoder does.
+    pub fn check_bits_per_dim(&self) -> Result<()> {
+        if self.likelihood != PixelLikelihood::DiscretizedLogistic {
+            return Err(Error::Config(
+                "vae: a Bernoulli decoder models intensities, not 8-bit values, so it has no \
+                 bits/dim on the scale of the other families; train with \
+                 likelihood = \"discretized-logistic\" (preset vae-mlp-dl)"
+                    .into(),
+            ));
+        }
+        if self.conditional {
+            return Err(Error::Config(
+                "vae: a class-conditional model gives p(x|y), not p(x); its bits/dim would not \
+                 compare with unconditional models'"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// Builds the network with freshly initialised weights.
     pub fn init<B: Backend>(&self, device: &B::Device) -> Vae<B> {
         let y = self.label_width();
