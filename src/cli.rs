@@ -109,12 +109,17 @@ struct Overrides {
     lr: Option<f64>,
     #[arg(long)]
     seed: Option<u64>,
-    /// Budget in optimizer steps (replaces --epochs).
-    #[arg(long)]
+    /// Budget in optimizer steps (replaces --epochs and --minutes).
+    #[arg(long, conflicts_with_all = ["epochs", "minutes"])]
     steps: Option<u64>,
-    /// Budget in epochs (replaces --steps).
-    #[arg(long)]
+    /// Budget in epochs (replaces --steps and --minutes).
+    #[arg(long, conflicts_with = "minutes")]
     epochs: Option<u64>,
+    /// Budget in minutes of training time: the steps are planned from a
+    /// timing of the first ones, so the learning-rate schedule completes
+    /// (replaces --steps and --epochs).
+    #[arg(long)]
+    minutes: Option<f64>,
     /// Use only the first N training and test images.
     #[arg(long)]
     limit: Option<usize>,
@@ -191,10 +196,13 @@ impl Overrides {
             t.seed = v;
         }
         if let Some(v) = self.steps {
-            (t.steps, t.epochs) = (Some(v), None);
+            (t.steps, t.epochs, t.minutes) = (Some(v), None, None);
         }
         if let Some(v) = self.epochs {
-            (t.steps, t.epochs) = (None, Some(v));
+            (t.steps, t.epochs, t.minutes) = (None, Some(v), None);
+        }
+        if let Some(v) = self.minutes {
+            (t.steps, t.epochs, t.minutes) = (None, None, Some(v));
         }
         if let Some(v) = self.checkpoint_every {
             t.checkpoint_every = v;
@@ -446,7 +454,6 @@ fn train(args: TrainArgs) -> Result<()> {
         args.resume,
         args.overwrite,
         args.overrides.backend,
-        None,
     )
     .map(|_| ())
 }
@@ -483,14 +490,13 @@ pub(crate) struct TrainSummary {
 }
 
 /// Loads the data `config` names, writes the run's config and trains
-/// (resuming when asked), with an optional wall-clock limit.
+/// (resuming when asked).
 pub(crate) fn start_training(
     mut config: RunConfig,
     out: &Path,
     resume: bool,
     overwrite: bool,
     backend: BackendKind,
-    time_limit: Option<std::time::Duration>,
 ) -> Result<TrainSummary> {
     config.train.validate()?;
     config.parallel.validate()?;
@@ -524,7 +530,6 @@ pub(crate) fn start_training(
         data,
         resume,
         text,
-        time_limit,
     };
     if job.config.parallel.is_parallel() {
         // Replicas run on their own threads while this one waits for them:
@@ -626,7 +631,6 @@ struct TrainJob<D = JobData> {
     data: D,
     resume: bool,
     text: String,
-    time_limit: Option<std::time::Duration>,
 }
 
 impl TrainJob {
@@ -638,7 +642,6 @@ impl TrainJob {
             data,
             resume,
             text,
-            time_limit,
         } = self;
         (
             TrainJob {
@@ -647,7 +650,6 @@ impl TrainJob {
                 data: (),
                 resume,
                 text,
-                time_limit,
             },
             data,
         )
@@ -742,8 +744,7 @@ impl<B: AutodiffBackend> ReplicaFit<'_, B> {
             .identity(job.config.preset.clone(), job.config.model_fingerprint()?)
             .config_text(job.text.clone())
             .resume(job.resume)
-            .progress(self.replica.is_leader())
-            .time_limit(job.time_limit);
+            .progress(self.replica.is_leader());
         let outcome = trainer.fit_replica(family, data, &self.device)?;
         Ok(TrainSummary {
             steps_this_call: outcome.steps_this_call,
@@ -794,7 +795,6 @@ where
         run,
         resume,
         text,
-        time_limit,
         ..
     } = job;
     let started = Instant::now();
@@ -802,8 +802,7 @@ where
     let trainer = Trainer::new(run.clone(), config.train.clone())
         .identity(config.preset.clone(), config.model_fingerprint()?)
         .config_text(text)
-        .resume(resume)
-        .time_limit(time_limit);
+        .resume(resume);
     let outcome = trainer.fit(family, data, device)?;
     let summary = TrainSummary {
         steps_this_call: outcome.steps_this_call,

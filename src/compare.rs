@@ -3,7 +3,6 @@
 //! ones), evaluate each the same way, and write `report.md` and `report.png`.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use genzoo_core::{BackendKind, Error, Result};
 use genzoo_train::RunConfig;
@@ -54,12 +53,8 @@ fn run_config(experiment: &Experiment, index: usize, seed: u64) -> Result<RunCon
     config.data.image_size = experiment.image_size;
     config.train.seed = seed;
     let b = &experiment.budget;
-    (config.train.steps, config.train.epochs) = match (b.steps, b.epochs) {
-        (Some(s), _) => (Some(s), None),
-        (_, Some(e)) => (None, Some(e)),
-        // A time budget: plan "forever" and stop on the clock.
-        _ => (None, Some(100_000)),
-    };
+    let t = &mut config.train;
+    (t.steps, t.epochs, t.minutes) = (b.steps, b.epochs, b.minutes);
     Ok(config)
 }
 
@@ -118,13 +113,9 @@ pub fn compare(path: &Path, out: Option<PathBuf>, backend: BackendKind) -> Resul
                     if resume { "resuming" } else { "training" },
                     spec.preset
                 );
-                let time_limit = experiment
-                    .budget
-                    .minutes
-                    .map(|m| Duration::from_secs_f64((m * 60.0 - state.train_seconds).max(0.0)));
                 // Without a checkpoint there is nothing to keep: a directory left by a
                 // call that died before its first checkpoint is started afresh.
-                let summary = start_training(config, &dir, resume, !resume, backend, time_limit)?;
+                let summary = start_training(config, &dir, resume, !resume, backend)?;
                 state.train_seconds += summary.train_seconds;
                 state.steps = summary.step;
                 state.params = summary.params;

@@ -8,6 +8,8 @@
 //! - [`models`]: the model families and their presets;
 //! - [`train`]: the training engine, checkpoints and metrics.
 
+#![warn(missing_docs)]
+
 pub use genzoo_core as core;
 pub use genzoo_data as data;
 pub use genzoo_models as models;

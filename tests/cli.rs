@@ -124,6 +124,18 @@ fn train_sample_info_resume() {
     );
     assert!(run.join("checkpoints/step-00000009").exists());
 
+    // A minutes budget: planned from the run's pace so far, then trained.
+    let text = ok(&genzoo(&["resume", "runs/vae", "--minutes", "0.005"], dir));
+    assert!(
+        text.contains("0.005 minutes of training:") && text.contains("(the run's steps so far)"),
+        "{text}"
+    );
+    let err = fails(&genzoo(
+        &["resume", "runs/vae", "--steps", "5", "--minutes", "1"],
+        dir,
+    ));
+    assert!(err.contains("cannot be used with"), "{err}");
+
     // Sampling a class from an unconditional model is a clear error.
     let err = fails(&genzoo(
         &[

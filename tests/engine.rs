@@ -19,7 +19,7 @@ use genzoo::data::{ImageData, ImageDataset, Scaling, synthetic};
 use genzoo::models::vae::{PixelLikelihood, VaeConfig, VaeTrainer};
 use genzoo::train::checkpoint::list_checkpoints;
 use genzoo::train::logger::read_jsonl;
-use genzoo::train::{RunDir, TrainConfig, Trainer};
+use genzoo::train::{RunDir, Schedule, TrainConfig, Trainer};
 
 mod support;
 use support::assert_samples_depend_on_the_seed_alone;
@@ -398,25 +398,101 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     assert!(genzoo::train::checkpoint::verify(&ckpts[0].1, &identity).is_ok());
 }
 
+/// A budget of `minutes` under a cosine schedule, whose horizon is the plan.
+fn minutes_config(minutes: f64) -> TrainConfig {
+    TrainConfig {
+        steps: None,
+        minutes: Some(minutes),
+        schedule: Schedule::Cosine {
+            warmup_steps: 2,
+            min_lr: 3e-4,
+        },
+        log_every: 50,
+        checkpoint_every: 10_000,
+        ..train_config(0)
+    }
+}
+
+fn last_manifest(run: &Path) -> serde_json::Value {
+    let ckpts = list_checkpoints(&run.join("checkpoints")).unwrap();
+    let path = ckpts.last().unwrap().1.join("manifest.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
 #[test]
-fn a_time_limit_stops_with_a_checkpoint_and_resume_finishes() {
+fn a_minutes_budget_plans_its_steps_and_trains_as_a_steps_run_of_that_length() {
     let _guard = lock();
     let tmp = tempfile::tempdir().unwrap();
     let device = CpuDevice::default();
-    // A zero budget: the first step ends past it, so the call stops there.
-    let first = trainer(tmp.path(), train_config(6), false)
-        .time_limit(Some(std::time::Duration::ZERO))
+    let timed_dir = tmp.path().join("timed");
+    let timed = trainer(&timed_dir, minutes_config(0.01), false)
         .fit(fresh_vae(), &data(5), &device)
         .unwrap();
-    assert_eq!((first.step, first.steps_this_call), (1, 1));
-    assert_eq!(
-        list_checkpoints(&tmp.path().join("checkpoints"))
-            .unwrap()
-            .len(),
-        1
+    assert!(timed.total_steps >= 10, "planned {}", timed.total_steps);
+    // Done as planned, or stopped on the clock at the budget.
+    assert!(
+        timed.step == timed.total_steps || timed.train_seconds >= 0.6,
+        "{} of {} steps in {} s",
+        timed.step,
+        timed.total_steps,
+        timed.train_seconds
     );
-    let rest = trainer(tmp.path(), train_config(6), true)
+    assert!(!timed_dir.join("probe").exists());
+    assert!(timed_dir.join("samples/final.png").exists());
+    let manifest = last_manifest(&timed_dir);
+    assert_eq!(manifest["planned_minutes"], 0.01);
+    assert_eq!(manifest["total_steps"], timed.total_steps);
+    assert_eq!(manifest["train_seconds"], timed.train_seconds);
+    // The timing steps were undone: a run planned in steps from the start
+    // ends with the same weights, bit for bit.
+    let planned = TrainConfig {
+        steps: Some(timed.total_steps),
+        minutes: None,
+        ..minutes_config(0.01)
+    };
+    let straight = trainer(&tmp.path().join("straight"), planned, false)
+        .stop_after(Some(timed.step))
         .fit(fresh_vae(), &data(5), &device)
         .unwrap();
-    assert_eq!((rest.step, rest.steps_this_call), (6, 5));
+    assert_eq!(weights(&straight.family), weights(&timed.family));
+}
+
+#[test]
+fn a_minutes_run_resumes_on_its_plan_and_stops_on_the_clock() {
+    let _guard = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let device = CpuDevice::default();
+    let run = tmp.path();
+    let first = trainer(run, minutes_config(0.01), false)
+        .stop_after(Some(5))
+        .fit(fresh_vae(), &data(5), &device)
+        .unwrap();
+    assert_eq!(first.step, 5);
+    // The same budget: the plan is kept, not timed again.
+    let rest = trainer(run, minutes_config(0.01), true)
+        .fit(fresh_vae(), &data(5), &device)
+        .unwrap();
+    assert_eq!(rest.total_steps, first.total_steps);
+    // A budget already spent: planned again from the run's own pace, to no more steps.
+    let spent = trainer(run, minutes_config(1e-6), true)
+        .fit(fresh_vae(), &data(5), &device)
+        .unwrap();
+    assert_eq!((spent.steps_this_call, spent.total_steps), (0, rest.step));
+
+    // A plan far too long for its budget (the pace recorded as ~0): the clock
+    // stops the run at 0.3 s with a checkpoint, and the manifest says so.
+    let ckpts = list_checkpoints(&run.join("checkpoints")).unwrap();
+    let path = ckpts.last().unwrap().1.join("manifest.json");
+    let mut manifest = last_manifest(run);
+    manifest["train_seconds"] = serde_json::json!(1e-9);
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    let clocked = trainer(run, minutes_config(0.005), true)
+        .fit(fresh_vae(), &data(5), &device)
+        .unwrap();
+    assert!(clocked.steps_this_call >= 1);
+    assert!(clocked.step < clocked.total_steps);
+    assert!(clocked.train_seconds >= 0.3, "{}", clocked.train_seconds);
+    let manifest = last_manifest(run);
+    assert_eq!(manifest["step"], clocked.step);
+    assert!(manifest["train_seconds"].as_f64().unwrap() >= 0.3);
 }

@@ -36,7 +36,8 @@ pub enum Error {
     Backend(String),
     /// A loss or metric became NaN or infinite.
     #[error(
-        "{name} is {value} at step {step}; training stopped (the last checkpoint is kept intact)"
+        "{name} is {value} at step {step}; training stopped and wrote nothing of that step \
+         (earlier checkpoints are kept; a lower --lr or clip_norm under [train] may help)"
     )]
     NonFinite {
         /// The step at which the value was produced (1-based: the step that was being taken).

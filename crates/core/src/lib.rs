@@ -8,6 +8,8 @@
 //! Nothing here names a concrete model: families live in `genzoo-models`,
 //! the training loop in `genzoo-train`.
 
+#![warn(missing_docs)]
+
 pub mod backend;
 pub mod ema;
 pub mod error;

@@ -13,6 +13,8 @@
 //! assert_eq!(train.dims(), (1, 28, 28));
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod cifar;
 pub mod dataset;
 pub mod download;

@@ -10,6 +10,8 @@
 //! (U-Net, DDPM and DDIM samplers, EMA, classifier-free guidance) and
 //! [`gpt`] (over text and over pixels).
 
+#![warn(missing_docs)]
+
 pub mod ddpm;
 pub mod gan;
 pub mod gpt;

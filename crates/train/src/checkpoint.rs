@@ -51,6 +51,14 @@ pub struct Manifest {
     pub seed: u64,
     /// The learning rate of the last step taken (the schedule's state is `step`).
     pub lr: f64,
+    /// Seconds of training (fetching batches and taking steps) up to `step`,
+    /// over all calls: what a `minutes` budget has spent.
+    #[serde(default)]
+    pub train_seconds: f64,
+    /// The `minutes` budget `total_steps` was planned for, if any: a resumed
+    /// run keeps that plan while the budget stays the same.
+    #[serde(default)]
+    pub planned_minutes: Option<f64>,
     /// SHA-256 of every other file in the checkpoint.
     pub files: Vec<(String, String)>,
 }

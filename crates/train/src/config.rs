@@ -33,6 +33,12 @@ pub struct TrainConfig {
     pub steps: Option<u64>,
     /// Budget in epochs (used when `steps` is not set; 1 when neither is).
     pub epochs: Option<u64>,
+    /// Budget in minutes of training time (fetching batches and taking
+    /// steps; evaluation, sample grids and checkpoints do not count). Takes
+    /// precedence over `steps` and `epochs`: the engine times a few steps,
+    /// plans the run's steps from them, so that the learning-rate schedule
+    /// runs its course within the budget, and stops on the clock in any case.
+    pub minutes: Option<f64>,
     /// Examples per step.
     pub batch_size: usize,
     /// Base learning rate.
@@ -64,6 +70,7 @@ impl Default for TrainConfig {
         Self {
             steps: None,
             epochs: None,
+            minutes: None,
             batch_size: 128,
             lr: 1e-3,
             schedule: Schedule::Constant,
@@ -81,7 +88,8 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
-    /// Total steps of the run for an epoch of `batches_per_epoch` batches.
+    /// Total steps of the run for an epoch of `batches_per_epoch` batches
+    /// (a `minutes` budget is planned by the engine instead).
     pub fn total_steps(&self, batches_per_epoch: usize) -> Result<u64> {
         let total = match (self.steps, self.epochs) {
             (Some(s), _) => s,
@@ -112,6 +120,13 @@ impl TrainConfig {
         {
             return Err(Error::Config(format!(
                 "clip_norm must be positive, got {c}"
+            )));
+        }
+        if let Some(m) = self.minutes
+            && !(m > 0.0 && m.is_finite())
+        {
+            return Err(Error::Config(format!(
+                "minutes must be a positive number, got {m}"
             )));
         }
         if self.keep_checkpoints == 0 {

@@ -61,7 +61,7 @@ fn default_seeds() -> Vec<u64> {
     vec![0]
 }
 
-/// A training budget: exactly one of steps, epochs or wall-clock minutes.
+/// A training budget: exactly one of steps, epochs or minutes of training time.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Budget {
@@ -69,7 +69,8 @@ pub struct Budget {
     pub steps: Option<u64>,
     /// Epochs.
     pub epochs: Option<u64>,
-    /// Wall-clock minutes of training (evaluation excluded).
+    /// Minutes of training time (fetching batches and taking steps), the
+    /// steps planned from a timing of the first ones: see `TrainConfig::minutes`.
     pub minutes: Option<f64>,
 }
 

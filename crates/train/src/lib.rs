@@ -23,6 +23,8 @@
 //! println!("trained {} steps", outcome.step);
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod bench;
 pub mod checkpoint;
 pub mod config;

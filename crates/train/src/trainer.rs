@@ -48,7 +48,6 @@ pub struct Trainer {
     config_text: Option<String>,
     resume: bool,
     stop_after: Option<u64>,
-    time_limit: Option<std::time::Duration>,
     progress: bool,
 }
 
@@ -65,7 +64,6 @@ impl Trainer {
             config_text: None,
             resume: false,
             stop_after: None,
-            time_limit: None,
             progress: true,
         }
     }
@@ -105,11 +103,115 @@ impl Trainer {
         self
     }
 
-    /// Stops (with a checkpoint) after the first step that ends past this much
-    /// wall-clock time of the call: a time budget.
-    pub fn time_limit(mut self, limit: Option<std::time::Duration>) -> Self {
-        self.time_limit = limit;
-        self
+    /// The total steps of a `minutes` budget. A resumed run keeps the plan
+    /// its checkpoint was made for while the budget is the same; a changed
+    /// budget is planned again from the run's own seconds per step so far;
+    /// a new run times a few steps first
+    /// ([`Trainer::probe_seconds_per_step`]).
+    #[allow(clippy::too_many_arguments)]
+    fn plan_minutes<B, F, D>(
+        &self,
+        family: F,
+        data: &D,
+        device: &B::Device,
+        minutes: f64,
+        resumed: Option<&Manifest>,
+        at: (u64, u64, usize),
+        say: &dyn Fn(&str),
+    ) -> Result<(u64, F)>
+    where
+        B: AutodiffBackend,
+        F: Family<B>,
+        D: TrainData<B, Batch = F::Batch>,
+    {
+        if let Some(m) = resumed
+            && m.planned_minutes == Some(minutes)
+        {
+            return Ok((m.total_steps, family));
+        }
+        let spent = resumed.map_or(0.0, |m| m.train_seconds);
+        let (family, per_step, timed_on) = match resumed {
+            Some(m) if m.step > 0 && m.train_seconds > 0.0 => (
+                family,
+                m.train_seconds / m.step as f64,
+                "the run's steps so far",
+            ),
+            _ => {
+                say(&format!(
+                    "timing a few steps to plan {minutes} minutes of training"
+                ));
+                let (family, per_step) =
+                    self.probe_seconds_per_step(family, data, device, at, minutes * 60.0)?;
+                (family, per_step, "a timing of its first steps, undone")
+            }
+        };
+        let more = ((minutes * 60.0 - spent).max(0.0) / per_step).floor() as u64;
+        let total = (at.0 + more).max(1);
+        say(&format!(
+            "{minutes} minutes of training: {total} steps planned at {:.1} ms per step ({timed_on})",
+            per_step * 1e3
+        ));
+        Ok((total, family))
+    }
+
+    /// Seconds per training step (its batch's fetch included) of `family`
+    /// on `data` from position `at`: the mean of timed steps after an
+    /// untimed one, 2 to 200 of them over about 2 % of `budget` seconds (at
+    /// most 30 s). The steps are then undone: the family is saved before
+    /// them and reloaded after (what a resume from that point does), so the
+    /// run goes on exactly as it would have without the probe. The budget is
+    /// not charged for the probe's time.
+    fn probe_seconds_per_step<B, F, D>(
+        &self,
+        family: F,
+        data: &D,
+        device: &B::Device,
+        at: (u64, u64, usize),
+        budget: f64,
+    ) -> Result<(F, f64)>
+    where
+        B: AutodiffBackend,
+        F: Family<B>,
+        D: TrainData<B, Batch = F::Batch>,
+    {
+        const MAX_TIMED: u32 = 200;
+        let scratch = self.run.root().join("probe");
+        if scratch.exists() {
+            // Left by a call that died while probing; nothing else writes there.
+            std::fs::remove_dir_all(&scratch).map_err(|e| Error::io(&scratch, e))?;
+        }
+        std::fs::create_dir_all(&scratch).map_err(|e| Error::io(&scratch, e))?;
+        family.save(&scratch)?;
+        let batches_per_epoch = data.batches_per_epoch().max(1);
+        let window = (budget * 0.02).min(30.0);
+        let (mut step, mut epoch, mut index) = at;
+        let (mut family, mut timed, mut seconds) = (family, 0u32, 0.0);
+        while timed < 2 || (timed < MAX_TIMED && seconds < window) {
+            let t0 = Instant::now();
+            let (next, _, _) = take_step(
+                family,
+                data,
+                device,
+                &self.config,
+                (step, epoch, index),
+                u64::MAX,
+                None,
+            )?;
+            family = next;
+            // The first step pays for lazy initialisation and allocation.
+            if step > at.0 {
+                seconds += t0.elapsed().as_secs_f64();
+                timed += 1;
+            }
+            step += 1;
+            index += 1;
+            if index >= batches_per_epoch {
+                (epoch, index) = (epoch + 1, 0);
+            }
+        }
+        let family = family.load(&scratch)?;
+        std::fs::remove_dir_all(&scratch).map_err(|e| Error::io(&scratch, e))?;
+        Ok((family, seconds / timed as f64))
     }
 
     /// Trains `family` on `data` until the budget is spent (or `stop_after`).
@@ -187,12 +289,11 @@ impl Trainer {
         // Only the leader of a data-parallel run (or a one-device run) writes.
         let leader = replica.is_none_or(|r| r.is_leader());
         let batches_per_epoch = data.batches_per_epoch().max(1);
-        let total = cfg.total_steps(batches_per_epoch)?;
         let logger = MetricsLogger::new(self.run.metrics_file(), self.run.metrics_csv());
         let ckpt_dir = self.run.checkpoints_dir();
 
         let bar = if self.progress && leader {
-            ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr())
+            ProgressBar::with_draw_target(Some(0), ProgressDrawTarget::stderr())
         } else {
             ProgressBar::hidden()
         };
@@ -212,6 +313,7 @@ impl Trainer {
         let mut family = family;
         let mut step: u64 = 0;
         let (mut epoch, mut index) = (0u64, 0usize);
+        let mut resumed = None;
         if self.resume {
             match checkpoint::latest_good(&ckpt_dir, &self.identity, |w| say(w))? {
                 Some((dir, manifest)) => {
@@ -221,10 +323,7 @@ impl Trainer {
                     if leader {
                         logger.truncate_after(step)?;
                     }
-                    say(&format!(
-                        "resuming from {} (step {step} of {total})",
-                        dir.display()
-                    ));
+                    resumed = Some((dir, manifest));
                 }
                 None => say(&format!(
                     "no checkpoint in {} yet: starting from step 0",
@@ -236,6 +335,39 @@ impl Trainer {
                 "{} already holds checkpoints: resume the run or start a new one elsewhere",
                 ckpt_dir.display()
             )));
+        }
+        // Training seconds spent by earlier calls: a minutes budget counts them.
+        let manifest = resumed.as_ref().map(|(_, m)| m);
+        let spent_before = manifest.map_or(0.0, |m| m.train_seconds);
+        let total = match cfg.minutes {
+            None => cfg.total_steps(batches_per_epoch)?,
+            Some(minutes) => {
+                if replica.is_some() {
+                    return Err(Error::Config(
+                        "a minutes budget is planned on one device; give a data-parallel run \
+                         steps or epochs"
+                            .into(),
+                    ));
+                }
+                let (planned, trained) = self.plan_minutes(
+                    family,
+                    data,
+                    device,
+                    minutes,
+                    manifest,
+                    (step, epoch, index),
+                    &say,
+                )?;
+                family = trained;
+                planned
+            }
+        };
+        bar.set_length(total);
+        if let Some((dir, _)) = &resumed {
+            say(&format!(
+                "resuming from {} (step {step} of {total})",
+                dir.display()
+            ));
         }
         if let Some(r) = &replica {
             // Every replica must start at the same step, from the leader's weights.
@@ -258,7 +390,6 @@ impl Trainer {
             Some(n) => (step + n).min(total),
             None => total,
         };
-        let call_started = Instant::now();
         let mut timed_out = false;
         let mut window = MetricWindow::default();
         let mut last_train = Metrics::new();
@@ -268,53 +399,26 @@ impl Trainer {
         let mut window_start = Instant::now();
 
         while step < end {
-            if leader {
-                // Backend randomness is seeded by the leader only: burn's CPU
-                // backend keeps one RNG per process, which replicas on threads
-                // would race on. genzoo's families draw none in a step (their
-                // noise and dropout masks come from the step's own stream
-                // below); this seeds what a user's own family draws.
-                seed_step::<B>(device, cfg.seed, step + 1);
-            }
-            let mut batch = data.train_batch(epoch, index, device);
-            let mut step_replica = None;
-            if let Some((r, shard)) = &parallel {
-                let (rows_of_replica, rows) = shard(batch, r)?;
-                batch = rows_of_replica;
-                parallel::set_batch(rows);
-                step_replica = Some(Replica {
-                    batch: Some(rows),
-                    ..*r
-                });
-            }
-            let mut ctx = StepContext {
-                step: step + 1,
-                base_lr: cfg.lr,
-                lr_factor: cfg.schedule.factor(cfg.lr, step, total),
-                clip_norm: cfg.clip_norm,
-                grad_norms: Vec::new(),
-                warnings: Vec::new(),
-                replica: step_replica,
-            };
-            let lr = ctx.lr();
             let t0 = Instant::now();
-            let (next, mut metrics) = {
-                let seed = derive(cfg.seed, "noise", step + 1);
-                let _noise = match step_replica {
-                    Some(r) => noise::begin_sharded(seed, r),
-                    None => noise::begin(seed),
-                };
-                family.train_step(batch, &mut ctx)?
-            };
+            let (next, mut metrics, ctx) = take_step(
+                family,
+                data,
+                device,
+                cfg,
+                (step, epoch, index),
+                total,
+                parallel.as_ref(),
+            )?;
             train_seconds += t0.elapsed().as_secs_f64();
             family = next;
+            let lr = ctx.lr();
             if let Some((name, value)) = ctx.grad_norms.first().map(|n| ("grad_norm", *n)) {
                 metrics.push(name, value);
             }
-            let time_up = self
-                .time_limit
-                .is_some_and(|limit| call_started.elapsed() >= limit);
-            let time_up = match &step_replica {
+            let time_up = cfg
+                .minutes
+                .is_some_and(|m| spent_before + train_seconds >= m * 60.0);
+            let time_up = match &ctx.replica {
                 // The metrics of the global batch, and the leader's clock for everyone.
                 Some(r) => {
                     let (reduced, stop) = reduce_metrics::<B>(&metrics, time_up, r, device)?;
@@ -422,6 +526,8 @@ impl Trainer {
                     total_steps: total,
                     seed: cfg.seed,
                     lr,
+                    train_seconds: spent_before + train_seconds,
+                    planned_minutes: cfg.minutes,
                     files: Vec::new(),
                 };
                 checkpoint::write_checkpoint(&ckpt_dir, manifest, |dir| {
@@ -435,8 +541,8 @@ impl Trainer {
                 checkpoint::prune(&ckpt_dir, cfg.keep_checkpoints)?;
             }
         }
-        // The budget is spent: the planned steps are done, or the time limit
-        // (a wall-clock budget) ended the call.
+        // The budget is spent: the planned steps are done, or a minutes
+        // budget ran out on the clock.
         if leader && (step == total || timed_out) && step > start_step {
             write_grid(&family, &self.run, cfg, "final.png")?;
             write_progress_strip(&self.run.samples_dir())?;
@@ -452,6 +558,64 @@ impl Trainer {
             steps_this_call: step - start_step,
         })
     }
+}
+
+/// A data-parallel run's sharding: this replica's rows of a batch, and the
+/// batch's size.
+type Shard<'a, T> = &'a dyn Fn(T, &Replica) -> Result<(T, usize)>;
+
+/// One training step at `(step, epoch, index)` of a run of `total` steps:
+/// seed, fetch the batch (this replica's rows of it in a data-parallel run)
+/// and let the family step at the scheduled learning rate.
+fn take_step<B, F, D>(
+    family: F,
+    data: &D,
+    device: &B::Device,
+    cfg: &TrainConfig,
+    (step, epoch, index): (u64, u64, usize),
+    total: u64,
+    parallel: Option<&(Replica, Shard<'_, F::Batch>)>,
+) -> Result<(F, Metrics, StepContext)>
+where
+    B: AutodiffBackend,
+    F: Family<B>,
+    D: TrainData<B, Batch = F::Batch>,
+{
+    if parallel.is_none_or(|(r, _)| r.is_leader()) {
+        // Backend randomness is seeded by the leader only: burn's CPU
+        // backend keeps one RNG per process, which replicas on threads
+        // would race on. genzoo's families draw none in a step (their
+        // noise and dropout masks come from the step's own stream
+        // below); this seeds what a user's own family draws.
+        seed_step::<B>(device, cfg.seed, step + 1);
+    }
+    let mut batch = data.train_batch(epoch, index, device);
+    let mut replica = None;
+    if let Some((r, shard)) = parallel {
+        let (rows_of_replica, rows) = shard(batch, r)?;
+        batch = rows_of_replica;
+        parallel::set_batch(rows);
+        replica = Some(Replica {
+            batch: Some(rows),
+            ..*r
+        });
+    }
+    let mut ctx = StepContext {
+        step: step + 1,
+        base_lr: cfg.lr,
+        lr_factor: cfg.schedule.factor(cfg.lr, step, total),
+        clip_norm: cfg.clip_norm,
+        grad_norms: Vec::new(),
+        warnings: Vec::new(),
+        replica,
+    };
+    let seed = derive(cfg.seed, "noise", step + 1);
+    let _noise = match replica {
+        Some(r) => noise::begin_sharded(seed, r),
+        None => noise::begin(seed),
+    };
+    let (family, metrics) = family.train_step(batch, &mut ctx)?;
+    Ok((family, metrics, ctx))
 }
 
 /// Checks that every replica starts at the same step of the same budget
@@ -470,7 +634,9 @@ fn agree_on_start<B: AutodiffBackend>(
     let spread = |i: usize| (mean[i + 2] - mean[i] * mean[i]).abs() > 0.25 + 1e-6 * mean[i + 2];
     if spread(0) || spread(1) {
         return Err(Error::Parallel(format!(
-            "replicas disagree on where the run starts: replica {} starts at step {step} of {total},              the mean over replicas is step {:.1} of {:.1}; give every node the same run directory              and checkpoints (resume all or none)",
+            "replicas disagree on where the run starts: replica {} starts at step {step} of {total}, \
+             the mean over replicas is step {:.1} of {:.1}; give every node the same run directory \
+             and checkpoints (resume all or none)",
             replica.rank, mean[0], mean[1]
         )));
     }
