@@ -37,7 +37,8 @@ pub struct TrainConfig {
     /// steps; evaluation, sample grids and checkpoints do not count). Takes
     /// precedence over `steps` and `epochs`: the engine times a few steps,
     /// plans the run's steps from them, so that the learning-rate schedule
-    /// runs its course within the budget, and stops on the clock in any case.
+    /// runs its course within the budget, plans again from the run's pace
+    /// at 10, 30 and 60 % of it, and stops on the clock in any case.
     pub minutes: Option<f64>,
     /// Examples per step.
     pub batch_size: usize,

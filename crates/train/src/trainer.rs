@@ -22,6 +22,10 @@ use crate::config::TrainConfig;
 use crate::logger::MetricsLogger;
 use crate::run_dir::RunDir;
 
+/// The fractions of a minutes budget at which its steps are planned again
+/// from the pace since the last plan (when it is more than 2 % off).
+const REPLAN_AT: [f64; 3] = [0.1, 0.3, 0.6];
+
 /// What a finished (or stopped) training call returns.
 pub struct TrainOutcome<F> {
     /// The trained family.
@@ -339,7 +343,7 @@ impl Trainer {
         // Training seconds spent by earlier calls: a minutes budget counts them.
         let manifest = resumed.as_ref().map(|(_, m)| m);
         let spent_before = manifest.map_or(0.0, |m| m.train_seconds);
-        let total = match cfg.minutes {
+        let mut total = match cfg.minutes {
             None => cfg.total_steps(batches_per_epoch)?,
             Some(minutes) => {
                 if replica.is_some() {
@@ -386,16 +390,20 @@ impl Trainer {
         ));
         bar.set_position(step);
 
-        let mut end = match self.stop_after {
-            Some(n) => (step + n).min(total),
+        let start_step = step;
+        let stop_at = |total: u64| match self.stop_after {
+            Some(n) => (start_step + n).min(total),
             None => total,
         };
+        let mut end = stop_at(total);
         let mut timed_out = false;
+        // Re-plans of a minutes budget made so far, and the (step, seconds)
+        // the pace is measured from.
+        let (mut replans, mut paced_from) = (0, (step, 0.0));
         let mut window = MetricWindow::default();
         let mut last_train = Metrics::new();
         let mut last_eval = None;
         let mut train_seconds = 0.0;
-        let start_step = step;
         let mut window_start = Instant::now();
 
         while step < end {
@@ -447,6 +455,28 @@ impl Trainer {
             if time_up {
                 end = step;
                 timed_out = true;
+            } else if let Some(minutes) = cfg.minutes
+                && let Some(fraction) = REPLAN_AT.get(replans)
+                && step - paced_from.0 >= 20
+                && spent_before + train_seconds >= fraction * minutes * 60.0
+            {
+                // Planned again from the pace since the last plan: a CPU's
+                // clock often drops after the first seconds under load,
+                // which the timing of the first steps cannot see.
+                replans += 1;
+                let per_step = (train_seconds - paced_from.1) / (step - paced_from.0) as f64;
+                paced_from = (step, train_seconds);
+                let left = (minutes * 60.0 - spent_before - train_seconds).max(0.0);
+                let planned = step + (left / per_step).floor() as u64;
+                if planned.abs_diff(total) * 50 > total {
+                    say(&format!(
+                        "step {step}: {planned} steps planned instead of {total}, at {:.1} ms per step",
+                        per_step * 1e3
+                    ));
+                    total = planned;
+                    end = stop_at(total);
+                    bar.set_length(total);
+                }
             }
             window.add(&metrics, 1.0);
             bar.set_position(step);
