@@ -22,7 +22,7 @@ pub struct BenchArgs {
     warmup: usize,
     /// CPU threads (default: all cores). Sets the thread pool the CPU backend uses.
     #[arg(long)]
-    threads: Option<usize>,
+    pub(crate) threads: Option<usize>,
     /// Override the reference batch size.
     #[arg(long)]
     batch: Option<usize>,
@@ -71,10 +71,6 @@ pub fn bench(args: BenchArgs) -> Result<()> {
                 REFERENCE_MODELS.join(", ")
             )));
         }
-    }
-    if let Some(n) = args.threads {
-        genzoo_core::backend::set_cpu_threads(n)
-            .map_err(|e| Error::Config(format!("bench: {e}")))?;
     }
     let options = BenchOptions {
         steps: args.steps.max(1),

@@ -347,6 +347,11 @@ struct SampleArgs {
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
+    let threads = match &cli.command {
+        Command::Bench(args) => args.threads,
+        _ => None,
+    };
+    configure_cpu(threads)?;
     match cli.command {
         Command::Train(args) => train(args),
         Command::Resume { run, overrides } => {
@@ -456,6 +461,21 @@ fn train(args: TrainArgs) -> Result<()> {
         args.overrides.backend,
     )
     .map(|_| ())
+}
+
+/// Sets up the CPU before any tensor work: the pool's size (all cores
+/// unless `threads`) and subnormal floats flushed to zero on its threads
+/// and this one ([`genzoo_core::backend::flush_subnormals`]).
+fn configure_cpu(threads: Option<usize>) -> Result<()> {
+    genzoo_core::backend::flush_subnormals();
+    let n = threads.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    match genzoo_core::backend::set_cpu_threads(n) {
+        // An earlier call in this process built the pool: keep it.
+        Err(_) if threads.is_none() => Ok(()),
+        other => other,
+    }
 }
 
 /// Refuses `--data-dir` for a dataset that would ignore it (one that names

@@ -245,6 +245,8 @@ where
                 let failure = failure.clone();
                 let first_failed = &first_failed;
                 scope.spawn(move || {
+                    // Like the CPU pool's threads (small ops run here).
+                    genzoo_core::backend::flush_subnormals();
                     let me = Replica::new(rank, world);
                     let result = catch_unwind(AssertUnwindSafe(|| {
                         collective::register::<B::InnerBackend>(
