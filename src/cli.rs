@@ -463,15 +463,12 @@ fn train(args: TrainArgs) -> Result<()> {
     .map(|_| ())
 }
 
-/// Sets up the CPU before any tensor work: the pool's size (all cores
-/// unless `threads`) and subnormal floats flushed to zero on its threads
-/// and this one ([`genzoo_core::backend::flush_subnormals`]).
+/// Sets up the CPU before any tensor work: the pool's size (`threads`, else
+/// `RAYON_NUM_THREADS` or every core) and subnormal floats flushed to zero on
+/// its threads and this one ([`genzoo_core::backend::flush_subnormals`]).
 fn configure_cpu(threads: Option<usize>) -> Result<()> {
     genzoo_core::backend::flush_subnormals();
-    let n = threads.unwrap_or_else(|| {
-        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
-    });
-    match genzoo_core::backend::set_cpu_threads(n) {
+    match genzoo_core::backend::set_cpu_threads(threads.map_or(0, |n| n.max(1))) {
         // An earlier call in this process built the pool: keep it.
         Err(_) if threads.is_none() => Ok(()),
         other => other,

@@ -419,6 +419,17 @@ fn last_manifest(run: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
+/// Rewrites the newest checkpoint's training time as ~0, as if its steps
+/// had taken no time; returns its step.
+fn erase_time_spent(run: &Path) -> u64 {
+    let ckpts = list_checkpoints(&run.join("checkpoints")).unwrap();
+    let path = ckpts.last().unwrap().1.join("manifest.json");
+    let mut manifest = last_manifest(run);
+    manifest["train_seconds"] = serde_json::json!(1e-9);
+    std::fs::write(&path, manifest.to_string()).unwrap();
+    manifest["step"].as_u64().unwrap()
+}
+
 #[test]
 fn a_minutes_budget_plans_its_steps_and_trains_as_a_steps_run_of_that_length() {
     let _guard = lock();
@@ -495,11 +506,7 @@ fn a_minutes_run_resumes_on_its_plan_and_stops_on_the_clock() {
 
     // A plan far too long for its budget (the pace recorded as ~0) is
     // planned again from the run's own pace a tenth into the budget.
-    let ckpts = list_checkpoints(&run.join("checkpoints")).unwrap();
-    let path = ckpts.last().unwrap().1.join("manifest.json");
-    let mut manifest = last_manifest(run);
-    manifest["train_seconds"] = serde_json::json!(1e-9);
-    std::fs::write(&path, manifest.to_string()).unwrap();
+    erase_time_spent(run);
     let replanned = trainer(run, minutes_config(0.005), true)
         .fit(fresh_vae(), &data(5), &device)
         .unwrap();
@@ -511,12 +518,7 @@ fn a_minutes_run_resumes_on_its_plan_and_stops_on_the_clock() {
     assert!(replanned.steps_this_call >= 20);
 
     // Too short a budget to plan again: the clock stops the run, with a checkpoint.
-    let ckpts = list_checkpoints(&run.join("checkpoints")).unwrap();
-    let path = ckpts.last().unwrap().1.join("manifest.json");
-    let mut manifest = last_manifest(run);
-    let before = manifest["step"].as_u64().unwrap();
-    manifest["train_seconds"] = serde_json::json!(1e-9);
-    std::fs::write(&path, manifest.to_string()).unwrap();
+    let before = erase_time_spent(run);
     let clocked = trainer(run, minutes_config(0.00002), true)
         .fit(fresh_vae(), &data(5), &device)
         .unwrap();

@@ -242,17 +242,19 @@ pub fn with_backend<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Out
 
 /// Sizes the CPU thread pools: rayon's global pool, which the CPU backend's
 /// kernels run on (its threads [`flush_subnormals`]), and with the `tch`
-/// feature LibTorch's intra-op pool. Call it once, before any tensor work
-/// (rayon's pool can be built once).
+/// feature LibTorch's intra-op pool. `n = 0` leaves the size to rayon
+/// (`RAYON_NUM_THREADS`, else every core). Call it once, before any tensor
+/// work (rayon's pool can be built once).
 pub fn set_cpu_threads(n: usize) -> Result<()> {
-    let n = n.max(1);
     rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .start_handler(|_| flush_subnormals())
         .build_global()
         .map_err(|e| Error::Config(format!("cannot set {n} threads: {e}")))?;
     #[cfg(feature = "tch")]
-    tch::set_num_threads(n as i32);
+    if n > 0 {
+        tch::set_num_threads(n as i32);
+    }
     Ok(())
 }
 
