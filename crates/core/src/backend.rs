@@ -51,7 +51,7 @@ pub fn tune_allocator() {
 /// 6.4 ms. Only values already below the smallest normal float change;
 /// TensorFlow flushes them by default and PyTorch offers
 /// `set_flush_denormal`. [`set_cpu_threads`] sets it on every thread of
-/// the CPU pool; the `genzoo` binary calls both.
+/// the CPU pool; [`prepare_cpu`] does both, as the `genzoo` binary does.
 pub fn flush_subnormals() {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: reads and writes this thread's MXCSR register, setting two
@@ -62,6 +62,22 @@ pub fn flush_subnormals() {
         csr |= (1 << 15) | (1 << 6);
         std::arch::asm!("ldmxcsr [{}]", in(reg) &csr, options(nostack, readonly));
     }
+}
+
+/// Sets the process up for tensor work on the CPU, as the `genzoo` binary
+/// does: [`tune_allocator`], and subnormal floats flushed to zero on this
+/// thread and on every thread of the CPU pool ([`flush_subnormals`]; the
+/// pool is built here, sized by `RAYON_NUM_THREADS` or every core, unless
+/// something built it before). Call it first thing in `main`.
+///
+/// ```
+/// genzoo_core::backend::prepare_cpu();
+/// ```
+pub fn prepare_cpu() {
+    tune_allocator();
+    flush_subnormals();
+    // An error means the pool exists already: it keeps its threads.
+    let _ = set_cpu_threads(0);
 }
 
 /// A backend that can be selected at run time (`--backend`).
