@@ -125,7 +125,7 @@ impl<B: AutodiffBackend> Family<B> for AutoencoderFamily<B> {
 
 fn main() -> Result<()> {
     // Allocator settings and subnormals flushed to zero, as the genzoo binary has them.
-    genzoo::core::backend::prepare_cpu();
+    genzoo::core::backend::prepare_cpu(None)?;
     type B = Autodiff<Flex>;
     let device = CpuDevice::default();
     B::seed(&device, 0);

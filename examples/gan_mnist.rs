@@ -20,7 +20,7 @@ type B = Autodiff<Flex>;
 
 fn main() -> Result<()> {
     // Allocator settings and subnormals flushed to zero, as the genzoo binary has them.
-    genzoo::core::backend::prepare_cpu();
+    genzoo::core::backend::prepare_cpu(None)?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let dataset = args.first().map_or("mnist", String::as_str);
     let epochs: u64 = args.get(1).and_then(|e| e.parse().ok()).unwrap_or(5);

@@ -351,7 +351,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Bench(args) => args.threads,
         _ => None,
     };
-    configure_cpu(threads)?;
+    // Before any tensor work: the pool's size (bench --threads) and its
+    // threads' handling of subnormal floats.
+    genzoo_core::backend::prepare_cpu(threads)?;
     match cli.command {
         Command::Train(args) => train(args),
         Command::Resume { run, overrides } => {
@@ -461,18 +463,6 @@ fn train(args: TrainArgs) -> Result<()> {
         args.overrides.backend,
     )
     .map(|_| ())
-}
-
-/// Sets up the CPU before any tensor work: the pool's size (`threads`, else
-/// `RAYON_NUM_THREADS` or every core) and subnormal floats flushed to zero on
-/// its threads and this one ([`genzoo_core::backend::flush_subnormals`]).
-fn configure_cpu(threads: Option<usize>) -> Result<()> {
-    genzoo_core::backend::flush_subnormals();
-    match genzoo_core::backend::set_cpu_threads(threads.map_or(0, |n| n.max(1))) {
-        // An earlier call in this process built the pool: keep it.
-        Err(_) if threads.is_none() => Ok(()),
-        other => other,
-    }
 }
 
 /// Refuses `--data-dir` for a dataset that would ignore it (one that names

@@ -2,7 +2,6 @@ use clap::Parser;
 
 fn main() {
     restore_default_sigpipe();
-    genzoo::core::backend::tune_allocator();
     let cli = genzoo::cli::Cli::parse();
     if let Err(e) = genzoo::cli::run(cli) {
         eprintln!("error: {e}");

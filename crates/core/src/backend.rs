@@ -66,18 +66,23 @@ pub fn flush_subnormals() {
 
 /// Sets the process up for tensor work on the CPU, as the `genzoo` binary
 /// does: [`tune_allocator`], and subnormal floats flushed to zero on this
-/// thread and on every thread of the CPU pool ([`flush_subnormals`]; the
-/// pool is built here, sized by `RAYON_NUM_THREADS` or every core, unless
-/// something built it before). Call it first thing in `main`.
+/// thread and on every thread of the CPU pool ([`flush_subnormals`]). The
+/// pool is built here with `threads` threads, or when `None` sized by
+/// `RAYON_NUM_THREADS` or every core, and then a pool something built
+/// before is kept; a size that cannot be set is an error. Call it first
+/// thing in `main`.
 ///
 /// ```
-/// genzoo_core::backend::prepare_cpu();
+/// genzoo_core::backend::prepare_cpu(None).unwrap();
 /// ```
-pub fn prepare_cpu() {
+pub fn prepare_cpu(threads: Option<usize>) -> Result<()> {
     tune_allocator();
     flush_subnormals();
-    // An error means the pool exists already: it keeps its threads.
-    let _ = set_cpu_threads(0);
+    match set_cpu_threads(threads.map_or(0, |n| n.max(1))) {
+        // The pool exists already: it keeps its threads.
+        Err(_) if threads.is_none() => Ok(()),
+        other => other,
+    }
 }
 
 /// A backend that can be selected at run time (`--backend`).

@@ -149,8 +149,7 @@ impl Trainer {
                 (family, per_step, "a timing of its first steps, undone")
             }
         };
-        let more = ((minutes * 60.0 - spent).max(0.0) / per_step).floor() as u64;
-        let total = (at.0 + more).max(1);
+        let total = (at.0 + steps_in(minutes * 60.0 - spent, per_step)).max(1);
         say(&format!(
             "{minutes} minutes of training: {total} steps planned at {:.1} ms per step ({timed_on})",
             per_step * 1e3
@@ -466,8 +465,8 @@ impl Trainer {
                 replans += 1;
                 let per_step = (train_seconds - paced_from.1) / (step - paced_from.0) as f64;
                 paced_from = (step, train_seconds);
-                let left = (minutes * 60.0 - spent_before - train_seconds).max(0.0);
-                let planned = step + (left / per_step).floor() as u64;
+                let left = minutes * 60.0 - spent_before - train_seconds;
+                let planned = step + steps_in(left, per_step);
                 if planned.abs_diff(total) * 50 > total {
                     say(&format!(
                         "step {step}: {planned} steps planned instead of {total}, at {:.1} ms per step",
@@ -588,6 +587,12 @@ impl Trainer {
             steps_this_call: step - start_step,
         })
     }
+}
+
+/// The whole steps that fit in `seconds` (none when it is not positive) at
+/// `per_step` seconds each: the rule of every plan of a minutes budget.
+fn steps_in(seconds: f64, per_step: f64) -> u64 {
+    (seconds.max(0.0) / per_step).floor() as u64
 }
 
 /// A data-parallel run's sharding: this replica's rows of a batch, and the
