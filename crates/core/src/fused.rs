@@ -186,6 +186,19 @@ pub trait FusedOps: Backend {
         split_self_attention_backward::<Self>(qkv, out, lse, grad, n_head)
     }
 
+    /// Attention of the T queries `q` (`[B, H, T, D]`, the positions
+    /// seen − T..seen) over the first `seen` positions of the key and value
+    /// caches (`[B, H, capacity, D]`); query i sees positions 0..=seen − T + i.
+    /// Scale 1/√D. What generation runs after the prompt, T = 1.
+    fn fused_cached_attention(
+        q: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        seen: usize,
+    ) -> FloatTensor<Self> {
+        composed_cached_attention::<Self>(q, key, value, seen)
+    }
+
     /// 2-D convolution without bias, groups 1, dilation 1:
     /// `[N, C_in, H, W]` with `[C_out, C_in, kh, kw]` → `[N, C_out, H', W']`.
     fn fused_conv2d(
@@ -610,6 +623,25 @@ fn composed_causal_attention<B: Backend>(
     (primitive(out), primitive(lse.squeeze_dim::<3>(3)))
 }
 
+/// Cached attention from burn's tensor ops: the filled part of the caches,
+/// the positions past `seen − T + i` masked for query i.
+fn composed_cached_attention<B: Backend>(
+    q: FloatTensor<B>,
+    key: FloatTensor<B>,
+    value: FloatTensor<B>,
+    seen: usize,
+) -> FloatTensor<B> {
+    let q = float::<B, 4>(q);
+    let [b, h, t, d] = q.dims();
+    let (key, value) = (float::<B, 4>(key), float::<B, 4>(value));
+    let scores = q.matmul(key.narrow(2, 0, seen).swap_dims(2, 3)) / (d as f64).sqrt();
+    let hidden = Tensor::<B, 2, Bool>::tril_mask([t, seen], (seen - t) as i64, &scores.device())
+        .unsqueeze::<4>()
+        .expand([b, h, t, seen]);
+    let weights = burn::tensor::activation::softmax(scores.mask_fill(hidden, f32::NEG_INFINITY), 3);
+    primitive(weights.matmul(value.narrow(2, 0, seen)))
+}
+
 /// The attention backward from burn's tensor ops (P recomputed from lse).
 fn composed_causal_attention_backward<B: Backend>(
     q: FloatTensor<B>,
@@ -796,6 +828,16 @@ impl FusedOps for Flex {
     ) -> FloatTensor<Self> {
         attention::packed_backward(&qkv, &out, &lse, &grad, n_head)
             .unwrap_or_else(|| split_self_attention_backward::<Self>(qkv, out, lse, grad, n_head))
+    }
+
+    fn fused_cached_attention(
+        q: FloatTensor<Self>,
+        key: FloatTensor<Self>,
+        value: FloatTensor<Self>,
+        seen: usize,
+    ) -> FloatTensor<Self> {
+        attention::cached_forward(&q, &key, &value, seen)
+            .unwrap_or_else(|| composed_cached_attention::<Self>(q, key, value, seen))
     }
 
     fn fused_causal_attention_backward(
@@ -1767,6 +1809,54 @@ pub fn causal_self_attention<B: Backend>(qkv: Tensor<B, 3>, n_head: usize) -> Te
     })
 }
 
+/// Attention of new positions over a key/value cache, on any backend:
+/// the T queries `q` are the positions seen − T..seen, the caches hold
+/// keys and values for at least the first `seen` positions (the rest of
+/// their capacity is not read), and query i sees positions 0..=seen − T + i.
+/// Scale 1/√head_size. genzoo's kernel on the CPU backend (dot products
+/// straight over the cache, one task per head when that pays), burn's ops
+/// elsewhere. For generation: it has no backward of its own.
+///
+/// # Shapes
+/// - q: `[batch, heads, t, head_size]`, key and value: `[batch, heads, capacity, head_size]`
+///   → `[batch, heads, t, head_size]`
+///
+/// ```
+/// use burn::prelude::*;
+/// use genzoo_core::{CpuBackend, CpuDevice};
+/// let device = CpuDevice::default();
+/// let q = Tensor::<CpuBackend, 4>::ones([1, 2, 1, 4], &device);
+/// // Room for 8 positions, 3 filled: the new query sees those 3.
+/// let key = Tensor::<CpuBackend, 4>::ones([1, 2, 8, 4], &device);
+/// let value = Tensor::<CpuBackend, 4>::ones([1, 2, 8, 4], &device);
+/// let y = genzoo_core::fused::cached_attention(q, key, value, 3);
+/// assert_eq!(y.dims(), [1, 2, 1, 4]);
+/// assert!((y.sum().into_scalar() - 8.0).abs() < 1e-6); // the mean of ones
+/// ```
+pub fn cached_attention<B: Backend>(
+    q: Tensor<B, 4>,
+    key: Tensor<B, 4>,
+    value: Tensor<B, 4>,
+    seen: usize,
+) -> Tensor<B, 4> {
+    route_as((q, key, value), |(q, k, v): Qkv<Flex>| {
+        float::<Flex, 4>(Flex::fused_cached_attention(
+            primitive(q),
+            primitive(k),
+            primitive(v),
+            seen,
+        ))
+    })
+    .unwrap_or_else(|(q, k, v)| {
+        float(composed_cached_attention::<B>(
+            primitive(q),
+            primitive(k),
+            primitive(v),
+            seen,
+        ))
+    })
+}
+
 type XW<B> = (Tensor<B, 4>, Tensor<B, 4>);
 
 /// Runs the convolution through backend `F`'s [`FusedOps`] when `B` is `F`.
@@ -2388,6 +2478,75 @@ mod tests {
             assert!(max_diff(float::<CpuBackend, 4>(out), fused) < 1e-4);
             assert_eq!(float::<CpuBackend, 3>(lse).dims(), [b, h, t]);
         }
+    }
+
+    /// Generation's attention over a cache: the last T queries of a causal
+    /// attention, computed from caches whose unfilled rows (NaN here) are
+    /// never read; the kernel and the composition other backends run.
+    #[test]
+    fn cached_attention_is_the_last_rows_of_causal_attention() {
+        let dev = CpuDevice::default();
+        let mut rng = host_rng(1, "test", 0);
+        // [b, h, T, seen, capacity, d]: one new query and several after a
+        // prefix; a head size that 16 does not divide; enough work for the
+        // parallel path; a single position.
+        for [b, h, t, seen, capacity, d] in [
+            [2, 3, 1, 17, 20, 8],
+            [1, 2, 3, 40, 64, 20],
+            [4, 4, 2, 300, 310, 16],
+            [1, 1, 1, 1, 1, 4],
+        ] {
+            let mut input =
+                || normal_tensor::<CpuBackend, 4>(&mut rng, [b, h, seen, d], 0.0, 1.5, &dev);
+            let (q, k, v) = (input(), input(), input());
+            let expected = causal_attention(q.clone(), k.clone(), v.clone()).narrow(2, seen - t, t);
+            let cache = |x: Tensor<CpuBackend, 4>| {
+                Tensor::<CpuBackend, 4>::full([b, h, capacity, d], f32::NAN, &dev)
+                    .slice_assign([0..b, 0..h, 0..seen, 0..d], x)
+            };
+            let (key, value, q) = (cache(k), cache(v), q.narrow(2, seen - t, t));
+            let ours = cached_attention(q.clone(), key.clone(), value.clone(), seen);
+            assert_eq!(ours.dims(), [b, h, t, d]);
+            assert!(
+                max_diff(ours, expected.clone()) < 1e-5,
+                "{b}x{h}x{t}x{seen}x{d}"
+            );
+            let composed = composed_cached_attention::<CpuBackend>(
+                primitive(q),
+                primitive(key),
+                primitive(value),
+                seen,
+            );
+            assert!(max_diff(float::<CpuBackend, 4>(composed), expected) < 1e-5);
+        }
+    }
+
+    /// burn-flex is patched (third_party/burn-flex/GENZOO-PATCH.md) so that
+    /// `slice_assign` writes a tensor that holds its buffer alone in place
+    /// (a key/value cache grows by one position per step); a tensor that
+    /// shares its buffer is still copied first, leaving the other intact.
+    #[test]
+    fn slice_assign_writes_in_place_only_what_is_held_alone() {
+        let dev = CpuDevice::default();
+        let address = |x: &Tensor<CpuBackend, 2>| {
+            primitive(x.clone()).as_slice::<f32>().unwrap().as_ptr() as usize
+        };
+        let row = || Tensor::<CpuBackend, 2>::from_floats([[7.0, 8.0, 9.0]], &dev);
+        let buffer = Tensor::<CpuBackend, 2>::zeros([4, 3], &dev);
+        let before = address(&buffer);
+        let written = buffer.slice_assign([2..3, 0..3], row());
+        assert_eq!(address(&written), before, "held alone: written in place");
+        let shared = written.clone();
+        let copied = written.slice_assign([0..1, 0..3], row());
+        assert_ne!(address(&copied), before, "shared: copied");
+        let rows = |x: Tensor<CpuBackend, 2>| x.into_data().to_vec::<f32>().unwrap();
+        let (z, r) = ([0.0f32; 3], [7.0f32, 8.0, 9.0]);
+        assert_eq!(
+            rows(shared),
+            [z, z, r, z].concat(),
+            "the other handle is untouched"
+        );
+        assert_eq!(rows(copied), [r, z, r, z].concat());
     }
 
     #[test]

@@ -380,6 +380,82 @@ pub(super) fn forward(
     Some((out, lse))
 }
 
+/// Total multiply-adds of a cached attention call below which it runs on
+/// the calling thread: a batch-1 generation step (4 heads of 32 over at most
+/// a few hundred positions) is over before rayon would have handed it out.
+const CACHED_PARALLEL_WORK: usize = 1 << 16;
+
+/// Attention of the T queries `q` (`[B, H, T, D]`, the positions
+/// seen − T..seen) over the first `seen` positions of the key and value
+/// caches (`[B, H, capacity, D]`), query i seeing positions 0..=seen − T + i,
+/// scale 1/√D: `[B, H, T, D]`. `None` unless the shapes fit.
+///
+/// This is generation's attention, T = 1 at every step after the prompt:
+/// each query is one pass of dot products over its head's keys and one of
+/// multiply-adds over its values, read straight from the cache. Such a step
+/// is bound by reading the cache (64 gpt-pixel images at position 400: 100 MB
+/// per token), so the kernel reads each key and value once and copies
+/// nothing (burn's attention runs a GEMM per head, whose set-up outweighs a
+/// one-row product).
+pub(super) fn cached_forward(
+    q: &FlexTensor,
+    key: &FlexTensor,
+    value: &FlexTensor,
+    seen: usize,
+) -> Option<FlexTensor> {
+    let dims @ [b, h, t, d] = heads_shape(&[q])?;
+    let [cb, ch, capacity, cd] = heads_shape(&[key, value])?;
+    if [cb, ch, cd] != [b, h, d] || t > seen || seen > capacity {
+        return None;
+    }
+    let (q, key, value) = (contiguous(q), contiguous(key), contiguous(value));
+    let (qs, ks, vs): (&[f32], &[f32], &[f32]) =
+        (q.as_slice()?, key.as_slice()?, value.as_slice()?);
+    let scale = 1.0 / (d as f32).sqrt();
+    let head = |(n, out): (usize, &mut [f32])| {
+        let keys = &ks[n * capacity * d..][..seen * d];
+        let values = &vs[n * capacity * d..][..seen * d];
+        let queries = &qs[n * t * d..][..t * d];
+        kernels::with_scratch(0, seen, |scores| {
+            kernels::simd(
+                #[inline(always)]
+                || {
+                    let rows = queries.chunks_exact(d).zip(out.chunks_exact_mut(d));
+                    for (i, (q, o)) in rows.enumerate() {
+                        let scores = &mut scores[..seen - t + i + 1];
+                        for (s, k) in scores.iter_mut().zip(keys.chunks_exact(d)) {
+                            *s = kernels::dot(q, k) * scale;
+                        }
+                        let max = kernels::max(scores);
+                        for s in scores.iter_mut() {
+                            *s = kernels::exp(*s - max);
+                        }
+                        let inv = 1.0 / kernels::sum(scores);
+                        for (&p, v) in scores.iter().zip(values.chunks_exact(d)) {
+                            for (o, &v) in o.iter_mut().zip(v) {
+                                *o += p * v;
+                            }
+                        }
+                        for o in o.iter_mut() {
+                            *o *= inv;
+                        }
+                    }
+                },
+            )
+        })
+    };
+    let mut out = zeroed(Shape::new(dims));
+    if t > 0 {
+        let heads = out.storage_mut::<f32>();
+        if b * h * t * seen * d >= CACHED_PARALLEL_WORK {
+            heads.par_chunks_mut(t * d).enumerate().for_each(head);
+        } else {
+            heads.chunks_mut(t * d).enumerate().for_each(head);
+        }
+    }
+    Some(out)
+}
+
 /// Causal self-attention (scale 1/√(head size)) straight from the packed
 /// `[B, T, 3·C]` output of the q/k/v projection to the heads re-assembled as
 /// `[B, T, C]`, with the log-sum-exp (`[B, H, T]`): no split, transpose or

@@ -260,6 +260,14 @@ pub(super) fn upsample_nearest2_backward(grad: &FlexTensor) -> Option<FlexTensor
     Some(dx)
 }
 
+/// Rows of `len` elements per parallel task: about half a [`CHUNK`] of
+/// elements, so that a few rows (a generation step's 64) stay on the calling
+/// thread instead of waking another for microseconds of work (rayon splits
+/// down to single rows otherwise).
+fn rows_per_task(len: usize) -> usize {
+    (CHUNK / 2 / len.max(1)).max(1)
+}
+
 /// Each row of `x` (`[rows, len]`) normalised to zero mean and unit
 /// variance; returns it and each row's rstd (`[rows, 1]`), or `x` back
 /// when it is not a 2-D f32 tensor. Computed over `x`'s own buffer when
@@ -278,6 +286,7 @@ pub(super) fn normalize_rows(
     out.storage_mut::<f32>()
         .par_chunks_mut(len)
         .zip(rstd.storage_mut::<f32>().par_iter_mut())
+        .with_min_len(rows_per_task(len))
         .for_each(|(o, r)| {
             simd(
                 #[inline(always)]
@@ -330,6 +339,7 @@ pub(super) fn normalize_rows_backward(
         .par_chunks_mut(len)
         .zip(ys.par_chunks(len).zip(gs.par_chunks(len)))
         .zip(rs.par_iter())
+        .with_min_len(rows_per_task(len))
         .for_each(|((o, (y, g)), &r)| {
             simd(
                 #[inline(always)]
@@ -1014,6 +1024,34 @@ pub(super) fn sum(xs: &[f32]) -> f32 {
         }
     }
     lanes.iter().sum::<f32>() + rest.iter().sum::<f32>()
+}
+
+/// Σ aᵢ·bᵢ over the shorter of `a` and `b`, with 16 independent partial
+/// sums (as [`sum`]) added pairwise at the end, so a short product (a
+/// 32-wide attention head) spends few instructions on the reduction.
+#[inline(always)]
+pub(super) fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let (a, b) = (a.chunks_exact(16), b.chunks_exact(16));
+    let rest: f32 = a
+        .remainder()
+        .iter()
+        .zip(b.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (a, b) in a.zip(b) {
+        for ((l, x), y) in lanes.iter_mut().zip(a).zip(b) {
+            *l += x * y;
+        }
+    }
+    let mut width = 16;
+    while width > 1 {
+        width /= 2;
+        for i in 0..width {
+            lanes[i] += lanes[i + width];
+        }
+    }
+    lanes[0] + rest
 }
 
 /// max xs (−∞ for none) with 16 independent partial maxima.

@@ -7,14 +7,14 @@
 //!
 //! Besides the training forward pass it has a key/value cache: generating a
 //! token then costs one position of work per layer instead of the whole prefix.
+//! The cache is allocated once for the whole context and filled in place, so a
+//! step reads the cached keys and values once and copies none of them.
 
 use burn::module::{ModuleMapper, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
-use genzoo_core::fused::{causal_attention, causal_self_attention, gelu};
+use genzoo_core::fused::{cached_attention, causal_attention, causal_self_attention, gelu};
 use genzoo_core::noise::{dropout, drops};
 use genzoo_core::{Error, Result};
 
@@ -175,11 +175,25 @@ pub struct CausalSelfAttention<B: Backend> {
     dropout: f64,
 }
 
-/// The cached keys and values of one attention layer, `[batch, n_head, t, head_size]` each.
+/// The cached keys and values of one attention layer: `[batch, n_head,
+/// capacity, head_size]` buffers, allocated at the first call, whose first
+/// `len` positions are filled.
 #[derive(Clone, Debug)]
 pub struct LayerCache<B: Backend> {
-    key: Tensor<B, 4>,
-    value: Tensor<B, 4>,
+    buffers: Option<(Tensor<B, 4>, Tensor<B, 4>)>,
+    len: usize,
+    capacity: usize,
+}
+
+impl<B: Backend> LayerCache<B> {
+    /// An empty cache with room for `capacity` positions.
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            buffers: None,
+            len: 0,
+            capacity,
+        }
+    }
 }
 
 impl<B: Backend> CausalSelfAttention<B> {
@@ -188,14 +202,10 @@ impl<B: Backend> CausalSelfAttention<B> {
     ///
     /// With `cache`, `x` holds only the new positions: they attend to the
     /// cached ones and to each other (causally), and are appended to the cache.
-    pub fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        cache: Option<&mut Option<LayerCache<B>>>,
-    ) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, cache: Option<&mut LayerCache<B>>) -> Tensor<B, 3> {
         let [b, t, c] = x.dims();
         let qkv = linear_rows(&self.c_attn, x); // (B, T, 3C)
-        if cache.is_none() {
+        let Some(cache) = cache else {
             // Training and uncached generation: causal attention over the
             // packed q, k, v, heads split and re-assembled inside (genzoo's
             // fused kernel on the CPU backend), which has no dropout.
@@ -205,37 +215,33 @@ impl<B: Backend> CausalSelfAttention<B> {
                 causal_self_attention(qkv, self.n_head)
             };
             return dropout(linear_rows(&self.c_proj, y), self.dropout);
-        }
-        let (q, mut k, mut v) = split_heads(qkv, self.n_head); // (B, nh, T, hs) each
-        let mut past = 0;
-        if let Some(cache) = cache {
-            if let Some(prev) = cache.take() {
-                past = prev.key.dims()[2];
-                k = Tensor::cat(vec![prev.key, k], 2); // (B, nh, past + T, hs)
-                v = Tensor::cat(vec![prev.value, v], 2);
-            }
-            *cache = Some(LayerCache {
-                key: k.clone(),
-                value: v.clone(),
-            });
-        }
-        // No cache: causal attention. One new query after a cached prefix may
-        // see every key. Several new queries after a prefix: query i sees keys 0..=past + i.
-        let mask = (past > 0 && t > 1).then(|| {
-            Tensor::<B, 2, Bool>::tril_mask([t, past + t], past as i64, &q.device())
-                .unsqueeze::<4>()
-                .expand([b, self.n_head, t, past + t])
+        };
+        let (q, k, v) = split_heads(qkv, self.n_head); // (B, nh, T, hs) each
+        let (past, seen, head_size) = (cache.len, cache.len + t, c / self.n_head);
+        assert!(
+            seen <= cache.capacity,
+            "{seen} positions exceed the cache's {}",
+            cache.capacity
+        );
+        let (key, value) = cache.buffers.take().unwrap_or_else(|| {
+            let shape = [b, self.n_head, cache.capacity, head_size];
+            (
+                Tensor::zeros(shape, &q.device()),
+                Tensor::zeros(shape, &q.device()),
+            )
         });
+        assert_eq!(key.dims()[0], b, "a cache serves one batch size");
+        // Written in place: the cache alone holds its buffers.
+        let new = [0..b, 0..self.n_head, past..seen, 0..head_size];
+        let key = key.slice_assign(new.clone(), k.clone());
+        let value = value.slice_assign(new, v.clone());
         let y = if past == 0 {
             causal_attention(q, k, v) // a fresh cache: causal over the prompt
         } else {
-            let options = AttentionModuleOptions {
-                scale: None,
-                softcap: None,
-                is_causal: false,
-            };
-            attention(q, k, v, mask, None, options)
-        }; // (B, nh, T, hs)
+            cached_attention(q, key.clone(), value.clone(), seen) // (B, nh, T, hs)
+        };
+        cache.buffers = Some((key, value));
+        cache.len = seen;
         let y = y.swap_dims(1, 2).reshape([b, t, c]); // re-assemble the heads: (B, T, C)
         dropout(linear_rows(&self.c_proj, y), self.dropout)
     }
@@ -310,11 +316,7 @@ pub struct Block<B: Backend> {
 
 impl<B: Backend> Block<B> {
     /// `[batch, t, n_embd]` → `[batch, t, n_embd]`
-    pub fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        cache: Option<&mut Option<LayerCache<B>>>,
-    ) -> Tensor<B, 3> {
+    pub fn forward(&self, x: Tensor<B, 3>, cache: Option<&mut LayerCache<B>>) -> Tensor<B, 3> {
         let x = x.clone() + self.attn.forward(self.ln_1.forward(x), cache);
         x.clone() + self.mlp.forward(self.ln_2.forward(x))
     }
@@ -323,16 +325,13 @@ impl<B: Backend> Block<B> {
 /// The key/value cache of a whole model, one entry per block.
 #[derive(Clone, Debug)]
 pub struct KvCache<B: Backend> {
-    layers: Vec<Option<LayerCache<B>>>,
+    layers: Vec<LayerCache<B>>,
 }
 
 impl<B: Backend> KvCache<B> {
     /// Positions already cached.
     pub fn len(&self) -> usize {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .map_or(0, |l| l.key.dims()[2])
+        self.layers.first().map_or(0, |l| l.len)
     }
     /// Whether nothing is cached yet.
     pub fn is_empty(&self) -> bool {
@@ -358,10 +357,11 @@ impl<B: Backend> Gpt<B> {
         self.block_size
     }
 
-    /// An empty key/value cache for this model.
+    /// An empty key/value cache for this model, with room for the whole
+    /// context (allocated at its first use, for that call's batch size).
     pub fn empty_cache(&self) -> KvCache<B> {
         KvCache {
-            layers: vec![None; self.blocks.len()],
+            layers: vec![LayerCache::new(self.block_size); self.blocks.len()],
         }
     }
 
@@ -502,11 +502,24 @@ mod tests {
         let full = gpt.forward(tokens.clone());
         let mut cache = gpt.empty_cache();
         let prefix = gpt.forward_cached(tokens.clone().narrow(1, 0, 3), &mut cache); // 3 at once
+        // Where the first layer's cached keys live: the cache is filled in
+        // place, never copied to a new buffer.
+        let address = |cache: &KvCache<CpuBackend>| {
+            let (key, _) = cache.layers[0].buffers.clone().expect("allocated");
+            key.into_primitive()
+                .tensor()
+                .as_slice::<f32>()
+                .unwrap()
+                .as_ptr() as usize
+        };
+        let allocated = address(&cache);
         let mut parts = vec![prefix];
-        for i in 3..7 {
+        parts.push(gpt.forward_cached(tokens.clone().narrow(1, 3, 2), &mut cache)); // 2 after a prefix
+        for i in 5..7 {
             parts.push(gpt.forward_cached(tokens.clone().narrow(1, i, 1), &mut cache)); // then one by one
         }
         assert_eq!(cache.len(), 7);
+        assert_eq!(address(&cache), allocated, "filled in place");
         let cached = Tensor::cat(parts, 1);
         let diff: f32 = (full - cached).abs().max().into_scalar();
         assert!(diff < 1e-4, "max difference {diff}");

@@ -233,7 +233,15 @@ fn slice_write_impl<E: Element + bytemuck::Pod>(
     slices: &[Slice],
     source: WriteSource<'_, E>,
 ) -> FlexTensor {
-    let mut tensor = tensor.to_contiguous();
+    // GENZOO-PATCH: `to_contiguous` clones an already contiguous tensor, and
+    // the argument it was cloned from stayed alive beside it, so
+    // `storage_mut` below always copied the whole destination. Dropping the
+    // argument writes a destination that holds its buffer alone in place.
+    let mut tensor = {
+        let contiguous = tensor.to_contiguous();
+        drop(tensor);
+        contiguous
+    };
     let dst_layout = tensor.layout().clone();
     let ndims = dst_layout.num_dims();
 
