@@ -488,6 +488,8 @@ pub(crate) struct TrainSummary {
     pub total_steps: u64,
     /// Seconds spent in training steps by this call.
     pub train_seconds: f64,
+    /// Seconds spent in training steps over every call of the run.
+    pub total_train_seconds: f64,
     /// Trainable parameters.
     pub params: usize,
     /// The last evaluation: the split's name and its metrics.
@@ -758,6 +760,7 @@ impl<B: AutodiffBackend> ReplicaFit<'_, B> {
             step: outcome.step,
             total_steps: outcome.total_steps,
             train_seconds: outcome.train_seconds,
+            total_train_seconds: outcome.total_train_seconds,
             params,
             last_eval: outcome.last_eval.map(|m| (data.eval_split(), m)),
             per_epoch: data.batches_per_epoch(),
@@ -816,6 +819,7 @@ where
         step: outcome.step,
         total_steps: outcome.total_steps,
         train_seconds: outcome.train_seconds,
+        total_train_seconds: outcome.total_train_seconds,
         params,
         last_eval: outcome.last_eval.map(|m| (data.eval_split(), m)),
         per_epoch: data.batches_per_epoch(),

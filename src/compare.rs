@@ -16,7 +16,8 @@ use crate::cli::{evaluate_run, start_training};
 struct CompareState {
     /// Training is complete (the budget is spent).
     done: bool,
-    /// Seconds in training steps over every call.
+    /// Seconds in training steps over every call (the run's checkpoints'
+    /// record, so a call killed after a checkpoint counts too).
     train_seconds: f64,
     /// The run's step.
     steps: u64,
@@ -116,7 +117,7 @@ pub fn compare(path: &Path, out: Option<PathBuf>, backend: BackendKind) -> Resul
                 // Without a checkpoint there is nothing to keep: a directory left by a
                 // call that died before its first checkpoint is started afresh.
                 let summary = start_training(config, &dir, resume, !resume, backend)?;
-                state.train_seconds += summary.train_seconds;
+                state.train_seconds = summary.total_train_seconds;
                 state.steps = summary.step;
                 state.params = summary.params;
                 state.done = true;

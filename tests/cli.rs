@@ -800,6 +800,16 @@ overrides = { train = { batch_size = 8 } }
         "{text}"
     );
     assert!(text.contains("vae seed 0: resuming"), "{text}");
+    // Its training time is the run's, as its checkpoint records it, not the
+    // resuming call's (which had no step left to take).
+    let json = |path: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(path)).unwrap()).unwrap()
+    };
+    let state = json("cmp/vae-seed0/compare.json");
+    let manifest = json("cmp/vae-seed0/checkpoints/step-00000002/manifest.json");
+    let recorded = manifest["train_seconds"].as_f64().unwrap();
+    assert!(recorded > 0.0, "{manifest}");
+    assert_eq!(state["train_seconds"].as_f64(), Some(recorded), "{state}");
 }
 
 #[test]

@@ -474,6 +474,9 @@ fn a_minutes_budget_plans_its_steps_and_trains_as_a_steps_run_of_that_length() {
         rest.total_steps,
         timed.train_seconds + rest.train_seconds
     );
+    // The run's time over both calls: the checkpoint's record plus this call's.
+    assert_eq!(timed.total_train_seconds, timed.train_seconds);
+    assert!((rest.total_train_seconds - (recorded + rest.train_seconds)).abs() < 1e-9);
     assert!(timed_dir.join("samples/final.png").exists());
 }
 

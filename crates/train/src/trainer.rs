@@ -40,6 +40,10 @@ pub struct TrainOutcome<F> {
     pub last_eval: Option<Metrics>,
     /// Wall-clock seconds of this call's training steps (excluding evaluation and I/O).
     pub train_seconds: f64,
+    /// The same over every call of the run: what its checkpoints record
+    /// before this call, plus this call's. (A call stopped after its last
+    /// checkpoint is left out past it; the run redid those steps.)
+    pub total_train_seconds: f64,
     /// Steps taken in this call.
     pub steps_this_call: u64,
 }
@@ -584,6 +588,7 @@ impl Trainer {
             last_train,
             last_eval,
             train_seconds,
+            total_train_seconds: spent_before + train_seconds,
             steps_this_call: step - start_step,
         })
     }
