@@ -287,6 +287,17 @@ fn block_scores(
     matmul_into_strided(&mut scores[r0 * t..], t, q, k.t(), scale);
 }
 
+/// Each score replaced by e^(score − max), softmax's numerator, in place;
+/// returns the max and the sum of the new values (its denominator).
+#[inline(always)] // into its caller's `simd` copy
+fn exp_shifted(scores: &mut [f32]) -> (f32, f32) {
+    let max = kernels::max(scores);
+    for s in scores.iter_mut() {
+        *s = kernels::exp(*s - max);
+    }
+    (max, kernels::sum(scores))
+}
+
 /// Softmax of the causal part of rows `r0..r1` of `scores` (`[T, T]`, row
 /// i keeps columns 0..=i) in place, zeroing columns i+1..r1; writes each
 /// row's log-sum-exp into `lse` (indexed by row).
@@ -294,11 +305,7 @@ fn block_scores(
 fn causal_softmax(scores: &mut [f32], lse: &mut [f32], (r0, r1): (usize, usize), t: usize) {
     for i in r0..r1 {
         let (seen, future) = scores[i * t..i * t + r1].split_at_mut(i + 1);
-        let max = kernels::max(seen);
-        for s in seen.iter_mut() {
-            *s = kernels::exp(*s - max);
-        }
-        let sum = kernels::sum(seen);
+        let (max, sum) = exp_shifted(seen);
         let inv = 1.0 / sum;
         for s in seen.iter_mut() {
             *s *= inv;
@@ -426,11 +433,7 @@ pub(super) fn cached_forward(
                         for (s, k) in scores.iter_mut().zip(keys.chunks_exact(d)) {
                             *s = kernels::dot(q, k) * scale;
                         }
-                        let max = kernels::max(scores);
-                        for s in scores.iter_mut() {
-                            *s = kernels::exp(*s - max);
-                        }
-                        let inv = 1.0 / kernels::sum(scores);
+                        let inv = 1.0 / exp_shifted(scores).1;
                         for (&p, v) in scores.iter().zip(values.chunks_exact(d)) {
                             for (o, &v) in o.iter_mut().zip(v) {
                                 *o += p * v;
