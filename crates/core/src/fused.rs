@@ -2444,8 +2444,17 @@ mod tests {
     fn causal_attention_matches_burns_in_values_and_gradients() {
         let dev = CpuDevice::default();
         let mut rng = host_rng(1, "test", 0);
-        // 150 and 129 cross the kernel's 64-row blocks (a partial last block).
-        for [b, h, t, d] in [[2, 3, 17, 8], [1, 2, 64, 32], [1, 1, 1, 4], [1, 2, 150, 8]] {
+        // 150 and 129 cross the kernel's 64-row blocks (a partial last block);
+        // small heads share a task (all of them, or 8 a task for [4, 4, 64,
+        // 32]), heads of 256 × 16 have one each.
+        for [b, h, t, d] in [
+            [2, 3, 17, 8],
+            [1, 2, 64, 32],
+            [1, 1, 1, 4],
+            [1, 2, 150, 8],
+            [4, 4, 64, 32],
+            [1, 2, 256, 16],
+        ] {
             let mut input =
                 || normal_tensor::<Ad, 4>(&mut rng, [b, h, t, d], 0.0, 1.5, &dev).require_grad();
             let (q, k, v) = (input(), input(), input());

@@ -315,9 +315,16 @@ fn causal_softmax(scores: &mut [f32], lse: &mut [f32], (r0, r1): (usize, usize),
     }
 }
 
-/// One (batch, head) task per head: q, k, v gathered from their layouts,
-/// the output scattered into `out` at `out_heads`, the log-sum-exp into `lse`
-/// (`[B, H, T]`, contiguous).
+/// Multiply-adds (about T²·D a head) that a task of [`forward_heads`] takes
+/// at least: a batch-1 window of 64 tokens (4 heads of 64 × 32) is one
+/// task, which ends before a woken worker would have started; training
+/// batches still spread over every core.
+const HEAD_TASK_WORK: usize = 1 << 20;
+
+/// Attention head by head, in tasks of at least [`HEAD_TASK_WORK`] (one
+/// head each when heads are large): q, k, v gathered from their layouts,
+/// the output scattered into `out` at `out_heads`, the log-sum-exp into
+/// `lse` (`[B, H, T]`, contiguous).
 #[allow(clippy::too_many_arguments)]
 fn forward_heads(
     [(qs, qh), (ks, kh), (vs, vh)]: [(&[f32], Heads); 3],
@@ -331,6 +338,7 @@ fn forward_heads(
     let out = SharedOut::new(out);
     lse.par_chunks_mut(t.max(1))
         .enumerate()
+        .with_min_len(HEAD_TASK_WORK.div_ceil((t * t * d).max(1)))
         .for_each(|(n, lse)| {
             kernels::with_scratch(0, 4 * t * d + t * t, |scratch| {
                 kernels::simd(
