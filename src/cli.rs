@@ -44,7 +44,7 @@ enum Command {
     /// Evaluate a trained run: FID, KID, IS, precision/recall on the evaluator's
     /// features, and the likelihood in bits/dim; writes eval.json into the run.
     Eval(EvalArgs),
-    /// Train and evaluate every run of an experiment file and write report.md and report.png.
+    /// Train and evaluate every run of an experiment file and write report.md, report.png and report.svg.
     Compare {
         /// The experiment file (see experiments/mnist-families.toml).
         file: PathBuf,
@@ -65,6 +65,16 @@ enum Command {
         /// The run directory.
         #[arg(long)]
         run: PathBuf,
+    },
+    /// Plot the losses of one run (into its curves.svg) or of several runs
+    /// overlaid (into --out): a panel per loss, training and held-out lines.
+    Plot {
+        /// Run directories.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+        /// The SVG file to write (default for one run: RUN/curves.svg).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// List the model families and presets.
     List,
@@ -406,6 +416,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(args) => crate::bench::bench(args),
         Command::Info { run } => info(&run),
+        Command::Plot { runs, out } => plot(&runs, out),
         Command::List => {
             list();
             Ok(())
@@ -1462,6 +1473,37 @@ fn info(run_path: &Path) -> Result<()> {
             println!("  {k:<24} {v}");
         }
     }
+    Ok(())
+}
+
+fn plot(runs: &[PathBuf], out: Option<PathBuf>) -> Result<()> {
+    let out = match (out, runs) {
+        (Some(out), _) => out,
+        (None, [run]) => RunDir::open(run)?.curves_file(),
+        (None, _) => {
+            return Err(Error::Config(
+                "plotting several runs needs --out FILE.svg".into(),
+            ));
+        }
+    };
+    let mut curves = Vec::new();
+    for run in runs {
+        let metrics = RunDir::open(run)?.metrics_file();
+        if !metrics.exists() {
+            return Err(Error::Config(format!(
+                "{}: no metrics.jsonl (has the run logged a step?)",
+                run.display()
+            )));
+        }
+        let label = if runs.len() == 1 {
+            String::new()
+        } else {
+            run.display().to_string()
+        };
+        curves.push((label, genzoo_train::logger::read_jsonl(&metrics)?));
+    }
+    genzoo_train::plot::write_svg(&genzoo_train::plot::curve_panels(&curves), &out)?;
+    println!("wrote {}", out.display());
     Ok(())
 }
 

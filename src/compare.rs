@@ -1,12 +1,15 @@
 //! `genzoo compare`: train every run of an experiment file with the same
 //! data, budget and seeds (skipping finished runs, resuming interrupted
-//! ones), evaluate each the same way, and write `report.md` and `report.png`.
+//! ones), evaluate each the same way, and write `report.md`, `report.png`
+//! and `report.svg`.
 
 use std::path::{Path, PathBuf};
 
 use genzoo_core::{BackendKind, Error, Result};
 use genzoo_train::RunConfig;
 use genzoo_train::experiment::{Experiment, RunResult, report_image, report_markdown};
+use genzoo_train::logger::read_jsonl;
+use genzoo_train::plot::{Panel, Record, curve_panels, write_svg};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{evaluate_run, start_training};
@@ -75,7 +78,7 @@ fn check_runs(experiment: &Experiment) -> Result<()> {
 
 /// The training-loss series of a run (its family's main loss).
 fn loss_curve(dir: &Path) -> Vec<f64> {
-    let Ok(records) = genzoo_train::logger::read_jsonl(&dir.join("metrics.jsonl")) else {
+    let Ok(records) = read_jsonl(&dir.join("metrics.jsonl")) else {
         return Vec::new();
     };
     let key = ["train_loss", "train_neg_elbo", "train_g_loss"]
@@ -214,13 +217,38 @@ pub fn compare(path: &Path, out: Option<PathBuf>, backend: BackendKind) -> Resul
         })
         .collect();
     report_image(&panels, &out.join("report.png"))?;
+    let curves = out.join("report.svg");
+    write_svg(&report_curves(&experiment, &out), &curves)?;
     println!("{report}");
     println!(
-        "wrote {} and {}",
+        "wrote {}, {} and {}",
         md.display(),
-        out.join("report.png").display()
+        out.join("report.png").display(),
+        curves.display()
     );
     Ok(())
+}
+
+/// `report.svg`'s panels: each run's losses (`<run>: <loss>`), a training
+/// and a held-out line per seed.
+fn report_curves(experiment: &Experiment, out: &Path) -> Vec<Panel> {
+    let mut panels = Vec::new();
+    for spec in &experiment.runs {
+        let seeds: Vec<(String, Vec<Record>)> = experiment
+            .seeds
+            .iter()
+            .filter_map(|&seed| {
+                let dir = Experiment::run_dir(out, &spec.name, seed);
+                let records = read_jsonl(&dir.join("metrics.jsonl")).ok()?;
+                Some((format!("seed {seed}"), records))
+            })
+            .collect();
+        panels.extend(curve_panels(&seeds).into_iter().map(|panel| Panel {
+            title: format!("{}: {}", spec.name, panel.title),
+            ..panel
+        }));
+    }
+    panels
 }
 
 #[cfg(test)]

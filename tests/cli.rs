@@ -68,9 +68,25 @@ fn train_sample_info_resume() {
         "samples/step-00000003.png",
         "samples/final.png",
         "checkpoints/step-00000006/manifest.json",
+        "curves.svg",
     ] {
         assert!(run.join(f).exists(), "missing {f}");
     }
+    // The loss curves (β = 1: the loss is the −ELBO, one panel), training
+    // and test lines; `plot` overlays runs into --out and asks for it.
+    let curves = std::fs::read_to_string(run.join("curves.svg")).unwrap();
+    assert!(
+        curves.contains("neg_elbo") && curves.contains("test"),
+        "{curves}"
+    );
+    ok(&genzoo(
+        &["plot", "runs/vae", "runs/vae", "--out", "both.svg"],
+        dir,
+    ));
+    let both = std::fs::read_to_string(dir.join("both.svg")).unwrap();
+    assert!(both.contains("runs/vae train"), "{both}");
+    let err = fails(&genzoo(&["plot", "runs/vae", "runs/vae"], dir));
+    assert!(err.contains("--out"), "{err}");
 
     // Same seed and checkpoint: byte-identical grids; another seed: another grid.
     ok(&genzoo(
@@ -791,6 +807,16 @@ overrides = { train = { batch_size = 8 } }
         "two seeds give mean ± std:\n{report}"
     );
     assert!(dir.join("cmp/report.png").exists());
+    let curves = std::fs::read_to_string(dir.join("cmp/report.svg")).unwrap();
+    for panel in [
+        "vae: neg_elbo",
+        "vae-dl: neg_elbo",
+        "gan: d_loss",
+        "gan: g_loss",
+    ] {
+        assert!(curves.contains(panel), "no panel {panel}");
+    }
+    assert!(curves.contains("seed 1 train"), "{curves}");
     assert!(dir.join("cmp/gan-seed1/eval.json").exists(), "{text}");
     // Finished runs are skipped; one whose record was lost is resumed.
     std::fs::remove_file(dir.join("cmp/vae-seed0/compare.json")).unwrap();

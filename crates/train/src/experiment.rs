@@ -262,7 +262,7 @@ pub fn report_markdown(experiment: &Experiment, results: &[RunResult]) -> String
             cell(&rows, m("nll_bits_per_dim"), 3),
         ));
     }
-    out.push_str("\n`report.png`: each run's final sample grid (first seed), left to right in table order, with its training-loss curve below it.\n");
+    out.push_str("\n`report.png`: each run's final sample grid (first seed), left to right in table order, with its training-loss curve below it. `report.svg`: each run's losses against the step, with axes, a training and a held-out line per seed.\n");
     out
 }
 

@@ -33,6 +33,7 @@ pub mod evaluator;
 pub mod experiment;
 pub mod logger;
 pub mod metrics;
+pub mod plot;
 pub mod run_dir;
 pub mod schedule;
 pub mod trainer;

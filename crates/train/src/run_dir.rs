@@ -1,5 +1,5 @@
 //! The run directory: `config.toml`, `metrics.jsonl`, `metrics.csv`,
-//! `samples/`, `checkpoints/`.
+//! `curves.svg`, `samples/`, `checkpoints/`.
 
 use std::path::{Path, PathBuf};
 
@@ -57,6 +57,10 @@ impl RunDir {
     /// `metrics.csv` (long format: step, name, value).
     pub fn metrics_csv(&self) -> PathBuf {
         self.root.join("metrics.csv")
+    }
+    /// `curves.svg`: the losses so far (see [`crate::plot`]).
+    pub fn curves_file(&self) -> PathBuf {
+        self.root.join("curves.svg")
     }
     /// `samples/`.
     pub fn samples_dir(&self) -> PathBuf {

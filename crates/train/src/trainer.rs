@@ -572,6 +572,10 @@ impl Trainer {
                     Ok(())
                 })?;
                 checkpoint::prune(&ckpt_dir, cfg.keep_checkpoints)?;
+                // A figure is not worth stopping a run for.
+                if let Err(e) = crate::plot::write_run_curves(&self.run) {
+                    say(&format!("warning: curves.svg not written: {e}"));
+                }
             }
         }
         // The budget is spent: the planned steps are done, or a minutes
