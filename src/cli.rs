@@ -18,6 +18,7 @@ use genzoo_models::presets::{FamilyTask, with_family};
 use genzoo_train::checkpoint::latest_good;
 use genzoo_train::data_parallel::run_replicas;
 use genzoo_train::evaluator::Evaluator;
+use genzoo_train::plot;
 use genzoo_train::{RunConfig, RunDir, Trainer};
 
 /// Train and compare generative models (VAE, GAN, DDPM, GPT) on burn.
@@ -75,6 +76,10 @@ enum Command {
         /// The SVG file to write (default for one run: RUN/curves.svg).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The quantities to plot, by name without the split prefix
+        /// (`kl,bits_per_dim`); default: the losses.
+        #[arg(long, value_delimiter = ',')]
+        metrics: Vec<String>,
     },
     /// List the model families and presets.
     List,
@@ -416,7 +421,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(args) => crate::bench::bench(args),
         Command::Info { run } => info(&run),
-        Command::Plot { runs, out } => plot(&runs, out),
+        Command::Plot { runs, out, metrics } => plot(&runs, out, &metrics),
         Command::List => {
             list();
             Ok(())
@@ -1476,10 +1481,15 @@ fn info(run_path: &Path) -> Result<()> {
     Ok(())
 }
 
-fn plot(runs: &[PathBuf], out: Option<PathBuf>) -> Result<()> {
+fn plot(runs: &[PathBuf], out: Option<PathBuf>, metrics: &[String]) -> Result<()> {
     let out = match (out, runs) {
         (Some(out), _) => out,
-        (None, [run]) => RunDir::open(run)?.curves_file(),
+        (None, [run]) if metrics.is_empty() => RunDir::open(run)?.curves_file(),
+        (None, [_]) => {
+            return Err(Error::Config(
+                "plotting chosen --metrics needs --out FILE.svg (the run's curves.svg holds its losses)".into(),
+            ));
+        }
         (None, _) => {
             return Err(Error::Config(
                 "plotting several runs needs --out FILE.svg".into(),
@@ -1502,7 +1512,25 @@ fn plot(runs: &[PathBuf], out: Option<PathBuf>) -> Result<()> {
         };
         curves.push((label, genzoo_train::logger::read_jsonl(&metrics)?));
     }
-    genzoo_train::plot::write_svg(&genzoo_train::plot::curve_panels(&curves), &out)?;
+    let panels = if metrics.is_empty() {
+        plot::curve_panels(&curves)
+    } else {
+        plot::metric_panels(&curves, metrics)
+    };
+    if let Some(missing) = panels.iter().find(|p| p.series.is_empty()) {
+        let mut logged: Vec<String> = curves
+            .iter()
+            .flat_map(|(_, records)| plot::logged_names(records, &["train", "test", "val"]))
+            .collect();
+        logged.sort();
+        logged.dedup();
+        return Err(Error::Config(format!(
+            "no run logged '{}' (logged: {})",
+            missing.title,
+            logged.join(", ")
+        )));
+    }
+    plot::write_svg(&panels, &out)?;
     println!("wrote {}", out.display());
     Ok(())
 }

@@ -87,6 +87,30 @@ fn train_sample_info_resume() {
     assert!(both.contains("runs/vae train"), "{both}");
     let err = fails(&genzoo(&["plot", "runs/vae", "runs/vae"], dir));
     assert!(err.contains("--out"), "{err}");
+    ok(&genzoo(
+        &[
+            "plot",
+            "runs/vae",
+            "--metrics",
+            "kl,reconstruction",
+            "--out",
+            "kl.svg",
+        ],
+        dir,
+    ));
+    let kl = std::fs::read_to_string(dir.join("kl.svg")).unwrap();
+    assert!(
+        kl.contains("reconstruction") && !kl.contains("neg_elbo"),
+        "{kl}"
+    );
+    let err = fails(&genzoo(
+        &["plot", "runs/vae", "--metrics", "fid", "--out", "x.svg"],
+        dir,
+    ));
+    assert!(
+        err.contains("no run logged 'fid'") && err.contains("kl"),
+        "{err}"
+    );
 
     // Same seed and checkpoint: byte-identical grids; another seed: another grid.
     ok(&genzoo(

@@ -60,20 +60,18 @@ pub fn metric_points(records: &[Record], key: &str) -> Vec<(f64, f64)> {
         .collect()
 }
 
-/// The losses a run logged during training, in the order the family logs
-/// them: every `train_<name>` whose name ends in `loss` or is `neg_elbo`.
-/// A VAE's `loss` is left out where it equals its −ELBO at every step
-/// (β = 1: the same curve twice).
-fn loss_names(records: &[Record]) -> Vec<String> {
-    let mut names: Vec<String> = Vec::new();
-    for key in records.iter().flat_map(|r| r.keys()) {
-        if let Some(name) = key.strip_prefix("train_")
-            && (name.ends_with("loss") || name == "neg_elbo")
-            && !names.iter().any(|n| n == name)
-        {
-            names.push(name.to_string());
-        }
-    }
+/// The quantities [`curve_panels`] draws for one run, in name order: its
+/// losses (every `train_<name>` whose name ends in `loss` or is
+/// `neg_elbo`), a VAE's `loss` left out where it equals its −ELBO at every
+/// step (β = 1: the same curve twice). A run that logs no loss (a custom
+/// family's `mse`) gets every training metric but gradient norms.
+fn default_names(records: &[Record]) -> Vec<String> {
+    let trained = logged_names(records, &["train"]);
+    let mut names: Vec<String> = trained
+        .iter()
+        .filter(|n| n.ends_with("loss") || *n == "neg_elbo")
+        .cloned()
+        .collect();
     let same = |a: &str, b: &str| {
         let (a, b) = (format!("train_{a}"), format!("train_{b}"));
         records.iter().all(|r| r.get(&a) == r.get(&b))
@@ -81,48 +79,83 @@ fn loss_names(records: &[Record]) -> Vec<String> {
     if names.iter().any(|n| n == "neg_elbo") && same("loss", "neg_elbo") {
         names.retain(|n| n != "loss");
     }
+    if names.is_empty() {
+        names = trained
+            .into_iter()
+            .filter(|n| !n.ends_with("grad_norm"))
+            .collect();
+    }
     names
 }
 
-/// One panel per loss that any of the `runs` (label, records) logged, with
-/// a training line and a held-out line (`test_` or `val_`, where evaluated)
-/// for each run that has it. Labels are `train`/`test` for one run with an
-/// empty label, `<label> train`/`<label> test` otherwise.
+/// The names (without the split's prefix) of the metrics logged under any
+/// of `splits` (`train`, `test`, `val`), in name order.
+pub fn logged_names(records: &[Record], splits: &[&str]) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for key in records.iter().flat_map(|r| r.keys()) {
+        if let Some((split, name)) = key.split_once('_')
+            && splits.contains(&split)
+            && !names.iter().any(|n| n == name)
+        {
+            names.push(name.to_string());
+        }
+    }
+    names.sort();
+    names
+}
+
+/// One panel per quantity any of the `runs` (label, records) should show
+/// (its losses: see [`default_names`]), with a training line and a
+/// held-out line (`test_` or `val_`, where evaluated) for each run that
+/// shows it. Labels are `train`/`test` for one run with an empty label,
+/// `<label> train`/`<label> test` otherwise.
 pub fn curve_panels(runs: &[(String, Vec<Record>)]) -> Vec<Panel> {
-    let run_names: Vec<Vec<String>> = runs.iter().map(|(_, r)| loss_names(r)).collect();
+    let shown: Vec<Vec<String>> = runs.iter().map(|(_, r)| default_names(r)).collect();
     let mut names: Vec<&String> = Vec::new();
-    for name in run_names.iter().flatten() {
+    for name in shown.iter().flatten() {
         if !names.contains(&name) {
             names.push(name);
         }
     }
     names
         .into_iter()
-        .map(|name| {
-            let mut series = Vec::new();
-            for ((label, records), own) in runs.iter().zip(&run_names) {
-                if !own.contains(name) {
-                    continue;
-                }
-                let splits = std::iter::once("train").chain(HELD_OUT);
-                for split in splits {
-                    let points = metric_points(records, &format!("{split}_{name}"));
-                    if !points.is_empty() {
-                        let label = if label.is_empty() {
-                            split.to_string()
-                        } else {
-                            format!("{label} {split}")
-                        };
-                        series.push(Series { label, points });
-                    }
-                }
-            }
-            Panel {
-                title: name.clone(),
-                series,
-            }
-        })
+        .map(|name| panel(runs, name, |run| shown[run].contains(name)))
         .collect()
+}
+
+/// One panel per named quantity (`kl`, `bits_per_dim`, ...: a metric's name
+/// without its split prefix), with the lines of every run that logged it.
+pub fn metric_panels(runs: &[(String, Vec<Record>)], names: &[String]) -> Vec<Panel> {
+    names
+        .iter()
+        .map(|name| panel(runs, name, |_| true))
+        .collect()
+}
+
+/// The panel of `name`: the training and held-out lines of the runs that
+/// `include` takes (by index) and that logged it.
+fn panel(runs: &[(String, Vec<Record>)], name: &str, include: impl Fn(usize) -> bool) -> Panel {
+    let mut series = Vec::new();
+    for (run, (label, records)) in runs.iter().enumerate() {
+        if !include(run) {
+            continue;
+        }
+        for split in std::iter::once("train").chain(HELD_OUT) {
+            let points = metric_points(records, &format!("{split}_{name}"));
+            if !points.is_empty() {
+                let label = if label.is_empty() {
+                    split.to_string()
+                } else {
+                    format!("{label} {split}")
+                };
+                series.push(Series { label, points });
+            }
+        }
+    }
+    Panel {
+        title: name.to_string(),
+        series,
+    }
 }
 
 /// Writes the run's `curves.svg` from its `metrics.jsonl` (the trainer
@@ -308,6 +341,26 @@ mod tests {
         // The same run twice (two seeds) gives two lines a panel.
         let twice = curve_panels(&[("seed 0".into(), gan.clone()), ("seed 1".into(), gan)]);
         assert_eq!(twice[1].series.len(), 2);
+    }
+
+    #[test]
+    fn a_run_without_losses_shows_its_metrics_and_any_metric_can_be_asked_for() {
+        let custom = records(&[
+            r#"{"step":1,"train_mse":0.5,"train_grad_norm":2.0,"lr":0.1}"#,
+            r#"{"step":1,"test_mse":0.6}"#,
+        ]);
+        let titles: Vec<_> = curve_panels(&[(String::new(), custom.clone())])
+            .into_iter()
+            .map(|p| p.title)
+            .collect();
+        assert_eq!(titles, ["mse"]);
+        assert_eq!(
+            logged_names(&custom, &["train", "test"]),
+            ["grad_norm", "mse"]
+        );
+        let asked = metric_panels(&[("a".into(), custom)], &["grad_norm".into(), "kl".into()]);
+        assert_eq!(asked[0].series[0].points, [(1.0, 2.0)]);
+        assert!(asked[1].series.is_empty());
     }
 
     #[test]
