@@ -1175,20 +1175,21 @@ fn eval(args: EvalArgs) -> Result<()> {
         .map(|m| m.trim().to_lowercase())
         .filter(|m| !m.is_empty())
         .collect();
-    evaluate_run(
+    let (checkpoint, figures) = evaluate_run(
         &args.run,
         &metrics,
         args.n,
         args.terms,
         args.seed,
         args.backend,
-    )
-    .map(|_| ())
+    )?;
+    write_eval_json(&args.run, Some(&checkpoint), &figures)
 }
 
 /// Evaluates the newest good checkpoint of a run with `metrics` (the names
 /// of [`EVAL_METRICS`]) on `n` samples (and `n` test images for nll),
-/// prints a table, writes `eval.json` into the run, and returns the figures.
+/// prints a table, and returns the checkpoint and the figures (for
+/// [`write_eval_json`]).
 pub(crate) fn evaluate_run(
     run_path: &Path,
     metrics: &[String],
@@ -1196,8 +1197,8 @@ pub(crate) fn evaluate_run(
     terms: Option<usize>,
     seed: u64,
     backend: BackendKind,
-) -> Result<Vec<(String, f64)>> {
-    let (run, config, checkpoint) = load_run(run_path)?;
+) -> Result<(PathBuf, Vec<(String, f64)>)> {
+    let (_, config, checkpoint) = load_run(run_path)?;
     if config.model.reads_text() {
         return Err(Error::Config(
             "text models report val_loss (nats/token) during training; eval works on image models"
@@ -1244,8 +1245,7 @@ pub(crate) fn evaluate_run(
     with_backend_on_pool(
         backend,
         EvalJob {
-            run,
-            checkpoint,
+            checkpoint: checkpoint.clone(),
             config,
             test,
             evaluator_dir,
@@ -1255,10 +1255,10 @@ pub(crate) fn evaluate_run(
             seed,
         },
     )
+    .map(|figures| (checkpoint, figures))
 }
 
 struct EvalJob {
-    run: RunDir,
     checkpoint: PathBuf,
     config: RunConfig,
     test: genzoo_data::ImageDataset,
@@ -1387,21 +1387,30 @@ impl<B: AutodiffBackend> FamilyTask<B> for EvalRun<B> {
         for (name, value) in &results {
             println!("{name:<26} {value:.6}");
         }
-        let mut record = serde_json::Map::new();
-        record.insert(
-            "checkpoint".into(),
-            serde_json::Value::String(self.job.checkpoint.display().to_string()),
-        );
-        for (name, value) in &results {
-            record.insert(name.clone(), serde_json::json!(value));
-        }
-        let path = self.job.run.root().join("eval.json");
-        let text =
-            serde_json::to_string_pretty(&record).map_err(|e| Error::Config(e.to_string()))?;
-        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
-        println!("wrote {}", path.display());
         Ok(results)
     }
+}
+
+/// Writes `eval.json` into the run: the checkpoint evaluated (when one
+/// was) and the figures.
+pub(crate) fn write_eval_json(
+    run: &Path,
+    checkpoint: Option<&Path>,
+    figures: &[(String, f64)],
+) -> Result<()> {
+    let mut record = serde_json::Map::new();
+    if let Some(checkpoint) = checkpoint {
+        let name = checkpoint.display().to_string();
+        record.insert("checkpoint".into(), serde_json::Value::String(name));
+    }
+    for (name, value) in figures {
+        record.insert(name.clone(), serde_json::json!(value));
+    }
+    let path = run.join("eval.json");
+    let text = serde_json::to_string_pretty(&record).map_err(|e| Error::Config(e.to_string()))?;
+    std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+    println!("wrote {}", path.display());
+    Ok(())
 }
 
 fn info(run_path: &Path) -> Result<()> {

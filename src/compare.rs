@@ -12,7 +12,7 @@ use genzoo_train::logger::read_jsonl;
 use genzoo_train::plot::{Panel, Record, curve_panels, write_svg};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{evaluate_run, start_training};
+use crate::cli::{evaluate_run, start_training, write_eval_json};
 
 /// What `compare` remembers about a (run, seed) between calls.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -126,70 +126,58 @@ pub fn compare(path: &Path, out: Option<PathBuf>, backend: BackendKind) -> Resul
                 state.done = true;
                 write_state(&dir, &state)?;
             }
-            let metrics =
-                if state.evaluated_step == Some(state.steps) && dir.join("eval.json").exists() {
-                    let text = std::fs::read_to_string(dir.join("eval.json"))
-                        .map_err(|e| Error::io(&dir, e))?;
-                    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                        Error::Config(format!("{}: {e}", dir.join("eval.json").display()))
-                    })?;
-                    value
-                        .as_object()
-                        .map(|o| {
-                            o.iter()
-                                .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
-                                .collect()
-                        })
-                        .unwrap_or_default()
-                } else {
-                    let mut figures = Vec::new();
-                    let sample_metrics: Vec<String> = experiment
-                        .eval
-                        .metrics
-                        .iter()
-                        .filter(|m| *m != "nll")
-                        .cloned()
-                        .collect();
-                    if !sample_metrics.is_empty() {
-                        figures.extend(evaluate_run(
-                            &dir,
-                            &sample_metrics,
-                            experiment.eval.samples,
-                            None,
-                            seed,
-                            backend,
-                        )?);
-                    }
-                    if experiment.eval.metrics.iter().any(|m| m == "nll") {
-                        // Not every family has a likelihood (GANs have none): the cell stays empty.
-                        match &has_likelihood {
-                            Ok(()) => figures.extend(evaluate_run(
-                                &dir,
-                                &["nll".to_string()],
-                                experiment.eval.nll_images,
-                                experiment.eval.nll_terms,
-                                seed,
-                                backend,
-                            )?),
-                            Err(e) => eprintln!("{} seed {seed}: no bits/dim ({e})", spec.name),
-                        }
-                    }
-                    // One eval.json with everything (evaluate_run wrote each part on its own).
-                    let mut record = serde_json::Map::new();
-                    for (k, v) in &figures {
-                        record.insert(k.clone(), serde_json::json!(v));
-                    }
-                    let path = dir.join("eval.json");
-                    std::fs::write(
-                        &path,
-                        serde_json::to_string_pretty(&record)
-                            .map_err(|e| Error::Config(e.to_string()))?,
-                    )
-                    .map_err(|e| Error::io(&path, e))?;
-                    state.evaluated_step = Some(state.steps);
-                    write_state(&dir, &state)?;
-                    figures.into_iter().collect()
+            let metrics = if state.evaluated_step == Some(state.steps)
+                && dir.join("eval.json").exists()
+            {
+                let text = std::fs::read_to_string(dir.join("eval.json"))
+                    .map_err(|e| Error::io(&dir, e))?;
+                let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                    Error::Config(format!("{}: {e}", dir.join("eval.json").display()))
+                })?;
+                value
+                    .as_object()
+                    .map(|o| {
+                        o.iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            } else {
+                let mut figures = Vec::new();
+                let mut checkpoint = None;
+                let mut evaluate = |metrics: &[String], n, terms| -> Result<()> {
+                    let (evaluated, found) = evaluate_run(&dir, metrics, n, terms, seed, backend)?;
+                    checkpoint = Some(evaluated);
+                    figures.extend(found);
+                    Ok(())
                 };
+                let sample_metrics: Vec<String> = experiment
+                    .eval
+                    .metrics
+                    .iter()
+                    .filter(|m| *m != "nll")
+                    .cloned()
+                    .collect();
+                if !sample_metrics.is_empty() {
+                    evaluate(&sample_metrics, experiment.eval.samples, None)?;
+                }
+                if experiment.eval.metrics.iter().any(|m| m == "nll") {
+                    // Not every family has a likelihood (GANs have none): the cell stays empty.
+                    match &has_likelihood {
+                        Ok(()) => evaluate(
+                            &["nll".to_string()],
+                            experiment.eval.nll_images,
+                            experiment.eval.nll_terms,
+                        )?,
+                        Err(e) => eprintln!("{} seed {seed}: no bits/dim ({e})", spec.name),
+                    }
+                }
+                // One eval.json with both evaluations' figures.
+                write_eval_json(&dir, checkpoint.as_deref(), &figures)?;
+                state.evaluated_step = Some(state.steps);
+                write_state(&dir, &state)?;
+                figures.into_iter().collect()
+            };
             results.push(RunResult {
                 run: spec.name.clone(),
                 preset: spec.preset.clone(),

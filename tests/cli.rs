@@ -842,6 +842,14 @@ overrides = { train = { batch_size = 8 } }
     }
     assert!(curves.contains("seed 1 train"), "{curves}");
     assert!(dir.join("cmp/gan-seed1/eval.json").exists(), "{text}");
+    // One eval.json holds both evaluations and names the checkpoint.
+    let eval: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("cmp/vae-dl-seed0/eval.json")).unwrap())
+            .unwrap();
+    for key in ["fid", "nll_bits_per_dim", "checkpoint"] {
+        assert!(eval.get(key).is_some(), "no {key} in {eval}");
+    }
+    assert_eq!(text.matches("wrote ").count(), 3 * 2 + 1, "{text}");
     // Finished runs are skipped; one whose record was lost is resumed.
     std::fs::remove_file(dir.join("cmp/vae-seed0/compare.json")).unwrap();
     let text = ok(&genzoo(&["compare", "exp.toml", "--out", "cmp"], dir));
