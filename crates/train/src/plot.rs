@@ -35,6 +35,8 @@ pub struct Series {
     pub label: String,
     /// (step, value) in step order.
     pub points: Vec<(f64, f64)>,
+    /// Held-out values (one per evaluation): drawn with markers.
+    pub held_out: bool,
 }
 
 /// One chart of a figure.
@@ -148,7 +150,11 @@ fn panel(runs: &[(String, Vec<Record>)], name: &str, include: impl Fn(usize) -> 
                 } else {
                     format!("{label} {split}")
                 };
-                series.push(Series { label, points });
+                series.push(Series {
+                    label,
+                    points,
+                    held_out: split != "train",
+                });
             }
         }
     }
@@ -245,7 +251,7 @@ fn draw_panel<'a>(area: &Area<'a>, panel: &Panel) -> DrawResult<'a> {
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2)));
         // Held-out values come every evaluation: marked, so that a single
         // evaluation (or a single logged step) shows.
-        if !series.label.ends_with("train") || series.points.len() == 1 {
+        if series.held_out || series.points.len() == 1 {
             chart.draw_series(
                 series
                     .points
