@@ -106,11 +106,13 @@ pub fn logged_names(records: &[Record], splits: &[&str]) -> Vec<String> {
     names
 }
 
-/// One panel per quantity any of the `runs` (label, records) should show
-/// (its losses: see [`default_names`]), with a training line and a
-/// held-out line (`test_` or `val_`, where evaluated) for each run that
-/// shows it. Labels are `train`/`test` for one run with an empty label,
-/// `<label> train`/`<label> test` otherwise.
+/// One panel per loss of any of the `runs` (label, records), with a
+/// training line and a held-out line (`test_` or `val_`, where evaluated)
+/// for each run that logged it. A run's losses are its `train_<name>`
+/// metrics whose name ends in `loss` or is `neg_elbo` (a VAE's `loss` left
+/// out when it is its −ELBO); a run without any shows its training metrics
+/// but gradient norms. Labels are `train`/`test` for one run with an empty
+/// label, `<label> train`/`<label> test` otherwise.
 pub fn curve_panels(runs: &[(String, Vec<Record>)]) -> Vec<Panel> {
     let shown: Vec<Vec<String>> = runs.iter().map(|(_, r)| default_names(r)).collect();
     let mut names: Vec<&String> = Vec::new();
