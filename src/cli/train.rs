@@ -1,0 +1,645 @@
+//! `genzoo train` and `genzoo resume`: the flags, the data, and the
+//! training job on one device or as data-parallel replicas.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::tensor::backend::AutodiffBackend;
+use clap::Args;
+use genzoo_core::backend::{BackendTask, with_backend};
+use genzoo_core::{BackendKind, Error, Family, ImageBatch, Result, TokenBatch};
+use genzoo_data::{DatasetSource, ImageData, Locator, TextCorpus, TextData, load_image_dataset};
+use genzoo_models::ModelConfig;
+use genzoo_models::presets::{FamilyTask, with_family};
+use genzoo_train::data_parallel::run_replicas;
+use genzoo_train::{RunConfig, RunDir, Trainer};
+
+use super::with_backend_on_pool;
+
+#[derive(Args, Debug)]
+pub(super) struct TrainArgs {
+    /// The preset to train (`vae-mlp`, `vae-conv`, `beta-vae`, `cvae-mlp`, ...).
+    preset: String,
+    /// Run directory (default: runs/<preset>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// A TOML file with any of config.toml's keys, laid over the preset.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Continue the run in --out from its newest good checkpoint.
+    #[arg(long)]
+    resume: bool,
+    /// Replace the contents of a non-empty --out.
+    #[arg(long, conflicts_with = "resume")]
+    overwrite: bool,
+    #[command(flatten)]
+    overrides: Overrides,
+}
+
+/// Flags that override the config (and the preset's recipe).
+#[derive(Args, Debug, Default)]
+pub(super) struct Overrides {
+    /// `mnist`, `fashion-mnist`, `cifar-10`, `idx:<DIR>` (MNIST-format
+    /// files) or `folder:<DIR>` (PNG/JPEG/BMP images, class subfolders optional).
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Directory with the dataset's files (IDX raw or .gz; CIFAR-10's batches).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Resize a folder dataset's images (shorter side, then a centre crop) to N×N.
+    #[arg(long)]
+    image_size: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Budget in optimizer steps (replaces --epochs and --minutes).
+    #[arg(long, conflicts_with_all = ["epochs", "minutes"])]
+    steps: Option<u64>,
+    /// Budget in epochs (replaces --steps and --minutes).
+    #[arg(long, conflicts_with = "minutes")]
+    epochs: Option<u64>,
+    /// Budget in minutes of training time: the steps are planned from a
+    /// timing of the first ones, so the learning-rate schedule completes
+    /// (replaces --steps and --epochs).
+    #[arg(long)]
+    minutes: Option<f64>,
+    /// Use only the first N training and test images.
+    #[arg(long)]
+    limit: Option<usize>,
+    /// A UTF-8 text file to train a language model (gpt-char) on.
+    #[arg(long)]
+    text: Option<PathBuf>,
+    /// Byte-level tokens (256) instead of the text's characters.
+    #[arg(long)]
+    bytes: bool,
+    /// Checkpoint every N steps (0: every epoch).
+    #[arg(long)]
+    checkpoint_every: Option<u64>,
+    /// Sample grid every N steps (0: at the end only).
+    #[arg(long)]
+    sample_every: Option<u64>,
+    /// Evaluate on the test split every N steps (0: every epoch).
+    #[arg(long)]
+    eval_every: Option<u64>,
+    /// Write training metrics every N steps.
+    #[arg(long)]
+    log_every: Option<u64>,
+    /// cpu (default), wgpu or cuda (the latter two need the cargo features of the same names).
+    #[arg(long, default_value = "cpu")]
+    backend: BackendKind,
+    /// Data-parallel replicas on this machine: GPUs 0..N (wgpu, cuda), or N
+    /// peers sharing the CPU device. The batch size stays the global batch.
+    #[arg(long)]
+    devices: Option<usize>,
+    /// Machines taking part (each runs --devices replicas).
+    #[arg(long)]
+    nodes: Option<usize>,
+    /// This machine's rank among --nodes (0 coordinates and writes the run).
+    #[arg(long)]
+    node_rank: Option<usize>,
+    /// HOST:PORT of node 0 (burn's orchestrator on PORT; PORT+1 and PORT+2+rank used too).
+    #[arg(long)]
+    coordinator: Option<String>,
+    /// The address the other nodes reach this one at (default: the coordinator's, if loopback).
+    #[arg(long)]
+    node_host: Option<String>,
+    /// Seconds without progress or a node's connection before the run stops with an error.
+    #[arg(long)]
+    peer_timeout: Option<u64>,
+}
+
+impl Overrides {
+    fn apply(&self, c: &mut RunConfig) {
+        if let Some(v) = &self.dataset {
+            c.data.dataset = v.clone();
+        }
+        if let Some(v) = &self.data_dir {
+            c.data.data_dir = Some(v.clone());
+        }
+        if let Some(v) = self.limit {
+            c.data.limit = Some(v);
+        }
+        if let Some(v) = self.image_size {
+            c.data.image_size = Some(v);
+        }
+        if let Some(v) = &self.text {
+            c.data.text = Some(v.clone());
+        }
+        if self.bytes {
+            c.data.bytes = true;
+        }
+        let t = &mut c.train;
+        if let Some(v) = self.batch_size {
+            t.batch_size = v;
+        }
+        if let Some(v) = self.lr {
+            t.lr = v;
+        }
+        if let Some(v) = self.seed {
+            t.seed = v;
+        }
+        if let Some(v) = self.steps {
+            (t.steps, t.epochs, t.minutes) = (Some(v), None, None);
+        }
+        if let Some(v) = self.epochs {
+            (t.steps, t.epochs, t.minutes) = (None, Some(v), None);
+        }
+        if let Some(v) = self.minutes {
+            (t.steps, t.epochs, t.minutes) = (None, None, Some(v));
+        }
+        if let Some(v) = self.checkpoint_every {
+            t.checkpoint_every = v;
+        }
+        if let Some(v) = self.sample_every {
+            t.sample_every = v;
+        }
+        if let Some(v) = self.eval_every {
+            t.eval_every = v;
+        }
+        if let Some(v) = self.log_every {
+            t.log_every = v;
+        }
+        let p = &mut c.parallel;
+        if let Some(v) = self.devices {
+            p.devices = v;
+        }
+        if let Some(v) = self.nodes {
+            p.nodes = v;
+        }
+        if let Some(v) = self.node_rank {
+            p.node_rank = v;
+        }
+        if let Some(v) = &self.coordinator {
+            p.coordinator = Some(v.clone());
+        }
+        if let Some(v) = &self.node_host {
+            p.node_host = Some(v.clone());
+        }
+        if let Some(v) = self.peer_timeout {
+            p.peer_timeout_s = v;
+        }
+    }
+}
+
+/// `genzoo resume RUN`: `train` of the run's preset into RUN, resuming.
+pub(super) fn resume(run: PathBuf, overrides: Overrides) -> Result<()> {
+    let config = RunConfig::load(&run.join("config.toml"))?;
+    train(TrainArgs {
+        preset: config.preset,
+        out: Some(run),
+        config: None,
+        resume: true,
+        overwrite: false,
+        overrides,
+    })
+}
+
+pub(super) fn train(args: TrainArgs) -> Result<()> {
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("runs").join(&args.preset));
+    let existing = out.join("config.toml");
+    let mut config = if args.resume && existing.exists() {
+        let mut c = RunConfig::load(&existing)?;
+        // Devices and machines are chosen per call: a run trained on several
+        // resumes on one unless the flags (or --config) say otherwise.
+        c.parallel = Default::default();
+        if c.preset != args.preset {
+            return Err(Error::Config(format!(
+                "{} is a run of '{}', not '{}'",
+                out.display(),
+                c.preset,
+                args.preset
+            )));
+        }
+        match &args.config {
+            Some(path) => c.merge_toml(
+                &std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?,
+                &path.display().to_string(),
+            )?,
+            None => c,
+        }
+    } else {
+        match &args.config {
+            Some(path) => RunConfig::from_file(path, Some(&args.preset))?,
+            None => RunConfig::from_preset(&args.preset)?,
+        }
+    };
+    args.overrides.apply(&mut config);
+    if args.overrides.data_dir.is_some() {
+        if config.model.reads_text() {
+            return Err(Error::Config(
+                "--data-dir says where an image dataset's files are; a text model reads --text FILE"
+                    .into(),
+            ));
+        }
+        check_data_dir_flag(&config.data.image_source()?)?;
+    }
+    start_training(
+        config,
+        &out,
+        args.resume,
+        args.overwrite,
+        args.overrides.backend,
+    )
+    .map(|_| ())
+}
+
+/// Refuses `--data-dir` for a dataset that would ignore it (one that names
+/// its own directory), rather than leave the user believing it was read.
+pub(super) fn check_data_dir_flag(source: &DatasetSource) -> Result<()> {
+    if source.reads_data_dir() {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "--data-dir says where mnist, fashion-mnist or cifar-10 are; {} names its own directory",
+        source.name()
+    )))
+}
+
+/// What a training call did.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct TrainSummary {
+    /// Steps taken by this call.
+    pub steps_this_call: u64,
+    /// The run's step after the call.
+    pub step: u64,
+    /// The run's planned steps.
+    pub total_steps: u64,
+    /// Seconds spent in training steps by this call.
+    pub train_seconds: f64,
+    /// Seconds spent in training steps over every call of the run.
+    pub total_train_seconds: f64,
+    /// Trainable parameters.
+    pub params: usize,
+    /// The last evaluation: the split's name and its metrics.
+    pub last_eval: Option<(&'static str, genzoo_core::Metrics)>,
+    /// Training batches per epoch.
+    pub per_epoch: usize,
+}
+
+/// Loads the data `config` names, writes the run's config and trains
+/// (resuming when asked).
+pub(crate) fn start_training(
+    mut config: RunConfig,
+    out: &Path,
+    resume: bool,
+    overwrite: bool,
+    backend: BackendKind,
+) -> Result<TrainSummary> {
+    config.train.validate()?;
+    config.parallel.validate()?;
+
+    // Fail before anything is written when the backend cannot run.
+    genzoo_core::backend::check_available(backend)?;
+    let data = if config.model.reads_text() {
+        load_text(&mut config)?
+    } else {
+        load_images(&mut config)?
+    };
+    config.model.validate()?;
+
+    // Node 0 owns the run directory; the other nodes of a multi-node run
+    // only read it (their checkpoints to resume from), and may share it.
+    let owner = config.parallel.node_rank == 0;
+    let run = if resume || !owner {
+        RunDir::open(out)
+            .or_else(|_| RunDir::create(out, false))
+            .or_else(|_| RunDir::open(out))?
+    } else {
+        RunDir::create(out, overwrite)?
+    };
+    let text = config.to_toml()?;
+    if owner {
+        std::fs::write(run.config_file(), &text).map_err(|e| Error::io(run.config_file(), e))?;
+    }
+    let job = TrainJob {
+        config,
+        run,
+        data,
+        resume,
+        text,
+    };
+    if job.config.parallel.is_parallel() {
+        // Replicas run on their own threads while this one waits for them:
+        // it must not hold a thread of the pool their kernels need.
+        with_backend(backend, job)
+    } else {
+        with_backend_on_pool(backend, job)
+    }
+}
+
+/// The data of a run: images or a text corpus, as the model reads.
+enum JobData {
+    Images(ImageData),
+    Text(TextData),
+}
+
+fn load_images(config: &mut RunConfig) -> Result<JobData> {
+    let source = config.data.image_source()?;
+    let (mut train_set, mut test_set) =
+        load_image_dataset(&source, &Locator::from_env(config.data.data_dir.clone()))?;
+    if let Some(n) = config.data.limit {
+        (train_set, test_set) = (train_set.take(n), test_set.take(n));
+    }
+    let (c, h, w) = train_set.dims();
+    config.model.adapt_to_data(c, h, w, train_set.num_classes());
+    eprintln!(
+        "{}: {} training and {} test images of {c}x{h}x{w}",
+        source.name(),
+        train_set.len(),
+        test_set.len()
+    );
+    if let (Err(Error::Config(why)), DatasetSource::Folder { .. }) =
+        (config.model.validate(), &source)
+    {
+        // The usual cause: the folder's image size does not suit the model.
+        return Err(Error::Config(format!(
+            "{why} (the images are {h}x{w}: --image-size N resizes them to N×N)"
+        )));
+    }
+    Ok(JobData::Images(ImageData::new(
+        train_set,
+        test_set,
+        config.train.batch_size,
+        config.data.scaling,
+        config.train.seed,
+    )?))
+}
+
+fn load_text(config: &mut RunConfig) -> Result<JobData> {
+    let path = config.data.text.clone().ok_or_else(|| {
+        Error::Config(format!(
+            "{} trains on text: pass --text FILE (a UTF-8 file)",
+            config.preset
+        ))
+    })?;
+    let corpus = TextCorpus::from_file(&path, config.data.bytes)?;
+    config
+        .model
+        .adapt_to_text(corpus.vocabulary.chars_string(), corpus.vocabulary.len());
+    let ModelConfig::Gpt(gpt) = &config.model else {
+        unreachable!("only GPTs read text")
+    };
+    eprintln!(
+        "{}: {} training and {} validation tokens, vocabulary of {}",
+        path.display(),
+        corpus.train.len(),
+        corpus.val.len(),
+        corpus.vocabulary.len()
+    );
+    let eval_batches = config.train.eval_batches.unwrap_or(200);
+    Ok(JobData::Text(TextData::new(
+        corpus,
+        gpt.block_size,
+        config.train.batch_size,
+        config.train.seed,
+        eval_batches,
+    )?))
+}
+
+struct TrainJob<D = JobData> {
+    config: RunConfig,
+    run: RunDir,
+    data: D,
+    resume: bool,
+    text: String,
+}
+
+impl TrainJob {
+    /// The job without its data, and the data.
+    fn split(self) -> (TrainJob<()>, JobData) {
+        let TrainJob {
+            config,
+            run,
+            data,
+            resume,
+            text,
+        } = self;
+        (
+            TrainJob {
+                config,
+                run,
+                data: (),
+                resume,
+                text,
+            },
+            data,
+        )
+    }
+}
+
+impl BackendTask for TrainJob {
+    type Output = TrainSummary;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<TrainSummary> {
+        let model = self.config.model.clone();
+        // A seeded initialisation: the same seed, the same starting weights.
+        B::seed(
+            &device,
+            genzoo_core::seed::derive(self.config.train.seed, "init", 0),
+        );
+        with_family::<B, _>(
+            &model,
+            &device,
+            FitJob {
+                job: self,
+                device: device.clone(),
+            },
+        )
+    }
+
+    fn devices(&self) -> Option<usize> {
+        self.config
+            .parallel
+            .is_parallel()
+            .then_some(self.config.parallel.devices)
+    }
+
+    fn run_on_devices<B: AutodiffBackend>(self, devices: Vec<B::Device>) -> Result<TrainSummary> {
+        let (job, data) = self.split();
+        let parallel = job.config.parallel.clone();
+        let started = Instant::now();
+        let summaries = run_replicas::<B, _>(&parallel, devices, |replica, device| {
+            // Initialise one replica at a time: burn's CPU backend has one
+            // RNG per process, and the leader's seeded weights (broadcast to
+            // all) must be the ones a one-device run starts from.
+            let init = INIT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            B::seed(
+                &device,
+                genzoo_core::seed::derive(job.config.train.seed, "init", 0),
+            );
+            with_family::<B, _>(
+                &job.config.model,
+                &device,
+                ReplicaFit {
+                    job: &job,
+                    data: &data,
+                    device: device.clone(),
+                    replica,
+                    init: Some(init),
+                },
+            )
+        })?;
+        let summary = summaries
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Parallel("no replica ran".into()))?;
+        if job.config.parallel.node_rank == 0 {
+            print_summary(&summary, started, &job.run);
+        }
+        Ok(summary)
+    }
+}
+
+/// Serialises model initialisation across replica threads.
+static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// One replica's part of a data-parallel training job.
+struct ReplicaFit<'a, B: AutodiffBackend> {
+    job: &'a TrainJob<()>,
+    data: &'a JobData,
+    device: B::Device,
+    replica: genzoo_core::parallel::Replica,
+    init: Option<std::sync::MutexGuard<'static, ()>>,
+}
+
+impl<B: AutodiffBackend> ReplicaFit<'_, B> {
+    fn fit<F, D>(mut self, family: F, data: &D) -> Result<TrainSummary>
+    where
+        F: Family<B>,
+        F::Batch: genzoo_core::ShardBatch,
+        D: genzoo_core::TrainData<B, Batch = F::Batch>,
+    {
+        drop(self.init.take());
+        let job = self.job;
+        let params = family.num_params();
+        let trainer = Trainer::new(job.run.clone(), job.config.train.clone())
+            .identity(job.config.preset.clone(), job.config.model_fingerprint()?)
+            .config_text(job.text.clone())
+            .resume(job.resume)
+            .progress(self.replica.is_leader());
+        let outcome = trainer.fit_replica(family, data, &self.device)?;
+        Ok(TrainSummary {
+            steps_this_call: outcome.steps_this_call,
+            step: outcome.step,
+            total_steps: outcome.total_steps,
+            train_seconds: outcome.train_seconds,
+            total_train_seconds: outcome.total_train_seconds,
+            params,
+            last_eval: outcome.last_eval.map(|m| (data.eval_split(), m)),
+            per_epoch: data.batches_per_epoch(),
+        })
+    }
+}
+
+impl<B: AutodiffBackend> FamilyTask<B> for ReplicaFit<'_, B> {
+    type Output = TrainSummary;
+    fn run<F: Family<B, Batch = ImageBatch<B>>>(self, family: F) -> Result<TrainSummary> {
+        match self.data {
+            JobData::Images(data) => self.fit(family, data),
+            JobData::Text(_) => Err(Error::Config(
+                "an image model was given a text corpus".into(),
+            )),
+        }
+    }
+    fn run_text<F: Family<B, Batch = TokenBatch<B>>>(self, family: F) -> Result<TrainSummary> {
+        match self.data {
+            JobData::Text(data) => self.fit(family, data),
+            JobData::Images(_) => Err(Error::Config(
+                "a text model was given images: pass --text FILE".into(),
+            )),
+        }
+    }
+}
+
+struct FitJob<B: AutodiffBackend> {
+    job: TrainJob,
+    device: B::Device,
+}
+
+/// Trains `family` on `data` as the job says, and prints the figures.
+fn fit<B, F, D>(job: TrainJob<()>, device: &B::Device, family: F, data: &D) -> Result<TrainSummary>
+where
+    B: AutodiffBackend,
+    F: Family<B>,
+    D: genzoo_core::TrainData<B, Batch = F::Batch>,
+{
+    let TrainJob {
+        config,
+        run,
+        resume,
+        text,
+        ..
+    } = job;
+    let started = Instant::now();
+    let params = family.num_params();
+    let trainer = Trainer::new(run.clone(), config.train.clone())
+        .identity(config.preset.clone(), config.model_fingerprint()?)
+        .config_text(text)
+        .resume(resume);
+    let outcome = trainer.fit(family, data, device)?;
+    let summary = TrainSummary {
+        steps_this_call: outcome.steps_this_call,
+        step: outcome.step,
+        total_steps: outcome.total_steps,
+        train_seconds: outcome.train_seconds,
+        total_train_seconds: outcome.total_train_seconds,
+        params,
+        last_eval: outcome.last_eval.map(|m| (data.eval_split(), m)),
+        per_epoch: data.batches_per_epoch(),
+    };
+    print_summary(&summary, started, &run);
+    Ok(summary)
+}
+
+/// Prints what a training call did.
+fn print_summary(summary: &TrainSummary, started: Instant, run: &RunDir) {
+    let secs = summary.train_seconds;
+    let steps = summary.steps_this_call.max(1) as f64;
+    println!(
+        "trained {} steps this call ({}/{} in total) in {:.1} s wall, {:.1} s in steps: {:.1} ms/step, {:.1} s/epoch",
+        summary.steps_this_call,
+        summary.step,
+        summary.total_steps,
+        started.elapsed().as_secs_f64(),
+        secs,
+        1000.0 * secs / steps,
+        secs / steps * summary.per_epoch as f64
+    );
+    if let Some((split, eval)) = &summary.last_eval {
+        println!(
+            "{split}: {}",
+            eval.iter()
+                .map(|(k, v)| format!("{k} {v:.4}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    println!("run directory: {}", run.root().display());
+}
+
+impl<B: AutodiffBackend> FamilyTask<B> for FitJob<B> {
+    type Output = TrainSummary;
+    fn run<F: Family<B, Batch = ImageBatch<B>>>(self, family: F) -> Result<TrainSummary> {
+        let (job, data) = self.job.split();
+        match data {
+            JobData::Images(data) => fit(job, &self.device, family, &data),
+            JobData::Text(_) => Err(Error::Config(
+                "an image model was given a text corpus".into(),
+            )),
+        }
+    }
+    fn run_text<F: Family<B, Batch = TokenBatch<B>>>(self, family: F) -> Result<TrainSummary> {
+        let (job, data) = self.job.split();
+        match data {
+            JobData::Text(data) => fit(job, &self.device, family, &data),
+            JobData::Images(_) => Err(Error::Config(
+                "a text model was given images: pass --text FILE".into(),
+            )),
+        }
+    }
+}
