@@ -425,6 +425,50 @@ pub fn causal_self_attention<B: Backend>(qkv: Tensor<B, 3>, n_head: usize) -> Te
     })
 }
 
+/// Runs dropped self-attention through backend `F`'s [`FusedOps`] when `B`
+/// is `F`; hands the inputs back untouched otherwise.
+fn routed_dropped_attention<F: FusedOps, B: Backend>(
+    inputs: (Tensor<B, 3>, Tensor<B, 4>),
+    n_head: usize,
+) -> std::result::Result<Tensor<B, 3>, (Tensor<B, 3>, Tensor<B, 4>)> {
+    route_as(inputs, |(qkv, keep): (Tensor<F, 3>, Tensor<F, 4>)| {
+        let out = F::fused_causal_self_attention_dropped(primitive(qkv), primitive(keep), n_head);
+        float::<F, 3>(out)
+    })
+}
+
+/// [`causal_self_attention`] with dropout on the attention weights
+/// (nanoGPT's `attn_dropout`): the probability with which query i of head
+/// h attends to key j is multiplied by `keep[b, h, i, j]` (0 where dropped,
+/// 1/(1 − p) where kept; the caller draws it) before it weighs the values.
+/// genzoo's fused kernels on the CPU backend (forward and backward, as
+/// without dropout), burn's ops elsewhere.
+///
+/// # Shapes
+/// - qkv: `[batch, t, 3·c]`, keep: `[batch, n_head, t, t]` → `[batch, t, c]`
+///
+/// ```
+/// use burn::prelude::*;
+/// use genzoo_core::{CpuBackend, CpuDevice};
+/// let dev = CpuDevice::default();
+/// let qkv = Tensor::<CpuBackend, 3>::ones([2, 5, 3 * 8], &dev);
+/// let keep = Tensor::<CpuBackend, 4>::ones([2, 2, 5, 5], &dev); // nothing dropped
+/// let y = genzoo_core::fused::causal_self_attention_dropped(qkv, keep, 2);
+/// assert_eq!(y.dims(), [2, 5, 8]);
+/// ```
+pub fn causal_self_attention_dropped<B: Backend>(
+    qkv: Tensor<B, 3>,
+    keep: Tensor<B, 4>,
+    n_head: usize,
+) -> Tensor<B, 3> {
+    routed_dropped_attention::<Flex, B>((qkv, keep), n_head)
+        .or_else(|inputs| routed_dropped_attention::<Autodiff<Flex>, B>(inputs, n_head))
+        .or_else(|inputs| routed_dropped_attention::<Autodiff<Autodiff<Flex>>, B>(inputs, n_head))
+        .unwrap_or_else(|(qkv, keep)| {
+            float(composed_dropped_self_attention::<B>(primitive(qkv), primitive(keep), n_head).0)
+        })
+}
+
 /// Attention of new positions over a key/value cache, on any backend:
 /// the T queries `q` are the positions seen − T..seen, the caches hold
 /// keys and values for at least the first `seen` positions (the rest of

@@ -261,6 +261,19 @@ fn contiguous(t: &FlexTensor) -> FlexTensor {
     t.to_contiguous()
 }
 
+/// Dropout's `[B, H, T, T]` f32 multipliers for heads of `dims`,
+/// contiguous: `Some(None)` without a mask, `None` for a mask of another
+/// shape or type.
+fn keep_mask(keep: Option<&FlexTensor>, [b, h, t, _]: [usize; 4]) -> Option<Option<FlexTensor>> {
+    match keep {
+        None => Some(None),
+        Some(m) if m.dtype() == DType::F32 && m.layout().shape().as_slice() == [b, h, t, t] => {
+            Some(Some(contiguous(m)))
+        }
+        Some(_) => None,
+    }
+}
+
 /// Rows (or columns) per block of the score matrix: a GEMM stops at the
 /// diagonal block, so the masked triangle costs at most half a block per row.
 const BLOCK: usize = 64;
@@ -321,13 +334,28 @@ fn causal_softmax(scores: &mut [f32], lse: &mut [f32], (r0, r1): (usize, usize),
 /// batches still spread over every core.
 const HEAD_TASK_WORK: usize = 1 << 20;
 
+/// Rows `r0..r1` of `p` (`[T, T]`, causal part filled) multiplied by
+/// dropout's `keep` on their causal part (row i, columns 0..=i).
+#[inline(always)] // into its caller's `simd` copy
+fn drop_rows(p: &mut [f32], keep: &[f32], (r0, r1): (usize, usize), t: usize) {
+    for i in r0..r1 {
+        let row = i * t..i * t + i + 1;
+        for (p, &m) in p[row.clone()].iter_mut().zip(&keep[row]) {
+            *p *= m;
+        }
+    }
+}
+
 /// Attention head by head, in tasks of at least [`HEAD_TASK_WORK`] (one
 /// head each when heads are large): q, k, v gathered from their layouts,
 /// the output scattered into `out` at `out_heads`, the log-sum-exp into
-/// `lse` (`[B, H, T]`, contiguous).
+/// `lse` (`[B, H, T]`, contiguous). With `keep` (`[B, H, T, T]`,
+/// contiguous: dropout's 0 or 1/(1 − p)), each probability is multiplied by
+/// its entry before it weighs V; the log-sum-exp is the undropped one's.
 #[allow(clippy::too_many_arguments)]
 fn forward_heads(
     [(qs, qh), (ks, kh), (vs, vh)]: [(&[f32], Heads); 3],
+    keep: Option<&[f32]>,
     out: &mut [f32],
     out_heads: Heads,
     lse: &mut [f32],
@@ -351,9 +379,13 @@ fn forward_heads(
                         qh.gather(qs, n, dims, q);
                         kh.gather(ks, n, dims, k);
                         vh.gather(vs, n, dims, v);
+                        let keep = keep.map(|m| &m[n * t * t..(n + 1) * t * t]);
                         for (r0, r1) in blocks(t) {
                             block_scores(p, q, k, (r0, r1), t, d, scale);
                             causal_softmax(p, lse, (r0, r1), t);
+                            if let Some(keep) = keep {
+                                drop_rows(p, keep, (r0, r1), t);
+                            }
                             let probs = Mat::strided(&p[r0 * t..], r1 - r0, r1, t);
                             let o = &mut o[r0 * d..r1 * d];
                             matmul_into(o, probs, Mat::new(v, r1, d), 1.0, false);
@@ -386,6 +418,7 @@ pub(super) fn forward(
             (k.as_slice()?, split),
             (v.as_slice()?, split),
         ],
+        None,
         out.storage_mut::<f32>(),
         split,
         lse.storage_mut::<f32>(),
@@ -470,10 +503,16 @@ pub(super) fn cached_forward(
 /// Causal self-attention (scale 1/√(head size)) straight from the packed
 /// `[B, T, 3·C]` output of the q/k/v projection to the heads re-assembled as
 /// `[B, T, C]`, with the log-sum-exp (`[B, H, T]`): no split, transpose or
-/// merge copies.
-pub(super) fn packed_forward(qkv: &FlexTensor, n_head: usize) -> Option<(FlexTensor, FlexTensor)> {
+/// merge copies. `keep` (`[B, H, T, T]`) applies dropout to the attention
+/// weights, as in [`forward_heads`].
+pub(super) fn packed_forward(
+    qkv: &FlexTensor,
+    keep: Option<&FlexTensor>,
+    n_head: usize,
+) -> Option<(FlexTensor, FlexTensor)> {
     let dims @ [b, h, t, d] = packed_shape(qkv, n_head)?;
     let scale = 1.0 / (d as f32).sqrt();
+    let keep = keep_mask(keep, dims)?;
     let qkv = contiguous(qkv);
     let src = qkv.as_slice()?;
     let part = |i| (src, Heads::packed(dims, 3, i));
@@ -481,6 +520,10 @@ pub(super) fn packed_forward(qkv: &FlexTensor, n_head: usize) -> Option<(FlexTen
     let mut lse = zeroed(Shape::new([b, h, t]));
     forward_heads(
         [part(0), part(1), part(2)],
+        match &keep {
+            Some(keep) => Some(keep.as_slice()?),
+            None => None,
+        },
         out.storage_mut::<f32>(),
         Heads::packed(dims, 1, 0),
         lse.storage_mut::<f32>(),
@@ -490,21 +533,21 @@ pub(super) fn packed_forward(qkv: &FlexTensor, n_head: usize) -> Option<(FlexTen
     Some((out, lse))
 }
 
-/// One head's backward: `p` and `ds` are `[T, T]` scratch.
-#[allow(clippy::too_many_arguments)]
+/// One head's backward: `p` and `ds` are `[T, T]` scratch; `keep` the
+/// head's dropout multipliers (`[T, T]`), if any.
 #[inline(always)] // into its caller's `simd` copy
 fn head_backward<'s>(
     [q, k, v, o, g]: [&'s [f32]; 5],
+    keep: Option<&[f32]>,
     lse: &[f32],
     [dq, dk, dv]: [&mut [f32]; 3],
-    p: &'s mut [f32],
-    ds: &'s mut [f32],
-    t: usize,
-    d: usize,
-    scale: f32,
+    (p, ds): (&'s mut [f32], &'s mut [f32]),
+    (t, d, scale): (usize, usize, f32),
 ) {
     // Query blocks: P = exp(S − lse) on the causal part, dP = dO·Vᵀ, then
-    // dS = P ∘ (dP − rowsum(dO ∘ O)) in place, and dQ = scale·dS·K.
+    // dS = P ∘ (dP − rowsum(dO ∘ O)) in place, and dQ = scale·dS·K. With
+    // dropout's multipliers M (O = (P ∘ M)·V): dP = (dO·Vᵀ) ∘ M, the same
+    // row sums (Σⱼ Pᵢⱼ·dPᵢⱼ is still dOᵢ·Oᵢ), and P ∘ M kept for dV.
     for (r0, r1) in blocks(t) {
         block_scores(p, q, k, (r0, r1), t, d, scale);
         for i in r0..r1 {
@@ -524,9 +567,17 @@ fn head_backward<'s>(
                 .map(|(a, b)| a * b)
                 .sum();
             let (ds_row, p_row) = (&mut ds[i * t..i * t + r1], &p[i * t..i * t + r1]);
+            if let Some(keep) = keep {
+                for (s, &m) in ds_row.iter_mut().zip(&keep[i * t..i * t + r1]) {
+                    *s *= m;
+                }
+            }
             for (s, &pr) in ds_row.iter_mut().zip(p_row) {
                 *s = pr * (*s - row_dot);
             }
+        }
+        if let Some(keep) = keep {
+            drop_rows(p, keep, (r0, r1), t);
         }
         let ds_rows = Mat::strided(&ds[r0 * t..], r1 - r0, r1, t);
         matmul_into(
@@ -543,7 +594,7 @@ fn head_backward<'s>(
     for (c0, c1) in blocks(t) {
         let below = |m: &'s [f32]| Mat::strided(&m[c0 * t + c0..], t - c0, c1 - c0, t).t();
         let rows = |m: &'s [f32]| Mat::new(&m[c0 * d..], t - c0, d);
-        // dV = Pᵀ·dO; dK = scale·dSᵀ·Q.
+        // dV = (P ∘ M)ᵀ·dO; dK = scale·dSᵀ·Q.
         matmul_into(&mut dv[c0 * d..c1 * d], below(p), rows(g), 1.0, false);
         matmul_into(&mut dk[c0 * d..c1 * d], below(ds), rows(q), scale, false);
     }
@@ -553,6 +604,7 @@ fn head_backward<'s>(
 /// their layouts, dQ, dK, dV scattered into `outs` at their layouts.
 fn backward_heads(
     inputs: [(&[f32], Heads); 5],
+    keep: Option<&[f32]>,
     lse: &[f32],
     outs: [(&SharedOut, Heads); 3],
     dims: [usize; 4],
@@ -576,7 +628,15 @@ fn backward_heads(
                         let (dk, dv) = rest.split_at_mut(t * d);
                         let (p, ds) = scores.split_at_mut(t * t);
                         let lse = &lse[n * t..(n + 1) * t];
-                        head_backward([q, k, v, o, g], lse, [dq, dk, dv], p, ds, t, d, scale);
+                        let keep = keep.map(|m| &m[n * t * t..(n + 1) * t * t]);
+                        head_backward(
+                            [q, k, v, o, g],
+                            keep,
+                            lse,
+                            [dq, dk, dv],
+                            (p, ds),
+                            (t, d, scale),
+                        );
                         for ((out, heads), grad) in outs.iter().zip([&*dq, dk, dv]) {
                             // SAFETY: this task alone writes head n of each layout,
                             // and the three layouts do not overlap.
@@ -621,6 +681,7 @@ pub(super) fn backward(
             (out.as_slice()?, split),
             (grad.as_slice()?, split),
         ],
+        None,
         lse.as_slice()?,
         [(&sq, split), (&sk, split), (&sv, split)],
         dims,
@@ -630,10 +691,11 @@ pub(super) fn backward(
 }
 
 /// The gradient of [`packed_forward`] with respect to its packed input
-/// (`[B, T, 3·C]`), from the input, the output (`[B, T, C]`), the
-/// log-sum-exp and the output's gradient.
+/// (`[B, T, 3·C]`), from the input, dropout's multipliers (if any), the
+/// output (`[B, T, C]`), the log-sum-exp and the output's gradient.
 pub(super) fn packed_backward(
     qkv: &FlexTensor,
+    keep: Option<&FlexTensor>,
     out: &FlexTensor,
     lse: &FlexTensor,
     grad: &FlexTensor,
@@ -649,6 +711,7 @@ pub(super) fn packed_backward(
     {
         return None;
     }
+    let keep = keep_mask(keep, dims)?;
     let [qkv, out, lse, grad] = [qkv, out, lse, grad].map(contiguous);
     let src = qkv.as_slice()?;
     let mut dqkv = zeroed(qkv.layout().shape().clone());
@@ -662,6 +725,10 @@ pub(super) fn packed_backward(
             (out.as_slice()?, whole),
             (grad.as_slice()?, whole),
         ],
+        match &keep {
+            Some(keep) => Some(keep.as_slice()?),
+            None => None,
+        },
         lse.as_slice()?,
         [(&shared, part(0)), (&shared, part(1)), (&shared, part(2))],
         dims,

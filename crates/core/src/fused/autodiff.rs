@@ -254,6 +254,65 @@ impl<B: FusedOps, C: CheckpointStrategy> FusedOps for Autodiff<B, C> {
         }
     }
 
+    /// Recorded as an op of `qkv` alone: dropout's multipliers are a constant.
+    fn fused_causal_self_attention_dropped(
+        qkv: FloatTensor<Self>,
+        keep: FloatTensor<Self>,
+        n_head: usize,
+    ) -> FloatTensor<Self> {
+        #[derive(Debug)]
+        struct FusedDroppedSelfAttention;
+
+        impl<B: FusedOps> Backward<B, 1> for FusedDroppedSelfAttention {
+            /// The packed input, the multipliers, the output, its
+            /// log-sum-exp, the heads.
+            type State = (
+                FloatTensor<B>,
+                FloatTensor<B>,
+                FloatTensor<B>,
+                FloatTensor<B>,
+                usize,
+            );
+
+            fn backward(
+                self,
+                ops: Ops<Self::State, 1>,
+                grads: &mut Gradients,
+                _checkpointer: &mut Checkpointer,
+            ) {
+                let (qkv, keep, out, lse, n_head) = ops.state;
+                unary::<B, _>(ops.parents, ops.node, grads, |grad| {
+                    B::fused_causal_self_attention_dropped_backward(
+                        qkv, keep, out, lse, grad, n_head,
+                    )
+                });
+            }
+        }
+
+        match FusedDroppedSelfAttention
+            .prepare::<C>([qkv.node.clone()])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let (out, lse) = B::fused_causal_self_attention_dropped_with_lse(
+                    qkv.primitive.clone(),
+                    keep.primitive.clone(),
+                    n_head,
+                );
+                prep.finish(
+                    (qkv.primitive, keep.primitive, out.clone(), lse, n_head),
+                    out,
+                )
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_causal_self_attention_dropped(
+                qkv.primitive,
+                keep.primitive,
+                n_head,
+            )),
+        }
+    }
+
     conv_with_backward!(FusedConv2d, fused_conv2d, fused_conv2d_backward);
     conv_with_backward!(
         FusedConvTranspose2d,

@@ -282,11 +282,58 @@ pub(super) fn composed_causal_attention<B: Backend>(
     v: FloatTensor<B>,
     scale: f32,
 ) -> (FloatTensor<B>, FloatTensor<B>) {
-    let scores = causal_scores(float::<B, 4>(q), float(k), scale);
+    let (p, lse) = causal_probabilities::<B>(float(q), float(k), scale);
+    let out = p.matmul(float(v));
+    (primitive(out), primitive(lse.squeeze_dim::<3>(3)))
+}
+
+/// The causal attention probabilities `[B, H, T, T]` and each row's
+/// log-sum-exp `[B, H, T, 1]`.
+fn causal_probabilities<B: Backend>(
+    q: Tensor<B, 4>,
+    k: Tensor<B, 4>,
+    scale: f32,
+) -> (Tensor<B, 4>, Tensor<B, 4>) {
+    let scores = causal_scores(q, k, scale);
     let max = scores.clone().max_dim(3).detach(); // [B, H, T, 1]; the diagonal keeps it finite
     let lse = (scores.clone() - max.clone()).exp().sum_dim(3).log() + max;
-    let out = (scores - lse.clone()).exp().matmul(float(v));
-    (primitive(out), primitive(lse.squeeze_dim::<3>(3)))
+    ((scores - lse.clone()).exp(), lse)
+}
+
+/// Packed self-attention with dropout's multipliers `keep` (`[B, H, T, T]`)
+/// on the weights, and the rows' log-sum-exp, from burn's tensor ops.
+pub(super) fn composed_dropped_self_attention<B: Backend>(
+    qkv: FloatTensor<B>,
+    keep: FloatTensor<B>,
+    n_head: usize,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let [q, k, v] = split_heads::<B, 3>(float(qkv), n_head, 3);
+    let scale = 1.0 / (q.dims()[3] as f32).sqrt();
+    let (p, lse) = causal_probabilities(q, k, scale);
+    let out = (p * float::<B, 4>(keep)).matmul(v);
+    (
+        primitive(merge_heads(out)),
+        primitive(lse.squeeze_dim::<3>(3)),
+    )
+}
+
+/// The backward of [`composed_dropped_self_attention`]: d qkv `[B, T, 3·C]`.
+pub(super) fn composed_dropped_self_attention_backward<B: Backend>(
+    qkv: FloatTensor<B>,
+    keep: FloatTensor<B>,
+    out: FloatTensor<B>,
+    lse: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    n_head: usize,
+) -> FloatTensor<B> {
+    let [q, k, v] = split_heads::<B, 3>(float(qkv), n_head, 3);
+    let [out] = split_heads::<B, 1>(float(out), n_head, 1);
+    let [grad] = split_heads::<B, 1>(float(grad), n_head, 1);
+    let scale = 1.0 / (q.dims()[3] as f32).sqrt();
+    let lse = float::<B, 3>(lse);
+    let grads = attention_backward([q, k, v, out, grad], lse, Some(float(keep)), scale);
+    let merged = grads.map(merge_heads);
+    primitive(Tensor::cat(merged.to_vec(), 2))
 }
 
 /// Cached attention from burn's tensor ops: the filled part of the caches,
@@ -318,17 +365,36 @@ pub(super) fn composed_causal_attention_backward<B: Backend>(
     grad: FloatTensor<B>,
     scale: f32,
 ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
-    let (q, k, v) = (float::<B, 4>(q), float::<B, 4>(k), float::<B, 4>(v));
-    let (out, grad) = (float::<B, 4>(out), float::<B, 4>(grad));
-    let lse = float::<B, 3>(lse).unsqueeze_dim::<4>(3);
-    let p = (causal_scores(q.clone(), k.clone(), scale) - lse).exp(); // [B, H, T, T]
-    let dv = p.clone().swap_dims(2, 3).matmul(grad.clone());
-    let dp = grad.clone().matmul(v.swap_dims(2, 3));
+    let inputs = [q, k, v, out, grad].map(float::<B, 4>);
+    let [dq, dk, dv] = attention_backward(inputs, float(lse), None, scale).map(primitive);
+    (dq, dk, dv)
+}
+
+/// dQ, dK, dV of causal attention (with dropout's multipliers `keep`, if
+/// any: O = (P ∘ M)·V) from q, k, v, the output, its gradient and the rows'
+/// log-sum-exp (`[B, H, T]`), P recomputed from it.
+fn attention_backward<B: Backend>(
+    [q, k, v, out, grad]: [Tensor<B, 4>; 5],
+    lse: Tensor<B, 3>,
+    keep: Option<Tensor<B, 4>>,
+    scale: f32,
+) -> [Tensor<B, 4>; 3] {
+    let p = (causal_scores(q.clone(), k.clone(), scale) - lse.unsqueeze_dim::<4>(3)).exp(); // [B, H, T, T]
+    let mut dp = grad.clone().matmul(v.swap_dims(2, 3));
+    let dropped = match keep {
+        Some(keep) => {
+            dp = dp * keep.clone();
+            p.clone() * keep
+        }
+        None => p.clone(),
+    };
+    let dv = dropped.swap_dims(2, 3).matmul(grad.clone());
+    // Σⱼ Pᵢⱼ·dPᵢⱼ = dOᵢ·Oᵢ, with or without dropout.
     let row_dot = (grad * out).sum_dim(3); // [B, H, T, 1]
     let ds = p * (dp - row_dot);
     let dq = ds.clone().matmul(k) * scale;
     let dk = ds.swap_dims(2, 3).matmul(q) * scale;
-    (primitive(dq), primitive(dk), primitive(dv))
+    [dq, dk, dv]
 }
 
 /// (Φ(x) + x·φ(x))·grad from differentiable float ops (burn's own

@@ -91,7 +91,7 @@ impl FusedOps for Flex {
         qkv: FloatTensor<Self>,
         n_head: usize,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        attention::packed_forward(&qkv, n_head)
+        attention::packed_forward(&qkv, None, n_head)
             .unwrap_or_else(|| split_self_attention::<Self>(qkv, n_head))
     }
 
@@ -102,8 +102,30 @@ impl FusedOps for Flex {
         grad: FloatTensor<Self>,
         n_head: usize,
     ) -> FloatTensor<Self> {
-        attention::packed_backward(&qkv, &out, &lse, &grad, n_head)
+        attention::packed_backward(&qkv, None, &out, &lse, &grad, n_head)
             .unwrap_or_else(|| split_self_attention_backward::<Self>(qkv, out, lse, grad, n_head))
+    }
+
+    fn fused_causal_self_attention_dropped_with_lse(
+        qkv: FloatTensor<Self>,
+        keep: FloatTensor<Self>,
+        n_head: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        attention::packed_forward(&qkv, Some(&keep), n_head)
+            .unwrap_or_else(|| composed_dropped_self_attention::<Self>(qkv, keep, n_head))
+    }
+
+    fn fused_causal_self_attention_dropped_backward(
+        qkv: FloatTensor<Self>,
+        keep: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        n_head: usize,
+    ) -> FloatTensor<Self> {
+        attention::packed_backward(&qkv, Some(&keep), &out, &lse, &grad, n_head).unwrap_or_else(
+            || composed_dropped_self_attention_backward::<Self>(qkv, keep, out, lse, grad, n_head),
+        )
     }
 
     fn fused_cached_attention(

@@ -157,6 +157,42 @@ pub trait FusedOps: Backend {
         split_self_attention_backward::<Self>(qkv, out, lse, grad, n_head)
     }
 
+    /// [`FusedOps::fused_causal_self_attention`] with dropout on the
+    /// attention weights (nanoGPT's `attn_dropout`): the probability of
+    /// head h, query i, key j is multiplied by `keep[b, h, i, j]` (0 for a
+    /// dropped weight, 1/(1 − p) for a kept one; `[batch, n_head, T, T]`)
+    /// before it weighs V.
+    fn fused_causal_self_attention_dropped(
+        qkv: FloatTensor<Self>,
+        keep: FloatTensor<Self>,
+        n_head: usize,
+    ) -> FloatTensor<Self> {
+        Self::fused_causal_self_attention_dropped_with_lse(qkv, keep, n_head).0
+    }
+
+    /// [`FusedOps::fused_causal_self_attention_dropped`] and the log-sum-exp
+    /// of each score row (before dropout), which its backward needs.
+    fn fused_causal_self_attention_dropped_with_lse(
+        qkv: FloatTensor<Self>,
+        keep: FloatTensor<Self>,
+        n_head: usize,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        composed_dropped_self_attention::<Self>(qkv, keep, n_head)
+    }
+
+    /// The gradient of [`FusedOps::fused_causal_self_attention_dropped`]
+    /// with respect to its packed input (`keep` is a constant).
+    fn fused_causal_self_attention_dropped_backward(
+        qkv: FloatTensor<Self>,
+        keep: FloatTensor<Self>,
+        out: FloatTensor<Self>,
+        lse: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        n_head: usize,
+    ) -> FloatTensor<Self> {
+        composed_dropped_self_attention_backward::<Self>(qkv, keep, out, lse, grad, n_head)
+    }
+
     /// Attention of the T queries `q` (`[B, H, T, D]`, the positions
     /// seen − T..seen) over the first `seen` positions of the key and value
     /// caches (`[B, H, capacity, D]`); query i sees positions 0..=seen − T + i.

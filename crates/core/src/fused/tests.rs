@@ -626,6 +626,58 @@ fn packed_self_attention_matches_split_heads_in_values_and_gradients() {
     }
 }
 
+/// Dropout on the attention weights: the fused kernels (forward and the
+/// backward through autodiff) and the composition other backends run,
+/// against burn's written-out attention with the same multipliers.
+#[test]
+fn dropped_self_attention_matches_the_written_out_dropout() {
+    let dev = CpuDevice::default();
+    let mut rng = host_rng(2, "test", 0);
+    // [4, 64, 4, 32]: 16 heads, 8 a task (two tasks).
+    for (b, t, n_head, head_size) in [(2, 17, 3, 8), (4, 64, 4, 32), (1, 1, 1, 4), (2, 129, 2, 8)] {
+        let c = n_head * head_size;
+        let qkv = normal_tensor::<Ad, 3>(&mut rng, [b, t, 3 * c], 0.0, 1.5, &dev).require_grad();
+        let upstream = normal_tensor::<Ad, 3>(&mut rng, [b, t, c], 0.0, 1.0, &dev);
+        let kept = normal_tensor::<Ad, 4>(&mut rng, [b, n_head, t, t], 0.0, 1.0, &dev)
+            .greater_elem(-0.84) // about 80 % kept
+            .float();
+        let keep = kept * 1.25;
+        let ours = causal_self_attention_dropped(qkv.clone(), keep.clone(), n_head);
+        let theirs = {
+            let [q, k, v] = split_heads(qkv.clone(), n_head, 3);
+            let scores = q.matmul(k.swap_dims(2, 3)) / (head_size as f64).sqrt();
+            let future = Tensor::<Ad, 2, Bool>::tril_mask([t, t], 0, &dev)
+                .unsqueeze::<4>()
+                .expand([b, n_head, t, t]);
+            let weights = activation::softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3);
+            merge_heads((weights * keep.clone()).matmul(v))
+        };
+        assert_eq!(ours.dims(), [b, t, c]);
+        assert!(max_diff(ours.clone().inner(), theirs.clone().inner()) < 1e-4);
+        let ga = (ours.clone() * upstream.clone()).sum().backward();
+        let gb = (theirs * upstream.clone()).sum().backward();
+        let (da, db) = (qkv.grad(&ga).unwrap(), qkv.grad(&gb).unwrap());
+        assert!(close(da, db.clone()), "{t}x{c}");
+
+        // The composition (wgpu, CUDA), forward and backward.
+        let (qkv, keep) = (primitive(qkv.inner()), primitive(keep.inner()));
+        let (out, lse) =
+            composed_dropped_self_attention::<CpuBackend>(qkv.clone(), keep.clone(), n_head);
+        let out3 = float::<CpuBackend, 3>(out.clone());
+        assert!(max_diff(out3, ours.inner()) < 1e-4);
+        let grad = primitive(upstream.inner());
+        let dqkv = composed_dropped_self_attention_backward::<CpuBackend>(
+            qkv, keep, out, lse, grad, n_head,
+        );
+        assert!(close(float::<CpuBackend, 3>(dqkv), db), "composed {t}x{c}");
+    }
+    // Nothing dropped: the plain attention, bit for bit.
+    let qkv = normal_tensor::<CpuBackend, 3>(&mut rng, [2, 9, 3 * 8], 0.0, 1.0, &dev);
+    let ones = Tensor::<CpuBackend, 4>::ones([2, 2, 9, 9], &dev);
+    let dropped = causal_self_attention_dropped(qkv.clone(), ones, 2);
+    assert_eq!(max_diff(dropped, causal_self_attention(qkv, 2)), 0.0);
+}
+
 #[test]
 fn conv2d_matches_burns_in_values_and_gradients() {
     let dev = CpuDevice::default();

@@ -13,9 +13,10 @@
 use burn::module::{ModuleMapper, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::softmax;
-use genzoo_core::fused::{cached_attention, causal_attention, causal_self_attention, gelu};
-use genzoo_core::noise::{dropout, drops};
+use genzoo_core::fused::{
+    cached_attention, causal_attention, causal_self_attention, causal_self_attention_dropped, gelu,
+};
+use genzoo_core::noise::{dropout, dropout_mask_per_example, drops};
 use genzoo_core::{Error, Result};
 
 use crate::layers::{LayerNorm, linear_rows};
@@ -208,9 +209,13 @@ impl<B: Backend> CausalSelfAttention<B> {
         let Some(cache) = cache else {
             // Training and uncached generation: causal attention over the
             // packed q, k, v, heads split and re-assembled inside (genzoo's
-            // fused kernel on the CPU backend), which has no dropout.
-            let y = if drops::<B>(self.dropout, &qkv.device()) {
-                causal_attention_with_dropout(qkv, self.n_head, self.dropout)
+            // fused kernel on the CPU backend), in training with dropout on
+            // the attention weights (a mask per example, query and key).
+            let device = qkv.device();
+            let y = if drops::<B>(self.dropout, &device) {
+                let shape = [b, self.n_head, t, t];
+                let keep = dropout_mask_per_example::<B, 4>(shape, self.dropout, &device);
+                causal_self_attention_dropped(qkv, keep, self.n_head)
             } else {
                 causal_self_attention(qkv, self.n_head)
             };
@@ -262,31 +267,6 @@ fn split_heads<B: Backend>(
             .swap_dims(1, 2)
     };
     (split(0), split(1), split(2))
-}
-
-/// Causal attention with dropout on the attention weights (nanoGPT's
-/// `attn_dropout`), written out: softmax(q·kᵀ/√d with the future masked),
-/// dropped, times v.
-///
-/// # Shapes
-/// - qkv: `[batch, t, 3·n_embd]` → `[batch, t, n_embd]`
-fn causal_attention_with_dropout<B: Backend>(
-    qkv: Tensor<B, 3>,
-    n_head: usize,
-    prob: f64,
-) -> Tensor<B, 3> {
-    let [b, t, c3] = qkv.dims();
-    let (q, k, v) = split_heads(qkv, n_head);
-    let head_size = c3 / 3 / n_head;
-    let scores = q.matmul(k.swap_dims(2, 3)) / (head_size as f64).sqrt(); // (B, nh, T, T)
-    let future = Tensor::<B, 2, Bool>::tril_mask([t, t], 0, &scores.device())
-        .unsqueeze::<4>()
-        .expand([b, n_head, t, t]);
-    let weights = dropout(
-        softmax(scores.mask_fill(future, f32::NEG_INFINITY), 3),
-        prob,
-    );
-    weights.matmul(v).swap_dims(1, 2).reshape([b, t, c3 / 3])
 }
 
 /// The position-wise feed-forward network: Linear → GELU → Linear.
@@ -523,19 +503,6 @@ mod tests {
         let cached = Tensor::cat(parts, 1);
         let diff: f32 = (full - cached).abs().max().into_scalar();
         assert!(diff < 1e-4, "max difference {diff}");
-    }
-
-    #[test]
-    fn attention_written_out_matches_the_fused_kernel() {
-        let dev = CpuDevice::default();
-        let mut rng = genzoo_core::seed::host_rng(1, "test", 0);
-        let qkv =
-            genzoo_core::seed::normal_tensor::<CpuBackend, 3>(&mut rng, [2, 9, 48], 0.0, 1.0, &dev);
-        // With p = 0 the written-out path drops nothing: it must be the fused kernel's attention.
-        let written = causal_attention_with_dropout(qkv.clone(), 4, 0.0);
-        let fused = causal_self_attention(qkv, 4);
-        let diff: f32 = (written - fused).abs().max().into_scalar();
-        assert!(diff < 1e-5, "max difference {diff}");
     }
 
     #[test]
