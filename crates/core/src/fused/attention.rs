@@ -520,10 +520,7 @@ pub(super) fn packed_forward(
     let mut lse = zeroed(Shape::new([b, h, t]));
     forward_heads(
         [part(0), part(1), part(2)],
-        match &keep {
-            Some(keep) => Some(keep.as_slice()?),
-            None => None,
-        },
+        keep.as_ref().map(|m| m.as_slice().expect("contiguous f32")),
         out.storage_mut::<f32>(),
         Heads::packed(dims, 1, 0),
         lse.storage_mut::<f32>(),
@@ -725,10 +722,7 @@ pub(super) fn packed_backward(
             (out.as_slice()?, whole),
             (grad.as_slice()?, whole),
         ],
-        match &keep {
-            Some(keep) => Some(keep.as_slice()?),
-            None => None,
-        },
+        keep.as_ref().map(|m| m.as_slice().expect("contiguous f32")),
         lse.as_slice()?,
         [(&shared, part(0)), (&shared, part(1)), (&shared, part(2))],
         dims,

@@ -380,13 +380,10 @@ fn attention_backward<B: Backend>(
     scale: f32,
 ) -> [Tensor<B, 4>; 3] {
     let p = (causal_scores(q.clone(), k.clone(), scale) - lse.unsqueeze_dim::<4>(3)).exp(); // [B, H, T, T]
-    let mut dp = grad.clone().matmul(v.swap_dims(2, 3));
-    let dropped = match keep {
-        Some(keep) => {
-            dp = dp * keep.clone();
-            p.clone() * keep
-        }
-        None => p.clone(),
+    let dp = grad.clone().matmul(v.swap_dims(2, 3));
+    let (dp, dropped) = match keep {
+        Some(keep) => (dp * keep.clone(), p.clone() * keep),
+        None => (dp, p.clone()),
     };
     let dv = dropped.swap_dims(2, 3).matmul(grad.clone());
     // Σⱼ Pᵢⱼ·dPᵢⱼ = dOᵢ·Oᵢ, with or without dropout.
