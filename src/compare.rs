@@ -9,7 +9,7 @@ use genzoo_core::{BackendKind, Error, Result};
 use genzoo_train::RunConfig;
 use genzoo_train::experiment::{Experiment, RunResult, report_image, report_markdown};
 use genzoo_train::logger::read_jsonl;
-use genzoo_train::plot::{Panel, Record, curve_panels, write_svg};
+use genzoo_train::plot::{Panel, Record, curve_panels, metric_points, write_svg};
 use serde::{Deserialize, Serialize};
 
 use crate::cli::{evaluate_run, start_training, write_eval_json};
@@ -85,7 +85,10 @@ fn loss_curve(dir: &Path) -> Vec<f64> {
         .into_iter()
         .find(|k| records.iter().any(|r| r.contains_key(*k)));
     match key {
-        Some(k) => records.iter().filter_map(|r| r.get(k)?.as_f64()).collect(),
+        Some(k) => metric_points(&records, k)
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect(),
         None => Vec::new(),
     }
 }
@@ -205,15 +208,16 @@ pub fn compare(path: &Path, out: Option<PathBuf>, backend: BackendKind) -> Resul
         })
         .collect();
     report_image(&panels, &out.join("report.png"))?;
-    let curves = out.join("report.svg");
-    write_svg(&report_curves(&experiment, &out), &curves)?;
+    let mut wrote = vec![md, out.join("report.png")];
+    // Runs that logged no loss leave nothing to plot (and report.md stands).
+    let curves = report_curves(&experiment, &out);
+    if !curves.is_empty() {
+        wrote.push(out.join("report.svg"));
+        write_svg(&curves, &out.join("report.svg"))?;
+    }
     println!("{report}");
-    println!(
-        "wrote {}, {} and {}",
-        md.display(),
-        out.join("report.png").display(),
-        curves.display()
-    );
+    let wrote: Vec<String> = wrote.iter().map(|p| p.display().to_string()).collect();
+    println!("wrote {}", wrote.join(", "));
     Ok(())
 }
 
