@@ -69,6 +69,9 @@ fn check_runs(experiment: &Experiment) -> Result<()> {
         let config = run_config(experiment, index, experiment.seeds[0])
             .map_err(|e| Error::Config(format!("run '{}': {e}", spec.name)))?;
         config.train.validate()?;
+        config
+            .model
+            .check_micro_batches(config.train.micro_batches)?;
         if !config.model.reads_text() {
             config.data.image_source()?;
         }

@@ -310,6 +310,42 @@ fn data_errors_are_clear() {
     assert!(fails(&genzoo(&["train", "vae-xl"], dir)).contains("genzoo list"));
 }
 
+#[test]
+fn micro_batches_are_a_flag_and_gans_refuse_them_before_writing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_idx_dataset(&dir.join("digits"), 64, 16, 28, 10).unwrap();
+    let train = |preset: &str, out: &str, micro: &str| {
+        genzoo(
+            &[
+                "train",
+                preset,
+                "--dataset",
+                "idx:digits",
+                "--batch-size",
+                "16",
+                "--micro-batches",
+                micro,
+                "--steps",
+                "2",
+                "--out",
+                out,
+            ],
+            dir,
+        )
+    };
+    ok(&train("vae-mlp", "vae", "4"));
+    let config = std::fs::read_to_string(dir.join("vae/config.toml")).unwrap();
+    assert!(config.contains("micro_batches = 4"), "{config}");
+    let err = fails(&train("dcgan-28", "gan", "2"));
+    assert!(err.contains("micro_batches = 1"), "{err}");
+    assert!(!dir.join("gan").exists(), "a refused run writes nothing");
+    let err = fails(&train("vae-mlp", "zero", "0"));
+    assert!(err.contains("micro_batches must be at least 1"), "{err}");
+    let err = fails(&train("vae-mlp", "many", "17"));
+    assert!(err.contains("below one example each"), "{err}");
+}
+
 /// Writes `n` colour PNGs in two class folders, in two sizes: red squares
 /// and blue ones on grey.
 fn write_colour_folder(dir: &Path, n: u32) {

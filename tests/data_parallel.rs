@@ -237,6 +237,58 @@ fn two_replicas_drop_and_noise_as_one_device_does() {
 }
 
 #[test]
+fn micro_batches_take_the_whole_batch_step_alone_and_on_replicas() {
+    // Gradient accumulation: a step split into micro-batches is the step on
+    // the whole batch, noise, label dropout, dropout masks and EMA included,
+    // on one device (uneven micro-batches of 5, 5 and 6) and inside each of
+    // two replicas (micro-batches of 4 in shards of 8).
+    let _g = lock(&RNG_LOCK);
+    let tmp = tempfile::tempdir().unwrap();
+    let mut ddpm = tiny_ddpm(10);
+    ddpm.unet.dropout = 0.3;
+    // A step proportional to the gradient, so that a wrongly scaled sum of
+    // the micro-batches' gradients shows (Adam's ε = 1e-8 would hide it).
+    ddpm.adam_eps = 1.0;
+    let images = data(8, 16);
+    let make = |d: &CpuDevice| DdpmTrainer::<B>::new(ddpm.clone(), d);
+    let start = param_values(&make(&CpuDevice::default()).unet);
+    let run = |name: &str, devices: usize, micro_batches: usize| {
+        let cfg = TrainConfig {
+            micro_batches,
+            ..config(3, 16)
+        };
+        let family = train(
+            make,
+            &images,
+            &tmp.path().join(name),
+            &cfg,
+            devices,
+            None,
+            false,
+        );
+        (param_values(&family.unet), param_values(family.ema_unet()))
+    };
+    let whole = run("whole", 1, 1);
+    assert!(
+        max_diff(&whole.0, &start) > 1e-4,
+        "the steps changed nothing"
+    );
+    for (name, devices, micro_batches) in [("three", 1, 3), ("two-by-two", 2, 2)] {
+        let split = run(name, devices, micro_batches);
+        assert!(
+            max_diff(&whole.0, &split.0) < 1e-6,
+            "{name}: weights differ from the whole batch's by {}",
+            max_diff(&whole.0, &split.0)
+        );
+        assert!(
+            max_diff(&whole.1, &split.1) < 1e-6,
+            "{name}: EMA weights differ by {} (an EMA update per micro-batch?)",
+            max_diff(&whole.1, &split.1)
+        );
+    }
+}
+
+#[test]
 fn uneven_shards_and_checkpoints_move_between_one_and_several_devices() {
     let _g = lock(&RNG_LOCK);
     let tmp = tempfile::tempdir().unwrap();

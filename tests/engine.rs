@@ -1,6 +1,6 @@
 //! The training engine end to end through the library: loss goes down,
-//! exact resume, corrupt-checkpoint fallback, the NaN stop, and refusing
-//! checkpoints of other models.
+//! exact resume, corrupt-checkpoint fallback, the NaN stop, refusing
+//! checkpoints of other models, and steps split into micro-batches.
 
 use std::path::{Path, PathBuf};
 
@@ -535,4 +535,86 @@ fn a_minutes_run_resumes_on_its_plan_and_stops_on_the_clock() {
     let manifest = last_manifest(run);
     assert_eq!(manifest["step"], before + clocked.steps_this_call);
     assert_eq!(manifest["step"], clocked.step);
+}
+
+#[test]
+fn micro_batches_train_as_the_whole_batch_down_to_a_short_last_batch() {
+    let _guard = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let device = CpuDevice::default();
+    // 98 images in batches of 16: six whole batches, then one of 2 rows,
+    // which three micro-batches cannot split: it is taken as two.
+    let (x, y) = synthetic::images(98, SIZE, 4, 1);
+    let (tx, ty) = synthetic::images(32, SIZE, 4, 2);
+    let images = ImageData::new(
+        ImageDataset::new(x, y, (1, SIZE, SIZE), vec![]).unwrap(),
+        ImageDataset::new(tx, ty, (1, SIZE, SIZE), vec![]).unwrap(),
+        16,
+        Scaling::Unit,
+        1,
+    )
+    .unwrap();
+    let run = |name: &str, micro_batches: usize| {
+        let config = TrainConfig {
+            micro_batches,
+            ..train_config(9)
+        };
+        let out = trainer(&tmp.path().join(name), config, false)
+            .fit(fresh_vae(), &images, &device)
+            .unwrap();
+        let records = read_jsonl(&tmp.path().join(name).join("metrics.jsonl")).unwrap();
+        let losses: Vec<f64> = records
+            .iter()
+            .filter_map(|r| r.get("train_loss")?.as_f64())
+            .collect();
+        (weights(&out.family), losses)
+    };
+    let (whole, whole_losses) = run("whole", 1);
+    let (split, split_losses) = run("split", 3);
+    let diff = whole
+        .iter()
+        .zip(&split)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff < 1e-5, "weights differ by {diff}");
+    assert_eq!(whole_losses.len(), 9);
+    for (a, b) in whole_losses.iter().zip(&split_losses) {
+        assert!((a - b).abs() < 1e-4 * a.abs(), "loss {a} vs {b}");
+    }
+}
+
+#[test]
+fn a_family_that_cannot_split_its_steps_is_refused_before_training() {
+    let _guard = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let device = CpuDevice::default();
+    // A family says so itself (`Family::supports_micro_batches`); this one
+    // does not, so the engine must not guess.
+    let family = NanAt::<B> {
+        net: LinearConfig::new(SIZE * SIZE, SIZE * SIZE).init(&device),
+        optimizer: AdamConfig::new().init(),
+        nan_step: 0,
+        device,
+    };
+    let config = TrainConfig {
+        micro_batches: 2,
+        ..train_config(4)
+    };
+    let err = trainer(tmp.path(), config, false)
+        .fit(family, &data(1), &device)
+        .err()
+        .expect("must refuse");
+    assert!(
+        err.to_string()
+            .contains("cannot split its steps into micro-batches"),
+        "{err}"
+    );
+    assert!(
+        !tmp.path().join("checkpoints").exists() || {
+            list_checkpoints(&tmp.path().join("checkpoints"))
+                .unwrap()
+                .is_empty()
+        }
+    );
+    assert!(!tmp.path().join("metrics.jsonl").exists());
 }

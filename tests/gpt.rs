@@ -143,6 +143,57 @@ fn gpt_resume_is_exact_with_dropout() {
 }
 
 #[test]
+fn micro_batches_train_as_the_whole_batch_with_dropout_and_weight_decay() {
+    // A batch of 8 split into micro-batches of 2, 3 and 3: each has its own
+    // dropout masks (the rows of the whole batch's), and weight decay, like
+    // the update, happens once per step.
+    let _guard = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = corpus();
+    let data = TextData::new(corpus.clone(), 16, 8, 2, 2).unwrap();
+    let device = CpuDevice::default();
+    let run = |name: &str, micro_batches: usize| {
+        let config = TrainConfig {
+            micro_batches,
+            ..train_config(12)
+        };
+        let run = RunDir::create(tmp.path().join(name), false).unwrap();
+        let out = Trainer::new(run, config)
+            .progress(false)
+            .fit(fresh(&corpus, 0.1), &data, &device)
+            .unwrap();
+        let records = read_jsonl(&tmp.path().join(name).join("metrics.jsonl")).unwrap();
+        let logged = |key: &str| -> Vec<f64> {
+            records
+                .iter()
+                .filter_map(|r| r.get(key)?.as_f64())
+                .collect()
+        };
+        let losses = (logged("train_loss"), logged("train_grad_norm"));
+        (param_values(out.family.model()), losses)
+    };
+    let (whole, whole_logged) = run("whole", 1);
+    let (split, split_logged) = run("split", 3);
+    let diff = whole
+        .iter()
+        .zip(&split)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(diff < 1e-5, "weights differ by {diff}");
+    // The logged loss is the whole batch's mean, the norm the summed gradient's.
+    for (a, b) in [
+        (&whole_logged.0, &split_logged.0),
+        (&whole_logged.1, &split_logged.1),
+    ] {
+        assert_eq!(a.len(), 12);
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-4 * x.abs().max(1.0), "{x} vs {y}");
+        }
+    }
+}
+
+#[test]
 fn gpt_pixel_trains_on_images_and_samples_them() {
     let _guard = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = tempfile::tempdir().unwrap();

@@ -49,10 +49,18 @@ pub(super) struct Overrides {
     /// Resize a folder dataset's images (shorter side, then a centre crop) to N×N.
     #[arg(long)]
     image_size: Option<usize>,
+    /// Examples per optimizer step (the global batch of a data-parallel run).
     #[arg(long)]
     batch_size: Option<usize>,
+    /// Split each step's batch into N micro-batches (one forward and backward
+    /// pass each, one update with their summed gradients): the same training
+    /// in the memory of a smaller batch. Not for GANs.
+    #[arg(long, value_name = "N")]
+    micro_batches: Option<usize>,
+    /// Base learning rate (the peak of a warm-up/cosine schedule).
     #[arg(long)]
     lr: Option<f64>,
+    /// Seed of initialisation, data order and noise.
     #[arg(long)]
     seed: Option<u64>,
     /// Budget in optimizer steps (replaces --epochs and --minutes).
@@ -134,6 +142,9 @@ impl Overrides {
         let t = &mut c.train;
         if let Some(v) = self.batch_size {
             t.batch_size = v;
+        }
+        if let Some(v) = self.micro_batches {
+            t.micro_batches = v;
         }
         if let Some(v) = self.lr {
             t.lr = v;
@@ -292,6 +303,9 @@ pub(crate) fn start_training(
     backend: BackendKind,
 ) -> Result<TrainSummary> {
     config.train.validate()?;
+    config
+        .model
+        .check_micro_batches(config.train.micro_batches)?;
     config.parallel.validate()?;
 
     // Fail before anything is written when the backend cannot run.
@@ -566,6 +580,7 @@ fn fit<B, F, D>(job: TrainJob<()>, device: &B::Device, family: F, data: &D) -> R
 where
     B: AutodiffBackend,
     F: Family<B>,
+    F::Batch: genzoo_core::ShardBatch,
     D: genzoo_core::TrainData<B, Batch = F::Batch>,
 {
     let TrainJob {

@@ -4,8 +4,9 @@
 //! two). The engine owns the loop: budget, schedule, seeding, evaluation,
 //! logging, sample grids and checkpoints. Between the two sits
 //! [`StepContext`]: a family computes gradients, then hands them to
-//! [`StepContext::apply`], which is where clipping happens now and where a
-//! data-parallel all-reduce goes later, for every family at once.
+//! [`StepContext::apply`], which is where a split step's micro-batch
+//! gradients are summed, data-parallel replicas average theirs, and
+//! clipping happens, for every family at once.
 
 use std::path::Path;
 
@@ -14,7 +15,7 @@ use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::grad;
 use crate::parallel::{self, Replica};
 
@@ -77,8 +78,9 @@ impl<B: Backend> ImageBatch<B> {
     }
 }
 
-/// A batch that a data-parallel replica can take its rows of.
-pub trait ShardBatch: Sized {
+/// A batch whose rows can be taken apart: a data-parallel replica's share,
+/// or a micro-batch of a split step.
+pub trait ShardBatch: Sized + Clone {
     /// Number of examples (rows) in the batch.
     fn rows(&self) -> usize;
     /// Rows `[start, end)` of the batch.
@@ -254,6 +256,16 @@ pub trait Family<B: AutodiffBackend>: Sized {
     /// the progress bar.
     fn train_step(self, batch: Self::Batch, ctx: &mut StepContext) -> Result<(Self, Metrics)>;
 
+    /// Whether a step may be split into micro-batches (`micro_batches` in
+    /// the config): true for a family that makes one [`StepContext::apply`]
+    /// call per step and changes nothing else with the weights unless
+    /// [`StepContext::updates_weights`]. The engine refuses to split the
+    /// steps of any other (a GAN updates two networks, the second against
+    /// the first's new weights).
+    fn supports_micro_batches(&self) -> bool {
+        false
+    }
+
     /// Metrics of one held-out batch, averaged over its examples; the engine
     /// weights them by batch size and prefixes them with `test_`.
     fn eval_batch(&self, batch: Self::Batch) -> Result<Metrics>;
@@ -331,9 +343,30 @@ pub trait Family<B: AutodiffBackend>: Sized {
     fn load(self, dir: &Path) -> Result<Self>;
 }
 
+/// One micro-batch of a step whose batch is split to save memory: each
+/// micro-batch has its own forward and backward pass, their gradients are
+/// added up (weighted by their shares of the batch), and the last one
+/// updates the weights with the gradient of the whole batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MicroBatch {
+    /// This micro-batch's place in the step, from 0.
+    pub index: usize,
+    /// Micro-batches in the step.
+    pub count: usize,
+    /// Its rows over the step's rows (this replica's, in a data-parallel run).
+    pub weight: f64,
+}
+
+impl MicroBatch {
+    /// Whether this is the step's last micro-batch, the one that updates.
+    pub fn is_last(&self) -> bool {
+        self.index + 1 == self.count
+    }
+}
+
 /// The engine's side of one training step: learning rate, clipping, and the
 /// point where gradients are applied.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct StepContext {
     /// The step being taken, starting at 1.
     pub step: u64,
@@ -350,6 +383,14 @@ pub struct StepContext {
     /// The data-parallel replica taking this step, if any: gradients are
     /// averaged over replicas in [`StepContext::apply`].
     pub replica: Option<Replica>,
+    /// The micro-batch this call of [`Family::train_step`] takes, when the
+    /// engine splits the step's batch (`micro_batches` in the config); set
+    /// through [`StepContext::begin_micro_batch`].
+    micro_batch: Option<MicroBatch>,
+    /// The gradients of this step's earlier micro-batches, weighted and summed.
+    accumulated: Option<GradientsParams>,
+    /// Calls of [`StepContext::apply`] in this micro-batch.
+    applies: usize,
 }
 
 impl StepContext {
@@ -363,7 +404,31 @@ impl StepContext {
             grad_norms: Vec::new(),
             warnings: Vec::new(),
             replica: None,
+            micro_batch: None,
+            accumulated: None,
+            applies: 0,
         }
+    }
+
+    /// Starts micro-batch `micro` of an accumulated step (the engine calls
+    /// this before each call of [`Family::train_step`] of the step).
+    pub fn begin_micro_batch(&mut self, micro: MicroBatch) {
+        self.micro_batch = Some(micro);
+        self.applies = 0;
+    }
+
+    /// The micro-batch being taken, if the step is split into several.
+    pub fn micro_batch(&self) -> Option<MicroBatch> {
+        self.micro_batch
+    }
+
+    /// Whether [`StepContext::apply`] in this call updates the weights:
+    /// always, except on the micro-batches before the last of a split step,
+    /// where it only adds the gradients up. Whatever a family changes along
+    /// with the weights (an EMA of them, decoupled weight decay) it changes
+    /// only when this is true.
+    pub fn updates_weights(&self) -> bool {
+        self.micro_batch.is_none_or(|m| m.is_last())
     }
 
     /// Raises a warning (a family noticing trouble it should not hide).
@@ -400,10 +465,11 @@ impl StepContext {
 
     /// Applies `grads` to `module` with `optimizer` at learning rate `lr`.
     ///
-    /// This is the one place where gradients turn into updates: in a
-    /// data-parallel run the gradients are averaged over replicas here, and
-    /// then global-norm clipping (as PyTorch's `clip_grad_norm_`) applies to
-    /// the averaged gradients.
+    /// This is the one place where gradients turn into updates: on the
+    /// micro-batches of a split step they are added up here (only the last
+    /// one updates, with the sum), in a data-parallel run they are averaged
+    /// over replicas here, and then global-norm clipping (as PyTorch's
+    /// `clip_grad_norm_`) applies to the gradient of the whole batch.
     pub fn apply_with_lr<B, M, O>(
         &mut self,
         optimizer: &mut O,
@@ -416,6 +482,24 @@ impl StepContext {
         M: AutodiffModule<B>,
         O: Optimizer<M, B>,
     {
+        if let Some(micro) = self.micro_batch {
+            self.applies += 1;
+            if self.applies > 1 {
+                return Err(Error::Config(
+                    "micro_batches > 1 needs one update per step, and this model updated a second \
+                     network in the same step (a GAN's discriminator and generator): set \
+                     micro_batches = 1"
+                        .into(),
+                ));
+            }
+            let sum = self.accumulated.take().unwrap_or_default();
+            let sum = grad::add_scaled::<B, M>(&module, sum, grads, micro.weight);
+            if !micro.is_last() {
+                self.accumulated = Some(sum);
+                return Ok(module);
+            }
+            grads = sum;
+        }
         if let Some(replica) = &self.replica {
             grads = parallel::all_reduce_grads::<B, M>(&module, grads, replica)?;
         }
@@ -424,5 +508,82 @@ impl StepContext {
             self.grad_norms.push(norm);
         }
         Ok(optimizer.step(lr, module, grads))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{CpuAutodiff, CpuDevice};
+    use crate::record::param_values;
+    use crate::seed::{host_rng, normal_tensor};
+    use burn::module::AutodiffModule;
+    use burn::nn::{Linear, LinearConfig};
+    use burn::optim::SgdConfig;
+
+    type A = CpuAutodiff;
+
+    /// The gradient of the mean squared output of `layer` over `x`'s rows.
+    fn grads(layer: &Linear<A>, x: Tensor<A, 2>) -> GradientsParams {
+        let loss = layer.forward(x).square().mean();
+        GradientsParams::from_grads(loss.backward(), layer)
+    }
+
+    #[test]
+    fn micro_batches_add_up_to_the_whole_batch_update() {
+        let device = CpuDevice::default();
+        let layer: Linear<A> = LinearConfig::new(3, 2).init(&device);
+        let _ = layer.num_params(); // lazy initialisation, before any clone
+        let x = normal_tensor::<A, 2>(&mut host_rng(1, "x", 0), [5, 3], 0.0, 1.0, &device);
+        // Plain SGD: the update is the gradient itself, scale and all.
+        let mut sgd = SgdConfig::new().init();
+        let mut ctx = StepContext::new(1, 0.1);
+        let whole = ctx
+            .apply(&mut sgd, layer.clone(), grads(&layer, x.clone()))
+            .unwrap();
+
+        let mut sgd = SgdConfig::new().init();
+        let mut ctx = StepContext::new(1, 0.1);
+        let mut split = layer.clone();
+        for (index, (start, end)) in [(0, 2), (2, 5)].into_iter().enumerate() {
+            ctx.begin_micro_batch(MicroBatch {
+                index,
+                count: 2,
+                weight: (end - start) as f64 / 5.0,
+            });
+            assert_eq!(ctx.updates_weights(), index == 1);
+            let g = grads(&split, x.clone().narrow(0, start, end - start));
+            split = ctx.apply(&mut sgd, split, g).unwrap();
+            if index == 0 {
+                // Only added up: the weights have not moved.
+                assert_eq!(param_values(&split.valid()), param_values(&layer.valid()));
+            }
+        }
+        let (a, b) = (param_values(&whole.valid()), param_values(&split.valid()));
+        assert_ne!(a, param_values(&layer.valid()));
+        for (x, y) in a.iter().zip(&b) {
+            assert!((x - y).abs() < 1e-6, "{a:?} vs {b:?}");
+        }
+    }
+
+    #[test]
+    fn a_second_update_in_a_micro_batch_is_an_error() {
+        let device = CpuDevice::default();
+        let layer: Linear<A> = LinearConfig::new(3, 2).init(&device);
+        let x = normal_tensor::<A, 2>(&mut host_rng(2, "x", 0), [4, 3], 0.0, 1.0, &device);
+        let mut sgd = SgdConfig::new().init();
+        let mut ctx = StepContext::new(1, 0.1);
+        ctx.begin_micro_batch(MicroBatch {
+            index: 0,
+            count: 2,
+            weight: 0.5,
+        });
+        let layer = ctx
+            .apply(&mut sgd, layer.clone(), grads(&layer, x.clone()))
+            .unwrap();
+        let err = ctx
+            .apply(&mut sgd, layer.clone(), grads(&layer, x))
+            .unwrap_err();
+        assert!(err.to_string().contains("one update per step"), "{err}");
     }
 }

@@ -27,6 +27,6 @@ pub mod vocabulary;
 pub use backend::{BackendKind, CpuBackend, CpuDevice};
 pub use error::{Error, Result};
 pub use family::{
-    Family, ImageBatch, Metrics, SampleRequest, SamplerOptions, ShardBatch, StepContext,
-    TextRequest, TokenBatch, TrainData,
+    Family, ImageBatch, Metrics, MicroBatch, SampleRequest, SamplerOptions, ShardBatch,
+    StepContext, TextRequest, TokenBatch, TrainData,
 };

@@ -114,6 +114,20 @@ impl ModelConfig {
         }
     }
 
+    /// Whether the model's steps can be split into `micro_batches`
+    /// (gradient accumulation); the error says why not. Checked before
+    /// anything is written (the engine checks the family again).
+    pub fn check_micro_batches(&self, micro_batches: usize) -> Result<()> {
+        match self {
+            ModelConfig::Gan(_) if micro_batches > 1 => Err(Error::Config(format!(
+                "gan: micro_batches = {micro_batches}, but a GAN step updates the discriminator \
+                 and then the generator against the new discriminator, which micro-batches \
+                 cannot split: set micro_batches = 1 (a smaller batch_size saves memory)"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Checks the config for values no model can be built from.
     pub fn validate(&self) -> Result<()> {
         match self {

@@ -183,11 +183,9 @@ impl<B: AutodiffBackend> BenchTask<'_, B> {
             if i == o.warmup as u64 {
                 window = Some(CpuWindow::start());
             }
-            let mut ctx = StepContext {
-                lr_factor: schedule.factor(self.preset.lr, i, total),
-                clip_norm: self.preset.clip_norm,
-                ..StepContext::new(i + 1, self.preset.lr)
-            };
+            let mut ctx = StepContext::new(i + 1, self.preset.lr);
+            ctx.lr_factor = schedule.factor(self.preset.lr, i, total);
+            ctx.clip_norm = self.preset.clip_norm;
             let t0 = Instant::now();
             let (next, metrics) = family.train_step(batch.clone(), &mut ctx)?;
             let elapsed = t0.elapsed().as_secs_f64();

@@ -42,6 +42,13 @@ pub struct TrainConfig {
     pub minutes: Option<f64>,
     /// Examples per step.
     pub batch_size: usize,
+    /// Split each step's batch into this many micro-batches, each with its
+    /// own forward and backward pass, and update once with their summed
+    /// gradients: the update of `batch_size` examples in the memory of a
+    /// micro-batch. The same run up to float rounding (the noise of each
+    /// example is the same); families with several networks per step
+    /// (GANs) need 1.
+    pub micro_batches: usize,
     /// Base learning rate.
     pub lr: f64,
     /// Learning-rate schedule.
@@ -73,6 +80,7 @@ impl Default for TrainConfig {
             epochs: None,
             minutes: None,
             batch_size: 128,
+            micro_batches: 1,
             lr: 1e-3,
             schedule: Schedule::Constant,
             clip_norm: None,
@@ -109,6 +117,15 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         if self.batch_size == 0 {
             return Err(Error::Config("batch_size must be at least 1".into()));
+        }
+        if self.micro_batches == 0 {
+            return Err(Error::Config("micro_batches must be at least 1".into()));
+        }
+        if self.micro_batches > self.batch_size {
+            return Err(Error::Config(format!(
+                "micro_batches = {} splits a batch of {} below one example each",
+                self.micro_batches, self.batch_size
+            )));
         }
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err(Error::Config(format!(

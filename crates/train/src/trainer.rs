@@ -13,7 +13,8 @@ use genzoo_core::image::{default_columns, save_grid};
 use genzoo_core::parallel::{self, Replica};
 use genzoo_core::seed::{derive, seed_step};
 use genzoo_core::{
-    Error, Family, Metrics, Result, ShardBatch, StepContext, TextRequest, TrainData, noise,
+    Error, Family, Metrics, MicroBatch, Result, ShardBatch, StepContext, TextRequest, TrainData,
+    noise,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -130,6 +131,7 @@ impl Trainer {
     where
         B: AutodiffBackend,
         F: Family<B>,
+        F::Batch: ShardBatch,
         D: TrainData<B, Batch = F::Batch>,
     {
         if let Some(m) = resumed
@@ -179,6 +181,7 @@ impl Trainer {
     where
         B: AutodiffBackend,
         F: Family<B>,
+        F::Batch: ShardBatch,
         D: TrainData<B, Batch = F::Batch>,
     {
         const MAX_TIMED: u32 = 200;
@@ -226,6 +229,7 @@ impl Trainer {
     where
         B: AutodiffBackend,
         F: Family<B>,
+        F::Batch: ShardBatch,
         D: TrainData<B, Batch = F::Batch>,
     {
         self.run_loop(family, data, device, None)
@@ -288,10 +292,19 @@ impl Trainer {
     where
         B: AutodiffBackend,
         F: Family<B>,
+        F::Batch: ShardBatch,
         D: TrainData<B, Batch = F::Batch>,
     {
         let cfg = &self.config;
         cfg.validate()?;
+        if cfg.micro_batches > 1 && !family.supports_micro_batches() {
+            return Err(Error::Config(format!(
+                "{} cannot split its steps into micro-batches (micro_batches = {}): its step \
+                 updates more than one network, or keeps state that moves with the weights; \
+                 set micro_batches = 1",
+                self.identity.model, cfg.micro_batches
+            )));
+        }
         let replica = parallel.as_ref().map(|(r, _)| *r);
         // Only the leader of a data-parallel run (or a one-device run) writes.
         let leader = replica.is_none_or(|r| r.is_leader());
@@ -623,6 +636,7 @@ fn take_step<B, F, D>(
 where
     B: AutodiffBackend,
     F: Family<B>,
+    F::Batch: ShardBatch,
     D: TrainData<B, Batch = F::Batch>,
 {
     if parallel.is_none_or(|(r, _)| r.is_leader()) {
@@ -634,32 +648,77 @@ where
         seed_step::<B>(device, cfg.seed, step + 1);
     }
     let mut batch = data.train_batch(epoch, index, device);
+    let mut rows = batch.rows();
     let mut replica = None;
     if let Some((r, shard)) = parallel {
-        let (rows_of_replica, rows) = shard(batch, r)?;
-        batch = rows_of_replica;
+        let (rows_of_replica, global_rows) = shard(batch, r)?;
+        (batch, rows) = (rows_of_replica, global_rows);
         parallel::set_batch(rows);
         replica = Some(Replica {
             batch: Some(rows),
             ..*r
         });
     }
-    let mut ctx = StepContext {
-        step: step + 1,
-        base_lr: cfg.lr,
-        lr_factor: cfg.schedule.factor(cfg.lr, step, total),
-        clip_norm: cfg.clip_norm,
-        grad_norms: Vec::new(),
-        warnings: Vec::new(),
-        replica,
-    };
+    let mut ctx = StepContext::new(step + 1, cfg.lr);
+    ctx.lr_factor = cfg.schedule.factor(cfg.lr, step, total);
+    ctx.clip_norm = cfg.clip_norm;
+    ctx.replica = replica;
     let seed = derive(cfg.seed, "noise", step + 1);
+    if cfg.micro_batches > 1 {
+        let (family, metrics) = micro_batched_step(family, batch, rows, cfg, seed, &mut ctx)?;
+        return Ok((family, metrics, ctx));
+    }
     let _noise = match replica {
         Some(r) => noise::begin_sharded(seed, r),
         None => noise::begin(seed),
     };
     let (family, metrics) = family.train_step(batch, &mut ctx)?;
     Ok((family, metrics, ctx))
+}
+
+/// One step as `cfg.micro_batches` micro-batches (at most one a row) of this
+/// replica's rows of a global batch of `rows`. Micro-batch k of replica r takes the rows that
+/// replica r·n + k of a run n times as wide would, and draws that replica's
+/// noise, so the summed gradient is the whole batch's; the family adds the
+/// gradients up in `ctx` and the last micro-batch updates. The metrics are
+/// the micro-batches' means weighted by their rows.
+fn micro_batched_step<B, F>(
+    mut family: F,
+    batch: F::Batch,
+    rows: usize,
+    cfg: &TrainConfig,
+    seed: u64,
+    ctx: &mut StepContext,
+) -> Result<(F, Metrics)>
+where
+    B: AutodiffBackend,
+    F: Family<B>,
+    F::Batch: ShardBatch,
+{
+    let own = ctx.replica.unwrap_or(Replica::new(0, 1));
+    let (first, last) = own.shard_range(rows);
+    // A short last batch of an epoch may have fewer rows than micro-batches.
+    let count = cfg.micro_batches.min(last - first);
+    let mut metrics = MetricWindow::default();
+    for index in 0..count {
+        let part = Replica {
+            rank: own.rank * count + index,
+            world: own.world * count,
+            batch: Some(rows),
+        };
+        let (start, end) = part.shard_range(rows);
+        ctx.begin_micro_batch(MicroBatch {
+            index,
+            count,
+            weight: (end - start) as f64 / (last - first) as f64,
+        });
+        let _noise = noise::begin_sharded(seed, part);
+        let micro = batch.clone().shard(start - first, end - first);
+        let (next, step_metrics) = family.train_step(micro, ctx)?;
+        family = next;
+        metrics.add(&step_metrics, (end - start) as f64);
+    }
+    Ok((family, metrics.mean()))
 }
 
 /// Checks that every replica starts at the same step of the same budget

@@ -514,6 +514,11 @@ impl<B: AutodiffBackend> Family<B> for DdpmTrainer<B> {
         trainable_params(&self.unet)
     }
 
+    fn supports_micro_batches(&self) -> bool {
+        // The EMA moves only with the update (`train_step`).
+        true
+    }
+
     fn train_step(
         mut self,
         batch: ImageBatch<B>,
@@ -525,7 +530,9 @@ impl<B: AutodiffBackend> Family<B> for DdpmTrainer<B> {
         let grads = GradientsParams::from_grads(loss.backward(), &self.unet);
         self.unet = ctx.apply(&mut self.optimizer, self.unet.clone(), grads)?;
         // The EMA update is part of the step (the reference model's recipe).
-        self.ema.update(&self.unet, ctx.step);
+        if ctx.updates_weights() {
+            self.ema.update(&self.unet, ctx.step);
+        }
         let values = per_example
             .inner()
             .into_data()

@@ -127,8 +127,9 @@ impl<B: AutodiffBackend> GptCore<B> {
     ) -> Result<(Self, f64)> {
         let loss = cross_entropy(self.model.forward(inputs), targets);
         let grads = GradientsParams::from_grads(loss.backward(), &self.model);
-        let lr = ctx.lr();
-        self.model = weight_decay(self.model, &self.config, lr);
+        if ctx.updates_weights() {
+            self.model = weight_decay(self.model, &self.config, ctx.lr());
+        }
         self.model = ctx.apply(&mut self.optimizer, self.model, grads)?;
         Ok((self, loss.into_scalar().elem()))
     }
@@ -212,6 +213,11 @@ impl<B: AutodiffBackend> Family<B> for GptText<B> {
 
     fn num_params(&self) -> usize {
         self.core.model.num_params()
+    }
+
+    fn supports_micro_batches(&self) -> bool {
+        // Weight decay moves only with the update (`GptCore::step`).
+        true
     }
 
     fn train_step(
@@ -400,6 +406,11 @@ impl<B: AutodiffBackend> Family<B> for GptPixel<B> {
 
     fn num_params(&self) -> usize {
         self.core.model.num_params()
+    }
+
+    fn supports_micro_batches(&self) -> bool {
+        // Weight decay moves only with the update (`GptCore::step`).
+        true
     }
 
     fn train_step(

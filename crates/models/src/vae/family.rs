@@ -79,6 +79,11 @@ impl<B: AutodiffBackend> Family<B> for VaeTrainer<B> {
         self.model.num_params()
     }
 
+    fn supports_micro_batches(&self) -> bool {
+        // One update per step, nothing else moves with the weights.
+        true
+    }
+
     fn train_step(
         mut self,
         batch: ImageBatch<B>,
