@@ -84,10 +84,17 @@ impl<B: AutodiffBackend> Family<B> for AutoencoderFamily<B> {
             .powi_scalar(2)
             .mean();
         let grads = GradientsParams::from_grads(loss.backward(), &self.net);
-        // The engine applies the update: scheduled learning rate, clipping, and
-        // (one day) the data-parallel all-reduce all happen in there.
+        // The engine applies the update: scheduled learning rate, clipping,
+        // summing micro-batches' gradients and the data-parallel all-reduce
+        // all happen in there.
         self.net = ctx.apply(&mut self.optimizer, self.net, grads)?;
         Ok((self, Metrics::new().with("mse", loss.into_scalar().elem())))
+    }
+
+    /// One update per step and no other state (an EMA would move only when
+    /// `ctx.updates_weights()`), so `micro_batches` may split the steps.
+    fn supports_micro_batches(&self) -> bool {
+        true
     }
 
     fn eval_batch(&self, batch: ImageBatch<B>) -> Result<Metrics> {
