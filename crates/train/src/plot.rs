@@ -229,7 +229,7 @@ fn draw_panel<'a>(area: &Area<'a>, panel: &Panel) -> DrawResult<'a> {
         .margin(10)
         .x_label_area_size(36)
         .y_label_area_size(64)
-        .build_cartesian_2d(steps, values)?;
+        .build_cartesian_2d(steps.clone(), values.clone())?;
     chart
         .configure_mesh()
         .x_desc("step")
@@ -264,11 +264,63 @@ fn draw_panel<'a>(area: &Area<'a>, panel: &Panel) -> DrawResult<'a> {
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
+        .position(legend_corner(panel, &steps, &values))
         .background_style(WHITE.mix(0.85))
         .border_style(RGBColor(180, 180, 180))
         .draw()?;
     Ok(())
+}
+
+/// The corner where the legend covers the least of the lines: the upper
+/// right, unless a line runs there (a GAN's rising loss), then the
+/// emptiest. Counts points along each line that fall in the legend's box
+/// and its distance from the axes, sized from its labels (~7 px a
+/// character and 55 px of key and padding, ~20 px a line and 26 px of
+/// padding, in a plot area of ~436 × 260 px).
+fn legend_corner(panel: &Panel, steps: &Range<f64>, values: &Range<f64>) -> SeriesLabelPosition {
+    let longest = panel.series.iter().map(|s| s.label.chars().count());
+    let width = (longest.max().unwrap_or(0) * 7 + 55) as f64 / 436.0;
+    let height = (panel.series.len() * 20 + 26) as f64 / 260.0;
+    let fraction = |v: f64, r: &Range<f64>| (v - r.start) / (r.end - r.start);
+    // Points along every segment, so that a line between sparse points counts.
+    let along = panel.series.iter().flat_map(|s| {
+        let ends = s.points.windows(2).map(|w| (w[0], w[1]));
+        let single = (s.points.len() == 1).then(|| (s.points[0], s.points[0]));
+        ends.chain(single).flat_map(|((x0, y0), (x1, y1))| {
+            (0..=8).map(move |i| {
+                let t = i as f64 / 8.0;
+                (x0 + t * (x1 - x0), y0 + t * (y1 - y0))
+            })
+        })
+    });
+    let covered = |right: bool, upper: bool| {
+        along
+            .clone()
+            .filter(|&(x, y)| {
+                let (fx, fy) = (fraction(x, steps), fraction(y, values));
+                (if right {
+                    fx >= 1.0 - width
+                } else {
+                    fx <= width
+                }) && (if upper {
+                    fy >= 1.0 - height
+                } else {
+                    fy <= height
+                })
+            })
+            .count()
+    };
+    // The first of the emptiest, in order of preference.
+    [
+        (SeriesLabelPosition::UpperRight, true, true),
+        (SeriesLabelPosition::UpperLeft, false, true),
+        (SeriesLabelPosition::LowerRight, true, false),
+        (SeriesLabelPosition::LowerLeft, false, false),
+    ]
+    .into_iter()
+    .min_by_key(|&(_, right, upper)| covered(right, upper))
+    .map(|(corner, ..)| corner)
+    .unwrap_or(SeriesLabelPosition::UpperRight)
 }
 
 /// The range of `values` widened by `margin` of its span on each side (a
@@ -401,6 +453,45 @@ mod tests {
 
         let err = write_svg(&[], &path).unwrap_err().to_string();
         assert!(err.contains("nothing to plot"), "{err}");
+    }
+
+    #[test]
+    fn the_legend_goes_where_no_line_runs() {
+        let panel = |points: &[(f64, f64)]| Panel {
+            title: "loss".into(),
+            series: vec![
+                Series {
+                    label: "train".into(),
+                    points: points.to_vec(),
+                    held_out: false,
+                },
+                // A held-out line of two evaluations only: its segment counts.
+                Series {
+                    label: "val".into(),
+                    points: vec![points[0], points[points.len() - 1]],
+                    held_out: true,
+                },
+            ],
+        };
+        let corner = |points: &[(f64, f64)]| {
+            let p = panel(points);
+            let (steps, values) = (
+                padded(p.series.iter().flat_map(|s| &s.points).map(|q| q.0), 0.02),
+                padded(p.series.iter().flat_map(|s| &s.points).map(|q| q.1), 0.05),
+            );
+            legend_corner(&p, &steps, &values)
+        };
+        let falling: Vec<_> = (0..50)
+            .map(|i| (i as f64, 2.0 - (i as f64 / 10.0).sqrt() / 3.0))
+            .collect();
+        let rising: Vec<_> = (0..50).map(|i| (i as f64, 0.5 + i as f64 / 50.0)).collect();
+        assert_eq!(corner(&falling), SeriesLabelPosition::UpperRight);
+        assert_eq!(corner(&rising), SeriesLabelPosition::UpperLeft);
+        // Falling, then rising again to the top: only the bottom is free.
+        let valley: Vec<_> = (0..50)
+            .map(|i| (i as f64, (i as f64 - 25.0).abs()))
+            .collect();
+        assert_eq!(corner(&valley), SeriesLabelPosition::LowerRight);
     }
 
     #[test]
