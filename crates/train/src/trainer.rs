@@ -676,12 +676,13 @@ where
     Ok((family, metrics, ctx))
 }
 
-/// One step as `cfg.micro_batches` micro-batches (at most one a row) of this
-/// replica's rows of a global batch of `rows`. Micro-batch k of replica r takes the rows that
-/// replica r·n + k of a run n times as wide would, and draws that replica's
-/// noise, so the summed gradient is the whole batch's; the family adds the
-/// gradients up in `ctx` and the last micro-batch updates. The metrics are
-/// the micro-batches' means weighted by their rows.
+/// One step as `cfg.micro_batches` micro-batches (at most one a row) of
+/// this replica's rows of a global batch of `rows`. Micro-batch k of
+/// replica r takes the rows that replica r·n + k of a run n times as wide
+/// would, and draws that replica's noise, so the summed gradient is the
+/// whole batch's; the family adds the gradients up in `ctx` and the last
+/// micro-batch updates. The metrics are the micro-batches' means weighted
+/// by their rows.
 fn micro_batched_step<B, F>(
     mut family: F,
     batch: F::Batch,
