@@ -132,58 +132,58 @@ pub fn compare(path: &Path, out: Option<PathBuf>, backend: BackendKind) -> Resul
                 state.done = true;
                 write_state(&dir, &state)?;
             }
-            let metrics = if state.evaluated_step == Some(state.steps)
-                && dir.join("eval.json").exists()
-            {
-                let text = std::fs::read_to_string(dir.join("eval.json"))
-                    .map_err(|e| Error::io(&dir, e))?;
-                let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                    Error::Config(format!("{}: {e}", dir.join("eval.json").display()))
-                })?;
-                value
-                    .as_object()
-                    .map(|o| {
-                        o.iter()
-                            .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
-                            .collect()
-                    })
-                    .unwrap_or_default()
-            } else {
-                let mut figures = Vec::new();
-                let mut checkpoint = None;
-                let mut evaluate = |metrics: &[String], n, terms| -> Result<()> {
-                    let (evaluated, found) = evaluate_run(&dir, metrics, n, terms, seed, backend)?;
-                    checkpoint = Some(evaluated);
-                    figures.extend(found);
-                    Ok(())
-                };
-                let sample_metrics: Vec<String> = experiment
-                    .eval
-                    .metrics
-                    .iter()
-                    .filter(|m| *m != "nll")
-                    .cloned()
-                    .collect();
-                if !sample_metrics.is_empty() {
-                    evaluate(&sample_metrics, experiment.eval.samples, None)?;
-                }
-                if experiment.eval.metrics.iter().any(|m| m == "nll") {
-                    // Not every family has a likelihood (GANs have none): the cell stays empty.
-                    match &has_likelihood {
-                        Ok(()) => evaluate(
-                            &["nll".to_string()],
-                            experiment.eval.nll_images,
-                            experiment.eval.nll_terms,
-                        )?,
-                        Err(e) => eprintln!("{} seed {seed}: no bits/dim ({e})", spec.name),
+            let metrics =
+                if state.evaluated_step == Some(state.steps) && dir.join("eval.json").exists() {
+                    let text = std::fs::read_to_string(dir.join("eval.json"))
+                        .map_err(|e| Error::io(&dir, e))?;
+                    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                        Error::Config(format!("{}: {e}", dir.join("eval.json").display()))
+                    })?;
+                    value
+                        .as_object()
+                        .map(|o| {
+                            o.iter()
+                                .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                } else {
+                    let mut figures = Vec::new();
+                    let mut checkpoint = None;
+                    let mut evaluate = |metrics: &[String], n, terms| -> Result<()> {
+                        let (evaluated, found) =
+                            evaluate_run(&dir, "latest", metrics, n, terms, seed, backend)?;
+                        checkpoint = Some(evaluated);
+                        figures.extend(found);
+                        Ok(())
+                    };
+                    let sample_metrics: Vec<String> = experiment
+                        .eval
+                        .metrics
+                        .iter()
+                        .filter(|m| *m != "nll")
+                        .cloned()
+                        .collect();
+                    if !sample_metrics.is_empty() {
+                        evaluate(&sample_metrics, experiment.eval.samples, None)?;
                     }
-                }
-                // One eval.json with both evaluations' figures.
-                write_eval_json(&dir, checkpoint.as_deref(), &figures)?;
-                state.evaluated_step = Some(state.steps);
-                write_state(&dir, &state)?;
-                figures.into_iter().collect()
-            };
+                    if experiment.eval.metrics.iter().any(|m| m == "nll") {
+                        // Not every family has a likelihood (GANs have none): the cell stays empty.
+                        match &has_likelihood {
+                            Ok(()) => evaluate(
+                                &["nll".to_string()],
+                                experiment.eval.nll_images,
+                                experiment.eval.nll_terms,
+                            )?,
+                            Err(e) => eprintln!("{} seed {seed}: no bits/dim ({e})", spec.name),
+                        }
+                    }
+                    // One eval.json with both evaluations' figures.
+                    write_eval_json(&dir, checkpoint.as_deref(), &figures)?;
+                    state.evaluated_step = Some(state.steps);
+                    write_state(&dir, &state)?;
+                    figures.into_iter().collect()
+                };
             results.push(RunResult {
                 run: spec.name.clone(),
                 preset: spec.preset.clone(),

@@ -346,6 +346,64 @@ fn micro_batches_are_a_flag_and_gans_refuse_them_before_writing() {
     assert!(err.contains("below one example each"), "{err}");
 }
 
+#[test]
+fn a_run_keeps_its_best_checkpoint_and_sample_takes_the_one_asked_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_idx_dataset(&dir.join("digits"), 64, 16, 28, 10).unwrap();
+    let train = |metric: &str, out: &str| {
+        genzoo(
+            &[
+                "train",
+                "vae-mlp",
+                "--dataset",
+                "idx:digits",
+                "--batch-size",
+                "16",
+                "--steps",
+                "4",
+                "--eval-every",
+                "1",
+                "--checkpoint-every",
+                "2",
+                "--keep-best",
+                metric,
+                "--out",
+                out,
+            ],
+            dir,
+        )
+    };
+    ok(&train("test_neg_elbo", "vae"));
+    assert!(dir.join("vae/checkpoints/best/manifest.json").exists());
+    let sample = |which: &str| {
+        genzoo(
+            &[
+                "sample",
+                "--run",
+                "vae",
+                "--checkpoint",
+                which,
+                "--n",
+                "4",
+                "--out",
+                "s.png",
+            ],
+            dir,
+        )
+    };
+    assert!(ok(&sample("best")).contains("checkpoints/best"));
+    assert!(ok(&sample("2")).contains("step-00000002"));
+    let err = fails(&sample("3"));
+    assert!(err.contains("there are: 2, 4, best"), "{err}");
+    let err = fails(&train("test_elbo", "misspelt"));
+    assert!(
+        err.contains("keep_best = \"test_elbo\" is not a held-out metric")
+            && err.contains("test_neg_elbo"),
+        "{err}"
+    );
+}
+
 /// Writes `n` colour PNGs in two class folders, in two sizes: red squares
 /// and blue ones on grey.
 fn write_colour_folder(dir: &Path, n: u32) {

@@ -1,6 +1,7 @@
 //! The training engine end to end through the library: loss goes down,
 //! exact resume, corrupt-checkpoint fallback, the NaN stop, refusing
-//! checkpoints of other models, and steps split into micro-batches.
+//! checkpoints of other models, steps split into micro-batches, and the
+//! best held-out checkpoint.
 
 use std::path::{Path, PathBuf};
 
@@ -617,4 +618,144 @@ fn a_family_that_cannot_split_its_steps_is_refused_before_training() {
         }
     );
     assert!(!tmp.path().join("metrics.jsonl").exists());
+}
+
+/// A family whose held-out "loss" follows a script of the steps it has
+/// taken (saved with its checkpoints), so that the best step is known.
+struct Scripted<B: burn::tensor::backend::AutodiffBackend> {
+    net: Linear<B>,
+    optimizer: OptimizerAdaptor<Adam, Linear<B>, B>,
+    steps: u64,
+    device: B::Device,
+}
+
+/// Held-out loss after each step.
+fn scripted_loss(step: u64) -> f64 {
+    [9.0, 5.0, 6.0, 2.0, 7.0, 3.0, 4.0, 1.0, 8.0][step as usize % 9]
+}
+
+impl Scripted<B> {
+    fn new() -> Self {
+        let device = CpuDevice::default();
+        Self {
+            net: LinearConfig::new(SIZE * SIZE, 2).init(&device),
+            optimizer: AdamConfig::new().init(),
+            steps: 0,
+            device,
+        }
+    }
+}
+
+impl Family<B> for Scripted<B> {
+    type Batch = ImageBatch<B>;
+    fn num_params(&self) -> usize {
+        self.net.num_params()
+    }
+    fn train_step(
+        mut self,
+        batch: ImageBatch<B>,
+        ctx: &mut StepContext,
+    ) -> Result<(Self, Metrics)> {
+        let n = batch.len();
+        let loss = self
+            .net
+            .forward(batch.images.reshape([n as i32, -1]))
+            .powi_scalar(2)
+            .mean();
+        let grads = GradientsParams::from_grads(loss.backward(), &self.net);
+        self.net = ctx.apply(&mut self.optimizer, self.net, grads)?;
+        self.steps += 1;
+        Ok((self, Metrics::new().with("loss", loss.into_scalar().elem())))
+    }
+    fn eval_batch(&self, _: ImageBatch<B>) -> Result<Metrics> {
+        Ok(Metrics::new().with("loss", scripted_loss(self.steps)))
+    }
+    fn sample_images(&self, r: &SampleRequest) -> Result<Tensor<Flex, 4>> {
+        Ok(Tensor::zeros([r.n, 1, SIZE, SIZE], &self.device))
+    }
+    fn save(&self, dir: &Path) -> Result<()> {
+        std::fs::write(dir.join("steps"), self.steps.to_string()).unwrap();
+        save_module(&self.net, &dir.join("net"))?;
+        save_optimizer::<B, _, _>(&self.optimizer, &dir.join("optim"))
+    }
+    fn load(mut self, dir: &Path) -> Result<Self> {
+        self.steps = std::fs::read_to_string(dir.join("steps"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        self.net = load_module(self.net, &dir.join("net"), &self.device)?;
+        self.optimizer =
+            load_optimizer::<B, _, _>(self.optimizer, &dir.join("optim"), &self.device)?;
+        Ok(self)
+    }
+}
+
+#[test]
+fn the_best_held_out_checkpoint_is_kept_through_pruning_and_resume() {
+    let _guard = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let device = CpuDevice::default();
+    let config = TrainConfig {
+        eval_every: 1,
+        checkpoint_every: 1,
+        keep_checkpoints: 1,
+        keep_best: Some("test_loss".into()),
+        ..train_config(8)
+    };
+    let best = || {
+        let dir = tmp
+            .path()
+            .join("checkpoints")
+            .join(genzoo::train::checkpoint::BEST);
+        let steps: u64 = std::fs::read_to_string(dir.join("steps"))
+            .unwrap()
+            .parse()
+            .unwrap();
+        let manifest = genzoo::train::checkpoint::verify(
+            &dir,
+            &genzoo::train::CheckpointIdentity {
+                model: "tiny-vae".into(),
+                fingerprint: toml::to_string(&vae_config()).unwrap(),
+            },
+        )
+        .unwrap();
+        let record = manifest.best.unwrap();
+        assert_eq!((record.metric.as_str(), record.step), ("test_loss", steps));
+        (steps, record.value)
+    };
+    // Losses after steps 1..8: 5 6 2 7 3 4 1 8. Stop after 5 steps.
+    trainer(tmp.path(), config.clone(), false)
+        .stop_after(Some(5))
+        .fit(Scripted::new(), &data(1), &device)
+        .unwrap();
+    assert_eq!(best(), (3, 2.0));
+    // Resumed from step 5's checkpoint: step 6's 4.0 beats no earlier value
+    // the run had seen, so the best stays step 3's (kept past pruning).
+    trainer(tmp.path(), config.clone(), true)
+        .stop_after(Some(1))
+        .fit(Scripted::new(), &data(1), &device)
+        .unwrap();
+    assert_eq!(best(), (3, 2.0));
+    let steps = list_checkpoints(&tmp.path().join("checkpoints")).unwrap();
+    assert_eq!(steps.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![6]);
+    trainer(tmp.path(), config.clone(), true)
+        .fit(Scripted::new(), &data(1), &device)
+        .unwrap();
+    assert_eq!(best(), (7, 1.0));
+
+    // A metric the run does not log is refused before the first step.
+    let other = tempfile::tempdir().unwrap();
+    let err = trainer(
+        other.path(),
+        TrainConfig {
+            keep_best: Some("val_loss".into()),
+            ..config
+        },
+        false,
+    )
+    .fit(Scripted::new(), &data(1), &device)
+    .err()
+    .expect("must refuse");
+    assert!(err.to_string().contains("it has test_loss"), "{err}");
+    assert!(!other.path().join("checkpoints").exists());
 }

@@ -22,6 +22,10 @@ pub(super) struct EvalArgs {
     /// The run directory.
     #[arg(long)]
     run: PathBuf,
+    /// Which checkpoint: latest (the newest good one), best (a run trained
+    /// with --keep-best), or a step number.
+    #[arg(long, default_value = "latest")]
+    checkpoint: String,
     /// Samples to draw for the sample metrics; test images for nll.
     #[arg(long, default_value_t = 10_000)]
     n: usize,
@@ -157,6 +161,7 @@ pub(super) fn eval(args: EvalArgs) -> Result<()> {
         .collect();
     let (checkpoint, figures) = evaluate_run(
         &args.run,
+        &args.checkpoint,
         &metrics,
         args.n,
         args.terms,
@@ -166,19 +171,20 @@ pub(super) fn eval(args: EvalArgs) -> Result<()> {
     write_eval_json(&args.run, Some(&checkpoint), &figures)
 }
 
-/// Evaluates the newest good checkpoint of a run with `metrics` (the names
-/// of [`EVAL_METRICS`]) on `n` samples (and `n` test images for nll),
+/// Evaluates a run's checkpoint `which` (`latest`, `best` or a step) with
+/// `metrics` (the names of [`EVAL_METRICS`]) on `n` samples (and `n` test images for nll),
 /// prints a table, and returns the checkpoint and the figures (for
 /// [`write_eval_json`]).
 pub(crate) fn evaluate_run(
     run_path: &Path,
+    which: &str,
     metrics: &[String],
     n: usize,
     terms: Option<usize>,
     seed: u64,
     backend: BackendKind,
 ) -> Result<(PathBuf, Vec<(String, f64)>)> {
-    let (_, config, checkpoint) = load_run(run_path)?;
+    let (_, config, checkpoint) = load_run(run_path, which)?;
     if config.model.reads_text() {
         return Err(Error::Config(
             "text models report val_loss (nats/token) during training; eval works on image models"

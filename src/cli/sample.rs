@@ -22,6 +22,10 @@ pub(super) struct SampleArgs {
     /// The run directory.
     #[arg(long)]
     run: PathBuf,
+    /// Which checkpoint: latest (the newest good one), best (a run trained
+    /// with --keep-best), or a step number.
+    #[arg(long, default_value = "latest")]
+    checkpoint: String,
     /// Number of samples (image models) [default: 64].
     #[arg(long)]
     n: Option<usize>,
@@ -80,7 +84,7 @@ pub(super) struct SampleArgs {
 }
 
 pub(super) fn sample(args: SampleArgs) -> Result<()> {
-    let (_, config, checkpoint) = load_run(&args.run)?;
+    let (_, config, checkpoint) = load_run(&args.run, &args.checkpoint)?;
     check_sample_flags(&args, &config)?;
     let sampler = SamplerOptions {
         method: args.sampler,

@@ -57,6 +57,11 @@ pub(super) struct Overrides {
     /// in the memory of a smaller batch. Not for GANs.
     #[arg(long, value_name = "N")]
     micro_batches: Option<usize>,
+    /// Also keep the checkpoint with the lowest value of this held-out
+    /// metric (val_loss, test_neg_elbo, ...) in checkpoints/best; `sample`
+    /// and `eval` take it with --checkpoint best.
+    #[arg(long, value_name = "METRIC")]
+    keep_best: Option<String>,
     /// Base learning rate (the peak of a warm-up/cosine schedule).
     #[arg(long)]
     lr: Option<f64>,
@@ -145,6 +150,9 @@ impl Overrides {
         }
         if let Some(v) = self.micro_batches {
             t.micro_batches = v;
+        }
+        if let Some(v) = &self.keep_best {
+            t.keep_best = Some(v.clone());
         }
         if let Some(v) = self.lr {
             t.lr = v;

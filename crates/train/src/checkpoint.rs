@@ -59,9 +59,29 @@ pub struct Manifest {
     /// run keeps that plan while the budget stays the same.
     #[serde(default)]
     pub planned_minutes: Option<f64>,
+    /// The lowest held-out value of the metric the run watches
+    /// (`keep_best`) up to `step`, kept so that a resumed run goes on
+    /// comparing against it.
+    #[serde(default)]
+    pub best: Option<BestValue>,
     /// SHA-256 of every other file in the checkpoint.
     pub files: Vec<(String, String)>,
 }
+
+/// A held-out metric's lowest value so far, and the step it was measured at.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BestValue {
+    /// The metric's logged name (`val_loss`, `test_neg_elbo`).
+    pub metric: String,
+    /// Its value.
+    pub value: f64,
+    /// The step it was measured after.
+    pub step: u64,
+}
+
+/// Name of the directory (beside the `step-N` ones) that holds the
+/// checkpoint of the best held-out value, when the run keeps one.
+pub const BEST: &str = "best";
 
 const MANIFEST: &str = "manifest.json";
 
@@ -94,16 +114,24 @@ pub fn sha256_file(path: &Path) -> Result<String> {
 /// and the directory is renamed into place. Returns its path.
 pub fn write_checkpoint(
     checkpoints: &Path,
+    manifest: Manifest,
+    write_files: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
+    let name = dir_name(manifest.step);
+    write_checkpoint_as(checkpoints, &name, manifest, write_files)
+}
+
+/// [`write_checkpoint`] into `checkpoints/<name>` (the [`BEST`] checkpoint,
+/// which replaces the one before it as atomically).
+pub fn write_checkpoint_as(
+    checkpoints: &Path,
+    name: &str,
     mut manifest: Manifest,
     write_files: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
     std::fs::create_dir_all(checkpoints).map_err(|e| Error::io(checkpoints, e))?;
-    let final_dir = checkpoints.join(dir_name(manifest.step));
-    let tmp = checkpoints.join(format!(
-        ".tmp-{}-{}",
-        dir_name(manifest.step),
-        std::process::id()
-    ));
+    let final_dir = checkpoints.join(name);
+    let tmp = checkpoints.join(format!(".tmp-{name}-{}", std::process::id()));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
@@ -286,6 +314,54 @@ pub fn latest_good(
         checkpoints,
         format!("no usable checkpoint: {}", problems.join("; ")),
     ))
+}
+
+/// The checkpoint `which` names in `checkpoints`: `latest` (the newest
+/// usable one), `best` (the best held-out value's, of a run with
+/// `keep_best`), or a step (`1200` or `step-00001200`). Verified in full;
+/// an error names the checkpoints there are.
+pub fn find_checkpoint(
+    checkpoints: &Path,
+    identity: &CheckpointIdentity,
+    which: &str,
+    warn: impl FnMut(&str),
+) -> Result<(PathBuf, Manifest)> {
+    if which == "latest" {
+        return latest_good(checkpoints, identity, warn)?.ok_or_else(|| {
+            Error::checkpoint(checkpoints, "no checkpoint yet: train the run first")
+        });
+    }
+    let dir = match which.strip_prefix("step-").unwrap_or(which).parse::<u64>() {
+        Ok(step) => checkpoints.join(dir_name(step)),
+        Err(_) if which == BEST => checkpoints.join(BEST),
+        Err(_) => {
+            return Err(Error::Config(format!(
+                "--checkpoint {which}: expected latest, best or a step number"
+            )));
+        }
+    };
+    if !dir.is_dir() {
+        let mut there: Vec<String> = list_checkpoints(checkpoints)?
+            .into_iter()
+            .map(|(step, _)| step.to_string())
+            .collect();
+        if checkpoints.join(BEST).is_dir() {
+            there.push(BEST.into());
+        }
+        let why = match which {
+            BEST => "the run keeps no best checkpoint (train it with --keep-best METRIC)",
+            _ => "no such checkpoint",
+        };
+        return Err(Error::checkpoint(
+            &dir,
+            format!("{why}; there are: {}", there.join(", ")),
+        ));
+    }
+    match verify(&dir, identity) {
+        Ok(manifest) => Ok((dir, manifest)),
+        Err(Unusable::Incompatible(e)) => Err(e),
+        Err(Unusable::Corrupt(why)) => Err(Error::checkpoint(&dir, why)),
+    }
 }
 
 #[cfg(test)]

@@ -71,6 +71,11 @@ pub struct TrainConfig {
     pub checkpoint_every: u64,
     /// How many checkpoints to keep (the newest).
     pub keep_checkpoints: usize,
+    /// Also keep the checkpoint with the lowest value of this held-out
+    /// metric (`val_loss`, `test_neg_elbo`: a name in `metrics.jsonl`) in
+    /// `checkpoints/best`, written at each evaluation that improves on it
+    /// (as nanoGPT keeps its best validation loss).
+    pub keep_best: Option<String>,
 }
 
 impl Default for TrainConfig {
@@ -92,6 +97,7 @@ impl Default for TrainConfig {
             samples: 64,
             checkpoint_every: 0,
             keep_checkpoints: 3,
+            keep_best: None,
         }
     }
 }

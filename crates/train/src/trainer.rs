@@ -18,7 +18,7 @@ use genzoo_core::{
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::checkpoint::{self, CheckpointIdentity, Manifest};
+use crate::checkpoint::{self, BestValue, CheckpointIdentity, Manifest};
 use crate::config::TrainConfig;
 use crate::logger::MetricsLogger;
 use crate::run_dir::RunDir;
@@ -405,6 +405,14 @@ impl Trainer {
             ))
         ));
         bar.set_position(step);
+        // The lowest held-out value of the watched metric so far.
+        let mut best = match &cfg.keep_best {
+            Some(metric) if leader => {
+                check_watched_metric(&family, data, device, metric)?;
+                best_so_far(&ckpt_dir, &self.identity, metric, manifest)
+            }
+            _ => None,
+        };
 
         let start_step = step;
         let stop_at = |total: u64| match self.stop_after {
@@ -522,6 +530,29 @@ impl Trainer {
                 window = MetricWindow::default();
                 window_start = Instant::now();
             }
+            // This step's checkpoint manifest, with the best value so far.
+            let manifest_now = |best: &Option<BestValue>| Manifest {
+                format_version: checkpoint::FORMAT_VERSION,
+                genzoo_version: env!("CARGO_PKG_VERSION").into(),
+                identity: self.identity.clone(),
+                step,
+                epoch,
+                batch_in_epoch: index,
+                total_steps: total,
+                seed: cfg.seed,
+                lr,
+                train_seconds: spent_before + train_seconds,
+                planned_minutes: cfg.minutes,
+                best: best.clone(),
+                files: Vec::new(),
+            };
+            let save = |dir: &std::path::Path| -> Result<()> {
+                family.save(dir)?;
+                if let Some(text) = &self.config_text {
+                    std::fs::write(dir.join("config.toml"), text).map_err(|e| Error::io(dir, e))?;
+                }
+                Ok(())
+            };
             let eval_due = if cfg.eval_every == 0 {
                 epoch_end || step == total
             } else {
@@ -551,6 +582,22 @@ impl Trainer {
                         value,
                     });
                 }
+                if let Some(metric) = &cfg.keep_best
+                    && let Some(&(_, value)) = record.iter().find(|(k, _)| k == metric)
+                    && best.as_ref().is_none_or(|b| value < b.value)
+                {
+                    best = Some(BestValue {
+                        metric: metric.clone(),
+                        value,
+                        step,
+                    });
+                    checkpoint::write_checkpoint_as(
+                        &ckpt_dir,
+                        checkpoint::BEST,
+                        manifest_now(&best),
+                        save,
+                    )?;
+                }
                 last_eval = Some(eval);
             }
             if cfg.sample_every > 0 && step.is_multiple_of(cfg.sample_every) {
@@ -562,28 +609,7 @@ impl Trainer {
                 step.is_multiple_of(cfg.checkpoint_every)
             };
             if ckpt_due || last {
-                let manifest = Manifest {
-                    format_version: checkpoint::FORMAT_VERSION,
-                    genzoo_version: env!("CARGO_PKG_VERSION").into(),
-                    identity: self.identity.clone(),
-                    step,
-                    epoch,
-                    batch_in_epoch: index,
-                    total_steps: total,
-                    seed: cfg.seed,
-                    lr,
-                    train_seconds: spent_before + train_seconds,
-                    planned_minutes: cfg.minutes,
-                    files: Vec::new(),
-                };
-                checkpoint::write_checkpoint(&ckpt_dir, manifest, |dir| {
-                    family.save(dir)?;
-                    if let Some(text) = &self.config_text {
-                        std::fs::write(dir.join("config.toml"), text)
-                            .map_err(|e| Error::io(dir, e))?;
-                    }
-                    Ok(())
-                })?;
+                checkpoint::write_checkpoint(&ckpt_dir, manifest_now(&best), save)?;
                 checkpoint::prune(&ckpt_dir, cfg.keep_checkpoints)?;
                 // A figure is not worth stopping a run for.
                 if let Err(e) = crate::plot::write_run_curves(&self.run) {
@@ -720,6 +746,63 @@ where
         metrics.add(&step_metrics, (end - start) as f64);
     }
     Ok((family, metrics.mean()))
+}
+
+/// Checks before training that `metric` (`keep_best`) is one of the
+/// run's held-out metrics, by evaluating one held-out batch: a misspelt
+/// name must not surface at the first evaluation, hours in.
+fn check_watched_metric<B, F, D>(
+    family: &F,
+    data: &D,
+    device: &B::Device,
+    metric: &str,
+) -> Result<()>
+where
+    B: AutodiffBackend,
+    F: Family<B>,
+    D: TrainData<B, Batch = F::Batch>,
+{
+    if data.eval_batches() == 0 {
+        return Err(Error::Config(format!(
+            "keep_best = \"{metric}\", but the run has no held-out data to evaluate"
+        )));
+    }
+    let _noise = noise::begin(0);
+    let split = data.eval_split();
+    let (batch, _) = data.eval_batch(0, device);
+    let names: Vec<String> = family
+        .eval_batch(batch)?
+        .iter()
+        .map(|(name, _)| format!("{split}_{name}"))
+        .collect();
+    if names.iter().any(|name| name == metric) {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "keep_best = \"{metric}\" is not a held-out metric of this run; it has {}",
+        names.join(", ")
+    )))
+}
+
+/// The best value of `metric` a resumed run has seen: the lower of its
+/// checkpoint's record and the best checkpoint's own (which may come from
+/// steps after that checkpoint, redone now), so that a best checkpoint is
+/// only ever replaced by a better one.
+fn best_so_far(
+    checkpoints: &std::path::Path,
+    identity: &CheckpointIdentity,
+    metric: &str,
+    resumed: Option<&Manifest>,
+) -> Option<BestValue> {
+    let kept = checkpoint::verify(&checkpoints.join(checkpoint::BEST), identity).ok();
+    [
+        resumed.and_then(|m| m.best.clone()),
+        kept.and_then(|m| m.best),
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|b| b.metric == metric)
+    .min_by(|a, b| a.value.total_cmp(&b.value))
 }
 
 /// Checks that every replica starts at the same step of the same budget
