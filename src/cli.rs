@@ -198,6 +198,19 @@ fn info(run_path: &Path) -> Result<()> {
         ),
         None => println!("checkpoint: none yet"),
     }
+    let best = run.checkpoints_dir().join(genzoo_train::checkpoint::BEST);
+    if best.is_dir() {
+        let (_, m) = find_checkpoint(&run.checkpoints_dir(), &identity, "best", |_| {})?;
+        if let Some(b) = m.best {
+            println!(
+                "best:       {} {:.4} at step {} ({})",
+                b.metric,
+                b.value,
+                b.step,
+                best.display()
+            );
+        }
+    }
     if run.metrics_file().exists() {
         let records = genzoo_train::logger::read_jsonl(&run.metrics_file())?;
         let mut last: Vec<(String, String)> = Vec::new();

@@ -376,6 +376,8 @@ fn a_run_keeps_its_best_checkpoint_and_sample_takes_the_one_asked_for() {
     };
     ok(&train("test_neg_elbo", "vae"));
     assert!(dir.join("vae/checkpoints/best/manifest.json").exists());
+    let info = ok(&genzoo(&["info", "--run", "vae"], dir));
+    assert!(info.contains("best:       test_neg_elbo"), "{info}");
     let sample = |which: &str| {
         genzoo(
             &[
