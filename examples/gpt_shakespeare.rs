@@ -48,6 +48,9 @@ fn main() -> Result<()> {
         clip_norm: Some(1.0),
         eval_every: 250,
         eval_batches: Some(200),
+        // As nanoGPT's Shakespeare config, keep the weights of the best
+        // validation loss (runs/gpt_shakespeare/checkpoints/best).
+        keep_best: Some("val_loss".into()),
         ..Default::default()
     };
     let run = RunDir::create("runs/gpt_shakespeare", true)?;
