@@ -21,7 +21,7 @@ use genzoo::train::data_parallel::{ParallelConfig, run_replicas};
 use genzoo::train::{RunConfig, RunDir, TrainConfig, Trainer};
 
 mod support;
-use support::tiny_ddpm;
+use support::{max_diff, tiny_ddpm};
 
 type B = Autodiff<Flex>;
 
@@ -104,14 +104,6 @@ where
     .next()
     .unwrap()
     .family
-}
-
-fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
 }
 
 fn preset_model(name: &str) -> ModelConfig {

@@ -23,7 +23,7 @@ use genzoo::train::logger::read_jsonl;
 use genzoo::train::{RunDir, Schedule, TrainConfig, Trainer};
 
 mod support;
-use support::assert_samples_depend_on_the_seed_alone;
+use support::{assert_samples_depend_on_the_seed_alone, max_diff};
 
 type B = Autodiff<Flex>;
 
@@ -572,11 +572,7 @@ fn micro_batches_train_as_the_whole_batch_down_to_a_short_last_batch() {
     };
     let (whole, whole_losses) = run("whole", 1);
     let (split, split_losses) = run("split", 3);
-    let diff = whole
-        .iter()
-        .zip(&split)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let diff = max_diff(&whole, &split);
     assert!(diff < 1e-5, "weights differ by {diff}");
     assert_eq!(whole_losses.len(), 9);
     for (a, b) in whole_losses.iter().zip(&split_losses) {

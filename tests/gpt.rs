@@ -10,6 +10,9 @@ use genzoo::models::gpt::{GptConfig, GptInput, GptPixel, GptText};
 use genzoo::train::logger::read_jsonl;
 use genzoo::train::{RunDir, Schedule, TrainConfig, Trainer};
 
+mod support;
+use support::max_diff;
+
 type B = Autodiff<Flex>;
 
 static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -174,11 +177,7 @@ fn micro_batches_train_as_the_whole_batch_with_dropout_and_weight_decay() {
     };
     let (whole, whole_logged) = run("whole", 1);
     let (split, split_logged) = run("split", 3);
-    let diff = whole
-        .iter()
-        .zip(&split)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+    let diff = max_diff(&whole, &split);
     assert!(diff < 1e-5, "weights differ by {diff}");
     // The logged loss is the whole batch's mean, the norm the summed gradient's.
     for (a, b) in [

@@ -70,3 +70,13 @@ pub fn tiny_ddpm(num_classes: usize) -> DdpmConfig {
         ..Default::default()
     }
 }
+
+/// The largest absolute difference between two equally long lists of values.
+#[allow(dead_code)]
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
