@@ -755,3 +755,68 @@ fn the_best_held_out_checkpoint_is_kept_through_pruning_and_resume() {
     assert!(err.to_string().contains("it has test_loss"), "{err}");
     assert!(!other.path().join("checkpoints").exists());
 }
+
+#[test]
+fn patience_stops_the_run_and_a_resumed_one_stays_stopped() {
+    let _guard = lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let device = CpuDevice::default();
+    let config = TrainConfig {
+        eval_every: 1,
+        checkpoint_every: 1,
+        keep_best: Some("test_loss".into()),
+        patience: Some(3),
+        ..train_config(12)
+    };
+    let steps_logged = || -> Vec<u64> {
+        read_jsonl(&tmp.path().join("metrics.jsonl"))
+            .unwrap()
+            .iter()
+            .filter(|r| r.contains_key("train_loss"))
+            .filter_map(|r| r.get("step")?.as_u64())
+            .collect()
+    };
+    // Losses after steps 1..: 5 6 2 7 3 4 1 8 9 5 6 2. Interrupted at step 5
+    // (two evaluations since step 3's 2.0), the resumed run counts on: the
+    // third, at step 6, stops it there.
+    trainer(tmp.path(), config.clone(), false)
+        .stop_after(Some(5))
+        .fit(Scripted::new(), &data(1), &device)
+        .unwrap();
+    let out = trainer(tmp.path(), config.clone(), true)
+        .fit(Scripted::new(), &data(1), &device)
+        .unwrap();
+    assert_eq!((out.step, out.steps_this_call), (6, 1));
+    assert_eq!(out.family.steps, 6);
+    assert_eq!(steps_logged().last(), Some(&6), "the last window is logged");
+    assert!(tmp.path().join("samples/final.png").exists());
+    let ckpts = list_checkpoints(&tmp.path().join("checkpoints")).unwrap();
+    assert_eq!(ckpts.last().unwrap().0, 6);
+    // Resumed as it is, it has finished; with more patience it goes on.
+    let again = trainer(tmp.path(), config.clone(), true)
+        .fit(Scripted::new(), &data(1), &device)
+        .unwrap();
+    assert_eq!((again.step, again.steps_this_call), (6, 0));
+    let more = TrainConfig {
+        patience: Some(5),
+        ..config.clone()
+    };
+    let rest = trainer(tmp.path(), more, true)
+        .fit(Scripted::new(), &data(1), &device)
+        .unwrap();
+    assert_eq!(rest.step, 12, "step 7's 1.0 restarted the count");
+
+    // Patience counts a watched metric's evaluations, on one device.
+    for (patience, keep_best, why) in [
+        (0, Some("test_loss"), "patience must be at least 1"),
+        (2, None, "set keep_best"),
+    ] {
+        let bad = TrainConfig {
+            patience: Some(patience),
+            keep_best: keep_best.map(Into::into),
+            ..config.clone()
+        };
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains(why), "{err}");
+    }
+}

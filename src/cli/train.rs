@@ -62,6 +62,10 @@ pub(super) struct Overrides {
     /// and `eval` take it with --checkpoint best.
     #[arg(long, value_name = "METRIC")]
     keep_best: Option<String>,
+    /// Stop early after N evaluations in a row without a better --keep-best
+    /// metric.
+    #[arg(long, value_name = "N")]
+    patience: Option<u64>,
     /// Base learning rate (the peak of a warm-up/cosine schedule).
     #[arg(long)]
     lr: Option<f64>,
@@ -153,6 +157,9 @@ impl Overrides {
         }
         if let Some(v) = &self.keep_best {
             t.keep_best = Some(v.clone());
+        }
+        if let Some(v) = self.patience {
+            t.patience = Some(v);
         }
         if let Some(v) = self.lr {
             t.lr = v;

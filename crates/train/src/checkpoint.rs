@@ -64,6 +64,9 @@ pub struct Manifest {
     /// comparing against it.
     #[serde(default)]
     pub best: Option<BestValue>,
+    /// Evaluations since `best` last improved (what `patience` counts).
+    #[serde(default)]
+    pub evaluations_since_best: u64,
     /// SHA-256 of every other file in the checkpoint.
     pub files: Vec<(String, String)>,
 }

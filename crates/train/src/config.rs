@@ -76,6 +76,10 @@ pub struct TrainConfig {
     /// `checkpoints/best`, written at each evaluation that improves on it
     /// (as nanoGPT keeps its best validation loss).
     pub keep_best: Option<String>,
+    /// Stop early once this many evaluations in a row have not improved on
+    /// the best value of `keep_best`'s metric (its checkpoint is the one to
+    /// use); a resumed run that has stopped stays stopped.
+    pub patience: Option<u64>,
 }
 
 impl Default for TrainConfig {
@@ -98,6 +102,7 @@ impl Default for TrainConfig {
             checkpoint_every: 0,
             keep_checkpoints: 3,
             keep_best: None,
+            patience: None,
         }
     }
 }
@@ -152,6 +157,17 @@ impl TrainConfig {
             return Err(Error::Config(format!(
                 "minutes must be a positive number, got {m}"
             )));
+        }
+        match (self.patience, &self.keep_best) {
+            (Some(0), _) => return Err(Error::Config("patience must be at least 1".into())),
+            (Some(_), None) => {
+                return Err(Error::Config(
+                    "patience counts evaluations without a better keep_best metric: set keep_best \
+                     (--keep-best val_loss, for example)"
+                        .into(),
+                ));
+            }
+            _ => {}
         }
         if self.keep_checkpoints == 0 {
             return Err(Error::Config("keep_checkpoints must be at least 1".into()));

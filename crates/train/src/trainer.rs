@@ -306,6 +306,14 @@ impl Trainer {
             )));
         }
         let replica = parallel.as_ref().map(|(r, _)| *r);
+        if replica.is_some() && cfg.patience.is_some() {
+            // Only the leader evaluates: the others could not stop with it.
+            return Err(Error::Config(
+                "early stopping (patience) runs on one device; give a data-parallel run steps \
+                 or epochs, and keep_best to keep its best checkpoint"
+                    .into(),
+            ));
+        }
         // Only the leader of a data-parallel run (or a one-device run) writes.
         let leader = replica.is_none_or(|r| r.is_leader());
         let batches_per_epoch = data.batches_per_epoch().max(1);
@@ -405,13 +413,20 @@ impl Trainer {
             ))
         ));
         bar.set_position(step);
-        // The lowest held-out value of the watched metric so far.
+        // The lowest held-out value of the watched metric so far (a resumed
+        // run's, from its checkpoint), and the evaluations since.
         let mut best = match &cfg.keep_best {
             Some(metric) if leader => {
                 check_watched_metric(&family, data, device, metric)?;
-                best_so_far(&ckpt_dir, &self.identity, metric, manifest)
+                manifest
+                    .and_then(|m| m.best.clone())
+                    .filter(|b| b.metric == *metric)
             }
             _ => None,
+        };
+        let mut stale = match best {
+            Some(_) => manifest.map_or(0, |m| m.evaluations_since_best),
+            None => 0,
         };
 
         let start_step = step;
@@ -420,7 +435,12 @@ impl Trainer {
             None => total,
         };
         let mut end = stop_at(total);
-        let mut timed_out = false;
+        let (mut timed_out, mut stopped_early) = (false, false);
+        if cfg.patience.is_some_and(|p| stale >= p) {
+            // An early-stopped run, resumed: it has finished.
+            say(&early_stop_message(step, stale, &best));
+            end = step;
+        }
         // Re-plans of a minutes budget made so far, and the (step, seconds)
         // the pace is measured from.
         let (mut replans, mut paced_from) = (0, (step, 0.0));
@@ -511,27 +531,9 @@ impl Trainer {
                 continue;
             }
 
-            let last = step == end;
             let epoch_end = index == 0;
-            if step.is_multiple_of(cfg.log_every.max(1)) || last {
-                let elapsed = window_start.elapsed().as_secs_f64().max(1e-9);
-                last_train = window.mean();
-                let mut record: Vec<(String, f64)> = last_train
-                    .iter()
-                    .map(|(k, v)| (format!("train_{k}"), v))
-                    .collect();
-                record.push(("lr".into(), lr));
-                record.push((
-                    "epoch".into(),
-                    epoch as f64 + index as f64 / batches_per_epoch as f64,
-                ));
-                record.push(("steps_per_sec".into(), window.count as f64 / elapsed));
-                logger.log(step, &record)?;
-                window = MetricWindow::default();
-                window_start = Instant::now();
-            }
             // This step's checkpoint manifest, with the best value so far.
-            let manifest_now = |best: &Option<BestValue>| Manifest {
+            let manifest_now = |best: &Option<BestValue>, stale: u64| Manifest {
                 format_version: checkpoint::FORMAT_VERSION,
                 genzoo_version: env!("CARGO_PKG_VERSION").into(),
                 identity: self.identity.clone(),
@@ -544,6 +546,7 @@ impl Trainer {
                 train_seconds: spent_before + train_seconds,
                 planned_minutes: cfg.minutes,
                 best: best.clone(),
+                evaluations_since_best: stale,
                 files: Vec::new(),
             };
             let save = |dir: &std::path::Path| -> Result<()> {
@@ -584,21 +587,48 @@ impl Trainer {
                 }
                 if let Some(metric) = &cfg.keep_best
                     && let Some(&(_, value)) = record.iter().find(|(k, _)| k == metric)
-                    && best.as_ref().is_none_or(|b| value < b.value)
                 {
-                    best = Some(BestValue {
-                        metric: metric.clone(),
-                        value,
-                        step,
-                    });
-                    checkpoint::write_checkpoint_as(
-                        &ckpt_dir,
-                        checkpoint::BEST,
-                        manifest_now(&best),
-                        save,
-                    )?;
+                    if best.as_ref().is_none_or(|b| value < b.value) {
+                        best = Some(BestValue {
+                            metric: metric.clone(),
+                            value,
+                            step,
+                        });
+                        stale = 0;
+                        checkpoint::write_checkpoint_as(
+                            &ckpt_dir,
+                            checkpoint::BEST,
+                            manifest_now(&best, stale),
+                            save,
+                        )?;
+                    } else {
+                        stale += 1;
+                    }
+                    if cfg.patience.is_some_and(|p| stale >= p) && step < end {
+                        say(&early_stop_message(step, stale, &best));
+                        (end, stopped_early) = (step, true);
+                    }
                 }
                 last_eval = Some(eval);
+            }
+            // After the evaluation, which may have ended the run here.
+            let last = step == end;
+            if step.is_multiple_of(cfg.log_every.max(1)) || last {
+                let elapsed = window_start.elapsed().as_secs_f64().max(1e-9);
+                last_train = window.mean();
+                let mut record: Vec<(String, f64)> = last_train
+                    .iter()
+                    .map(|(k, v)| (format!("train_{k}"), v))
+                    .collect();
+                record.push(("lr".into(), lr));
+                record.push((
+                    "epoch".into(),
+                    epoch as f64 + index as f64 / batches_per_epoch as f64,
+                ));
+                record.push(("steps_per_sec".into(), window.count as f64 / elapsed));
+                logger.log(step, &record)?;
+                window = MetricWindow::default();
+                window_start = Instant::now();
             }
             if cfg.sample_every > 0 && step.is_multiple_of(cfg.sample_every) {
                 write_grid(&family, &self.run, cfg, &format!("step-{step:08}.png"))?;
@@ -609,7 +639,7 @@ impl Trainer {
                 step.is_multiple_of(cfg.checkpoint_every)
             };
             if ckpt_due || last {
-                checkpoint::write_checkpoint(&ckpt_dir, manifest_now(&best), save)?;
+                checkpoint::write_checkpoint(&ckpt_dir, manifest_now(&best, stale), save)?;
                 checkpoint::prune(&ckpt_dir, cfg.keep_checkpoints)?;
                 // A figure is not worth stopping a run for.
                 if let Err(e) = crate::plot::write_run_curves(&self.run) {
@@ -619,7 +649,7 @@ impl Trainer {
         }
         // The budget is spent: the planned steps are done, or a minutes
         // budget ran out on the clock.
-        if leader && (step == total || timed_out) && step > start_step {
+        if leader && (step == total || timed_out || stopped_early) && step > start_step {
             write_grid(&family, &self.run, cfg, "final.png")?;
             write_progress_strip(&self.run.samples_dir())?;
         }
@@ -784,25 +814,16 @@ where
     )))
 }
 
-/// The best value of `metric` a resumed run has seen: the lower of its
-/// checkpoint's record and the best checkpoint's own (which may come from
-/// steps after that checkpoint, redone now), so that a best checkpoint is
-/// only ever replaced by a better one.
-fn best_so_far(
-    checkpoints: &std::path::Path,
-    identity: &CheckpointIdentity,
-    metric: &str,
-    resumed: Option<&Manifest>,
-) -> Option<BestValue> {
-    let kept = checkpoint::verify(&checkpoints.join(checkpoint::BEST), identity).ok();
-    [
-        resumed.and_then(|m| m.best.clone()),
-        kept.and_then(|m| m.best),
-    ]
-    .into_iter()
-    .flatten()
-    .filter(|b| b.metric == metric)
-    .min_by(|a, b| a.value.total_cmp(&b.value))
+/// What the run says when `patience` evaluations have not improved on the best.
+fn early_stop_message(step: u64, stale: u64, best: &Option<BestValue>) -> String {
+    match best {
+        Some(b) => format!(
+            "step {step}: {stale} evaluations without a lower {} than {:.4} (step {}): stopping \
+             early (`sample --checkpoint best` takes that one)",
+            b.metric, b.value, b.step
+        ),
+        None => format!("step {step}: stopping early"),
+    }
 }
 
 /// Checks that every replica starts at the same step of the same budget
