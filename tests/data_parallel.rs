@@ -318,6 +318,47 @@ fn uneven_shards_and_checkpoints_move_between_one_and_several_devices() {
 }
 
 #[test]
+fn early_stopping_is_refused_on_replicas() {
+    // Only the leader evaluates, so the others could not stop with it.
+    let _g = lock(&RNG_LOCK);
+    let tmp = tempfile::tempdir().unwrap();
+    let run = RunDir::create(tmp.path(), false).unwrap();
+    let cfg = TrainConfig {
+        keep_best: Some("test_neg_elbo".into()),
+        patience: Some(2),
+        ..config(2, 8)
+    };
+    let vae = VaeConfig {
+        height: 12,
+        width: 12,
+        hidden: 8,
+        latent: 2,
+        ..Default::default()
+    };
+    let images = data(12, 8);
+    let parallel = ParallelConfig {
+        devices: 2,
+        ..Default::default()
+    };
+    let err = run_replicas::<B, _>(&parallel, vec![CpuDevice::default(); 2], |_, d| {
+        let family = {
+            let _init = lock(&INIT_LOCK);
+            VaeTrainer::<B>::new(vae.clone(), &d)
+        };
+        Trainer::new(run.clone(), cfg.clone())
+            .progress(false)
+            .fit_replica(family, &images, &d)
+    })
+    .err()
+    .expect("must refuse");
+    assert!(
+        err.to_string()
+            .contains("early stopping (patience) runs on one device"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_replica_that_fails_stops_the_others_with_its_error() {
     let _g = lock(&RNG_LOCK);
     let parallel = ParallelConfig {
