@@ -413,20 +413,12 @@ impl Trainer {
             ))
         ));
         bar.set_position(step);
-        // The lowest held-out value of the watched metric so far (a resumed
-        // run's, from its checkpoint), and the evaluations since.
-        let mut best = match &cfg.keep_best {
+        let mut watched = match &cfg.keep_best {
             Some(metric) if leader => {
                 check_watched_metric(&family, data, device, metric)?;
-                manifest
-                    .and_then(|m| m.best.clone())
-                    .filter(|b| b.metric == *metric)
+                Some(WatchedMetric::new(metric, cfg.patience, manifest))
             }
             _ => None,
-        };
-        let mut stale = match best {
-            Some(_) => manifest.map_or(0, |m| m.evaluations_since_best),
-            None => 0,
         };
 
         let start_step = step;
@@ -436,9 +428,9 @@ impl Trainer {
         };
         let mut end = stop_at(total);
         let (mut timed_out, mut stopped_early) = (false, false);
-        if cfg.patience.is_some_and(|p| stale >= p) {
+        if let Some(w) = watched.as_ref().filter(|w| w.exhausted()) {
             // An early-stopped run, resumed: it has finished.
-            say(&early_stop_message(step, stale, &best));
+            say(&w.stop_message(step));
             end = step;
         }
         // Re-plans of a minutes budget made so far, and the (step, seconds)
@@ -533,7 +525,7 @@ impl Trainer {
 
             let epoch_end = index == 0;
             // This step's checkpoint manifest, with the best value so far.
-            let manifest_now = |best: &Option<BestValue>, stale: u64| Manifest {
+            let manifest_now = |watched: &Option<WatchedMetric>| Manifest {
                 format_version: checkpoint::FORMAT_VERSION,
                 genzoo_version: env!("CARGO_PKG_VERSION").into(),
                 identity: self.identity.clone(),
@@ -545,8 +537,8 @@ impl Trainer {
                 lr,
                 train_seconds: spent_before + train_seconds,
                 planned_minutes: cfg.minutes,
-                best: best.clone(),
-                evaluations_since_best: stale,
+                best: watched.as_ref().and_then(|w| w.best.clone()),
+                evaluations_since_best: watched.as_ref().map_or(0, |w| w.stale),
                 files: Vec::new(),
             };
             let save = |dir: &std::path::Path| -> Result<()> {
@@ -585,29 +577,21 @@ impl Trainer {
                         value,
                     });
                 }
-                if let Some(metric) = &cfg.keep_best
-                    && let Some(&(_, value)) = record.iter().find(|(k, _)| k == metric)
+                if let Some(w) = &mut watched
+                    && w.observe(&record, step)
                 {
-                    if best.as_ref().is_none_or(|b| value < b.value) {
-                        best = Some(BestValue {
-                            metric: metric.clone(),
-                            value,
-                            step,
-                        });
-                        stale = 0;
-                        checkpoint::write_checkpoint_as(
-                            &ckpt_dir,
-                            checkpoint::BEST,
-                            manifest_now(&best, stale),
-                            save,
-                        )?;
-                    } else {
-                        stale += 1;
-                    }
-                    if cfg.patience.is_some_and(|p| stale >= p) && step < end {
-                        say(&early_stop_message(step, stale, &best));
-                        (end, stopped_early) = (step, true);
-                    }
+                    checkpoint::write_checkpoint_as(
+                        &ckpt_dir,
+                        checkpoint::BEST,
+                        manifest_now(&watched),
+                        save,
+                    )?;
+                }
+                if let Some(w) = watched.as_ref().filter(|w| w.exhausted())
+                    && step < end
+                {
+                    say(&w.stop_message(step));
+                    (end, stopped_early) = (step, true);
                 }
                 last_eval = Some(eval);
             }
@@ -639,7 +623,7 @@ impl Trainer {
                 step.is_multiple_of(cfg.checkpoint_every)
             };
             if ckpt_due || last {
-                checkpoint::write_checkpoint(&ckpt_dir, manifest_now(&best, stale), save)?;
+                checkpoint::write_checkpoint(&ckpt_dir, manifest_now(&watched), save)?;
                 checkpoint::prune(&ckpt_dir, cfg.keep_checkpoints)?;
                 // A figure is not worth stopping a run for.
                 if let Err(e) = crate::plot::write_run_curves(&self.run) {
@@ -814,15 +798,66 @@ where
     )))
 }
 
-/// What the run says when `patience` evaluations have not improved on the best.
-fn early_stop_message(step: u64, stale: u64, best: &Option<BestValue>) -> String {
-    match best {
-        Some(b) => format!(
-            "step {step}: {stale} evaluations without a lower {} than {:.4} (step {}): stopping \
-             early (`sample --checkpoint best` takes that one)",
-            b.metric, b.value, b.step
-        ),
-        None => format!("step {step}: stopping early"),
+/// The held-out metric a run watches (`keep_best`): its lowest value so
+/// far, the evaluations since it last improved, and how many of those end
+/// the run (`patience`).
+struct WatchedMetric {
+    metric: String,
+    best: Option<BestValue>,
+    stale: u64,
+    patience: Option<u64>,
+}
+
+impl WatchedMetric {
+    /// Watching `metric`, from where the checkpoint a run resumes from left it.
+    fn new(metric: &str, patience: Option<u64>, resumed: Option<&Manifest>) -> Self {
+        let best = resumed
+            .and_then(|m| m.best.clone())
+            .filter(|b| b.metric == metric);
+        let stale = match (&best, resumed) {
+            (Some(_), Some(m)) => m.evaluations_since_best,
+            _ => 0,
+        };
+        Self {
+            metric: metric.into(),
+            best,
+            stale,
+            patience,
+        }
+    }
+
+    /// Takes the evaluation `record` of `step`; true when it is a new best.
+    fn observe(&mut self, record: &[(String, f64)], step: u64) -> bool {
+        let Some(&(_, value)) = record.iter().find(|(name, _)| *name == self.metric) else {
+            return false;
+        };
+        if self.best.as_ref().is_some_and(|b| value >= b.value) {
+            self.stale += 1;
+            return false;
+        }
+        self.best = Some(BestValue {
+            metric: self.metric.clone(),
+            value,
+            step,
+        });
+        self.stale = 0;
+        true
+    }
+
+    /// Whether `patience` evaluations in a row have not improved on the best.
+    fn exhausted(&self) -> bool {
+        self.patience.is_some_and(|p| self.stale >= p)
+    }
+
+    fn stop_message(&self, step: u64) -> String {
+        match &self.best {
+            Some(b) => format!(
+                "step {step}: {} evaluations without a lower {} than {:.4} (step {}): stopping \
+                 early (`sample --checkpoint best` takes that one)",
+                self.stale, b.metric, b.value, b.step
+            ),
+            None => format!("step {step}: stopping early"),
+        }
     }
 }
 
