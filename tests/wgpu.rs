@@ -12,7 +12,8 @@ use genzoo::models::vae::{VaeConfig, VaeTrainer};
 use genzoo::train::logger::read_jsonl;
 use genzoo::train::{RunDir, TrainConfig, Trainer};
 
-struct ShortRun(std::path::PathBuf);
+/// A short VAE run into the directory, its steps split into this many micro-batches.
+struct ShortRun(std::path::PathBuf, usize);
 
 impl BackendTask for ShortRun {
     type Output = u64;
@@ -39,6 +40,7 @@ impl BackendTask for ShortRun {
         );
         let config = TrainConfig {
             steps: Some(24),
+            micro_batches: self.1,
             lr: 5e-3,
             log_every: 1,
             samples: 4,
@@ -55,7 +57,7 @@ impl BackendTask for ShortRun {
 fn trains_on_wgpu() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    match with_backend(BackendKind::Wgpu, ShortRun(run.clone())) {
+    match with_backend(BackendKind::Wgpu, ShortRun(run.clone(), 1)) {
         Ok(steps) => assert_eq!(steps, 24),
         Err(Error::Backend(msg)) if std::env::var("GENZOO_REQUIRE_WGPU").as_deref() != Ok("1") => {
             eprintln!("no wgpu adapter on this machine, wgpu path not exercised: {msg}");
@@ -75,4 +77,22 @@ fn trains_on_wgpu() {
     );
     assert!(last < first, "loss should fall on wgpu too: {losses:?}");
     assert!(run.join("samples/final.png").exists());
+
+    // The same run in micro-batches of 4 (gradients summed on the device).
+    let split = tmp.path().join("split");
+    assert_eq!(
+        with_backend(BackendKind::Wgpu, ShortRun(split.clone(), 4)).unwrap(),
+        24
+    );
+    let split_losses: Vec<f64> = read_jsonl(&split.join("metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .filter_map(|r| r.get("train_loss")?.as_f64())
+        .collect();
+    for (a, b) in losses.iter().zip(&split_losses) {
+        assert!(
+            (a - b).abs() < 1e-3 * a.abs(),
+            "{losses:?} vs {split_losses:?}"
+        );
+    }
 }
