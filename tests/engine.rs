@@ -725,8 +725,8 @@ fn the_best_held_out_checkpoint_is_kept_through_pruning_and_resume() {
         .fit(Scripted::new(), &data(1), &device)
         .unwrap();
     assert_eq!(best(), (3, 2.0));
-    // Resumed from step 5's checkpoint: step 6's 4.0 beats no earlier value
-    // the run had seen, so the best stays step 3's (kept past pruning).
+    // Resumed from step 5's checkpoint, which recorded step 3's 2.0: step
+    // 6's 4.0 does not beat it, so the best stays (kept past pruning).
     trainer(tmp.path(), config.clone(), true)
         .stop_after(Some(1))
         .fit(Scripted::new(), &data(1), &device)
