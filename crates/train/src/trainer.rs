@@ -263,31 +263,17 @@ impl Trainer {
                 std::any::type_name::<B>()
             )));
         }
-        let shard = |batch: F::Batch, replica: &Replica| -> Result<(F::Batch, usize)> {
-            let rows = batch.rows();
-            if rows < replica.world {
-                return Err(Error::Config(format!(
-                    "a batch of {rows} examples cannot be split over {} replicas: raise batch_size",
-                    replica.world
-                )));
-            }
-            let (start, end) = replica.shard_range(rows);
-            Ok((batch.shard(start, end), rows))
-        };
-        self.run_loop(family, data, device, Some((replica, &shard)))
+        self.run_loop(family, data, device, Some(replica))
     }
 
-    /// The loop of [`Trainer::fit`] and [`Trainer::fit_replica`].
-    #[allow(clippy::type_complexity)]
+    /// The loop of [`Trainer::fit`] and [`Trainer::fit_replica`] (this
+    /// thread's replica of a data-parallel run, if any).
     fn run_loop<B, F, D>(
         self,
         family: F,
         data: &D,
         device: &B::Device,
-        parallel: Option<(
-            Replica,
-            &dyn Fn(F::Batch, &Replica) -> Result<(F::Batch, usize)>,
-        )>,
+        replica: Option<Replica>,
     ) -> Result<TrainOutcome<F>>
     where
         B: AutodiffBackend,
@@ -305,7 +291,6 @@ impl Trainer {
                 self.identity.model, cfg.micro_batches
             )));
         }
-        let replica = parallel.as_ref().map(|(r, _)| *r);
         if replica.is_some() && cfg.patience.is_some() {
             // Only the leader evaluates: the others could not stop with it.
             return Err(Error::Config(
@@ -451,7 +436,7 @@ impl Trainer {
                 cfg,
                 (step, epoch, index),
                 total,
-                parallel.as_ref(),
+                replica,
             )?;
             train_seconds += t0.elapsed().as_secs_f64();
             family = next;
@@ -657,10 +642,6 @@ fn steps_in(seconds: f64, per_step: f64) -> u64 {
     (seconds.max(0.0) / per_step).floor() as u64
 }
 
-/// A data-parallel run's sharding: this replica's rows of a batch, and the
-/// batch's size.
-type Shard<'a, T> = &'a dyn Fn(T, &Replica) -> Result<(T, usize)>;
-
 /// One training step at `(step, epoch, index)` of a run of `total` steps:
 /// seed, fetch the batch (this replica's rows of it in a data-parallel run)
 /// and let the family step at the scheduled learning rate.
@@ -671,7 +652,7 @@ fn take_step<B, F, D>(
     cfg: &TrainConfig,
     (step, epoch, index): (u64, u64, usize),
     total: u64,
-    parallel: Option<&(Replica, Shard<'_, F::Batch>)>,
+    parallel: Option<Replica>,
 ) -> Result<(F, Metrics, StepContext)>
 where
     B: AutodiffBackend,
@@ -679,7 +660,7 @@ where
     F::Batch: ShardBatch,
     D: TrainData<B, Batch = F::Batch>,
 {
-    if parallel.is_none_or(|(r, _)| r.is_leader()) {
+    if parallel.is_none_or(|r| r.is_leader()) {
         // Backend randomness is seeded by the leader only: burn's CPU
         // backend keeps one RNG per process, which replicas on threads
         // would race on. genzoo's families draw none in a step (their
@@ -688,15 +669,21 @@ where
         seed_step::<B>(device, cfg.seed, step + 1);
     }
     let mut batch = data.train_batch(epoch, index, device);
-    let mut rows = batch.rows();
+    let rows = batch.rows();
     let mut replica = None;
-    if let Some((r, shard)) = parallel {
-        let (rows_of_replica, global_rows) = shard(batch, r)?;
-        (batch, rows) = (rows_of_replica, global_rows);
+    if let Some(r) = parallel {
+        if rows < r.world {
+            return Err(Error::Config(format!(
+                "a batch of {rows} examples cannot be split over {} replicas: raise batch_size",
+                r.world
+            )));
+        }
+        let (start, end) = r.shard_range(rows);
+        batch = batch.shard(start, end);
         parallel::set_batch(rows);
         replica = Some(Replica {
             batch: Some(rows),
-            ..*r
+            ..r
         });
     }
     let mut ctx = StepContext::new(step + 1, cfg.lr);
