@@ -10,7 +10,7 @@ use genzoo_core::backend::{BackendTask, with_backend};
 use genzoo_core::{BackendKind, Error, Family, ImageBatch, Result, TokenBatch};
 use genzoo_models::presets;
 use genzoo_models::presets::{FamilyTask, with_family};
-use genzoo_train::checkpoint::{find_checkpoint, latest_good, list_checkpoints};
+use genzoo_train::checkpoint::{find_checkpoint, latest_good};
 use genzoo_train::plot;
 use genzoo_train::{RunConfig, RunDir};
 
@@ -136,12 +136,6 @@ fn load_run(run_path: &Path, which: &str) -> Result<(RunDir, RunConfig, PathBuf)
     let run = RunDir::open(run_path)?;
     let config = RunConfig::load(&run.config_file())?;
     let identity = config.identity()?;
-    if which == "latest" && list_checkpoints(&run.checkpoints_dir())?.is_empty() {
-        return Err(Error::Config(format!(
-            "{} has no checkpoint yet: train it first",
-            run.root().display()
-        )));
-    }
     let (dir, _) = find_checkpoint(&run.checkpoints_dir(), &identity, which, |w| {
         eprintln!("{w}")
     })?;
