@@ -3,7 +3,7 @@
 use std::marker::PhantomData;
 
 use burn::module::{AutodiffModule, ModuleVisitor, Param};
-use burn::optim::GradientsParams;
+use burn::optim::{GradientsAccumulator, GradientsParams};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 
@@ -40,41 +40,23 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for Scale<'_, B> {
     }
 }
 
-struct AddScaled<'a, B: AutodiffBackend> {
-    sum: &'a mut GradientsParams,
-    grads: GradientsParams,
-    weight: f64,
-    _b: PhantomData<B>,
-}
-
-impl<B: AutodiffBackend> ModuleVisitor<B> for AddScaled<'_, B> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
-        if let Some(g) = self.grads.remove::<B::InnerBackend, D>(param.id) {
-            let g = g * self.weight;
-            let total = match self.sum.remove::<B::InnerBackend, D>(param.id) {
-                Some(s) => s + g,
-                None => g,
-            };
-            self.sum.register::<B::InnerBackend, D>(param.id, total);
-        }
-    }
-}
-
 /// `sum + weight · grads` over `module`'s parameters: the running sum of an
 /// accumulated step's micro-batch gradients (`sum` empty at the first).
 pub fn add_scaled<B: AutodiffBackend, M: AutodiffModule<B>>(
     module: &M,
-    mut sum: GradientsParams,
-    grads: GradientsParams,
+    sum: GradientsParams,
+    mut grads: GradientsParams,
     weight: f64,
 ) -> GradientsParams {
-    module.visit(&mut AddScaled::<B> {
-        sum: &mut sum,
-        grads,
-        weight,
+    module.visit(&mut Scale::<B> {
+        grads: &mut grads,
+        factor: weight,
         _b: PhantomData,
     });
-    sum
+    let mut total = GradientsAccumulator::<M>::new();
+    total.accumulate(module, sum);
+    total.accumulate(module, grads);
+    total.grads()
 }
 
 /// The global L2 norm of `module`'s gradients in `grads`.
