@@ -404,6 +404,11 @@ fn a_run_keeps_its_best_checkpoint_and_sample_takes_the_one_asked_for() {
             && err.contains("test_neg_elbo"),
         "{err}"
     );
+    // The refused run wrote nothing to keep: the corrected command may
+    // take the same --out without --overwrite.
+    assert!(err.contains("misspelt is left empty"), "{err}");
+    ok(&train("test_neg_elbo", "misspelt"));
+    assert!(dir.join("misspelt/checkpoints/best/manifest.json").exists());
 }
 
 /// Writes `n` colour PNGs in two class folders, in two sizes: red squares

@@ -348,18 +348,29 @@ pub(crate) fn start_training(
     }
     let job = TrainJob {
         config,
-        run,
+        run: run.clone(),
         data,
         resume,
         text,
     };
-    if job.config.parallel.is_parallel() {
+    let trained = if job.config.parallel.is_parallel() {
         // Replicas run on their own threads while this one waits for them:
         // it must not hold a thread of the pool their kernels need.
         with_backend(backend, job)
     } else {
         with_backend_on_pool(backend, job)
+    };
+    // A new run refused by the engine (a metric it does not log, a family
+    // that cannot split its steps) or failing at its first step leaves only
+    // the config.toml written above: clear it, so that the corrected
+    // command needs no --overwrite.
+    if trained.is_err() && owner && !resume && run.clear_if_unstarted()? {
+        eprintln!(
+            "{} is left empty: the run stopped before it produced anything",
+            out.display()
+        );
     }
+    trained
 }
 
 /// The data of a run: images or a text corpus, as the model reads.

@@ -70,6 +70,50 @@ impl RunDir {
     pub fn checkpoints_dir(&self) -> PathBuf {
         self.root.join("checkpoints")
     }
+
+    /// Empties the directory of a new run that failed before it produced
+    /// anything, so that the corrected command can use the same `--out`
+    /// without `--overwrite`. Such a run holds its `config.toml` and at most
+    /// empty files and folders; anything else (a logged metric, a sample, a
+    /// checkpoint) keeps the whole directory as it is. Returns whether it was
+    /// emptied.
+    ///
+    /// Only for a directory [`RunDir::create`] made or emptied in the same
+    /// command: its `config.toml` is the one that command wrote.
+    pub fn clear_if_unstarted(&self) -> Result<bool> {
+        if !holds_nothing(&self.root, &["config.toml"])? {
+            return Ok(false);
+        }
+        for entry in std::fs::read_dir(&self.root).map_err(|e| Error::io(&self.root, e))? {
+            let path = entry.map_err(|e| Error::io(&self.root, e))?.path();
+            let removed = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            removed.map_err(|e| Error::io(&path, e))?;
+        }
+        Ok(true)
+    }
+}
+
+/// Whether `dir` holds only empty files and folders, besides the files
+/// named in `except` directly inside it.
+fn holds_nothing(dir: &Path, except: &[&str]) -> Result<bool> {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let path = entry.path();
+        let meta = entry.metadata().map_err(|e| Error::io(&path, e))?;
+        let empty = if meta.is_dir() {
+            holds_nothing(&path, &[])?
+        } else {
+            meta.len() == 0 || except.iter().any(|name| entry.file_name() == *name)
+        };
+        if !empty {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 fn is_empty_dir(path: &Path) -> Result<bool> {
@@ -106,5 +150,29 @@ mod tests {
         );
         RunDir::create(&dir, true).unwrap();
         assert!(!dir.join("keep.txt").exists());
+    }
+
+    #[test]
+    fn a_run_that_produced_nothing_is_cleared_and_any_other_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::create(tmp.path().join("run"), false).unwrap();
+        std::fs::write(run.config_file(), "[model]").unwrap();
+        std::fs::write(run.metrics_file(), "").unwrap();
+        std::fs::create_dir_all(run.checkpoints_dir().join("empty")).unwrap();
+        // A metric logged, a sample, or a config.toml deeper down: kept.
+        for kept in [
+            run.metrics_file(),
+            run.samples_dir().join("step-1.png"),
+            run.checkpoints_dir().join("config.toml"),
+        ] {
+            std::fs::create_dir_all(kept.parent().unwrap()).unwrap();
+            std::fs::write(&kept, "data").unwrap();
+            assert!(!run.clear_if_unstarted().unwrap(), "{}", kept.display());
+            assert!(kept.exists() && run.config_file().exists());
+            std::fs::write(&kept, "").unwrap();
+        }
+        assert!(run.clear_if_unstarted().unwrap());
+        assert!(run.root().is_dir() && is_empty_dir(run.root()).unwrap());
+        RunDir::create(run.root(), false).unwrap();
     }
 }
