@@ -10,7 +10,7 @@ use genzoo_core::backend::{BackendTask, with_backend};
 use genzoo_core::{BackendKind, Error, Family, ImageBatch, Result, TokenBatch};
 use genzoo_models::presets;
 use genzoo_models::presets::{FamilyTask, with_family};
-use genzoo_train::checkpoint::{find_checkpoint, latest_good};
+use genzoo_train::checkpoint::{Manifest, find_checkpoint, latest_good};
 use genzoo_train::plot;
 use genzoo_train::{RunConfig, RunDir};
 
@@ -19,7 +19,7 @@ mod sample;
 mod train;
 
 use eval::{EvalArgs, EvaluatorCommand};
-pub(crate) use eval::{evaluate_run, write_eval_json};
+pub(crate) use eval::{Evaluation, evaluate_run, write_eval_json};
 use sample::SampleArgs;
 pub(crate) use train::start_training;
 use train::{Overrides, TrainArgs};
@@ -132,14 +132,14 @@ where
 
 /// A run's directory, config, and its checkpoint `which` (`latest`, `best`
 /// or a step; see [`find_checkpoint`]).
-fn load_run(run_path: &Path, which: &str) -> Result<(RunDir, RunConfig, PathBuf)> {
+fn load_run(run_path: &Path, which: &str) -> Result<(RunDir, RunConfig, PathBuf, Manifest)> {
     let run = RunDir::open(run_path)?;
     let config = RunConfig::load(&run.config_file())?;
     let identity = config.identity()?;
-    let (dir, _) = find_checkpoint(&run.checkpoints_dir(), &identity, which, |w| {
+    let (dir, manifest) = find_checkpoint(&run.checkpoints_dir(), &identity, which, |w| {
         eprintln!("{w}")
     })?;
-    Ok((run, config, dir))
+    Ok((run, config, dir, manifest))
 }
 
 fn info(run_path: &Path) -> Result<()> {

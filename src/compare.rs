@@ -7,15 +7,18 @@ use std::path::{Path, PathBuf};
 
 use genzoo_core::{BackendKind, Error, Result};
 use genzoo_train::RunConfig;
-use genzoo_train::experiment::{Experiment, RunResult, report_image, report_markdown};
+use genzoo_train::experiment::{
+    EvalCheckpoint, Experiment, RunResult, report_image, report_markdown,
+};
 use genzoo_train::logger::read_jsonl;
 use genzoo_train::plot::{Panel, Record, curve_panels, metric_points, write_svg};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{evaluate_run, start_training, write_eval_json};
+use crate::cli::{Evaluation, evaluate_run, start_training, write_eval_json};
 
 /// What `compare` remembers about a (run, seed) between calls.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 struct CompareState {
     /// Training is complete (the budget is spent).
     done: bool,
@@ -26,8 +29,13 @@ struct CompareState {
     steps: u64,
     /// Trainable parameters.
     params: usize,
-    /// The step eval.json describes (None: not evaluated).
+    /// The run's step when eval.json was written (None: not evaluated).
     evaluated_step: Option<u64>,
+    /// Which of its checkpoints eval.json describes (absent from the
+    /// records of earlier versions, which evaluated the latest).
+    evaluated_checkpoint: EvalCheckpoint,
+    /// That checkpoint's step.
+    evaluated_checkpoint_step: Option<u64>,
 }
 
 fn read_state(dir: &Path) -> CompareState {
@@ -72,6 +80,14 @@ fn check_runs(experiment: &Experiment) -> Result<()> {
         config
             .model
             .check_micro_batches(config.train.micro_batches)?;
+        if experiment.eval.checkpoint == EvalCheckpoint::Best && config.train.keep_best.is_none() {
+            return Err(Error::Config(format!(
+                "run '{}': [eval] checkpoint = \"best\" evaluates each run's best checkpoint by its \
+                 held-out metric, and this one keeps none: add keep_best to its overrides \
+                 (overrides = {{ train = {{ keep_best = \"test_loss\" }} }}, a held-out metric in its metrics.jsonl)",
+                spec.name
+            )));
+        }
         if !config.model.reads_text() {
             config.data.image_source()?;
         }
@@ -132,64 +148,69 @@ pub fn compare(path: &Path, out: Option<PathBuf>, backend: BackendKind) -> Resul
                 state.done = true;
                 write_state(&dir, &state)?;
             }
-            let metrics =
-                if state.evaluated_step == Some(state.steps) && dir.join("eval.json").exists() {
-                    let text = std::fs::read_to_string(dir.join("eval.json"))
-                        .map_err(|e| Error::io(&dir, e))?;
-                    let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                        Error::Config(format!("{}: {e}", dir.join("eval.json").display()))
-                    })?;
-                    value
-                        .as_object()
-                        .map(|o| {
-                            o.iter()
-                                .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
-                                .collect()
-                        })
-                        .unwrap_or_default()
-                } else {
-                    let mut figures = Vec::new();
-                    let mut checkpoint = None;
-                    let mut evaluate = |metrics: &[String], n, terms| -> Result<()> {
-                        let (evaluated, found) =
-                            evaluate_run(&dir, "latest", metrics, n, terms, seed, backend)?;
-                        checkpoint = Some(evaluated);
-                        figures.extend(found);
-                        Ok(())
-                    };
-                    let sample_metrics: Vec<String> = experiment
-                        .eval
-                        .metrics
-                        .iter()
-                        .filter(|m| *m != "nll")
-                        .cloned()
-                        .collect();
-                    if !sample_metrics.is_empty() {
-                        evaluate(&sample_metrics, experiment.eval.samples, None)?;
-                    }
-                    if experiment.eval.metrics.iter().any(|m| m == "nll") {
-                        // Not every family has a likelihood (GANs have none): the cell stays empty.
-                        match &has_likelihood {
-                            Ok(()) => evaluate(
-                                &["nll".to_string()],
-                                experiment.eval.nll_images,
-                                experiment.eval.nll_terms,
-                            )?,
-                            Err(e) => eprintln!("{} seed {seed}: no bits/dim ({e})", spec.name),
-                        }
-                    }
-                    // One eval.json with both evaluations' figures.
-                    write_eval_json(&dir, checkpoint.as_deref(), &figures)?;
-                    state.evaluated_step = Some(state.steps);
-                    write_state(&dir, &state)?;
-                    figures.into_iter().collect()
+            let which = experiment.eval.checkpoint;
+            let up_to_date = state.evaluated_step == Some(state.steps)
+                && state.evaluated_checkpoint == which
+                && dir.join("eval.json").exists();
+            let metrics = if up_to_date {
+                let text = std::fs::read_to_string(dir.join("eval.json"))
+                    .map_err(|e| Error::io(&dir, e))?;
+                let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                    Error::Config(format!("{}: {e}", dir.join("eval.json").display()))
+                })?;
+                value
+                    .as_object()
+                    .map(|o| {
+                        o.iter()
+                            .filter_map(|(k, v)| Some((k.clone(), v.as_f64()?)))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            } else {
+                let mut figures = Vec::new();
+                let mut evaluated: Option<Evaluation> = None;
+                let mut evaluate = |metrics: &[String], n, terms| -> Result<()> {
+                    let found = evaluate_run(&dir, which.name(), metrics, n, terms, seed, backend)?;
+                    figures.extend(found.figures.iter().cloned());
+                    evaluated = Some(found);
+                    Ok(())
                 };
+                let sample_metrics: Vec<String> = experiment
+                    .eval
+                    .metrics
+                    .iter()
+                    .filter(|m| *m != "nll")
+                    .cloned()
+                    .collect();
+                if !sample_metrics.is_empty() {
+                    evaluate(&sample_metrics, experiment.eval.samples, None)?;
+                }
+                if experiment.eval.metrics.iter().any(|m| m == "nll") {
+                    // Not every family has a likelihood (GANs have none): the cell stays empty.
+                    match &has_likelihood {
+                        Ok(()) => evaluate(
+                            &["nll".to_string()],
+                            experiment.eval.nll_images,
+                            experiment.eval.nll_terms,
+                        )?,
+                        Err(e) => eprintln!("{} seed {seed}: no bits/dim ({e})", spec.name),
+                    }
+                }
+                // One eval.json with both evaluations' figures.
+                write_eval_json(&dir, evaluated.as_ref(), &figures)?;
+                state.evaluated_step = Some(state.steps);
+                state.evaluated_checkpoint = which;
+                state.evaluated_checkpoint_step = evaluated.map(|e| e.step);
+                write_state(&dir, &state)?;
+                figures.into_iter().collect()
+            };
             results.push(RunResult {
                 run: spec.name.clone(),
                 preset: spec.preset.clone(),
                 seed,
                 params: state.params,
                 steps: state.steps,
+                checkpoint_step: state.evaluated_checkpoint_step.unwrap_or(state.steps),
                 train_seconds: state.train_seconds,
                 examples_per_sec: state.steps as f64 * batch_size as f64
                     / state.train_seconds.max(1e-9),
@@ -297,5 +318,38 @@ mod tests {
         check_runs(&typo).unwrap();
         typo.dataset = "mnsit".into();
         assert!(check_runs(&typo).unwrap_err().to_string().contains("mnsit"));
+    }
+
+    #[test]
+    fn evaluating_best_checkpoints_needs_every_run_to_keep_one() {
+        let mut experiment: Experiment = toml::from_str(
+            r#"
+            name = "t"
+            dataset = "mnist"
+            [budget]
+            steps = 3
+            [eval]
+            checkpoint = "best"
+            [[runs]]
+            name = "vae"
+            preset = "vae-mlp"
+            overrides = { train = { keep_best = "test_neg_elbo" } }
+            [[runs]]
+            name = "ddpm"
+            preset = "ddpm-unet"
+            "#,
+        )
+        .unwrap();
+        let err = check_runs(&experiment).unwrap_err().to_string();
+        assert!(
+            err.contains("run 'ddpm'") && err.contains("keep_best"),
+            "{err}"
+        );
+        experiment.runs[1].overrides =
+            toml::from_str("train = { keep_best = \"test_loss\" }").unwrap();
+        check_runs(&experiment).unwrap();
+        experiment.eval.checkpoint = EvalCheckpoint::Latest;
+        experiment.runs[1].overrides = toml::Table::new();
+        check_runs(&experiment).unwrap();
     }
 }

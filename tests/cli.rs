@@ -972,6 +972,69 @@ overrides = { train = { batch_size = 8 } }
 }
 
 #[test]
+fn compare_evaluates_each_runs_best_checkpoint_when_asked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_idx_dataset(&dir.join("digits"), 64, 32, 28, 10).unwrap();
+    let experiment = |checkpoint: &str| {
+        format!(
+            r#"
+name = "best"
+dataset = "idx:digits"
+[budget]
+steps = 6
+[eval]
+metrics = ["nll"]
+nll_images = 4
+nll_terms = 4
+checkpoint = "{checkpoint}"
+[[runs]]
+name = "vae-dl"
+preset = "vae-mlp-dl"
+overrides = {{ train = {{ batch_size = 16, lr = 0.01, eval_every = 1, eval_batches = 1, keep_best = "test_neg_elbo" }} }}
+"#
+        )
+    };
+    std::fs::write(dir.join("exp.toml"), experiment("best")).unwrap();
+    let text = ok(&genzoo(&["compare", "exp.toml", "--out", "cmp"], dir));
+    let json = |path: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(path)).unwrap()).unwrap()
+    };
+    let best = json("cmp/vae-dl-seed0/checkpoints/best/manifest.json")["best"]["step"]
+        .as_u64()
+        .unwrap();
+    // The learning rate makes the held-out bound jump about: the best is
+    // not the last.
+    assert!(best < 6, "best step {best}");
+    let eval = json("cmp/vae-dl-seed0/eval.json");
+    assert!(
+        eval["checkpoint"].as_str().unwrap().ends_with("best"),
+        "{eval}"
+    );
+    assert_eq!(eval["checkpoint_step"].as_u64(), Some(best), "{eval}");
+    let report = std::fs::read_to_string(dir.join("cmp/report.md")).unwrap();
+    assert!(
+        report.contains("| steps | best step |")
+            && report.contains(&format!("| vae-dl | vae-mlp-dl | 967208 | 6 | {best} |")),
+        "{report}"
+    );
+    assert!(text.contains("eval.json"), "{text}");
+    // Evaluated once: a second call reads eval.json; asking for the latest
+    // checkpoint instead evaluates again.
+    let text = ok(&genzoo(&["compare", "exp.toml", "--out", "cmp"], dir));
+    assert!(!text.contains("eval.json"), "{text}");
+    std::fs::write(dir.join("exp.toml"), experiment("latest")).unwrap();
+    let text = ok(&genzoo(&["compare", "exp.toml", "--out", "cmp"], dir));
+    assert!(text.contains("eval.json"), "{text}");
+    assert_eq!(
+        json("cmp/vae-dl-seed0/eval.json")["checkpoint_step"].as_u64(),
+        Some(6)
+    );
+    let report = std::fs::read_to_string(dir.join("cmp/report.md")).unwrap();
+    assert!(!report.contains("best step"), "{report}");
+}
+
+#[test]
 fn bench_reports_training_and_generation_under_the_peers_keys() {
     let tmp = tempfile::tempdir().unwrap();
     let out = genzoo(

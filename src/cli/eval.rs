@@ -159,7 +159,7 @@ pub(super) fn eval(args: EvalArgs) -> Result<()> {
         .map(|m| m.trim().to_lowercase())
         .filter(|m| !m.is_empty())
         .collect();
-    let (checkpoint, figures) = evaluate_run(
+    let evaluation = evaluate_run(
         &args.run,
         &args.checkpoint,
         &metrics,
@@ -168,7 +168,17 @@ pub(super) fn eval(args: EvalArgs) -> Result<()> {
         args.seed,
         args.backend,
     )?;
-    write_eval_json(&args.run, Some(&checkpoint), &figures)
+    write_eval_json(&args.run, Some(&evaluation), &evaluation.figures)
+}
+
+/// What [`evaluate_run`] evaluated, and found.
+pub(crate) struct Evaluation {
+    /// The checkpoint's directory.
+    pub checkpoint: PathBuf,
+    /// The step it was written at.
+    pub step: u64,
+    /// (metric, value) pairs.
+    pub figures: Vec<(String, f64)>,
 }
 
 /// Evaluates a run's checkpoint `which` (`latest`, `best` or a step) with
@@ -183,8 +193,8 @@ pub(crate) fn evaluate_run(
     terms: Option<usize>,
     seed: u64,
     backend: BackendKind,
-) -> Result<(PathBuf, Vec<(String, f64)>)> {
-    let (_, config, checkpoint) = load_run(run_path, which)?;
+) -> Result<Evaluation> {
+    let (_, config, checkpoint, manifest) = load_run(run_path, which)?;
     if config.model.reads_text() {
         return Err(Error::Config(
             "text models report val_loss (nats/token) during training; eval works on image models"
@@ -241,7 +251,11 @@ pub(crate) fn evaluate_run(
             seed,
         },
     )
-    .map(|figures| (checkpoint, figures))
+    .map(|figures| Evaluation {
+        checkpoint,
+        step: manifest.step,
+        figures,
+    })
 }
 
 struct EvalJob {
@@ -377,17 +391,18 @@ impl<B: AutodiffBackend> FamilyTask<B> for EvalRun<B> {
     }
 }
 
-/// Writes `eval.json` into the run: the checkpoint evaluated (when one
-/// was) and the figures.
+/// Writes `eval.json` into the run: the checkpoint evaluated and its step
+/// (when one was) and the figures.
 pub(crate) fn write_eval_json(
     run: &Path,
-    checkpoint: Option<&Path>,
+    evaluated: Option<&Evaluation>,
     figures: &[(String, f64)],
 ) -> Result<()> {
     let mut record = serde_json::Map::new();
-    if let Some(checkpoint) = checkpoint {
-        let name = checkpoint.display().to_string();
+    if let Some(evaluated) = evaluated {
+        let name = evaluated.checkpoint.display().to_string();
         record.insert("checkpoint".into(), serde_json::Value::String(name));
+        record.insert("checkpoint_step".into(), serde_json::json!(evaluated.step));
     }
     for (name, value) in figures {
         record.insert(name.clone(), serde_json::json!(value));

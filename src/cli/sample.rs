@@ -84,7 +84,7 @@ pub(super) struct SampleArgs {
 }
 
 pub(super) fn sample(args: SampleArgs) -> Result<()> {
-    let (_, config, checkpoint) = load_run(&args.run, &args.checkpoint)?;
+    let (_, config, checkpoint, _) = load_run(&args.run, &args.checkpoint)?;
     check_sample_flags(&args, &config)?;
     let sampler = SamplerOptions {
         method: args.sampler,

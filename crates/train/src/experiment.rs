@@ -12,6 +12,7 @@
 //! [eval]
 //! samples = 1000
 //! metrics = ["fid", "kid", "is", "pr", "nll"]
+//! checkpoint = "latest"  # or "best": each run's keep_best checkpoint
 //! [[runs]]
 //! name = "vae"
 //! preset = "vae-mlp"
@@ -87,6 +88,31 @@ pub struct EvalSpec {
     /// Effort of the likelihood bound where a model estimates it (DDPM: bound
     /// terms; VAE: importance samples per image).
     pub nll_terms: Option<usize>,
+    /// Which checkpoint of each run is evaluated.
+    pub checkpoint: EvalCheckpoint,
+}
+
+/// Which checkpoint of each run an experiment evaluates.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalCheckpoint {
+    /// The newest: every run where the budget ended.
+    #[default]
+    Latest,
+    /// Each run's best held-out checkpoint by its own `keep_best` metric
+    /// (under its overrides' `train`): the one early stopping would pick,
+    /// and with `patience` the runs may stop before the budget ends.
+    Best,
+}
+
+impl EvalCheckpoint {
+    /// The name `genzoo eval --checkpoint` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Latest => "latest",
+            Self::Best => crate::checkpoint::BEST,
+        }
+    }
 }
 
 impl Default for EvalSpec {
@@ -96,6 +122,7 @@ impl Default for EvalSpec {
             metrics: ["fid", "kid", "is", "pr", "nll"].map(String::from).to_vec(),
             nll_images: 256,
             nll_terms: Some(100),
+            checkpoint: EvalCheckpoint::Latest,
         }
     }
 }
@@ -187,6 +214,9 @@ pub struct RunResult {
     pub params: usize,
     /// Steps trained.
     pub steps: u64,
+    /// The step of the checkpoint evaluated (`steps` unless the experiment
+    /// evaluates each run's best checkpoint).
+    pub checkpoint_step: u64,
     /// Seconds in training steps, over every call (resumes included).
     pub train_seconds: f64,
     /// Training examples per second.
@@ -228,38 +258,71 @@ pub fn report_markdown(experiment: &Experiment, results: &[RunResult]) -> String
         (_, _, Some(m)) => format!("{m} minutes"),
         _ => "?".into(),
     };
+    let evaluated = match experiment.eval.checkpoint {
+        EvalCheckpoint::Latest => "",
+        EvalCheckpoint::Best => {
+            " Each run is evaluated at its best checkpoint by its own `keep_best` metric (`best step`)."
+        }
+    };
     let mut out = format!(
         "# {}\n\nDataset `{}`, budget {budget} per run, seeds {:?}; {} samples per run for the sample metrics \
-         (evaluator features vs the test set), bits/dim on {} test images.\n\n",
+         (evaluator features vs the test set), bits/dim on {} test images.{evaluated}\n\n",
         experiment.name,
         experiment.dataset,
         experiment.seeds,
         experiment.eval.samples,
         experiment.eval.nll_images
     );
-    out.push_str("| run | preset | params | steps | train s | examples/s | s per 64 samples | FID | KID | precision | recall | IS | bits/dim |\n");
-    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    // Each column: its header, the figure of one (run, seed), and the
+    // digits shown of its mean ± std over seeds.
+    type Column = (&'static str, fn(&RunResult) -> Option<f64>, usize);
+    let mut columns: Vec<Column> = vec![
+        ("steps", |r| Some(r.steps as f64), 0),
+        ("train s", |r| Some(r.train_seconds), 1),
+        ("examples/s", |r| Some(r.examples_per_sec), 1),
+        (
+            "s per 64 samples",
+            |r| r.metrics.get("sample_seconds_per_64").copied(),
+            2,
+        ),
+        ("FID", |r| r.metrics.get("fid").copied(), 2),
+        ("KID", |r| r.metrics.get("kid").copied(), 4),
+        ("precision", |r| r.metrics.get("precision").copied(), 3),
+        ("recall", |r| r.metrics.get("recall").copied(), 3),
+        ("IS", |r| r.metrics.get("is").copied(), 2),
+        (
+            "bits/dim",
+            |r| r.metrics.get("nll_bits_per_dim").copied(),
+            3,
+        ),
+    ];
+    if experiment.eval.checkpoint == EvalCheckpoint::Best {
+        columns.insert(1, ("best step", |r| Some(r.checkpoint_step as f64), 0));
+    }
+    let names: Vec<&str> = columns.iter().map(|(name, _, _)| *name).collect();
+    out.push_str(&format!(
+        "| run | preset | params | {} |\n",
+        names.join(" | ")
+    ));
+    out.push_str(&format!(
+        "|---|---|---:|{}\n",
+        "---:|".repeat(columns.len())
+    ));
     for spec in &experiment.runs {
         let rows: Vec<&RunResult> = results.iter().filter(|r| r.run == spec.name).collect();
         if rows.is_empty() {
             continue;
         }
-        let m = |key: &'static str| move |r: &RunResult| r.metrics.get(key).copied();
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|(_, figure, digits)| cell(&rows, figure, *digits))
+            .collect();
         out.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} |\n",
             spec.name,
             spec.preset,
             rows[0].params,
-            cell(&rows, |r| Some(r.steps as f64), 0),
-            cell(&rows, |r| Some(r.train_seconds), 1),
-            cell(&rows, |r| Some(r.examples_per_sec), 1),
-            cell(&rows, m("sample_seconds_per_64"), 2),
-            cell(&rows, m("fid"), 2),
-            cell(&rows, m("kid"), 4),
-            cell(&rows, m("precision"), 3),
-            cell(&rows, m("recall"), 3),
-            cell(&rows, m("is"), 2),
-            cell(&rows, m("nll_bits_per_dim"), 3),
+            cells.join(" | ")
         ));
     }
     out.push_str("\n`report.png`: each run's final sample grid (first seed), left to right in table order, with its training-loss curve below it. `report.svg`: each run's losses against the step, with axes, a training and a held-out line per seed.\n");
@@ -386,22 +449,84 @@ mod tests {
             seed,
             params: 10,
             steps: 3,
+            checkpoint_step: 1 + 2 * seed,
             train_seconds: 1.0,
             examples_per_sec: 100.0,
             metrics: [("fid".to_string(), fid)].into_iter().collect(),
             dir: PathBuf::new(),
         };
-        let table = report_markdown(
-            &e,
-            &[
-                result("vae", 0, 10.0),
-                result("vae", 1, 12.0),
-                result("gan", 0, 30.0),
-            ],
+        let results = [
+            result("vae", 0, 10.0),
+            result("vae", 1, 12.0),
+            result("gan", 0, 30.0),
+        ];
+        let table = report_markdown(&e, &results);
+        assert!(
+            table.contains("| vae | vae-mlp | 10 | 3 ± 0 | 1.0 ± 0.0 |"),
+            "{table}"
         );
-        assert!(table.contains("| vae | vae-mlp | 10 |"), "{table}");
         assert!(table.contains("11.00 ± 1.41"), "{table}");
         assert!(table.contains("| gan | dcgan-28 |"), "{table}");
+        assert!(!table.contains("best"), "{table}");
+        // Every row has the header's columns.
+        let bars = |line: &str| line.matches('|').count();
+        assert!(
+            table
+                .lines()
+                .filter(|l| l.starts_with('|'))
+                .all(|l| bars(l) == 14),
+            "{table}"
+        );
+
+        // Evaluated at their best checkpoints: the steps of those, per run.
+        let best = Experiment {
+            eval: EvalSpec {
+                checkpoint: EvalCheckpoint::Best,
+                ..e.eval.clone()
+            },
+            ..e
+        };
+        let table = report_markdown(&best, &results);
+        assert!(
+            table.contains("| run | preset | params | steps | best step | train s |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| vae | vae-mlp | 10 | 3 ± 0 | 2 ± 1 | 1.0 ± 0.0 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| gan | dcgan-28 | 10 | 3 | 1 | 1.0 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("best checkpoint by its own `keep_best`"),
+            "{table}"
+        );
+        assert!(
+            table
+                .lines()
+                .filter(|l| l.starts_with('|'))
+                .all(|l| bars(l) == 15),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn the_checkpoint_to_evaluate_is_latest_unless_best_is_asked_for() {
+        assert_eq!(experiment().eval.checkpoint, EvalCheckpoint::Latest);
+        let with = |line: &str| {
+            toml::from_str::<Experiment>(&format!(
+                "name = \"t\"\ndataset = \"mnist\"\n[budget]\nsteps = 1\n[eval]\n{line}\n[[runs]]\nname = \"v\"\npreset = \"vae-mlp\""
+            ))
+        };
+        assert_eq!(
+            with("checkpoint = \"best\"").unwrap().eval.checkpoint,
+            EvalCheckpoint::Best
+        );
+        assert_eq!(EvalCheckpoint::Best.name(), "best");
+        let err = with("checkpoint = \"newest\"").unwrap_err().to_string();
+        assert!(err.contains("latest") && err.contains("best"), "{err}");
     }
 
     #[test]
