@@ -183,8 +183,8 @@ pub(crate) struct Evaluation {
 
 /// Evaluates a run's checkpoint `which` (`latest`, `best` or a step) with
 /// `metrics` (the names of [`EVAL_METRICS`]) on `n` samples (and `n` test images for nll),
-/// prints a table, and returns the checkpoint and the figures (for
-/// [`write_eval_json`]).
+/// prints a table, and returns the checkpoint, its step and the figures
+/// (for [`write_eval_json`]).
 pub(crate) fn evaluate_run(
     run_path: &Path,
     which: &str,

@@ -363,12 +363,17 @@ pub(crate) fn start_training(
     // A new run refused by the engine (a metric it does not log, a family
     // that cannot split its steps) or failing at its first step leaves only
     // the config.toml written above: clear it, so that the corrected
-    // command needs no --overwrite.
-    if trained.is_err() && owner && !resume && run.clear_if_unstarted()? {
-        eprintln!(
-            "{} is left empty: the run stopped before it produced anything",
-            out.display()
-        );
+    // command needs no --overwrite. The training error is the one reported
+    // whatever the clearing does.
+    if trained.is_err() && owner && !resume {
+        match run.clear_if_unstarted() {
+            Ok(true) => eprintln!(
+                "{} is left empty: the run stopped before it produced anything",
+                out.display()
+            ),
+            Ok(false) => {}
+            Err(e) => eprintln!("warning: {} was not cleared: {e}", out.display()),
+        }
     }
     trained
 }
