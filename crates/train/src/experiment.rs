@@ -469,14 +469,13 @@ mod tests {
         assert!(table.contains("| gan | dcgan-28 |"), "{table}");
         assert!(!table.contains("best"), "{table}");
         // Every row has the header's columns.
-        let bars = |line: &str| line.matches('|').count();
-        assert!(
+        let rows_have_bars = |table: &str, bars: usize| {
             table
                 .lines()
                 .filter(|l| l.starts_with('|'))
-                .all(|l| bars(l) == 14),
-            "{table}"
-        );
+                .all(|l| l.matches('|').count() == bars)
+        };
+        assert!(rows_have_bars(&table, 14), "{table}");
 
         // Evaluated at their best checkpoints: the steps of those, per run.
         let best = Experiment {
@@ -503,13 +502,7 @@ mod tests {
             table.contains("best checkpoint by its own `keep_best`"),
             "{table}"
         );
-        assert!(
-            table
-                .lines()
-                .filter(|l| l.starts_with('|'))
-                .all(|l| bars(l) == 15),
-            "{table}"
-        );
+        assert!(rows_have_bars(&table, 15), "{table}");
     }
 
     #[test]
