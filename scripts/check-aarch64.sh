@@ -58,7 +58,7 @@ status=0
 for run in "${runs[@]}"; do
   read -r -a args <<< "$run"
   for build in native arm; do
-    declare -n binary="$build"
+    if [[ "$build" == arm ]]; then binary=("${arm[@]}"); else binary=("${native[@]}"); fi
     # The last line of held-out figures ("test: ..." or "val: ...").
     "${binary[@]}" train "${args[@]}" --out "$WORK/$build" --overwrite 2>&1 |
       grep -E '^(test|val):' | tail -1 > "$WORK/$build.txt"
