@@ -194,15 +194,20 @@ fn info(run_path: &Path) -> Result<()> {
     }
     let best = run.checkpoints_dir().join(genzoo_train::checkpoint::BEST);
     if best.is_dir() {
-        let (_, m) = find_checkpoint(&run.checkpoints_dir(), &identity, "best", |_| {})?;
-        if let Some(b) = m.best {
-            println!(
-                "best:       {} {:.4} at step {} ({})",
-                b.metric,
-                b.value,
-                b.step,
-                best.display()
-            );
+        // info reports what it finds: a damaged best checkpoint is one more finding.
+        match find_checkpoint(&run.checkpoints_dir(), &identity, "best", |_| {}) {
+            Ok((_, m)) => {
+                if let Some(b) = m.best {
+                    println!(
+                        "best:       {} {:.4} at step {} ({})",
+                        b.metric,
+                        b.value,
+                        b.step,
+                        best.display()
+                    );
+                }
+            }
+            Err(e) => println!("best:       unreadable: {e}"),
         }
     }
     if run.metrics_file().exists() {

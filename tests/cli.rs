@@ -398,6 +398,20 @@ fn a_run_keeps_its_best_checkpoint_and_sample_takes_the_one_asked_for() {
     assert!(ok(&sample("2")).contains("step-00000002"));
     let err = fails(&sample("3"));
     assert!(err.contains("there are: 2, 4, best"), "{err}");
+    // A damaged best checkpoint: info says so and still reports the rest;
+    // sampling from it is refused with the reason.
+    let manifest = dir.join("vae/checkpoints/best/manifest.json");
+    let good = std::fs::read(&manifest).unwrap();
+    std::fs::write(&manifest, b"{ truncated").unwrap();
+    let info = ok(&genzoo(&["info", "--run", "vae"], dir));
+    assert!(
+        info.contains("best:       unreadable")
+            && info.contains("checkpoint: step 4 of 4")
+            && info.contains("last metrics:"),
+        "{info}"
+    );
+    assert!(fails(&sample("best")).contains("manifest"));
+    std::fs::write(&manifest, good).unwrap();
     let err = fails(&train("test_elbo", "misspelt"));
     assert!(
         err.contains("keep_best = \"test_elbo\" is not a held-out metric")
