@@ -1,6 +1,6 @@
 //! A student's story: train the reference MNIST VAE with genzoo as a
-//! library, then write samples, reconstructions and an importance-weighted
-//! likelihood estimate.
+//! library, then write samples, reconstructions, walks through its latent
+//! space and an importance-weighted likelihood estimate.
 //!
 //! ```text
 //! cargo run --release --example vae_mnist                         # MNIST (downloaded once into the cache)
@@ -12,6 +12,7 @@ use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use genzoo::core::family::SampleRequest;
 use genzoo::core::image::save_grid;
+use genzoo::core::latent;
 use genzoo::core::{CpuDevice, Family, Result, TrainData};
 use genzoo::data::{ImageData, Locator, Scaling, load_image_dataset};
 use genzoo::models::vae::{VaeConfig, VaeTrainer};
@@ -71,14 +72,37 @@ fn main() -> Result<()> {
         &run.root().join("reconstructions.png"),
     )?;
 
-    // 5. A tighter likelihood estimate: the IWAE bound with k = 64 on the first test batch.
+    // 5. The latent space: 8 interpolations between random codes, and the
+    //    first test image's code with each of its 5 most active dimensions
+    //    swept from -3 to 3 (the dimensions whose posterior mean varies most).
+    let walks = latent::interpolate(&vae, 8, 10, None, 1, &Default::default(), &device)?;
+    save_grid(walks, 10, &run.root().join("interpolations.png"))?;
+    let images = batch.images.clone().inner();
+    let labels = batch.labels.clone().inner();
+    let means: Vec<f32> = vae
+        .encode_images(images.clone(), labels.clone())?
+        .into_data()
+        .to_vec()
+        .expect("f32 codes");
+    let dims = latent::by_activity(&latent::activity(&means, vae.model.latent()));
+    let traversals = latent::traverse(
+        &vae,
+        images.narrow(0, 0, 1),
+        labels.narrow(0, 0, 1),
+        &dims[..5],
+        &latent::linspace(-3.0, 3.0, 10),
+        &Default::default(),
+    )?;
+    save_grid(traversals, 10, &run.root().join("traversals.png"))?;
+
+    // 6. A tighter likelihood estimate: the IWAE bound with k = 64 on the first test batch.
     let nll = vae.iwae_nll(&batch, 64);
     println!(
         "IWAE (k=64) NLL on 128 test images: {nll:.2} nats ({:.4} bits/dim)",
         nll / (784.0 * std::f64::consts::LN_2)
     );
     println!(
-        "wrote {}/samples.png and reconstructions.png",
+        "wrote {}/samples.png, reconstructions.png, interpolations.png and traversals.png",
         run.root().display()
     );
     Ok(())

@@ -748,6 +748,40 @@ fn ddpm_trains_and_samples_with_either_sampler_and_a_trajectory() {
         dir,
     ));
     assert!(dir.join("ddpm.png").exists());
+    // Interpolations between x_T's through deterministic DDIM; the ancestral
+    // sampler cannot decode one.
+    let text = ok(&genzoo(
+        &[
+            "sample",
+            "--run",
+            "runs/ddpm",
+            "--interpolate",
+            "3",
+            "--n",
+            "1",
+            "--steps",
+            "2",
+            "--out",
+            "walk.png",
+        ],
+        dir,
+    ));
+    assert!(text.contains("1 interpolations of 3 images"), "{text}");
+    let walk = image::open(dir.join("walk.png")).unwrap();
+    assert_eq!((walk.width(), walk.height()), (3 * 30 + 2, 30 + 2));
+    let err = fails(&genzoo(
+        &[
+            "sample",
+            "--run",
+            "runs/ddpm",
+            "--interpolate",
+            "3",
+            "--sampler",
+            "ddpm",
+        ],
+        dir,
+    ));
+    assert!(err.contains("deterministic sampler"), "{err}");
     // Options that do not fit the model are refused with the reason.
     let err = fails(&genzoo(
         &["sample", "--run", "runs/ddpm", "--guidance", "2"],
@@ -814,6 +848,140 @@ fn ddpm_trains_and_samples_with_either_sampler_and_a_trajectory() {
     }
     assert!(!dir.join("runs/vae/eval.json").exists());
     assert!(!dir.join("cache/genzoo/evaluators").exists());
+}
+
+#[test]
+fn latent_walks_write_their_grids_and_refuse_what_a_model_cannot_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_idx_dataset(&dir.join("digits"), 32, 24, 28, 10).unwrap();
+    for (preset, out) in [("vae-mlp", "runs/vae"), ("dcgan-28", "runs/gan")] {
+        ok(&genzoo(
+            &[
+                "train",
+                preset,
+                "--dataset",
+                "idx:digits",
+                "--out",
+                out,
+                "--batch-size",
+                "8",
+                "--steps",
+                "2",
+            ],
+            dir,
+        ));
+    }
+    let sample = |args: &[&str]| genzoo(&[&["sample"][..], args].concat(), dir);
+    let size = |f: &str| {
+        let img = image::open(dir.join(f)).unwrap();
+        (img.width(), img.height())
+    };
+    // A tile is 28 pixels and a 2-pixel border.
+    let tiles = |cols: u32, rows: u32| (cols * 30 + 2, rows * 30 + 2);
+
+    let text = ok(&sample(&[
+        "--run",
+        "runs/vae",
+        "--interpolate",
+        "5",
+        "--n",
+        "3",
+        "--out",
+        "i.png",
+    ]));
+    assert!(text.contains("3 interpolations of 5 images"), "{text}");
+    assert_eq!(size("i.png"), tiles(5, 3));
+    // Without --n: 8 rows.
+    ok(&sample(&[
+        "--run",
+        "runs/gan",
+        "--interpolate",
+        "4",
+        "--out",
+        "g.png",
+    ]));
+    assert_eq!(size("g.png"), tiles(4, 8));
+
+    // Traversals: the most active dimensions of 20, ranked over the 24 test images.
+    for out in ["t.png", "t2.png"] {
+        let text = ok(&sample(&[
+            "--run",
+            "runs/vae",
+            "--traverse",
+            "7",
+            "--n",
+            "4",
+            "--image",
+            "5",
+            "--out",
+            out,
+        ]));
+        assert!(
+            text.contains("of 20 latent dimensions are active")
+                && text.contains("over 24 test images")
+                && text.contains("4 dimensions × 7 values from -3 to 3"),
+            "{text}"
+        );
+    }
+    assert_eq!(size("t.png"), tiles(7, 4));
+    let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
+    assert_eq!(read("t.png"), read("t2.png"));
+    ok(&sample(&[
+        "--run",
+        "runs/vae",
+        "--traverse",
+        "3",
+        "--range",
+        "1.5",
+        "--out",
+        "t3.png",
+    ]));
+    assert_eq!(size("t3.png"), tiles(3, 10));
+
+    let text = ok(&sample(&[
+        "--run",
+        "runs/vae",
+        "--reconstruct",
+        "--n",
+        "6",
+        "--out",
+        "r.png",
+    ]));
+    assert!(
+        text.contains("mean squared error of the 6 reconstructions"),
+        "{text}"
+    );
+    assert_eq!(size("r.png"), tiles(3, 4));
+
+    for (args, expected) in [
+        (&["--run", "runs/gan", "--traverse", "3"][..], "no encoder"),
+        (&["--run", "runs/gan", "--reconstruct"][..], "no encoder"),
+        (&["--run", "runs/vae", "--interpolate", "1"][..], "K ≥ 2"),
+        (
+            &["--run", "runs/vae", "--range", "2"][..],
+            "give --traverse K too",
+        ),
+        (
+            &["--run", "runs/vae", "--interpolate", "3", "--reconstruct"][..],
+            "give one of them",
+        ),
+        (
+            &["--run", "runs/vae", "--traverse", "3", "--image", "24"][..],
+            "the test split has 24 images",
+        ),
+        (
+            &["--run", "runs/vae", "--traverse", "3", "--class", "1"][..],
+            "their own labels",
+        ),
+        (
+            &["--run", "runs/vae", "--traverse", "3", "--range", "0"][..],
+            "--range must be positive",
+        ),
+    ] {
+        let err = fails(&sample(args));
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
 }
 
 #[test]

@@ -3,15 +3,17 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use genzoo_core::backend::BackendTask;
 use genzoo_core::family::SampleRequest;
 use genzoo_core::image::{default_columns, save_grid};
+use genzoo_core::latent;
 use genzoo_core::{
     BackendKind, Error, Family, ImageBatch, Result, SamplerOptions, TextRequest, TokenBatch,
 };
-use genzoo_data::{Locator, load_image_dataset};
+use genzoo_data::{ImageDataset, Locator, Scaling, load_image_dataset};
 use genzoo_models::presets::{FamilyTask, with_family};
 use genzoo_train::RunConfig;
 
@@ -79,6 +81,26 @@ pub(super) struct SampleArgs {
     /// the grid shows the originals above their completions.
     #[arg(long)]
     complete_rows: Option<usize>,
+    /// Interpolate between random latent codes: --n rows (default 8) of K
+    /// images, each row from one code to another along the great circle
+    /// (VAEs, GANs; DDPMs from x_T through DDIM at η = 0).
+    #[arg(long, value_name = "K")]
+    interpolate: Option<usize>,
+    /// Traverse the latent space around a test image's code (VAEs): a row
+    /// per latent dimension, the most active first (--n of them, default up
+    /// to 10), each set to K values from -R to R (--range).
+    #[arg(long, value_name = "K")]
+    traverse: Option<usize>,
+    /// The traversal's range R [default: 3].
+    #[arg(long, value_name = "R")]
+    range: Option<f64>,
+    /// The test image whose code is traversed [default: 0].
+    #[arg(long, value_name = "I")]
+    image: Option<usize>,
+    /// Reconstruct the run's first --n test images from their codes (VAEs):
+    /// the grid shows the originals above their reconstructions.
+    #[arg(long)]
+    reconstruct: bool,
     #[arg(long, default_value = "cpu")]
     backend: BackendKind,
 }
@@ -94,8 +116,15 @@ pub(super) fn sample(args: SampleArgs) -> Result<()> {
         raw_weights: args.raw_weights,
         progress: true,
     };
+    let default_n = if args.interpolate.is_some() {
+        8
+    } else if args.traverse.is_some() {
+        TRAVERSED_DIMS
+    } else {
+        64
+    };
     let request = SampleRequest {
-        n: args.n.unwrap_or(64),
+        n: args.n.unwrap_or(default_n),
         seed: args.seed,
         class: args.class,
         sampler,
@@ -109,14 +138,40 @@ pub(super) fn sample(args: SampleArgs) -> Result<()> {
         seed: args.seed,
         use_cache: !args.no_cache,
     };
-    let complete = match args.complete_rows {
-        Some(rows) => {
-            let source = config.data.image_source()?;
-            let (_, test) =
-                load_image_dataset(&source, &Locator::from_env(config.data.data_dir.clone()))?;
-            Some((test.take(request.n), rows))
+    let test_images = || -> Result<ImageDataset> {
+        let source = config.data.image_source()?;
+        let (_, test) =
+            load_image_dataset(&source, &Locator::from_env(config.data.data_dir.clone()))?;
+        Ok(test)
+    };
+    let grid = if let Some(rows) = args.complete_rows {
+        Grid::Completions {
+            originals: test_images()?.take(request.n),
+            rows,
         }
-        None => None,
+    } else if let Some(cols) = args.interpolate {
+        Grid::Interpolations { cols }
+    } else if let Some(cols) = args.traverse {
+        let test = test_images()?;
+        let image = args.image.unwrap_or(0);
+        if image >= test.len() {
+            return Err(Error::Config(format!(
+                "--image {image} is out of range: the test split has {} images",
+                test.len()
+            )));
+        }
+        let range = args.range.unwrap_or(3.0);
+        Grid::Traversals {
+            test,
+            image,
+            values: genzoo_core::latent::linspace(-range, range, cols),
+        }
+    } else if args.reconstruct {
+        Grid::Reconstructions {
+            originals: test_images()?.take(request.n),
+        }
+    } else {
+        Grid::Samples
     };
     with_backend_on_pool(
         args.backend,
@@ -125,7 +180,7 @@ pub(super) fn sample(args: SampleArgs) -> Result<()> {
             checkpoint,
             request,
             text,
-            complete,
+            grid,
             trajectory: args.trajectory,
             out: args.out.unwrap_or_else(|| PathBuf::from("samples.png")),
         },
@@ -180,7 +235,60 @@ fn check_sample_flags(args: &SampleArgs, config: &RunConfig) -> Result<()> {
         ("--class", args.class.is_some()),
         ("--out", args.out.is_some()),
         ("--complete-rows", args.complete_rows.is_some()),
+        ("--interpolate", args.interpolate.is_some()),
+        ("--traverse", args.traverse.is_some()),
+        ("--reconstruct", args.reconstruct),
     ]);
+    let grids = given(&[
+        ("--complete-rows", args.complete_rows.is_some()),
+        ("--interpolate", args.interpolate.is_some()),
+        ("--traverse", args.traverse.is_some()),
+        ("--reconstruct", args.reconstruct),
+        ("--trajectory", args.trajectory),
+    ]);
+    if grids.len() > 1 {
+        return Err(Error::Config(format!(
+            "{} each make their own grid: give one of them",
+            grids.join(" and ")
+        )));
+    }
+    let traversal_only = given(&[
+        ("--range", args.range.is_some()),
+        ("--image", args.image.is_some()),
+    ]);
+    if args.traverse.is_none() && !traversal_only.is_empty() {
+        return Err(Error::Config(format!(
+            "{} {} to traversals only: give --traverse K too",
+            traversal_only.join(" and "),
+            if traversal_only.len() == 1 {
+                "applies"
+            } else {
+                "apply"
+            }
+        )));
+    }
+    if (args.traverse.is_some() || args.reconstruct) && args.class.is_some() {
+        return Err(Error::Config(
+            "--class is for drawn samples and interpolations; traversals and reconstructions \
+             decode test images with their own labels"
+                .into(),
+        ));
+    }
+    if let Some(k) = args.interpolate
+        && k < 2
+    {
+        return Err(Error::Config(format!(
+            "--interpolate K needs K ≥ 2 images per row (both ends), got {k}"
+        )));
+    }
+    if args.traverse == Some(0) {
+        return Err(Error::Config("--traverse K needs K ≥ 1 values".into()));
+    }
+    if let Some(r) = args.range
+        && !(r.is_finite() && r > 0.0)
+    {
+        return Err(Error::Config(format!("--range must be positive, got {r}")));
+    }
     if config.model.reads_text() {
         misplaced(image, "image models (a text model prints its text)")?;
     } else {
@@ -207,12 +315,39 @@ fn check_sample_flags(args: &SampleArgs, config: &RunConfig) -> Result<()> {
     Ok(())
 }
 
+/// Latent dimensions a traversal shows by default (the most active ones).
+const TRAVERSED_DIMS: usize = 10;
+
+/// Test images whose posterior means rank a VAE's latent dimensions.
+const ACTIVITY_IMAGES: usize = 1000;
+
+/// What an image model's grid shows.
+enum Grid {
+    /// Samples drawn from the model.
+    Samples,
+    /// Test images above their completions from their top `rows` rows.
+    Completions {
+        originals: ImageDataset,
+        rows: usize,
+    },
+    /// `--n` rows of `cols` images between two random latent codes.
+    Interpolations { cols: usize },
+    /// A test image's code with one dimension at a time set to each value.
+    Traversals {
+        test: ImageDataset,
+        image: usize,
+        values: Vec<f64>,
+    },
+    /// Test images above their reconstructions.
+    Reconstructions { originals: ImageDataset },
+}
+
 struct SampleJob {
     config: RunConfig,
     checkpoint: PathBuf,
     request: SampleRequest,
     text: TextRequest,
-    complete: Option<(genzoo_data::ImageDataset, usize)>,
+    grid: Grid,
     trajectory: bool,
     out: PathBuf,
 }
@@ -242,22 +377,96 @@ impl<B: AutodiffBackend> FamilyTask<B> for SampleRun<B> {
     fn run<F: Family<B, Batch = ImageBatch<B>>>(self, family: F) -> Result<()> {
         let family = family.load(&self.job.checkpoint)?;
         let started = Instant::now();
-        let images = match &self.job.complete {
-            Some((test, rows)) => {
-                let indices: Vec<usize> = (0..test.len()).collect();
-                let originals = test
-                    .batch::<B::InnerBackend>(&indices, genzoo_data::Scaling::Unit, &self.device)
-                    .images;
+        let request = &self.job.request;
+        let device = &self.device;
+        let (images, columns, what) = match &self.job.grid {
+            Grid::Samples => (
+                family.sample_images(request)?,
+                default_columns(request.n),
+                format!("{} samples", request.n),
+            ),
+            Grid::Completions { originals, rows } => {
+                let originals =
+                    originals.batch::<B::InnerBackend>(&all(originals), Scaling::Unit, device);
                 let completed =
-                    family.complete_images(originals.clone(), *rows, self.job.request.seed)?;
-                burn::tensor::Tensor::cat(vec![originals, completed], 0)
+                    family.complete_images(originals.images.clone(), *rows, request.seed)?;
+                let n = completed.dims()[0];
+                let images = Tensor::cat(vec![originals.images, completed], 0);
+                (
+                    images,
+                    default_columns(n),
+                    format!("{n} completions below their originals"),
+                )
             }
-            None => family.sample_images(&self.job.request)?,
+            Grid::Interpolations { cols } => (
+                latent::interpolate(
+                    &family,
+                    request.n,
+                    *cols,
+                    request.class,
+                    request.seed,
+                    &request.sampler,
+                    device,
+                )?,
+                *cols,
+                format!("{} interpolations of {cols} images", request.n),
+            ),
+            Grid::Traversals {
+                test,
+                image,
+                values,
+            } => {
+                let dims = self.most_active_dims(&family, test)?;
+                let one = test.batch::<B::InnerBackend>(&[*image], Scaling::Unit, device);
+                let images = latent::traverse(
+                    &family,
+                    one.images,
+                    one.labels,
+                    &dims,
+                    values,
+                    &request.sampler,
+                )?;
+                let rows = dims.len();
+                (
+                    images,
+                    values.len(),
+                    format!(
+                        "traversals of test image {image} ({rows} dimensions × {} values from {} to {})",
+                        values.len(),
+                        values[0],
+                        values[values.len() - 1]
+                    ),
+                )
+            }
+            Grid::Reconstructions { originals } => {
+                let originals =
+                    originals.batch::<B::InnerBackend>(&all(originals), Scaling::Unit, device);
+                let rebuilt = latent::reconstruct(
+                    &family,
+                    originals.images.clone(),
+                    originals.labels,
+                    &request.sampler,
+                )?;
+                let n = rebuilt.dims()[0];
+                let error: f64 = (rebuilt.clone() - originals.images.clone())
+                    .square()
+                    .mean()
+                    .into_scalar()
+                    .elem();
+                println!(
+                    "mean squared error of the {n} reconstructions: {error:.5} (pixels in [0, 1])"
+                );
+                let images = Tensor::cat(vec![originals.images, rebuilt], 0);
+                (
+                    images,
+                    default_columns(n),
+                    format!("{n} reconstructions below their originals"),
+                )
+            }
         };
-        save_grid(images, default_columns(self.job.request.n), &self.job.out)?;
+        save_grid(images, columns, &self.job.out)?;
         println!(
-            "wrote {} samples from {} to {} in {:.2} s",
-            self.job.request.n,
+            "wrote {what} from {} to {} in {:.2} s",
             self.job.checkpoint.display(),
             self.job.out.display(),
             started.elapsed().as_secs_f64()
@@ -295,4 +504,54 @@ impl<B: AutodiffBackend> FamilyTask<B> for SampleRun<B> {
         );
         Ok(())
     }
+}
+
+impl<B: AutodiffBackend> SampleRun<B> {
+    /// The request's number of latent dimensions, the most active first
+    /// (variance of the posterior means over the first test images; see
+    /// [`latent::activity`]), printed with their activity.
+    fn most_active_dims<F: Family<B>>(
+        &self,
+        family: &F,
+        test: &ImageDataset,
+    ) -> Result<Vec<usize>> {
+        let dim = family.latent_dim().unwrap_or(0);
+        let images = test.take(ACTIVITY_IMAGES);
+        let mut codes = Vec::with_capacity(images.len() * dim);
+        let indices = all(&images);
+        for chunk in indices.chunks(250) {
+            let batch = images.batch::<B::InnerBackend>(chunk, Scaling::Unit, &self.device);
+            let means = family.encode_images(batch.images, batch.labels)?;
+            codes.extend(
+                means
+                    .into_data()
+                    .to_vec::<f32>()
+                    .map_err(|e| Error::Other(format!("cannot read latent codes: {e:?}")))?,
+            );
+        }
+        let activity = latent::activity(&codes, dim);
+        let order = latent::by_activity(&activity);
+        let active = activity
+            .iter()
+            .filter(|&&v| v > latent::ACTIVE_VARIANCE)
+            .count();
+        let shown: Vec<usize> = order.into_iter().take(self.job.request.n).collect();
+        println!(
+            "{active} of {dim} latent dimensions are active (variance of the posterior mean over {} \
+             test images > {}); rows: {}",
+            images.len(),
+            latent::ACTIVE_VARIANCE,
+            shown
+                .iter()
+                .map(|&d| format!("dim {d} ({:.3})", activity[d]))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Ok(shown)
+    }
+}
+
+/// Every index of `images`.
+fn all(images: &ImageDataset) -> Vec<usize> {
+    (0..images.len()).collect()
 }

@@ -299,6 +299,48 @@ pub trait Family<B: AutodiffBackend>: Sized {
         ))
     }
 
+    /// Number of classes of a class-conditional model (0: unconditional).
+    fn num_classes(&self) -> usize {
+        0
+    }
+
+    /// Length of the latent code the model decodes images from, drawn from
+    /// N(0, I) when sampling: a VAE's or GAN's z, a DDPM's x_T flattened.
+    /// `None` for models without one (autoregressive models). See
+    /// [`crate::latent`] for what is built on it.
+    fn latent_dim(&self) -> Option<usize> {
+        None
+    }
+
+    /// Decodes latent codes `[n, latent_dim]` into images in `[0, 1]`,
+    /// `[n, channels, height, width]`; image i has class `labels[i]` (read by
+    /// class-conditional models only). `sampler` applies to diffusion
+    /// models, which need a deterministic sampler for a code to mean one image.
+    fn decode_latents(
+        &self,
+        _codes: Tensor<B::InnerBackend, 2>,
+        _labels: Tensor<B::InnerBackend, 1, Int>,
+        _sampler: &SamplerOptions,
+    ) -> Result<Tensor<B::InnerBackend, 4>> {
+        Err(crate::Error::Config(
+            "this model does not decode latent codes (VAEs, GANs and DDPMs do)".into(),
+        ))
+    }
+
+    /// The latent codes of images in `[0, 1]` (`[n, channels, height,
+    /// width]`, with their labels), `[n, latent_dim]`: a VAE's posterior means.
+    fn encode_images(
+        &self,
+        _images: Tensor<B::InnerBackend, 4>,
+        _labels: Tensor<B::InnerBackend, 1, Int>,
+    ) -> Result<Tensor<B::InnerBackend, 2>> {
+        Err(crate::Error::Config(
+            "this model has no encoder: traversals and reconstructions need a VAE \
+             (interpolations between random codes work for GANs and DDPMs too)"
+                .into(),
+        ))
+    }
+
     /// A bound on (or the exact) negative log-likelihood of each image in
     /// bits per dimension, for 8-bit images given in `[0, 1]`,
     /// `[n, channels, height, width]`. `effort` trades accuracy for time where

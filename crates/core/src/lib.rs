@@ -17,6 +17,7 @@ pub mod family;
 pub mod fused;
 pub mod grad;
 pub mod image;
+pub mod latent;
 pub mod noise;
 pub mod optim;
 pub mod parallel;

@@ -10,7 +10,7 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use genzoo_core::ema::Ema;
-use genzoo_core::family::SampleRequest;
+use genzoo_core::family::{SampleRequest, SamplerOptions};
 use genzoo_core::noise;
 use genzoo_core::optim::FusedAdam;
 use genzoo_core::parallel::{Replica, broadcast_autodiff, broadcast_module};
@@ -333,11 +333,12 @@ impl<B: AutodiffBackend> DdpmTrainer<B> {
                 request,
                 labels,
                 guidance,
+                None,
                 &mut keep,
             ),
             SamplerMethod::Ddim => {
                 let ddim = Ddim::new(settings.steps, settings.eta, &self.schedule)?;
-                self.run_sampler(&ddim, request, labels, guidance, &mut keep)
+                self.run_sampler(&ddim, request, labels, guidance, None, &mut keep)
             }
         }
     }
@@ -348,6 +349,7 @@ impl<B: AutodiffBackend> DdpmTrainer<B> {
         request: &SampleRequest,
         labels: Tensor<B::InnerBackend, 1, Int>,
         guidance: f64,
+        x_t: Option<Tensor<B::InnerBackend, 4>>,
         keep: &mut impl FnMut(usize, &Tensor<B::InnerBackend, 4>),
     ) -> Result<Tensor<B::InnerBackend, 4>> {
         // The EMA weights by default; the trained ones on request.
@@ -383,7 +385,8 @@ impl<B: AutodiffBackend> DdpmTrainer<B> {
             net.null_class() as i64,
             &self.device,
         );
-        let mut x = normal(shape);
+        // x_T: the given one (a latent code), or else seeded noise.
+        let mut x = x_t.unwrap_or_else(|| normal(shape));
         keep(0, &x);
         for (i, &t) in timesteps.iter().enumerate() {
             let prev = timesteps.get(i + 1).copied();
@@ -583,6 +586,52 @@ impl<B: AutodiffBackend> Family<B> for DdpmTrainer<B> {
             }
         })?;
         Ok(((Tensor::cat(kept, 0) + 1.0) / 2.0).clamp(0.0, 1.0))
+    }
+
+    fn num_classes(&self) -> usize {
+        if self.config.conditional {
+            self.config.unet.num_classes
+        } else {
+            0
+        }
+    }
+
+    /// x_T, flattened: with DDIM at η = 0 each x_T maps to one image.
+    fn latent_dim(&self) -> Option<usize> {
+        let u = &self.config.unet;
+        Some(u.channels * u.height * u.width)
+    }
+
+    /// Runs the deterministic DDIM sampler (η = 0; `--steps` and guidance
+    /// apply) from each code as x_T.
+    fn decode_latents(
+        &self,
+        codes: Tensor<B::InnerBackend, 2>,
+        labels: Tensor<B::InnerBackend, 1, Int>,
+        sampler: &SamplerOptions,
+    ) -> Result<Tensor<B::InnerBackend, 4>> {
+        let n = codes.dims()[0];
+        let request = SampleRequest {
+            n,
+            sampler: sampler.clone(),
+            ..Default::default()
+        };
+        let (settings, guidance) = self.resolve_sampler(&request)?;
+        if settings.method != SamplerMethod::Ddim || settings.eta != 0.0 {
+            return Err(Error::Config(format!(
+                "decoding a diffusion model's x_T needs the deterministic sampler, DDIM with η = 0 \
+                 (the ancestral one adds new noise at every step); got {}",
+                match settings.method {
+                    SamplerMethod::Ddpm => "--sampler ddpm".to_string(),
+                    SamplerMethod::Ddim => format!("η = {}", settings.eta),
+                }
+            )));
+        }
+        let u = &self.config.unet;
+        let x_t = codes.reshape([n, u.channels, u.height, u.width]);
+        let ddim = Ddim::new(settings.steps, 0.0, &self.schedule)?;
+        let x0 = self.run_sampler(&ddim, &request, labels, guidance, Some(x_t), &mut |_, _| {})?;
+        Ok(((x0 + 1.0) / 2.0).clamp(0.0, 1.0))
     }
 
     /// The variational bound ([`DdpmTrainer::variational_bound`]); `effort` is its number of terms.

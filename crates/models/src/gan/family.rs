@@ -10,7 +10,7 @@ use burn::optim::adaptor::OptimizerAdaptor;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use genzoo_core::ema::Ema;
-use genzoo_core::family::SampleRequest;
+use genzoo_core::family::{SampleRequest, SamplerOptions};
 use genzoo_core::grad::global_norm;
 use genzoo_core::noise;
 use genzoo_core::optim::FusedAdam;
@@ -412,17 +412,35 @@ impl<B: AutodiffBackend> Family<B> for GanTrainer<B> {
     }
 
     fn sample_images(&self, request: &SampleRequest) -> Result<Tensor<B::InnerBackend, 4>> {
-        let classes = if self.config.conditional {
-            self.config.num_classes
-        } else {
-            0
-        };
-        let labels = request.labels::<B::InnerBackend>(classes, "cdcgan-28", &self.device)?;
+        let labels =
+            request.labels::<B::InnerBackend>(self.num_classes(), "cdcgan-28", &self.device)?;
         // Host noise seeded by the request: the same images whatever else runs.
         let _noise = noise::begin(genzoo_core::seed::derive(request.seed, "gan-sample", 0));
         let z = self.noise::<B::InnerBackend>(request.n, &self.device);
+        self.decode_latents(z, labels, &request.sampler)
+    }
+
+    fn num_classes(&self) -> usize {
+        if self.config.conditional {
+            self.config.num_classes
+        } else {
+            0
+        }
+    }
+
+    fn latent_dim(&self) -> Option<usize> {
+        Some(self.config.latent)
+    }
+
+    /// G(z, y) of the generator samples come from (the EMA when enabled).
+    fn decode_latents(
+        &self,
+        codes: Tensor<B::InnerBackend, 2>,
+        labels: Tensor<B::InnerBackend, 1, Int>,
+        _sampler: &SamplerOptions,
+    ) -> Result<Tensor<B::InnerBackend, 4>> {
         // [-1, 1] → [0, 1]
-        Ok((self.sampling_generator().forward(z, labels) + 1.0) / 2.0)
+        Ok((self.sampling_generator().forward(codes, labels) + 1.0) / 2.0)
     }
 
     fn broadcast_weights(mut self, replica: &Replica) -> Result<Self> {

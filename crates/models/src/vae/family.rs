@@ -8,7 +8,7 @@ use burn::optim::GradientsParams;
 use burn::optim::adaptor::OptimizerAdaptor;
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use genzoo_core::family::SampleRequest;
+use genzoo_core::family::{SampleRequest, SamplerOptions};
 use genzoo_core::noise;
 use genzoo_core::optim::FusedAdam;
 use genzoo_core::parallel::{Replica, broadcast_autodiff};
@@ -163,6 +163,37 @@ impl<B: AutodiffBackend> Family<B> for VaeTrainer<B> {
         )?;
         let _noise = noise::begin(derive(request.seed, "vae-sample", 0));
         Ok(self.model.valid().sample(labels, device))
+    }
+
+    fn num_classes(&self) -> usize {
+        self.model.num_classes()
+    }
+
+    fn latent_dim(&self) -> Option<usize> {
+        Some(self.model.latent())
+    }
+
+    /// The decoder's mean images of the codes, as [`Vae::sample`] shows prior draws.
+    fn decode_latents(
+        &self,
+        codes: Tensor<B::InnerBackend, 2>,
+        labels: Tensor<B::InnerBackend, 1, Int>,
+        _sampler: &SamplerOptions,
+    ) -> Result<Tensor<B::InnerBackend, 4>> {
+        let model = self.model.valid();
+        let condition = model.condition(labels);
+        Ok(model.mean_image(model.decode(codes, condition)))
+    }
+
+    /// The posterior means μ(x, y).
+    fn encode_images(
+        &self,
+        images: Tensor<B::InnerBackend, 4>,
+        labels: Tensor<B::InnerBackend, 1, Int>,
+    ) -> Result<Tensor<B::InnerBackend, 2>> {
+        let model = self.model.valid();
+        let condition = model.condition(labels);
+        Ok(model.encode(images, condition).0)
     }
 
     fn broadcast_weights(mut self, replica: &Replica) -> Result<Self> {
