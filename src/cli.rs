@@ -1,5 +1,5 @@
 //! The `genzoo` command line: `train` and `resume` (in `train.rs`),
-//! `sample` (`sample.rs`), `eval` and `evaluator` (`eval.rs`), `compare`
+//! `sample` (`sample.rs`), `export` (`export.rs`), `eval` and `evaluator` (`eval.rs`), `compare`
 //! and `bench` (their own files), `info`, `plot` and `list` (here).
 
 use std::path::{Path, PathBuf};
@@ -15,6 +15,7 @@ use genzoo_train::plot;
 use genzoo_train::{RunConfig, RunDir};
 
 mod eval;
+mod export;
 mod sample;
 mod train;
 
@@ -43,8 +44,11 @@ enum Command {
         #[command(flatten)]
         overrides: Overrides,
     },
-    /// Draw samples from a trained run into a PNG grid.
+    /// Draw samples from a trained run into a PNG grid (or files: --images-dir).
     Sample(SampleArgs),
+    /// Write a dataset's images as one PNG file each: the reference folder
+    /// for FID tools outside genzoo, beside `sample --images-dir`.
+    Export(export::ExportArgs),
     /// Evaluate a trained run: FID, KID, IS, precision/recall on the evaluator's
     /// features, and the likelihood in bits/dim; writes eval.json into the run.
     Eval(EvalArgs),
@@ -101,6 +105,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train::train(args),
         Command::Resume { run, overrides } => train::resume(run, overrides),
         Command::Sample(args) => sample::sample(args),
+        Command::Export(args) => export::export(args),
         Command::Eval(args) => eval::eval(args),
         Command::Compare { file, out, backend } => crate::compare::compare(&file, out, backend),
         Command::Evaluator(command) => eval::evaluator(command),

@@ -985,6 +985,112 @@ fn latent_walks_write_their_grids_and_refuse_what_a_model_cannot_do() {
 }
 
 #[test]
+fn samples_and_dataset_images_are_written_one_png_each() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_idx_dataset(&dir.join("digits"), 32, 12, 28, 10).unwrap();
+    ok(&genzoo(
+        &[
+            "train",
+            "vae-mlp",
+            "--dataset",
+            "idx:digits",
+            "--out",
+            "runs/vae",
+            "--steps",
+            "2",
+        ],
+        dir,
+    ));
+    let sample =
+        |args: &[&str]| genzoo(&[&["sample", "--run", "runs/vae"][..], args].concat(), dir);
+    let grey = |path: &Path| image::open(path).unwrap().to_luma8();
+    let files = |d: &str| std::fs::read_dir(dir.join(d)).unwrap().count();
+
+    // Five files, each one of the grid's tiles for the same seed.
+    let text = ok(&sample(&[
+        "--n",
+        "5",
+        "--seed",
+        "3",
+        "--images-dir",
+        "five",
+    ]));
+    assert!(text.contains("wrote 5 samples"), "{text}");
+    assert_eq!(files("five"), 5);
+    ok(&sample(&["--n", "5", "--seed", "3", "--out", "grid.png"]));
+    let grid = grey(&dir.join("grid.png"));
+    for i in 0..5u32 {
+        let file = grey(&dir.join(format!("five/{i:06}.png")));
+        assert_eq!((file.width(), file.height()), (28, 28));
+        // 3 columns; a tile is 28 pixels after a 2-pixel border.
+        let (x0, y0) = (2 + (i % 3) * 30, 2 + (i / 3) * 30);
+        for (x, y, p) in file.enumerate_pixels() {
+            assert_eq!(
+                p.0,
+                grid.get_pixel(x0 + x, y0 + y).0,
+                "image {i} at ({x}, {y})"
+            );
+        }
+    }
+    // Past one chunk of 500: the first 500 are those of --n 500, the rest new.
+    ok(&sample(&["--n", "501", "--images-dir", "many"]));
+    ok(&sample(&["--n", "500", "--images-dir", "chunk"]));
+    assert_eq!((files("many"), files("chunk")), (501, 500));
+    let read = |f: String| std::fs::read(dir.join(f)).unwrap();
+    for i in [0, 250, 499] {
+        assert_eq!(
+            read(format!("many/{i:06}.png")),
+            read(format!("chunk/{i:06}.png"))
+        );
+    }
+    assert_ne!(
+        read("many/000500.png".into()),
+        read("many/000000.png".into())
+    );
+    // Never among other files, and not with --out.
+    let err = fails(&sample(&["--n", "2", "--images-dir", "five"]));
+    assert!(err.contains("five is not empty"), "{err}");
+    let err = fails(&sample(&["--images-dir", "x", "--out", "x.png"]));
+    assert!(err.contains("give one of them"), "{err}");
+    assert!(!dir.join("x").exists());
+
+    // The run's test images, the reference folder for an outside FID.
+    let text = ok(&genzoo(
+        &["export", "--run", "runs/vae", "--n", "7", "--out", "real"],
+        dir,
+    ));
+    assert!(text.contains("wrote 7 test images of idx:digits"), "{text}");
+    assert_eq!(files("real"), 7);
+    let (_, test) = genzoo::data::load_image_dataset(
+        &format!("idx:{}", dir.join("digits").display())
+            .parse()
+            .unwrap(),
+        &genzoo::data::Locator::from_env(None),
+    )
+    .unwrap();
+    assert_eq!(grey(&dir.join("real/000003.png")).into_raw(), test.image(3));
+    ok(&genzoo(
+        &[
+            "export",
+            "--dataset",
+            "idx:digits",
+            "--split",
+            "train",
+            "--out",
+            "train",
+        ],
+        dir,
+    ));
+    assert_eq!(files("train"), 32);
+    let err = fails(&genzoo(
+        &["export", "--run", "runs/vae", "--out", "real"],
+        dir,
+    ));
+    assert!(err.contains("real is not empty"), "{err}");
+}
+
+#[test]
 fn evaluator_and_sample_metrics() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

@@ -1,6 +1,6 @@
 //! `genzoo sample`: images, or text, from a trained run.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use burn::prelude::*;
@@ -8,7 +8,7 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Args;
 use genzoo_core::backend::BackendTask;
 use genzoo_core::family::SampleRequest;
-use genzoo_core::image::{default_columns, save_grid};
+use genzoo_core::image::{default_columns, save_grid, save_images};
 use genzoo_core::latent;
 use genzoo_core::{
     BackendKind, Error, Family, ImageBatch, Result, SamplerOptions, TextRequest, TokenBatch,
@@ -101,6 +101,12 @@ pub(super) struct SampleArgs {
     /// the grid shows the originals above their reconstructions.
     #[arg(long)]
     reconstruct: bool,
+    /// Write the --n samples as one PNG file each (000000.png, ...) into this
+    /// new or empty directory instead of a grid, for tools outside genzoo
+    /// (pytorch-fid, clean-fid). Drawn 500 at a time; the first 500 are the
+    /// grid's samples for the same seed.
+    #[arg(long, value_name = "DIR")]
+    images_dir: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
     backend: BackendKind,
 }
@@ -170,6 +176,9 @@ pub(super) fn sample(args: SampleArgs) -> Result<()> {
         Grid::Reconstructions {
             originals: test_images()?.take(request.n),
         }
+    } else if let Some(dir) = args.images_dir {
+        check_new_or_empty(&dir)?;
+        Grid::Files { dir }
     } else {
         Grid::Samples
     };
@@ -238,6 +247,7 @@ fn check_sample_flags(args: &SampleArgs, config: &RunConfig) -> Result<()> {
         ("--interpolate", args.interpolate.is_some()),
         ("--traverse", args.traverse.is_some()),
         ("--reconstruct", args.reconstruct),
+        ("--images-dir", args.images_dir.is_some()),
     ]);
     let grids = given(&[
         ("--complete-rows", args.complete_rows.is_some()),
@@ -245,6 +255,7 @@ fn check_sample_flags(args: &SampleArgs, config: &RunConfig) -> Result<()> {
         ("--traverse", args.traverse.is_some()),
         ("--reconstruct", args.reconstruct),
         ("--trajectory", args.trajectory),
+        ("--images-dir", args.images_dir.is_some()),
     ]);
     if grids.len() > 1 {
         return Err(Error::Config(format!(
@@ -266,6 +277,12 @@ fn check_sample_flags(args: &SampleArgs, config: &RunConfig) -> Result<()> {
                 "apply"
             }
         )));
+    }
+    if args.images_dir.is_some() && args.out.is_some() {
+        return Err(Error::Config(
+            "--images-dir writes one file per sample instead of --out's grid: give one of them"
+                .into(),
+        ));
     }
     if (args.traverse.is_some() || args.reconstruct) && args.class.is_some() {
         return Err(Error::Config(
@@ -340,6 +357,28 @@ enum Grid {
     },
     /// Test images above their reconstructions.
     Reconstructions { originals: ImageDataset },
+    /// No grid: one PNG file per sample in `dir`.
+    Files { dir: PathBuf },
+}
+
+/// Samples drawn per call when writing files: bounded memory for any --n.
+const FILE_CHUNK: usize = 500;
+
+/// Refuses a directory for image files that exists and holds anything:
+/// images written among other files could not be told from them. (Checked
+/// before the work; the directory is created when the first files are.)
+pub(super) fn check_new_or_empty(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        let mut entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        if entries.next().is_some() {
+            return Err(Error::Config(format!(
+                "{} is not empty: image files go into a new or empty directory, so that \
+                 nothing else is taken for one of them",
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
 }
 
 struct SampleJob {
@@ -380,6 +419,7 @@ impl<B: AutodiffBackend> FamilyTask<B> for SampleRun<B> {
         let request = &self.job.request;
         let device = &self.device;
         let (images, columns, what) = match &self.job.grid {
+            Grid::Files { dir } => return self.write_files(&family, dir),
             Grid::Samples => (
                 family.sample_images(request)?,
                 default_columns(request.n),
@@ -507,6 +547,46 @@ impl<B: AutodiffBackend> FamilyTask<B> for SampleRun<B> {
 }
 
 impl<B: AutodiffBackend> SampleRun<B> {
+    /// Draws the request's samples [`FILE_CHUNK`] at a time (the first chunk
+    /// with the request's seed, so it holds the grid's samples; the others
+    /// with seeds derived from it) and writes each as its own PNG file.
+    fn write_files<F: Family<B>>(&self, family: &F, dir: &Path) -> Result<()> {
+        let started = Instant::now();
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let n = self.job.request.n;
+        let bar = indicatif::ProgressBar::new(n as u64);
+        let mut done = 0;
+        for chunk in 0.. {
+            if done == n {
+                break;
+            }
+            let request = SampleRequest {
+                n: FILE_CHUNK.min(n - done),
+                seed: match chunk {
+                    0 => self.job.request.seed,
+                    k => genzoo_core::seed::derive(self.job.request.seed, "sample-files", k),
+                },
+                sampler: SamplerOptions {
+                    progress: false,
+                    ..self.job.request.sampler.clone()
+                },
+                ..self.job.request.clone()
+            };
+            let images = family.sample_images(&request)?;
+            save_images(images, dir, done)?;
+            done += request.n;
+            bar.set_position(done as u64);
+        }
+        bar.finish_and_clear();
+        println!(
+            "wrote {n} samples from {} as PNG files into {} in {:.2} s",
+            self.job.checkpoint.display(),
+            dir.display(),
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
+    }
+
     /// The request's number of latent dimensions, the most active first
     /// (variance of the posterior means over the first test images; see
     /// [`latent::activity`]), printed with their activity.

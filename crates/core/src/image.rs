@@ -66,6 +66,48 @@ pub fn default_columns(n: usize) -> usize {
     ((n as f64).sqrt().ceil() as usize).max(1)
 }
 
+/// Writes each of `images` (`[n, channels, height, width]`, values in
+/// `[0, 1]`, clamped; channels 1 or 3) as its own PNG file in `dir`, named by
+/// its index from `first` (`000000.png`, ...), at its own size, without a
+/// border: grey for one channel, RGB for three. This is the layout tools
+/// outside genzoo read (pytorch-fid, clean-fid, torch-fidelity).
+pub fn save_images<B: Backend>(images: Tensor<B, 4>, dir: &Path, first: usize) -> Result<()> {
+    let [n, c, h, w] = images.dims();
+    if c != 1 && c != 3 {
+        return Err(Error::Other(format!(
+            "cannot write images with {c} channels (1 or 3 expected)"
+        )));
+    }
+    let data: Vec<f32> = images
+        .clamp(0.0, 1.0)
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| Error::Other(format!("cannot read images: {e:?}")))?;
+    let to_u8 = |v: f32| (v * 255.0).round() as u8;
+    for (i, pixels) in data.chunks_exact(c * h * w).enumerate().take(n) {
+        let path = dir.join(format!("{:06}.png", first + i));
+        let image = if c == 1 {
+            let bytes = pixels.iter().map(|&v| to_u8(v)).collect();
+            let img = ::image::GrayImage::from_raw(w as u32, h as u32, bytes).expect("h·w bytes");
+            ::image::DynamicImage::ImageLuma8(img)
+        } else {
+            // Channel-major planes → interleaved RGB.
+            let plane = h * w;
+            let bytes = (0..plane)
+                .flat_map(|p| (0..3).map(move |ch| pixels[ch * plane + p]))
+                .map(to_u8)
+                .collect();
+            let img = ::image::RgbImage::from_raw(w as u32, h as u32, bytes).expect("3·h·w bytes");
+            ::image::DynamicImage::ImageRgb8(img)
+        };
+        image
+            .save_with_format(&path, ::image::ImageFormat::Png)
+            .map_err(|e| Error::Other(format!("{}: cannot write PNG: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +121,39 @@ mod tests {
         assert_eq!((g.width(), g.height()), (2 * 7 + 2, 2 * 6 + 2));
         assert_eq!(g.get_pixel(2, 2).0, [255, 255, 255]);
         assert_eq!(g.get_pixel(0, 0).0, [0, 0, 0]);
+    }
+
+    #[test]
+    fn images_are_written_one_file_each_at_their_own_size() {
+        let dev = CpuDevice::default();
+        let dir = tempfile::tempdir().unwrap();
+        // Two 2×3 colour images: image i's channel ch at (y, x) is (i + ch + y + x) / 8.
+        let values: Vec<f32> = (0..2 * 3 * 2 * 3)
+            .map(|k| {
+                let (i, ch, y, x) = (k / 18, k / 6 % 3, k / 3 % 2, k % 3);
+                (i + ch + y + x) as f32 / 8.0
+            })
+            .collect();
+        let images =
+            Tensor::<CpuBackend, 4>::from_data(TensorData::new(values, [2, 3, 2, 3]), &dev);
+        save_images(images, dir.path(), 7).unwrap();
+        let second = ::image::open(dir.path().join("000008.png"))
+            .unwrap()
+            .to_rgb8();
+        assert_eq!((second.width(), second.height()), (3, 2));
+        let px = |i: usize, ch: usize, y: usize, x: usize| {
+            ((i + ch + y + x) as f32 / 8.0 * 255.0).round() as u8
+        };
+        assert_eq!(
+            second.get_pixel(2, 1).0,
+            [px(1, 0, 1, 2), px(1, 1, 1, 2), px(1, 2, 1, 2)]
+        );
+        assert!(dir.path().join("000007.png").exists() && !dir.path().join("000009.png").exists());
+        // One channel: a grey PNG.
+        let grey = Tensor::<CpuBackend, 4>::ones([1, 1, 4, 5], &dev) * 0.5;
+        save_images(grey, dir.path(), 0).unwrap();
+        let img = ::image::open(dir.path().join("000000.png")).unwrap();
+        assert_eq!(img.color(), ::image::ColorType::L8);
+        assert_eq!(img.to_luma8().get_pixel(4, 3).0, [128]);
     }
 }
