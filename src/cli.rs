@@ -46,9 +46,11 @@ enum Command {
     },
     /// Draw samples from a trained run into a PNG grid (or files: --images-dir).
     Sample(SampleArgs),
-    /// Write a dataset's images as one PNG file each: the reference folder
-    /// for FID tools outside genzoo, beside `sample --images-dir`.
-    Export(export::ExportArgs),
+    /// Write what code outside genzoo reads: a dataset's images as PNG
+    /// files (for FID tools, beside `sample --images-dir`), or a run's
+    /// weights as safetensors in PyTorch's layout.
+    #[command(subcommand)]
+    Export(export::ExportCommand),
     /// Evaluate a trained run: FID, KID, IS, precision/recall on the evaluator's
     /// features, and the likelihood in bits/dim; writes eval.json into the run.
     Eval(EvalArgs),
@@ -105,7 +107,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train::train(args),
         Command::Resume { run, overrides } => train::resume(run, overrides),
         Command::Sample(args) => sample::sample(args),
-        Command::Export(args) => export::export(args),
+        Command::Export(command) => export::export(command),
         Command::Eval(args) => eval::eval(args),
         Command::Compare { file, out, backend } => crate::compare::compare(&file, out, backend),
         Command::Evaluator(command) => eval::evaluator(command),

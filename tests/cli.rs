@@ -659,6 +659,96 @@ fn gpt_char_trains_on_a_text_file_and_continues_a_prompt() {
         dir,
     ));
     assert!(err.contains("--text"), "{err}");
+
+    // The exact held-out loss: the last 135 of the 1350 characters, every
+    // one after the first predicted once (windows of 64 + 1: 64, 64, 6).
+    let figures = |args: &[&str]| -> serde_json::Value {
+        ok(&genzoo(
+            &[&["eval", "--run", "runs/g"][..], args].concat(),
+            dir,
+        ));
+        serde_json::from_str(&std::fs::read_to_string(dir.join("runs/g/eval.json")).unwrap())
+            .unwrap()
+    };
+    let all = figures(&[]);
+    assert_eq!(all["val_tokens"], 134.0, "{all}");
+    let loss = all["val_loss"].as_f64().unwrap();
+    assert!(loss.is_finite() && loss > 0.0, "{all}");
+    let perplexity = all["val_perplexity"].as_f64().unwrap();
+    assert!((perplexity - loss.exp()).abs() < 1e-9 * perplexity, "{all}");
+    assert_eq!(figures(&["--n", "2"])["val_tokens"], 128.0);
+    for (args, expected) in [
+        (&["--metrics", "fid"][..], "--metrics nll"),
+        (&["--seed", "1"][..], "draws nothing"),
+    ] {
+        let err = fails(&genzoo(
+            &[&["eval", "--run", "runs/g"][..], args].concat(),
+            dir,
+        ));
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
+
+    // The weights under nanoGPT's names, in PyTorch's layout, with the model config.
+    ok(&genzoo(
+        &[
+            "export",
+            "weights",
+            "--run",
+            "runs/g",
+            "--out",
+            "g.safetensors",
+        ],
+        dir,
+    ));
+    let genzoo::core::weights::StoredWeights { tensors, metadata } =
+        genzoo::core::weights::read_safetensors(&dir.join("g.safetensors")).unwrap();
+    let mut expected: Vec<String> = ["lm_head.weight", "transformer.ln_f.weight"]
+        .into_iter()
+        .chain(["transformer.wpe.weight", "transformer.wte.weight"])
+        .map(String::from)
+        .collect();
+    for layer in 0..4 {
+        for part in [
+            "attn.c_attn",
+            "attn.c_proj",
+            "ln_1",
+            "ln_2",
+            "mlp.c_fc",
+            "mlp.c_proj",
+        ] {
+            expected.push(format!("transformer.h.{layer}.{part}.weight"));
+        }
+    }
+    expected.sort();
+    let names: Vec<&String> = tensors.iter().map(|(n, ..)| n).collect();
+    assert_eq!(names, expected.iter().collect::<Vec<_>>());
+    let get = |name: &str| tensors.iter().find(|(n, ..)| n == name).unwrap();
+    assert_eq!(get("transformer.h.0.attn.c_attn.weight").1, vec![384, 128]);
+    assert_eq!(get("transformer.h.2.mlp.c_proj.weight").1, vec![128, 512]);
+    assert_eq!(get("transformer.wte.weight").1, vec![30, 128]);
+    // The tied head is the token embedding.
+    assert_eq!(get("lm_head.weight").2, get("transformer.wte.weight").2);
+    let model = &metadata
+        .iter()
+        .find(|(k, _)| k == "model_config")
+        .unwrap()
+        .1;
+    assert!(
+        model.contains("n_layer = 4") && model.contains("vocabulary = "),
+        "{model}"
+    );
+    let err = fails(&genzoo(
+        &[
+            "export",
+            "weights",
+            "--run",
+            "runs/g",
+            "--out",
+            "g.safetensors",
+        ],
+        dir,
+    ));
+    assert!(err.contains("g.safetensors exists"), "{err}");
 }
 
 fn ok_out(out: &Output) -> Vec<u8> {
@@ -954,6 +1044,32 @@ fn latent_walks_write_their_grids_and_refuse_what_a_model_cannot_do() {
     );
     assert_eq!(size("r.png"), tiles(3, 4));
 
+    // A GAN's weights: both networks, each under its prefix.
+    ok(&genzoo(
+        &[
+            "export",
+            "weights",
+            "--run",
+            "runs/gan",
+            "--out",
+            "gan.safetensors",
+        ],
+        dir,
+    ));
+    let tensors = genzoo::core::weights::read_safetensors(&dir.join("gan.safetensors"))
+        .unwrap()
+        .tensors;
+    let count = |prefix: &str| -> usize {
+        tensors
+            .iter()
+            .filter(|(n, ..)| n.starts_with(prefix))
+            .map(|(_, _, v)| v.len())
+            .sum()
+    };
+    // Trainable parameters plus BatchNorm's running statistics (2 per channel).
+    assert!(count("generator.") > 778_305 && count("discriminator.") > 138_817);
+    assert_eq!(count("generator.") + count("discriminator."), count(""));
+
     for (args, expected) in [
         (&["--run", "runs/gan", "--traverse", "3"][..], "no encoder"),
         (&["--run", "runs/gan", "--reconstruct"][..], "no encoder"),
@@ -1057,7 +1173,9 @@ fn samples_and_dataset_images_are_written_one_png_each() {
 
     // The run's test images, the reference folder for an outside FID.
     let text = ok(&genzoo(
-        &["export", "--run", "runs/vae", "--n", "7", "--out", "real"],
+        &[
+            "export", "images", "--run", "runs/vae", "--n", "7", "--out", "real",
+        ],
         dir,
     ));
     assert!(text.contains("wrote 7 test images of idx:digits"), "{text}");
@@ -1073,6 +1191,7 @@ fn samples_and_dataset_images_are_written_one_png_each() {
     ok(&genzoo(
         &[
             "export",
+            "images",
             "--dataset",
             "idx:digits",
             "--split",
@@ -1084,10 +1203,31 @@ fn samples_and_dataset_images_are_written_one_png_each() {
     ));
     assert_eq!(files("train"), 32);
     let err = fails(&genzoo(
-        &["export", "--run", "runs/vae", "--out", "real"],
+        &["export", "images", "--run", "runs/vae", "--out", "real"],
         dir,
     ));
     assert!(err.contains("real is not empty"), "{err}");
+
+    // A VAE's weights: genzoo's names, linear weights as PyTorch's [out, in].
+    ok(&genzoo(
+        &[
+            "export",
+            "weights",
+            "--run",
+            "runs/vae",
+            "--out",
+            "vae.safetensors",
+        ],
+        dir,
+    ));
+    let tensors = genzoo::core::weights::read_safetensors(&dir.join("vae.safetensors"))
+        .unwrap()
+        .tensors;
+    let shape = |name: &str| &tensors.iter().find(|(n, ..)| n == name).unwrap().1;
+    assert_eq!(shape("encoder.hidden.weight"), &vec![400, 784]);
+    assert_eq!(shape("decoder.output.weight"), &vec![784, 400]);
+    let values: usize = tensors.iter().map(|(_, _, v)| v.len()).sum();
+    assert_eq!(values, 652_824);
 }
 
 #[test]

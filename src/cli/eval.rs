@@ -4,15 +4,17 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand};
 use genzoo_core::backend::BackendTask;
 use genzoo_core::family::SampleRequest;
-use genzoo_core::{BackendKind, Error, Family, ImageBatch, Result};
-use genzoo_data::{DatasetSource, Locator, load_image_dataset};
+use genzoo_core::{BackendKind, Error, Family, ImageBatch, Result, TokenBatch};
+use genzoo_data::{DatasetSource, Locator, TextCorpus, load_image_dataset};
+use genzoo_models::ModelConfig;
 use genzoo_models::presets::{FamilyTask, with_family};
-use genzoo_train::RunConfig;
 use genzoo_train::evaluator::Evaluator;
+use genzoo_train::{RunConfig, RunDir};
 
 use super::train::check_data_dir_flag;
 use super::{load_run, with_backend_on_pool};
@@ -26,20 +28,23 @@ pub(super) struct EvalArgs {
     /// with --keep-best), or a step number.
     #[arg(long, default_value = "latest")]
     checkpoint: String,
-    /// Samples to draw for the sample metrics; test images for nll.
-    #[arg(long, default_value_t = 10_000)]
-    n: usize,
-    /// Comma-separated: fid, kid, is (with class coverage), pr (precision/recall), nll (bits/dim).
-    #[arg(long, default_value = "fid,kid,is,pr")]
-    metrics: String,
+    /// Samples to draw for the sample metrics; test images for nll; for a
+    /// text model, validation windows (default: all of them) [default: 10000].
+    #[arg(long)]
+    n: Option<usize>,
+    /// Comma-separated: fid, kid, is (with class coverage), pr (precision/recall),
+    /// nll (bits/dim; a text model's loss over its whole validation split)
+    /// [default: fid,kid,is,pr; nll for text models].
+    #[arg(long)]
+    metrics: Option<String>,
     /// Effort of the likelihood bound where the model estimates it. DDPM: the
     /// number of bound terms (default all T, the exact bound; fewer is faster,
     /// by the trapezoid rule). VAE: importance samples per image (default 128).
     #[arg(long)]
     terms: Option<usize>,
-    /// Seed of sampling and of the metrics' randomness.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    /// Seed of sampling and of the metrics' randomness [default: 0].
+    #[arg(long)]
+    seed: Option<u64>,
     #[arg(long, default_value = "cpu")]
     backend: BackendKind,
 }
@@ -153,22 +158,179 @@ const EVALUATOR_EPOCHS: u64 = 6;
 const EVAL_METRICS: [&str; 5] = ["fid", "kid", "is", "pr", "nll"];
 
 pub(super) fn eval(args: EvalArgs) -> Result<()> {
-    let metrics: Vec<String> = args
+    let text = RunConfig::load(&RunDir::open(&args.run)?.config_file())?
+        .model
+        .reads_text();
+    let metrics = args
         .metrics
+        .as_deref()
+        .unwrap_or(if text { "nll" } else { "fid,kid,is,pr" });
+    let metrics: Vec<String> = metrics
         .split(',')
         .map(|m| m.trim().to_lowercase())
         .filter(|m| !m.is_empty())
         .collect();
-    let evaluation = evaluate_run(
-        &args.run,
-        &args.checkpoint,
-        &metrics,
-        args.n,
-        args.terms,
-        args.seed,
-        args.backend,
-    )?;
+    let evaluation = if text {
+        evaluate_text(&args, &metrics)?
+    } else {
+        evaluate_run(
+            &args.run,
+            &args.checkpoint,
+            &metrics,
+            args.n.unwrap_or(10_000),
+            args.terms,
+            args.seed.unwrap_or(0),
+            args.backend,
+        )?
+    };
     write_eval_json(&args.run, Some(&evaluation), &evaluation.figures)
+}
+
+/// A text model's loss over its whole validation split (the last 10 % of
+/// the text, as in training) in consecutive windows of its context, each
+/// token predicted once: the exact held-out figure that training estimates
+/// from random windows.
+fn evaluate_text(args: &EvalArgs, metrics: &[String]) -> Result<Evaluation> {
+    if metrics != ["nll"] {
+        return Err(Error::Config(format!(
+            "a text model is evaluated by its loss on the validation split: --metrics nll \
+             (got {})",
+            metrics.join(",")
+        )));
+    }
+    if args.terms.is_some() || args.seed.is_some() {
+        return Err(Error::Config(
+            "--terms and --seed are for image models; a text model's evaluation draws nothing"
+                .into(),
+        ));
+    }
+    if args.n == Some(0) {
+        return Err(Error::Config("--n must be at least 1".into()));
+    }
+    let (_, config, checkpoint, manifest) = load_run(&args.run, &args.checkpoint)?;
+    let path = config
+        .data
+        .text
+        .clone()
+        .ok_or_else(|| Error::Config(format!("{} names no text file", args.run.display())))?;
+    let corpus = TextCorpus::from_file(&path, config.data.bytes)?;
+    // The text must give the run's tokens: same vocabulary, same ids.
+    let mut from_text = config.model.clone();
+    from_text.adapt_to_text(corpus.vocabulary.chars_string(), corpus.vocabulary.len());
+    if from_text != config.model {
+        return Err(Error::Data(format!(
+            "{} no longer has the vocabulary the run was trained with: it changed since",
+            path.display()
+        )));
+    }
+    let figures = with_backend_on_pool(
+        args.backend,
+        TextEvalJob {
+            config,
+            checkpoint: checkpoint.clone(),
+            tokens: corpus.val,
+            windows: args.n,
+        },
+    )?;
+    Ok(Evaluation {
+        checkpoint,
+        step: manifest.step,
+        figures,
+    })
+}
+
+/// Windows of a validation split scored per batch of this many.
+const TEXT_EVAL_BATCH: usize = 32;
+
+struct TextEvalJob {
+    config: RunConfig,
+    checkpoint: PathBuf,
+    tokens: Vec<u32>,
+    windows: Option<usize>,
+}
+
+impl BackendTask for TextEvalJob {
+    type Output = Vec<(String, f64)>;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<Vec<(String, f64)>> {
+        let model = self.config.model.clone();
+        with_family::<B, _>(
+            &model,
+            &device,
+            TextEval::<B> {
+                job: self,
+                device: device.clone(),
+            },
+        )
+    }
+}
+
+struct TextEval<B: AutodiffBackend> {
+    job: TextEvalJob,
+    device: B::Device,
+}
+
+impl<B: AutodiffBackend> FamilyTask<B> for TextEval<B> {
+    type Output = Vec<(String, f64)>;
+    fn run<F: Family<B, Batch = ImageBatch<B>>>(self, _family: F) -> Result<Self::Output> {
+        Err(Error::Config(
+            "an image model has no text to evaluate".into(),
+        ))
+    }
+
+    fn run_text<F: Family<B, Batch = TokenBatch<B>>>(self, family: F) -> Result<Self::Output> {
+        let family = family.load(&self.job.checkpoint)?;
+        let ModelConfig::Gpt(gpt) = &self.job.config.model else {
+            unreachable!("only GPTs read text")
+        };
+        let windows = genzoo_data::text::consecutive_windows(&self.job.tokens, gpt.block_size);
+        let windows = &windows[..self.job.windows.unwrap_or(usize::MAX).min(windows.len())];
+        let bar = indicatif::ProgressBar::new(windows.len() as u64);
+        let (mut nats, mut tokens) = (0.0, 0usize);
+        // Full windows in batches; a shorter last one alone.
+        for group in windows.chunk_by(|a, b| a.len() == b.len()) {
+            for batch in group.chunks(TEXT_EVAL_BATCH) {
+                let len = batch[0].len();
+                let inputs: Vec<i64> = batch
+                    .iter()
+                    .flat_map(|w| w[..len - 1].iter().map(|&t| t as i64))
+                    .collect();
+                let targets: Vec<i64> = batch
+                    .iter()
+                    .flat_map(|w| w[1..].iter().map(|&t| t as i64))
+                    .collect();
+                let shape = [batch.len(), len - 1];
+                let batch_tokens = TokenBatch::<B> {
+                    inputs: Tensor::from_data(TensorData::new(inputs, shape), &self.device),
+                    targets: Tensor::from_data(TensorData::new(targets, shape), &self.device),
+                };
+                let loss = family
+                    .eval_batch(batch_tokens)?
+                    .get("loss")
+                    .ok_or_else(|| {
+                        Error::Other("the model's evaluation reported no loss".into())
+                    })?;
+                nats += loss * (shape[0] * shape[1]) as f64;
+                tokens += shape[0] * shape[1];
+                bar.inc(shape[0] as u64);
+            }
+        }
+        bar.finish_and_clear();
+        let loss = nats / tokens as f64;
+        let results = vec![
+            ("val_loss".to_string(), loss),
+            ("val_perplexity".to_string(), loss.exp()),
+            (
+                "val_bits_per_token".to_string(),
+                loss / std::f64::consts::LN_2,
+            ),
+            ("val_tokens".to_string(), tokens as f64),
+        ];
+        println!("{:<26} value", "metric");
+        for (name, value) in &results {
+            println!("{name:<26} {value:.6}");
+        }
+        Ok(results)
+    }
 }
 
 /// What [`evaluate_run`] evaluated, and found.
@@ -197,7 +359,8 @@ pub(crate) fn evaluate_run(
     let (_, config, checkpoint, manifest) = load_run(run_path, which)?;
     if config.model.reads_text() {
         return Err(Error::Config(
-            "text models report val_loss (nats/token) during training; eval works on image models"
+            "a text model is evaluated by its validation loss: `genzoo eval --run RUN` \
+             computes it over the whole split"
                 .into(),
         ));
     }

@@ -1,20 +1,44 @@
-//! `genzoo export`: a dataset's images as one PNG file each, the reference
-//! folder that FID tools outside genzoo compare `sample --images-dir` with.
+//! `genzoo export`: what code outside genzoo reads. `export images` writes
+//! a dataset's images as one PNG file each (the reference folder that FID
+//! tools compare `sample --images-dir` with); `export weights` writes a
+//! run's weights in PyTorch's layout as safetensors.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
-use clap::{Args, ValueEnum};
+use burn::tensor::backend::AutodiffBackend;
+use clap::{Args, Subcommand, ValueEnum};
+use genzoo_core::backend::{BackendTask, with_backend};
 use genzoo_core::image::save_images;
-use genzoo_core::{CpuBackend, CpuDevice, Error, Result};
+use genzoo_core::weights::{NamedTensors, write_safetensors};
+use genzoo_core::{
+    BackendKind, CpuBackend, CpuDevice, Error, Family, ImageBatch, Result, TokenBatch,
+};
 use genzoo_data::{Locator, Scaling, load_image_dataset};
+use genzoo_models::presets::{FamilyTask, with_family};
 use genzoo_train::{DataConfig, RunConfig, RunDir};
 
 use super::sample::check_new_or_empty;
 use super::train::check_data_dir_flag;
 
+#[derive(Subcommand, Debug)]
+pub(super) enum ExportCommand {
+    /// A dataset's images (a run's, or a named one), one PNG file each.
+    Images(ImagesArgs),
+    /// A run's weights in PyTorch's layout, as a safetensors file (a GPT's
+    /// under nanoGPT's names).
+    Weights(WeightsArgs),
+}
+
+pub(super) fn export(command: ExportCommand) -> Result<()> {
+    match command {
+        ExportCommand::Images(args) => export_images(args),
+        ExportCommand::Weights(args) => export_weights(args),
+    }
+}
+
 #[derive(Args, Debug)]
-pub(super) struct ExportArgs {
+pub(super) struct ImagesArgs {
     /// Take the dataset (and its image size and data directory) from this run.
     #[arg(long, conflicts_with_all = ["dataset", "data_dir", "image_size"])]
     run: Option<PathBuf>,
@@ -47,13 +71,13 @@ enum Split {
 /// Images written per tensor: bounded memory for any split.
 const CHUNK: usize = 1000;
 
-pub(super) fn export(args: ExportArgs) -> Result<()> {
+fn export_images(args: ImagesArgs) -> Result<()> {
     let data = match &args.run {
         Some(run) => {
             let config = RunConfig::load(&RunDir::open(run)?.config_file())?;
             if config.model.reads_text() {
                 return Err(Error::Config(format!(
-                    "{} trains on text; export writes an image dataset's images",
+                    "{} trains on text; export images writes an image dataset's images",
                     run.display()
                 )));
             }
@@ -100,4 +124,79 @@ pub(super) fn export(args: ExportArgs) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+#[derive(Args, Debug)]
+pub(super) struct WeightsArgs {
+    /// The run directory.
+    #[arg(long)]
+    run: PathBuf,
+    /// Which checkpoint: latest (the newest good one), best, or a step number.
+    #[arg(long, default_value = "latest")]
+    checkpoint: String,
+    /// The file to write (`.safetensors`).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+fn export_weights(args: WeightsArgs) -> Result<()> {
+    if args.out.exists() {
+        return Err(Error::Config(format!(
+            "{} exists: export weights writes a new file",
+            args.out.display()
+        )));
+    }
+    let (_, config, checkpoint, manifest) = super::load_run(&args.run, &args.checkpoint)?;
+    let tensors = with_backend(
+        BackendKind::Cpu,
+        LoadWeights {
+            model: config.model.clone(),
+            checkpoint: checkpoint.clone(),
+        },
+    )?;
+    // What rebuilding the model outside genzoo needs: the model section of
+    // the run's config (a text GPT's vocabulary included) and where it came from.
+    let model = toml::to_string(&config.model).map_err(|e| Error::Config(e.to_string()))?;
+    let metadata = [
+        ("format", "pt".to_string()),
+        ("genzoo_version", env!("CARGO_PKG_VERSION").to_string()),
+        ("preset", config.preset.clone()),
+        ("family", config.model.family().to_string()),
+        ("step", manifest.step.to_string()),
+        ("model_config", model),
+    ];
+    write_safetensors(&args.out, &tensors, &metadata)?;
+    let scalars: usize = tensors.iter().map(|(_, t)| t.num_elements()).sum();
+    println!(
+        "wrote {} tensors ({scalars} values) of {} at step {} to {}",
+        tensors.len(),
+        config.preset,
+        manifest.step,
+        args.out.display()
+    );
+    Ok(())
+}
+
+/// Loads a checkpoint into its family on the CPU and takes its weights.
+struct LoadWeights {
+    model: genzoo_models::ModelConfig,
+    checkpoint: PathBuf,
+}
+
+impl BackendTask for LoadWeights {
+    type Output = NamedTensors;
+    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<NamedTensors> {
+        let model = self.model.clone();
+        with_family::<B, _>(&model, &device, self)
+    }
+}
+
+impl<B: AutodiffBackend> FamilyTask<B> for LoadWeights {
+    type Output = NamedTensors;
+    fn run<F: Family<B, Batch = ImageBatch<B>>>(self, family: F) -> Result<NamedTensors> {
+        family.load(&self.checkpoint)?.pytorch_weights()
+    }
+    fn run_text<F: Family<B, Batch = TokenBatch<B>>>(self, family: F) -> Result<NamedTensors> {
+        family.load(&self.checkpoint)?.pytorch_weights()
+    }
 }

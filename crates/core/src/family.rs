@@ -369,6 +369,16 @@ pub trait Family<B: AutodiffBackend>: Sized {
         ))
     }
 
+    /// Every network's weights in PyTorch's layout, named for code outside
+    /// genzoo (see [`crate::weights`]): a GPT's under nanoGPT's names, so
+    /// that its `GPT.load_state_dict` takes them; other families' under
+    /// their networks' paths in genzoo, prefixed by the network.
+    fn pytorch_weights(&self) -> Result<crate::weights::NamedTensors> {
+        Err(crate::Error::Config(
+            "this model family does not export its weights".into(),
+        ))
+    }
+
     /// Replaces every network's weights with the leader's (replica 0's) at
     /// the start of a data-parallel run. Optimizer states need no broadcast:
     /// they start empty, or from the same checkpoint on every replica.

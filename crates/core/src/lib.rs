@@ -24,6 +24,7 @@ pub mod parallel;
 pub mod record;
 pub mod seed;
 pub mod vocabulary;
+pub mod weights;
 
 pub use backend::{BackendKind, CpuBackend, CpuDevice};
 pub use error::{Error, Result};

@@ -54,6 +54,24 @@ impl TextCorpus {
     }
 }
 
+/// `tokens` cut into consecutive windows of `block_size + 1` tokens that
+/// overlap by one (a window's inputs are its first `block_size` tokens, its
+/// targets the last `block_size`), so that every token after the first is
+/// predicted exactly once; the last window is shorter when the tokens do not
+/// divide evenly.
+///
+/// ```
+/// let w = genzoo_data::text::consecutive_windows(&[0, 1, 2, 3, 4, 5], 2);
+/// assert_eq!(w, vec![&[0, 1, 2][..], &[2, 3, 4][..], &[4, 5][..]]);
+/// ```
+pub fn consecutive_windows(tokens: &[u32], block_size: usize) -> Vec<&[u32]> {
+    let block = block_size.max(1);
+    (0..tokens.len().saturating_sub(1))
+        .step_by(block)
+        .map(|start| &tokens[start..(start + block + 1).min(tokens.len())])
+        .collect()
+}
+
 /// Random windows of a corpus: batch `(epoch, index)` and validation batch
 /// `i` depend only on the seed and those numbers.
 #[derive(Clone, Debug)]
@@ -153,6 +171,26 @@ impl<B: Backend> TrainData<B> for TextData {
 mod tests {
     use super::*;
     use genzoo_core::{CpuBackend, CpuDevice};
+
+    #[test]
+    fn consecutive_windows_predict_every_token_once() {
+        for (len, block) in [(10, 3), (9, 3), (2, 5), (100, 64), (129, 64), (1, 4)] {
+            let tokens: Vec<u32> = (0..len).collect();
+            let windows = consecutive_windows(&tokens, block);
+            // Targets (all but a window's first token) cover tokens 1.. once, in order.
+            let targets: Vec<u32> = windows.iter().flat_map(|w| w[1..].to_vec()).collect();
+            assert_eq!(
+                targets,
+                (1..len).collect::<Vec<_>>(),
+                "{len} tokens, block {block}"
+            );
+            for w in &windows {
+                assert!(w.len() >= 2 && w.len() <= block + 1, "{w:?}");
+                // Inputs are contiguous: each window continues the text.
+                assert!(w.windows(2).all(|p| p[1] == p[0] + 1));
+            }
+        }
+    }
 
     #[test]
     fn windows_are_shifted_by_one_and_seeded() {

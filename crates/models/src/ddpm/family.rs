@@ -18,6 +18,7 @@ use genzoo_core::record::{
     load_module, load_optimizer, save_module, save_optimizer, trainable_params,
 };
 use genzoo_core::seed::{host_rng, normal_tensor};
+use genzoo_core::weights::{NamedTensors, pytorch_layout};
 use genzoo_core::{Error, Family, ImageBatch, Metrics, Result, StepContext};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
@@ -642,6 +643,13 @@ impl<B: AutodiffBackend> Family<B> for DdpmTrainer<B> {
         seed: u64,
     ) -> Result<Vec<f64>> {
         self.variational_bound(images, effort, seed)
+    }
+
+    /// `unet.*` (trained) and `unet_ema.*` (the weights samples come from).
+    fn pytorch_weights(&self) -> Result<NamedTensors> {
+        let mut tensors = pytorch_layout(&self.unet, "unet.")?;
+        tensors.extend(pytorch_layout(&self.ema.module, "unet_ema.")?);
+        Ok(tensors)
     }
 
     fn broadcast_weights(mut self, replica: &Replica) -> Result<Self> {

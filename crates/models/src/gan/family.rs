@@ -18,6 +18,7 @@ use genzoo_core::parallel::{Replica, broadcast_autodiff, broadcast_module};
 use genzoo_core::record::{
     load_module, load_optimizer, save_module, save_optimizer, trainable_params,
 };
+use genzoo_core::weights::{NamedTensors, pytorch_layout};
 use genzoo_core::{Error, Family, ImageBatch, Metrics, Result, StepContext};
 use serde::{Deserialize, Serialize};
 
@@ -441,6 +442,17 @@ impl<B: AutodiffBackend> Family<B> for GanTrainer<B> {
     ) -> Result<Tensor<B::InnerBackend, 4>> {
         // [-1, 1] → [0, 1]
         Ok((self.sampling_generator().forward(codes, labels) + 1.0) / 2.0)
+    }
+
+    /// `generator.*`, `discriminator.*`, and `generator_ema.*` when the
+    /// run keeps an EMA (the weights samples come from).
+    fn pytorch_weights(&self) -> Result<NamedTensors> {
+        let mut tensors = pytorch_layout(&self.generator, "generator.")?;
+        tensors.extend(pytorch_layout(&self.discriminator, "discriminator.")?);
+        if let Some(ema) = &self.ema {
+            tensors.extend(pytorch_layout(&ema.module, "generator_ema.")?);
+        }
+        Ok(tensors)
     }
 
     fn broadcast_weights(mut self, replica: &Replica) -> Result<Self> {

@@ -15,6 +15,7 @@ use genzoo_core::optim::FusedAdam;
 use genzoo_core::parallel::{Replica, broadcast_autodiff};
 use genzoo_core::record::{load_module, load_optimizer, save_module, save_optimizer};
 use genzoo_core::vocabulary::Vocabulary;
+use genzoo_core::weights::NamedTensors;
 use genzoo_core::{
     Error, Family, ImageBatch, Metrics, Result, SampleRequest, StepContext, TextRequest, TokenBatch,
 };
@@ -276,6 +277,11 @@ impl<B: AutodiffBackend> Family<B> for GptText<B> {
         Ok(self.vocabulary.decode(&out[0]))
     }
 
+    /// nanoGPT's names: `GPT.load_state_dict` takes the file.
+    fn pytorch_weights(&self) -> Result<NamedTensors> {
+        self.core.model.nanogpt_weights()
+    }
+
     fn broadcast_weights(mut self, replica: &Replica) -> Result<Self> {
         self.core = self.core.broadcast_weights(replica)?;
         Ok(self)
@@ -496,6 +502,11 @@ impl<B: AutodiffBackend> Family<B> for GptPixel<B> {
         );
         let tokens: Vec<u32> = rows.into_iter().flatten().collect();
         Ok(self.images_from_tokens(&tokens, request.n))
+    }
+
+    /// nanoGPT's names: `GPT.load_state_dict` takes the file.
+    fn pytorch_weights(&self) -> Result<NamedTensors> {
+        self.core.model.nanogpt_weights()
     }
 
     fn broadcast_weights(mut self, replica: &Replica) -> Result<Self> {

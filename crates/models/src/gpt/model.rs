@@ -17,6 +17,7 @@ use genzoo_core::fused::{
     cached_attention, causal_attention, causal_self_attention, causal_self_attention_dropped, gelu,
 };
 use genzoo_core::noise::{dropout, dropout_mask_per_example, drops};
+use genzoo_core::weights::{NamedTensors, pytorch_layout};
 use genzoo_core::{Error, Result};
 
 use crate::layers::{LayerNorm, linear_rows};
@@ -335,6 +336,29 @@ impl<B: Backend> Gpt<B> {
     /// Longest context.
     pub fn block_size(&self) -> usize {
         self.block_size
+    }
+
+    /// The weights under nanoGPT's names and in PyTorch's layout
+    /// (`transformer.h.0.attn.c_attn.weight`, ...), as its
+    /// `GPT.state_dict()` holds them: a tied output head appears as
+    /// `lm_head.weight` too, a copy of the token embedding.
+    pub fn nanogpt_weights(&self) -> Result<NamedTensors> {
+        let mut tensors: NamedTensors = pytorch_layout(self, "")?
+            .into_iter()
+            .map(|(name, data)| {
+                let name = match name.split_once('.') {
+                    Some(("blocks", rest)) => format!("transformer.h.{rest}"),
+                    Some(("wte" | "wpe" | "ln_f", _)) => format!("transformer.{name}"),
+                    _ => name,
+                };
+                (name, data)
+            })
+            .collect();
+        if self.lm_head.is_none() {
+            let wte = self.wte.weight.val().into_data().convert::<f32>();
+            tensors.push(("lm_head.weight".to_string(), wte));
+        }
+        Ok(tensors)
     }
 
     /// An empty key/value cache for this model, with room for the whole

@@ -14,6 +14,7 @@ use genzoo_core::optim::FusedAdam;
 use genzoo_core::parallel::{Replica, broadcast_autodiff};
 use genzoo_core::record::{load_module, load_optimizer, save_module, save_optimizer};
 use genzoo_core::seed::derive;
+use genzoo_core::weights::{NamedTensors, pytorch_layout};
 use genzoo_core::{Family, ImageBatch, Metrics, Result, StepContext};
 
 use super::model::{Vae, VaeConfig};
@@ -194,6 +195,10 @@ impl<B: AutodiffBackend> Family<B> for VaeTrainer<B> {
         let model = self.model.valid();
         let condition = model.condition(labels);
         Ok(model.encode(images, condition).0)
+    }
+
+    fn pytorch_weights(&self) -> Result<NamedTensors> {
+        pytorch_layout(&self.model, "")
     }
 
     fn broadcast_weights(mut self, replica: &Replica) -> Result<Self> {

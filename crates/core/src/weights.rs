@@ -1,0 +1,182 @@
+//! A model's weights in PyTorch's layout, written as safetensors: what
+//! `genzoo export weights` hands to code outside genzoo
+//! (`safetensors.torch.load_file` and `load_state_dict`).
+//!
+//! burn stores a linear layer's weight as `[in, out]` and calls a norm's
+//! scale and shift `gamma` and `beta`; PyTorch has `[out, in]`, `weight` and
+//! `bias`. [`pytorch_layout`] converts (burn-store's `BurnToPyTorchAdapter`);
+//! convolutions and embeddings already agree.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::prelude::*;
+use burn_store::{BurnToPyTorchAdapter, ModuleSnapshot};
+use safetensors::tensor::{Dtype, TensorView};
+
+use crate::error::{Error, Result};
+
+/// Named tensors, in the order they are written.
+pub type NamedTensors = Vec<(String, TensorData)>;
+
+/// Every tensor of `module` (parameters and state such as BatchNorm's
+/// running statistics) in PyTorch's layout, named by its path in the module
+/// after `prefix` (`"generator."` → `generator.fc.weight`).
+pub fn pytorch_layout<B: Backend, M: Module<B>>(module: &M, prefix: &str) -> Result<NamedTensors> {
+    module
+        .collect(None, Some(Box::new(BurnToPyTorchAdapter)), true)
+        .into_iter()
+        .map(|snapshot| {
+            let name = format!("{prefix}{}", snapshot.full_path());
+            let data = snapshot
+                .to_data()
+                .map_err(|e| Error::Other(format!("cannot read tensor {name}: {e:?}")))?;
+            Ok((name, data.convert::<f32>()))
+        })
+        .collect()
+}
+
+/// Writes `tensors` (as f32) to a safetensors file with `metadata`
+/// (string pairs in the file's header).
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &NamedTensors,
+    metadata: &[(&str, String)],
+) -> Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    if let Some((name, _)) = tensors.iter().find(|(n, _)| !seen.insert(n.clone())) {
+        return Err(Error::Other(format!("two tensors are named {name}")));
+    }
+    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+        .iter()
+        .map(|(name, data)| {
+            let values = data
+                .to_vec::<f32>()
+                .map_err(|e| Error::Other(format!("tensor {name} is not f32: {e:?}")))?;
+            let bytes = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            Ok((name.clone(), data.shape.to_vec(), bytes))
+        })
+        .collect::<Result<_>>()?;
+    let views = bytes
+        .iter()
+        .map(|(name, shape, bytes)| {
+            TensorView::new(Dtype::F32, shape.clone(), bytes)
+                .map(|view| (name.clone(), view))
+                .map_err(|e| Error::Other(format!("tensor {name}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let metadata = metadata
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    }
+    safetensors::serialize_to_file(views, Some(metadata), path)
+        .map_err(|e| Error::Other(format!("{}: cannot write safetensors: {e}", path.display())))
+}
+
+/// One tensor read back from a safetensors file: name, shape, f32 values.
+pub type StoredTensor = (String, Vec<usize>, Vec<f32>);
+
+/// What a safetensors file holds.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredWeights {
+    /// Every tensor, in name order.
+    pub tensors: Vec<StoredTensor>,
+    /// The header's metadata, in key order.
+    pub metadata: Vec<(String, String)>,
+}
+
+/// Reads every f32 tensor of a safetensors file, with the file's metadata.
+pub fn read_safetensors(path: &Path) -> Result<StoredWeights> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let invalid = |e: safetensors::SafeTensorError| {
+        Error::Other(format!("{}: not a safetensors file: {e}", path.display()))
+    };
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(invalid)?;
+    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(invalid)?;
+    let mut names: Vec<String> = file.names().into_iter().map(str::to_string).collect();
+    names.sort();
+    let tensors = names
+        .into_iter()
+        .map(|name| {
+            let view = file.tensor(&name).map_err(invalid)?;
+            if view.dtype() != Dtype::F32 {
+                return Err(Error::Other(format!(
+                    "{}: tensor {name} is {:?}, not f32",
+                    path.display(),
+                    view.dtype()
+                )));
+            }
+            let values = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            Ok((name, view.shape().to_vec(), values))
+        })
+        .collect::<Result<_>>()?;
+    let mut metadata: Vec<(String, String)> = header
+        .metadata()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .collect();
+    metadata.sort();
+    Ok(StoredWeights { tensors, metadata })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::{CpuBackend, CpuDevice};
+    use burn::nn::{BatchNormConfig, Linear, LinearConfig};
+
+    #[derive(Module, Debug)]
+    struct Net<B: Backend> {
+        fc: Linear<B>,
+        norm: burn::nn::BatchNorm<B>,
+    }
+
+    #[test]
+    fn weights_are_written_in_pytorch_layout_and_read_back() {
+        let dev = CpuDevice::default();
+        let net = Net::<CpuBackend> {
+            fc: LinearConfig::new(3, 2).init(&dev),
+            norm: BatchNormConfig::new(2).init(&dev),
+        };
+        let tensors = pytorch_layout(&net, "net.").unwrap();
+        let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
+        for name in [
+            "net.fc.weight",
+            "net.fc.bias",
+            "net.norm.weight",
+            "net.norm.bias",
+            "net.norm.running_mean",
+            "net.norm.running_var",
+        ] {
+            assert!(names.contains(&name), "{name} missing from {names:?}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.safetensors");
+        write_safetensors(&path, &tensors, &[("format", "pt".into())]).unwrap();
+        let StoredWeights {
+            tensors: stored,
+            metadata,
+        } = read_safetensors(&path).unwrap();
+        assert_eq!(metadata, vec![("format".to_string(), "pt".to_string())]);
+        // The linear weight is PyTorch's [out, in]: burn's [in, out] transposed.
+        let (_, shape, values) = stored.iter().find(|(n, ..)| n == "net.fc.weight").unwrap();
+        assert_eq!(shape, &vec![2, 3]);
+        let burn: Vec<f32> = net.fc.weight.val().into_data().to_vec().unwrap();
+        for (o, i) in [(0, 0), (1, 0), (0, 2), (1, 2)] {
+            assert_eq!(values[o * 3 + i], burn[i * 2 + o], "weight[{o}][{i}]");
+        }
+        assert_eq!(stored.len(), tensors.len());
+        // Two tensors of one name are refused.
+        let twice = vec![tensors[0].clone(), tensors[0].clone()];
+        let err = write_safetensors(&path, &twice, &[]).unwrap_err();
+        assert!(err.to_string().contains("two tensors are named"), "{err}");
+    }
+}
