@@ -52,7 +52,8 @@ enum Command {
     #[command(subcommand)]
     Export(export::ExportCommand),
     /// Evaluate a trained run: FID, KID, IS, precision/recall on the evaluator's
-    /// features, and the likelihood in bits/dim; writes eval.json into the run.
+    /// features, and the likelihood in bits/dim (a text model: its loss over
+    /// the whole validation split); writes eval.json into the run.
     Eval(EvalArgs),
     /// Train and evaluate every run of an experiment file and write report.md, report.png and report.svg.
     Compare {
