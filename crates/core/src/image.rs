@@ -11,20 +11,10 @@ use crate::error::{Error, Result};
 /// 2-pixel border. Values outside `[0, 1]` are clamped.
 pub fn grid<B: Backend>(images: Tensor<B, 4>, columns: usize) -> Result<::image::DynamicImage> {
     let [n, c, h, w] = images.dims();
-    if c != 1 && c != 3 {
-        return Err(Error::Other(format!(
-            "cannot draw images with {c} channels (1 or 3 expected)"
-        )));
-    }
     if n == 0 {
         return Err(Error::Other("cannot draw a grid of zero images".into()));
     }
-    let data: Vec<f32> = images
-        .clamp(0.0, 1.0)
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .map_err(|e| Error::Other(format!("cannot read images: {e:?}")))?;
+    let data = drawable_values(images)?;
     let columns = columns.clamp(1, n);
     let rows = n.div_ceil(columns);
     let pad = 2;
@@ -51,6 +41,22 @@ pub fn grid<B: Backend>(images: Tensor<B, 4>, columns: usize) -> Result<::image:
     Ok(::image::DynamicImage::ImageRgb8(out))
 }
 
+/// The values of images with 1 or 3 channels, clamped to `[0, 1]`.
+fn drawable_values<B: Backend>(images: Tensor<B, 4>) -> Result<Vec<f32>> {
+    let c = images.dims()[1];
+    if c != 1 && c != 3 {
+        return Err(Error::Other(format!(
+            "cannot draw images with {c} channels (1 or 3 expected)"
+        )));
+    }
+    images
+        .clamp(0.0, 1.0)
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .map_err(|e| Error::Other(format!("cannot read images: {e:?}")))
+}
+
 /// Writes a grid of `images` (see [`grid`]) as a PNG file, creating parent directories.
 pub fn save_grid<B: Backend>(images: Tensor<B, 4>, columns: usize, path: &Path) -> Result<()> {
     let img = grid(images, columns)?;
@@ -73,17 +79,7 @@ pub fn default_columns(n: usize) -> usize {
 /// outside genzoo read (pytorch-fid, clean-fid, torch-fidelity).
 pub fn save_images<B: Backend>(images: Tensor<B, 4>, dir: &Path, first: usize) -> Result<()> {
     let [n, c, h, w] = images.dims();
-    if c != 1 && c != 3 {
-        return Err(Error::Other(format!(
-            "cannot write images with {c} channels (1 or 3 expected)"
-        )));
-    }
-    let data: Vec<f32> = images
-        .clamp(0.0, 1.0)
-        .into_data()
-        .convert::<f32>()
-        .to_vec::<f32>()
-        .map_err(|e| Error::Other(format!("cannot read images: {e:?}")))?;
+    let data = drawable_values(images)?;
     let to_u8 = |v: f32| (v * 255.0).round() as u8;
     for (i, pixels) in data.chunks_exact(c * h * w).enumerate().take(n) {
         let path = dir.join(format!("{:06}.png", first + i));
