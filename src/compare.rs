@@ -14,7 +14,7 @@ use genzoo_train::logger::read_jsonl;
 use genzoo_train::plot::{Panel, Record, curve_panels, metric_points, write_svg};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{Evaluation, evaluate_run, start_training, write_eval_json};
+use crate::cli::{Evaluation, evaluate_run, evaluate_text_run, start_training, write_eval_json};
 
 /// What `compare` remembers about a (run, seed) between calls.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -59,10 +59,19 @@ fn run_config(experiment: &Experiment, index: usize, seed: u64) -> Result<RunCon
         let text = toml::to_string(&spec.overrides).map_err(|e| Error::Config(e.to_string()))?;
         config = config.merge_toml(&text, &format!("run '{}' overrides", spec.name))?;
     }
-    config.data.dataset = experiment.dataset.clone();
-    config.data.data_dir = experiment.data_dir.clone();
-    config.data.limit = experiment.limit;
-    config.data.image_size = experiment.image_size;
+    match &experiment.text {
+        Some(text) => {
+            config.data.text = Some(text.clone());
+            // Byte-level for every run, or else as each run's overrides say.
+            config.data.bytes |= experiment.bytes;
+        }
+        None => {
+            config.data.dataset = experiment.dataset.clone();
+            config.data.data_dir = experiment.data_dir.clone();
+            config.data.limit = experiment.limit;
+            config.data.image_size = experiment.image_size;
+        }
+    }
     config.train.seed = seed;
     let b = &experiment.budget;
     let t = &mut config.train;
@@ -88,8 +97,24 @@ fn check_runs(experiment: &Experiment) -> Result<()> {
                 spec.name
             )));
         }
-        if !config.model.reads_text() {
-            config.data.image_source()?;
+        match (config.model.reads_text(), &experiment.text) {
+            (false, None) => {
+                config.data.image_source()?;
+            }
+            (true, Some(_)) => {}
+            (reads_text, _) => {
+                return Err(Error::Config(format!(
+                    "run '{}': {} is {} model and this experiment gives {}",
+                    spec.name,
+                    spec.preset,
+                    if reads_text { "a text" } else { "an image" },
+                    if reads_text {
+                        "a dataset (a text experiment gives text = \"FILE\")"
+                    } else {
+                        "text"
+                    }
+                )));
+            }
         }
     }
     Ok(())
@@ -166,6 +191,14 @@ pub fn compare(path: &Path, out: Option<PathBuf>, backend: BackendKind) -> Resul
                             .collect()
                     })
                     .unwrap_or_default()
+            } else if experiment.text.is_some() {
+                let found = evaluate_text_run(&dir, which.name(), None, backend)?;
+                write_eval_json(&dir, Some(&found), &found.figures)?;
+                state.evaluated_step = Some(state.steps);
+                state.evaluated_checkpoint = which;
+                state.evaluated_checkpoint_step = Some(found.step);
+                write_state(&dir, &state)?;
+                found.figures.into_iter().collect()
             } else {
                 let mut figures = Vec::new();
                 let mut evaluated: Option<Evaluation> = None;
@@ -222,17 +255,21 @@ pub fn compare(path: &Path, out: Option<PathBuf>, backend: BackendKind) -> Resul
     let report = report_markdown(&experiment, &results);
     let md = out.join("report.md");
     std::fs::write(&md, &report).map_err(|e| Error::io(&md, e))?;
-    let first_seed = experiment.seeds[0];
-    let panels: Vec<(PathBuf, Vec<f64>)> = experiment
-        .runs
-        .iter()
-        .map(|r| {
-            let dir = Experiment::run_dir(&out, &r.name, first_seed);
-            (dir.join("samples/final.png"), loss_curve(&dir))
-        })
-        .collect();
-    report_image(&panels, &out.join("report.png"))?;
-    let mut wrote = vec![md, out.join("report.png")];
+    let mut wrote = vec![md];
+    // Text runs have no sample grids to lay out.
+    if experiment.text.is_none() {
+        let first_seed = experiment.seeds[0];
+        let panels: Vec<(PathBuf, Vec<f64>)> = experiment
+            .runs
+            .iter()
+            .map(|r| {
+                let dir = Experiment::run_dir(&out, &r.name, first_seed);
+                (dir.join("samples/final.png"), loss_curve(&dir))
+            })
+            .collect();
+        report_image(&panels, &out.join("report.png"))?;
+        wrote.push(out.join("report.png"));
+    }
     // Runs that logged no loss leave nothing to plot (and report.md stands).
     let curves = report_curves(&experiment, &out);
     if !curves.is_empty() {
@@ -318,6 +355,42 @@ mod tests {
         check_runs(&typo).unwrap();
         typo.dataset = "mnsit".into();
         assert!(check_runs(&typo).unwrap_err().to_string().contains("mnsit"));
+    }
+
+    #[test]
+    fn text_and_image_runs_stay_in_their_own_experiments() {
+        let mut experiment: Experiment = toml::from_str(
+            r#"
+            name = "t"
+            text = "poem.txt"
+            [budget]
+            steps = 3
+            [[runs]]
+            name = "gpt"
+            preset = "gpt-char"
+            [[runs]]
+            name = "vae"
+            preset = "vae-mlp"
+            "#,
+        )
+        .unwrap();
+        let err = check_runs(&experiment).unwrap_err().to_string();
+        assert!(
+            err.contains("run 'vae'") && err.contains("an image model"),
+            "{err}"
+        );
+        experiment.runs.pop();
+        check_runs(&experiment).unwrap();
+        let config = run_config(&experiment, 0, 4).unwrap();
+        assert_eq!(config.data.text, Some(PathBuf::from("poem.txt")));
+        assert_eq!((config.train.seed, config.train.steps), (4, Some(3)));
+        experiment.text = None;
+        experiment.dataset = "mnist".into();
+        let err = check_runs(&experiment).unwrap_err().to_string();
+        assert!(
+            err.contains("a text model") && err.contains("text = "),
+            "{err}"
+        );
     }
 
     #[test]

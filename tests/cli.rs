@@ -1400,6 +1400,63 @@ overrides = { train = { batch_size = 8 } }
 }
 
 #[test]
+fn compare_trains_and_reports_text_models_by_their_validation_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("poem.txt"),
+        "The quick brown fox jumps over the lazy dog.\n".repeat(30),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("exp.toml"),
+        r#"
+name = "words"
+text = "poem.txt"
+seeds = [0]
+[budget]
+steps = 3
+[[runs]]
+name = "gpt"
+preset = "gpt-char"
+[[runs]]
+name = "bytes"
+preset = "gpt-char"
+overrides = { data = { bytes = true } }
+"#,
+    )
+    .unwrap();
+    let text = ok(&genzoo(&["compare", "exp.toml", "--out", "cmp"], dir));
+    let report = std::fs::read_to_string(dir.join("cmp/report.md")).unwrap();
+    assert!(
+        report.contains("| val loss | perplexity | bits/token |"),
+        "{report}"
+    );
+    for run in ["gpt", "bytes"] {
+        let eval: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("cmp/{run}-seed0/eval.json"))).unwrap(),
+        )
+        .unwrap();
+        // The whole split of 135 characters: 134 predictions.
+        assert_eq!(eval["val_tokens"], 134.0, "{run}: {eval}");
+        let loss = format!("{:.4}", eval["val_loss"].as_f64().unwrap());
+        let row = report
+            .lines()
+            .find(|l| l.starts_with(&format!("| {run} |")))
+            .unwrap_or_else(|| panic!("no row {run}:\n{report}"));
+        assert!(row.contains(&loss), "{row} lacks {loss}");
+    }
+    assert!(!dir.join("cmp/report.png").exists() && dir.join("cmp/report.svg").exists());
+    assert!(text.contains("report.svg"), "{text}");
+    // Finished and evaluated: a second call trains and evaluates nothing.
+    let again = ok(&genzoo(&["compare", "exp.toml", "--out", "cmp"], dir));
+    assert!(
+        again.contains("gpt seed 0: trained (3 steps), skipping"),
+        "{again}"
+    );
+}
+
+#[test]
 fn compare_evaluates_each_runs_best_checkpoint_when_asked() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

@@ -171,7 +171,8 @@ pub(super) fn eval(args: EvalArgs) -> Result<()> {
         .filter(|m| !m.is_empty())
         .collect();
     let evaluation = if text {
-        evaluate_text(&args, &metrics)?
+        check_text_flags(&args, &metrics)?;
+        evaluate_text_run(&args.run, &args.checkpoint, args.n, args.backend)?
     } else {
         evaluate_run(
             &args.run,
@@ -186,11 +187,8 @@ pub(super) fn eval(args: EvalArgs) -> Result<()> {
     write_eval_json(&args.run, Some(&evaluation), &evaluation.figures)
 }
 
-/// A text model's loss over its whole validation split (the last 10 % of
-/// the text, as in training) in consecutive windows of its context, each
-/// token predicted once: the exact held-out figure that training estimates
-/// from random windows.
-fn evaluate_text(args: &EvalArgs, metrics: &[String]) -> Result<Evaluation> {
+/// Refuses what a text model's evaluation cannot take.
+fn check_text_flags(args: &EvalArgs, metrics: &[String]) -> Result<()> {
     if metrics != ["nll"] {
         return Err(Error::Config(format!(
             "a text model is evaluated by its loss on the validation split: --metrics nll \
@@ -207,12 +205,25 @@ fn evaluate_text(args: &EvalArgs, metrics: &[String]) -> Result<Evaluation> {
     if args.n == Some(0) {
         return Err(Error::Config("--n must be at least 1".into()));
     }
-    let (_, config, checkpoint, manifest) = load_run(&args.run, &args.checkpoint)?;
+    Ok(())
+}
+
+/// A text model's loss over its whole validation split (the last 10 % of
+/// the text, as in training; the first `windows` only when given) in
+/// consecutive windows of its context, each token predicted once: the exact
+/// held-out figure that training estimates from random windows.
+pub(crate) fn evaluate_text_run(
+    run_path: &Path,
+    which: &str,
+    windows: Option<usize>,
+    backend: BackendKind,
+) -> Result<Evaluation> {
+    let (_, config, checkpoint, manifest) = load_run(run_path, which)?;
     let path = config
         .data
         .text
         .clone()
-        .ok_or_else(|| Error::Config(format!("{} names no text file", args.run.display())))?;
+        .ok_or_else(|| Error::Config(format!("{} names no text file", run_path.display())))?;
     let corpus = TextCorpus::from_file(&path, config.data.bytes)?;
     // The text must give the run's tokens: same vocabulary, same ids.
     let mut from_text = config.model.clone();
@@ -224,12 +235,12 @@ fn evaluate_text(args: &EvalArgs, metrics: &[String]) -> Result<Evaluation> {
         )));
     }
     let figures = with_backend_on_pool(
-        args.backend,
+        backend,
         TextEvalJob {
             config,
             checkpoint: checkpoint.clone(),
             tokens: corpus.val,
-            windows: args.n,
+            windows,
         },
     )?;
     Ok(Evaluation {

@@ -35,8 +35,18 @@ use serde::{Deserialize, Serialize};
 pub struct Experiment {
     /// Name (the output directory's default name).
     pub name: String,
-    /// `mnist`, `fashion-mnist`, `cifar-10`, `idx:<DIR>` or `folder:<DIR>`, for every run.
+    /// `mnist`, `fashion-mnist`, `cifar-10`, `idx:<DIR>` or `folder:<DIR>`, for
+    /// every run; empty in a text experiment.
+    #[serde(default)]
     pub dataset: String,
+    /// A UTF-8 text file every run (a text model) trains on, instead of a
+    /// dataset; runs are evaluated by their loss over its whole validation split.
+    #[serde(default)]
+    pub text: Option<PathBuf>,
+    /// Byte-level tokens instead of the text's characters, for every run
+    /// (otherwise each run's own `data.bytes`, characters by default).
+    #[serde(default)]
+    pub bytes: bool,
     /// Directory with the dataset's files.
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
@@ -170,6 +180,11 @@ impl Experiment {
         {
             return Err(Error::Config("budget: must be positive".into()));
         }
+        if self.dataset.is_empty() == self.text.is_none() {
+            return Err(Error::Config(
+                "give exactly one of dataset (image models) or text (text models)".into(),
+            ));
+        }
         if self.runs.is_empty() || self.seeds.is_empty() {
             return Err(Error::Config(
                 "an experiment needs at least one run and one seed".into(),
@@ -264,15 +279,25 @@ pub fn report_markdown(experiment: &Experiment, results: &[RunResult]) -> String
             " Each run is evaluated at its best checkpoint by its own `keep_best` metric (`best step`)."
         }
     };
-    let mut out = format!(
-        "# {}\n\nDataset `{}`, budget {budget} per run, seeds {:?}; {} samples per run for the sample metrics \
-         (evaluator features vs the test set), bits/dim on {} test images.{evaluated}\n\n",
-        experiment.name,
-        experiment.dataset,
-        experiment.seeds,
-        experiment.eval.samples,
-        experiment.eval.nll_images
-    );
+    let mut out = match &experiment.text {
+        Some(text) => format!(
+            "# {}\n\nText `{}`, budget {budget} per run, seeds {:?}; each run evaluated by its loss \
+             over the whole validation split (the last 10 % of the text, every token predicted once).\
+             {evaluated}\n\n",
+            experiment.name,
+            text.display(),
+            experiment.seeds,
+        ),
+        None => format!(
+            "# {}\n\nDataset `{}`, budget {budget} per run, seeds {:?}; {} samples per run for the sample metrics \
+             (evaluator features vs the test set), bits/dim on {} test images.{evaluated}\n\n",
+            experiment.name,
+            experiment.dataset,
+            experiment.seeds,
+            experiment.eval.samples,
+            experiment.eval.nll_images
+        ),
+    };
     // Each column: its header, the figure of one (run, seed), and the
     // digits shown of its mean ± std over seeds.
     type Column = (&'static str, fn(&RunResult) -> Option<f64>, usize);
@@ -280,22 +305,44 @@ pub fn report_markdown(experiment: &Experiment, results: &[RunResult]) -> String
         ("steps", |r| Some(r.steps as f64), 0),
         ("train s", |r| Some(r.train_seconds), 1),
         ("examples/s", |r| Some(r.examples_per_sec), 1),
-        (
-            "s per 64 samples",
-            |r| r.metrics.get("sample_seconds_per_64").copied(),
-            2,
-        ),
-        ("FID", |r| r.metrics.get("fid").copied(), 2),
-        ("KID", |r| r.metrics.get("kid").copied(), 4),
-        ("precision", |r| r.metrics.get("precision").copied(), 3),
-        ("recall", |r| r.metrics.get("recall").copied(), 3),
-        ("IS", |r| r.metrics.get("is").copied(), 2),
-        (
-            "bits/dim",
-            |r| r.metrics.get("nll_bits_per_dim").copied(),
-            3,
-        ),
     ];
+    if experiment.text.is_some() {
+        columns.extend([
+            (
+                "val loss",
+                (|r| r.metrics.get("val_loss").copied()) as fn(&RunResult) -> _,
+                4,
+            ),
+            (
+                "perplexity",
+                |r| r.metrics.get("val_perplexity").copied(),
+                3,
+            ),
+            (
+                "bits/token",
+                |r| r.metrics.get("val_bits_per_token").copied(),
+                4,
+            ),
+        ]);
+    } else {
+        columns.extend([
+            (
+                "s per 64 samples",
+                (|r| r.metrics.get("sample_seconds_per_64").copied()) as fn(&RunResult) -> _,
+                2,
+            ),
+            ("FID", |r| r.metrics.get("fid").copied(), 2),
+            ("KID", |r| r.metrics.get("kid").copied(), 4),
+            ("precision", |r| r.metrics.get("precision").copied(), 3),
+            ("recall", |r| r.metrics.get("recall").copied(), 3),
+            ("IS", |r| r.metrics.get("is").copied(), 2),
+            (
+                "bits/dim",
+                |r| r.metrics.get("nll_bits_per_dim").copied(),
+                3,
+            ),
+        ]);
+    }
     if experiment.eval.checkpoint == EvalCheckpoint::Best {
         columns.insert(1, ("best step", |r| Some(r.checkpoint_step as f64), 0));
     }
@@ -325,7 +372,11 @@ pub fn report_markdown(experiment: &Experiment, results: &[RunResult]) -> String
             cells.join(" | ")
         ));
     }
-    out.push_str("\n`report.png`: each run's final sample grid (first seed), left to right in table order, with its training-loss curve below it. `report.svg`: each run's losses against the step, with axes, a training and a held-out line per seed.\n");
+    if experiment.text.is_some() {
+        out.push_str("\n`report.svg`: each run's losses against the step, with axes, a training and a held-out line per seed; each run's generated text is its `samples/final.txt`.\n");
+    } else {
+        out.push_str("\n`report.png`: each run's final sample grid (first seed), left to right in table order, with its training-loss curve below it. `report.svg`: each run's losses against the step, with axes, a training and a held-out line per seed.\n");
+    }
     out
 }
 
@@ -503,6 +554,60 @@ mod tests {
             "{table}"
         );
         assert!(rows_have_bars(&table, 15), "{table}");
+    }
+
+    #[test]
+    fn a_text_experiment_reports_the_validation_loss() {
+        let mut e: Experiment = toml::from_str(
+            r#"
+            name = "words"
+            text = "poem.txt"
+            seeds = [0, 1]
+            [budget]
+            steps = 3
+            [[runs]]
+            name = "gpt"
+            preset = "gpt-char"
+            "#,
+        )
+        .unwrap();
+        e.validate().unwrap();
+        let result = |seed: u64, loss: f64| RunResult {
+            run: "gpt".into(),
+            preset: "gpt-char".into(),
+            seed,
+            params: 10,
+            steps: 3,
+            checkpoint_step: 3,
+            train_seconds: 1.0,
+            examples_per_sec: 100.0,
+            metrics: [
+                ("val_loss".to_string(), loss),
+                ("val_perplexity".to_string(), loss.exp()),
+            ]
+            .into_iter()
+            .collect(),
+            dir: PathBuf::new(),
+        };
+        let table = report_markdown(&e, &[result(0, 2.0), result(1, 2.2)]);
+        assert!(
+            table.contains("Text `poem.txt`")
+                && table.contains("| val loss | perplexity | bits/token |")
+                && table.contains("| 2.1000 ± 0.1414 |")
+                && !table.contains("FID"),
+            "{table}"
+        );
+        // A dataset and a text, or neither: refused.
+        e.dataset = "mnist".into();
+        assert!(
+            e.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("exactly one of dataset")
+        );
+        e.dataset.clear();
+        e.text = None;
+        assert!(e.validate().is_err());
     }
 
     #[test]
