@@ -97,24 +97,23 @@ fn check_runs(experiment: &Experiment) -> Result<()> {
                 spec.name
             )));
         }
-        match (config.model.reads_text(), &experiment.text) {
+        let wrong = match (config.model.reads_text(), &experiment.text) {
             (false, None) => {
                 config.data.image_source()?;
+                None
             }
-            (true, Some(_)) => {}
-            (reads_text, _) => {
-                return Err(Error::Config(format!(
-                    "run '{}': {} is {} model and this experiment gives {}",
-                    spec.name,
-                    spec.preset,
-                    if reads_text { "a text" } else { "an image" },
-                    if reads_text {
-                        "a dataset (a text experiment gives text = \"FILE\")"
-                    } else {
-                        "text"
-                    }
-                )));
-            }
+            (true, Some(_)) => None,
+            (true, None) => Some(
+                "a text model and this experiment gives a dataset (a text experiment gives \
+                 text = \"FILE\")",
+            ),
+            (false, Some(_)) => Some("an image model and this experiment gives text"),
+        };
+        if let Some(why) = wrong {
+            return Err(Error::Config(format!(
+                "run '{}': {} is {why}",
+                spec.name, spec.preset
+            )));
         }
     }
     Ok(())
@@ -191,45 +190,45 @@ pub fn compare(path: &Path, out: Option<PathBuf>, backend: BackendKind) -> Resul
                             .collect()
                     })
                     .unwrap_or_default()
-            } else if experiment.text.is_some() {
-                let found = evaluate_text_run(&dir, which.name(), None, backend)?;
-                write_eval_json(&dir, Some(&found), &found.figures)?;
-                state.evaluated_step = Some(state.steps);
-                state.evaluated_checkpoint = which;
-                state.evaluated_checkpoint_step = Some(found.step);
-                write_state(&dir, &state)?;
-                found.figures.into_iter().collect()
             } else {
-                let mut figures = Vec::new();
-                let mut evaluated: Option<Evaluation> = None;
-                let mut evaluate = |metrics: &[String], n, terms| -> Result<()> {
-                    let found = evaluate_run(&dir, which.name(), metrics, n, terms, seed, backend)?;
-                    figures.extend(found.figures.iter().cloned());
-                    evaluated = Some(found);
-                    Ok(())
-                };
-                let sample_metrics: Vec<String> = experiment
-                    .eval
-                    .metrics
-                    .iter()
-                    .filter(|m| *m != "nll")
-                    .cloned()
-                    .collect();
-                if !sample_metrics.is_empty() {
-                    evaluate(&sample_metrics, experiment.eval.samples, None)?;
-                }
-                if experiment.eval.metrics.iter().any(|m| m == "nll") {
-                    // Not every family has a likelihood (GANs have none): the cell stays empty.
-                    match &has_likelihood {
-                        Ok(()) => evaluate(
-                            &["nll".to_string()],
-                            experiment.eval.nll_images,
-                            experiment.eval.nll_terms,
-                        )?,
-                        Err(e) => eprintln!("{} seed {seed}: no bits/dim ({e})", spec.name),
+                let (evaluated, figures) = if experiment.text.is_some() {
+                    let found = evaluate_text_run(&dir, which.name(), None, backend)?;
+                    let figures = found.figures.clone();
+                    (Some(found), figures)
+                } else {
+                    let mut figures = Vec::new();
+                    let mut evaluated: Option<Evaluation> = None;
+                    let mut evaluate = |metrics: &[String], n, terms| -> Result<()> {
+                        let found =
+                            evaluate_run(&dir, which.name(), metrics, n, terms, seed, backend)?;
+                        figures.extend(found.figures.iter().cloned());
+                        evaluated = Some(found);
+                        Ok(())
+                    };
+                    let sample_metrics: Vec<String> = experiment
+                        .eval
+                        .metrics
+                        .iter()
+                        .filter(|m| *m != "nll")
+                        .cloned()
+                        .collect();
+                    if !sample_metrics.is_empty() {
+                        evaluate(&sample_metrics, experiment.eval.samples, None)?;
                     }
-                }
-                // One eval.json with both evaluations' figures.
+                    if experiment.eval.metrics.iter().any(|m| m == "nll") {
+                        // Not every family has a likelihood (GANs have none): the cell stays empty.
+                        match &has_likelihood {
+                            Ok(()) => evaluate(
+                                &["nll".to_string()],
+                                experiment.eval.nll_images,
+                                experiment.eval.nll_terms,
+                            )?,
+                            Err(e) => eprintln!("{} seed {seed}: no bits/dim ({e})", spec.name),
+                        }
+                    }
+                    (evaluated, figures)
+                };
+                // One eval.json with every evaluation's figures.
                 write_eval_json(&dir, evaluated.as_ref(), &figures)?;
                 state.evaluated_step = Some(state.steps);
                 state.evaluated_checkpoint = which;

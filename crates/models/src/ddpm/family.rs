@@ -320,12 +320,8 @@ impl<B: AutodiffBackend> DdpmTrainer<B> {
         mut keep: impl FnMut(usize, &Tensor<B::InnerBackend, 4>),
     ) -> Result<Tensor<B::InnerBackend, 4>> {
         let (settings, guidance) = self.resolve_sampler(request)?;
-        let classes = if self.config.conditional {
-            self.config.unet.num_classes
-        } else {
-            0
-        };
-        let labels = request.labels::<B::InnerBackend>(classes, "cddpm-unet", &self.device)?;
+        let labels =
+            request.labels::<B::InnerBackend>(self.num_classes(), "cddpm-unet", &self.device)?;
         match settings.method {
             SamplerMethod::Ddpm => self.run_sampler(
                 &Ddpm {
