@@ -476,22 +476,18 @@ impl<B: AutodiffBackend> EvalRun<B> {
         let started = Instant::now();
         let mut values = Vec::new();
         let mut probs = Vec::new();
-        let mut done = 0;
-        let mut chunk_index = 0;
-        while done < n {
-            let count = 500.min(n - done);
-            let request = SampleRequest {
-                n: count,
-                seed: genzoo_core::seed::derive(self.job.seed, "eval-samples", chunk_index),
-                ..Default::default()
-            };
+        let all = SampleRequest {
+            n,
+            ..Default::default()
+        };
+        for request in all.chunks(500, |k| {
+            genzoo_core::seed::derive(self.job.seed, "eval-samples", k)
+        }) {
             let images = family.sample_images(&request)?;
             let (f, p) = evaluator.embed(images)?;
             values.extend(f.to_values());
             probs.extend(p);
-            done += count;
-            chunk_index += 1;
-            bar.inc(count as u64);
+            bar.inc(request.n as u64);
         }
         bar.finish_and_clear();
         let secs = started.elapsed().as_secs_f64();

@@ -239,24 +239,26 @@ fn check_sample_flags(args: &SampleArgs, config: &RunConfig) -> Result<()> {
         ("--top-p", args.top_p.is_some()),
         ("--no-cache", args.no_cache),
     ]);
-    let image = given(&[
-        ("--n", args.n.is_some()),
-        ("--class", args.class.is_some()),
-        ("--out", args.out.is_some()),
+    // The image modes other than plain samples: each makes its own output.
+    let modes = [
         ("--complete-rows", args.complete_rows.is_some()),
         ("--interpolate", args.interpolate.is_some()),
         ("--traverse", args.traverse.is_some()),
         ("--reconstruct", args.reconstruct),
         ("--images-dir", args.images_dir.is_some()),
-    ]);
-    let grids = given(&[
-        ("--complete-rows", args.complete_rows.is_some()),
-        ("--interpolate", args.interpolate.is_some()),
-        ("--traverse", args.traverse.is_some()),
-        ("--reconstruct", args.reconstruct),
-        ("--trajectory", args.trajectory),
-        ("--images-dir", args.images_dir.is_some()),
-    ]);
+    ];
+    let image = given(
+        &[
+            &[
+                ("--n", args.n.is_some()),
+                ("--class", args.class.is_some()),
+                ("--out", args.out.is_some()),
+            ][..],
+            &modes,
+        ]
+        .concat(),
+    );
+    let grids = given(&[&modes[..], &[("--trajectory", args.trajectory)]].concat());
     if grids.len() > 1 {
         return Err(Error::Config(format!(
             "{} each make their own grid: give one of them",
@@ -430,13 +432,7 @@ impl<B: AutodiffBackend> FamilyTask<B> for SampleRun<B> {
                     originals.batch::<B::InnerBackend>(&all(originals), Scaling::Unit, device);
                 let completed =
                     family.complete_images(originals.images.clone(), *rows, request.seed)?;
-                let n = completed.dims()[0];
-                let images = Tensor::cat(vec![originals.images, completed], 0);
-                (
-                    images,
-                    default_columns(n),
-                    format!("{n} completions below their originals"),
-                )
+                above(originals.images, completed, "completions")
             }
             Grid::Interpolations { cols } => (
                 latent::interpolate(
@@ -496,12 +492,7 @@ impl<B: AutodiffBackend> FamilyTask<B> for SampleRun<B> {
                 println!(
                     "mean squared error of the {n} reconstructions: {error:.5} (pixels in [0, 1])"
                 );
-                let images = Tensor::cat(vec![originals.images, rebuilt], 0);
-                (
-                    images,
-                    default_columns(n),
-                    format!("{n} reconstructions below their originals"),
-                )
+                above(originals.images, rebuilt, "reconstructions")
             }
         };
         save_grid(images, columns, &self.job.out)?;
@@ -555,23 +546,20 @@ impl<B: AutodiffBackend> SampleRun<B> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let n = self.job.request.n;
         let bar = indicatif::ProgressBar::new(n as u64);
+        // The chunks' own progress bars would cover this one.
+        let quiet = SampleRequest {
+            sampler: SamplerOptions {
+                progress: false,
+                ..self.job.request.sampler.clone()
+            },
+            ..self.job.request.clone()
+        };
+        let seed = self.job.request.seed;
         let mut done = 0;
-        for chunk in 0.. {
-            if done == n {
-                break;
-            }
-            let request = SampleRequest {
-                n: FILE_CHUNK.min(n - done),
-                seed: match chunk {
-                    0 => self.job.request.seed,
-                    k => genzoo_core::seed::derive(self.job.request.seed, "sample-files", k),
-                },
-                sampler: SamplerOptions {
-                    progress: false,
-                    ..self.job.request.sampler.clone()
-                },
-                ..self.job.request.clone()
-            };
+        for request in quiet.chunks(FILE_CHUNK, |k| match k {
+            0 => seed,
+            k => genzoo_core::seed::derive(seed, "sample-files", k),
+        }) {
             let images = family.sample_images(&request)?;
             save_images(images, dir, done)?;
             done += request.n;
@@ -629,6 +617,22 @@ impl<B: AutodiffBackend> SampleRun<B> {
         );
         Ok(shown)
     }
+}
+
+/// A grid of images above what the model made of them (in the same
+/// layout, so each result sits in its original's place one half down), its
+/// column count and what it shows.
+fn above<Bk: Backend>(
+    originals: Tensor<Bk, 4>,
+    results: Tensor<Bk, 4>,
+    what: &str,
+) -> (Tensor<Bk, 4>, usize, String) {
+    let n = results.dims()[0];
+    (
+        Tensor::cat(vec![originals, results], 0),
+        default_columns(n),
+        format!("{n} {what} below their originals"),
+    )
 }
 
 /// Every index of `images`.

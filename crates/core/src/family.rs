@@ -204,6 +204,28 @@ impl SamplerOptions {
 }
 
 impl SampleRequest {
+    /// This request split into requests of at most `size` samples each, in
+    /// order, chunk k drawn with seed `seed_of(k)`: many samples in bounded
+    /// memory.
+    ///
+    /// ```
+    /// use genzoo_core::SampleRequest;
+    /// let request = SampleRequest { n: 1200, seed: 7, ..Default::default() };
+    /// let chunks = request.chunks(500, |k| 100 + k);
+    /// let sizes: Vec<(usize, u64)> = chunks.iter().map(|c| (c.n, c.seed)).collect();
+    /// assert_eq!(sizes, vec![(500, 100), (500, 101), (200, 102)]);
+    /// ```
+    pub fn chunks(&self, size: usize, seed_of: impl Fn(u64) -> u64) -> Vec<SampleRequest> {
+        let size = size.max(1);
+        (0..self.n.div_ceil(size))
+            .map(|k| SampleRequest {
+                n: size.min(self.n - k * size),
+                seed: seed_of(k as u64),
+                ..self.clone()
+            })
+            .collect()
+    }
+
     /// The labels of the `n` samples for a model of `num_classes` classes
     /// (0: unconditional): the requested class for all, or else classes in
     /// turn (image i shows class i mod num_classes). A class the model does
