@@ -9,12 +9,10 @@ use std::time::Instant;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand, ValueEnum};
 use genzoo_core::backend::{BackendTask, with_backend};
-use genzoo_core::image::save_images;
+use genzoo_core::image::{image_file_name, save_pixels};
 use genzoo_core::weights::{NamedTensors, write_safetensors};
-use genzoo_core::{
-    BackendKind, CpuBackend, CpuDevice, Error, Family, ImageBatch, Result, TokenBatch,
-};
-use genzoo_data::{Locator, Scaling, load_image_dataset};
+use genzoo_core::{BackendKind, Error, Family, ImageBatch, Result, TokenBatch};
+use genzoo_data::{Locator, load_image_dataset};
 use genzoo_models::presets::{FamilyTask, with_family};
 use genzoo_train::{DataConfig, RunConfig, RunDir};
 
@@ -68,9 +66,6 @@ enum Split {
     Test,
 }
 
-/// Images written per tensor: bounded memory for any split.
-const CHUNK: usize = 1000;
-
 fn export_images(args: ImagesArgs) -> Result<()> {
     let data = match &args.run {
         Some(run) => {
@@ -106,11 +101,12 @@ fn export_images(args: ImagesArgs) -> Result<()> {
         Split::Test => test,
     };
     let images = images.take(args.n.unwrap_or(usize::MAX));
-    let device = CpuDevice::default();
-    let indices: Vec<usize> = (0..images.len()).collect();
-    for (i, chunk) in indices.chunks(CHUNK).enumerate() {
-        let batch = images.batch::<CpuBackend>(chunk, Scaling::Unit, &device);
-        save_images(batch.images, &args.out, i * CHUNK)?;
+    for i in 0..images.len() {
+        save_pixels(
+            images.image(i),
+            images.dims(),
+            &args.out.join(image_file_name(i)),
+        )?;
     }
     println!(
         "wrote {} {} images of {} into {} in {:.2} s",

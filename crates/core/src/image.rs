@@ -74,34 +74,58 @@ pub fn default_columns(n: usize) -> usize {
 
 /// Writes each of `images` (`[n, channels, height, width]`, values in
 /// `[0, 1]`, clamped; channels 1 or 3) as its own PNG file in `dir`, named by
-/// its index from `first` (`000000.png`, ...), at its own size, without a
-/// border: grey for one channel, RGB for three. This is the layout tools
-/// outside genzoo read (pytorch-fid, clean-fid, torch-fidelity).
+/// its index from `first` ([`image_file_name`]), at its own size, without a
+/// border (see [`save_pixels`]). This is the layout tools outside genzoo read
+/// (pytorch-fid, clean-fid, torch-fidelity).
 pub fn save_images<B: Backend>(images: Tensor<B, 4>, dir: &Path, first: usize) -> Result<()> {
     let [n, c, h, w] = images.dims();
-    let data = drawable_values(images)?;
-    let to_u8 = |v: f32| (v * 255.0).round() as u8;
-    for (i, pixels) in data.chunks_exact(c * h * w).enumerate().take(n) {
-        let path = dir.join(format!("{:06}.png", first + i));
-        let image = if c == 1 {
-            let bytes = pixels.iter().map(|&v| to_u8(v)).collect();
-            let img = ::image::GrayImage::from_raw(w as u32, h as u32, bytes).expect("h·w bytes");
-            ::image::DynamicImage::ImageLuma8(img)
-        } else {
+    let bytes: Vec<u8> = drawable_values(images)?
+        .into_iter()
+        .map(|v| (v * 255.0).round() as u8)
+        .collect();
+    for (i, pixels) in bytes.chunks_exact(c * h * w).enumerate().take(n) {
+        save_pixels(pixels, (c, h, w), &dir.join(image_file_name(first + i)))?;
+    }
+    Ok(())
+}
+
+/// The file name of image `index` in a folder of images: `000042.png`.
+pub fn image_file_name(index: usize) -> String {
+    format!("{index:06}.png")
+}
+
+/// Writes one 8-bit image, channel-major `[channels, height, width]`, as a
+/// PNG file: grey for one channel, RGB for three.
+pub fn save_pixels(pixels: &[u8], (c, h, w): (usize, usize, usize), path: &Path) -> Result<()> {
+    let image = match c {
+        1 => {
+            let img = ::image::GrayImage::from_raw(w as u32, h as u32, pixels.to_vec());
+            img.map(::image::DynamicImage::ImageLuma8)
+        }
+        3 => {
             // Channel-major planes → interleaved RGB.
             let plane = h * w;
             let bytes = (0..plane)
                 .flat_map(|p| (0..3).map(move |ch| pixels[ch * plane + p]))
-                .map(to_u8)
                 .collect();
-            let img = ::image::RgbImage::from_raw(w as u32, h as u32, bytes).expect("3·h·w bytes");
-            ::image::DynamicImage::ImageRgb8(img)
-        };
-        image
-            .save_with_format(&path, ::image::ImageFormat::Png)
-            .map_err(|e| Error::Other(format!("{}: cannot write PNG: {e}", path.display())))?;
+            let img = ::image::RgbImage::from_raw(w as u32, h as u32, bytes);
+            img.map(::image::DynamicImage::ImageRgb8)
+        }
+        _ => {
+            return Err(Error::Other(format!(
+                "cannot write images with {c} channels (1 or 3 expected)"
+            )));
+        }
     }
-    Ok(())
+    .ok_or_else(|| {
+        Error::Other(format!(
+            "{} values are not a {c}×{h}×{w} image",
+            pixels.len()
+        ))
+    })?;
+    image
+        .save_with_format(path, ::image::ImageFormat::Png)
+        .map_err(|e| Error::Other(format!("{}: cannot write PNG: {e}", path.display())))
 }
 
 #[cfg(test)]
