@@ -15,17 +15,10 @@ use genzoo::models::ddpm::DdpmTrainer;
 use genzoo::models::gan::{GanConfig, GanTrainer};
 use genzoo::models::vae::{VaeConfig, VaeTrainer};
 
-mod support;
-use support::{max_diff, tiny_ddpm};
+use crate::support::{max_diff, rng_lock, tiny_ddpm};
 
 type B = Autodiff<Flex>;
 type Inner = Flex;
-
-static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn values(t: Tensor<Inner, 4>) -> Vec<f32> {
     t.into_data().to_vec().unwrap()
@@ -67,7 +60,7 @@ fn labels(values: &[i64]) -> Tensor<Inner, 1, Int> {
 
 #[test]
 fn a_vae_decodes_codes_as_it_samples_and_reconstructs_from_its_posterior_means() {
-    let _guard = lock();
+    let _guard = rng_lock();
     let dev = CpuDevice::default();
     for classes in [0, 3] {
         let vae = vae(classes);
@@ -115,7 +108,7 @@ fn a_vae_decodes_codes_as_it_samples_and_reconstructs_from_its_posterior_means()
 
 #[test]
 fn grids_run_row_by_row_with_one_class_per_row() {
-    let _guard = lock();
+    let _guard = rng_lock();
     let dev = CpuDevice::default();
     let vae = vae(3);
     let none = SamplerOptions::default();
@@ -169,7 +162,7 @@ fn grids_run_row_by_row_with_one_class_per_row() {
 
 #[test]
 fn a_gan_decodes_its_noise_as_it_samples_and_has_no_encoder() {
-    let _guard = lock();
+    let _guard = rng_lock();
     let dev = CpuDevice::default();
     <Flex as Backend>::seed(&dev, 5);
     let gan = GanTrainer::<B>::new(
@@ -206,7 +199,7 @@ fn a_gan_decodes_its_noise_as_it_samples_and_has_no_encoder() {
 
 #[test]
 fn a_ddpm_decodes_x_t_through_deterministic_ddim_only() {
-    let _guard = lock();
+    let _guard = rng_lock();
     let dev = CpuDevice::default();
     <Flex as Backend>::seed(&dev, 5);
     let ddpm = DdpmTrainer::<B>::new(tiny_ddpm(0), &dev);

@@ -10,12 +10,9 @@ use genzoo::models::gpt::{GptConfig, GptInput, GptPixel, GptText};
 use genzoo::train::logger::read_jsonl;
 use genzoo::train::{RunDir, Schedule, TrainConfig, Trainer};
 
-mod support;
-use support::max_diff;
+use crate::support::{max_diff, rng_lock};
 
 type B = Autodiff<Flex>;
-
-static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn corpus() -> TextCorpus {
     let verse =
@@ -77,7 +74,7 @@ fn trainer(dir: &std::path::Path, steps: u64, resume: bool) -> Trainer {
 
 #[test]
 fn loss_goes_down_and_text_comes_out() {
-    let _guard = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let corpus = corpus();
     let data = TextData::new(corpus.clone(), 16, 8, 1, 4).unwrap();
@@ -123,7 +120,7 @@ fn loss_goes_down_and_text_comes_out() {
 fn gpt_resume_is_exact_with_dropout() {
     // Dropout masks come from each step's noise stream, so resuming drops
     // what the uninterrupted run drops.
-    let _guard = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let corpus = corpus();
     let data = TextData::new(corpus.clone(), 16, 8, 2, 2).unwrap();
@@ -150,7 +147,7 @@ fn micro_batches_train_as_the_whole_batch_with_dropout_and_weight_decay() {
     // A batch of 8 split into micro-batches of 2, 3 and 3: each has its own
     // dropout masks (the rows of the whole batch's), and weight decay, like
     // the update, happens once per step.
-    let _guard = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let corpus = corpus();
     let data = TextData::new(corpus.clone(), 16, 8, 2, 2).unwrap();
@@ -194,7 +191,7 @@ fn micro_batches_train_as_the_whole_batch_with_dropout_and_weight_decay() {
 
 #[test]
 fn gpt_pixel_trains_on_images_and_samples_them() {
-    let _guard = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let device = CpuDevice::default();
     let (x, y) = synthetic::images(48, 6, 3, 1);

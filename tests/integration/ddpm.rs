@@ -12,16 +12,9 @@ use genzoo::models::ddpm::{DdpmConfig, DdpmTrainer};
 use genzoo::train::logger::read_jsonl;
 use genzoo::train::{RunDir, TrainConfig, Trainer};
 
-mod support;
-use support::{tiny_ddpm, while_the_backend_rng_is_busy};
+use crate::support::{rng_lock, tiny_ddpm, while_the_backend_rng_is_busy};
 
 type B = Autodiff<Flex>;
-
-static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn data(size: usize, batch: usize) -> ImageData {
     let (x, y) = synthetic::images(64, size, 4, 1);
@@ -68,7 +61,7 @@ fn trainer(dir: &std::path::Path, steps: u64, batch: usize, lr: f64, resume: boo
 
 #[test]
 fn loss_falls_and_is_logged_per_quarter_of_t() {
-    let _guard = lock();
+    let _guard = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     trainer(tmp.path(), 60, 16, 2e-3, false)
         .fit(fresh(&tiny_ddpm(0)), &data(8, 16), &CpuDevice::default())
@@ -100,7 +93,7 @@ fn loss_falls_and_is_logged_per_quarter_of_t() {
 
 #[test]
 fn ddpm_unet_resume_is_exact_with_ema() {
-    let _guard = lock();
+    let _guard = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let device = CpuDevice::default();
     // The reference network at 28×28, on a small batch.
@@ -156,7 +149,7 @@ fn ddpm_unet_resume_is_exact_with_ema() {
 
 #[test]
 fn ddim_with_eta_zero_is_deterministic_and_seeds_matter() {
-    let _guard = lock();
+    let _guard = rng_lock();
     let ddpm = fresh(&tiny_ddpm(0));
     let request = |seed: u64, eta: f64| SampleRequest {
         n: 3,
@@ -202,7 +195,7 @@ fn ddim_with_eta_zero_is_deterministic_and_seeds_matter() {
 
 #[test]
 fn guidance_trajectories_and_bad_sampler_options() {
-    let _guard = lock();
+    let _guard = rng_lock();
     let conditional = fresh(&tiny_ddpm(4));
     let guided = SampleRequest {
         n: 4,
@@ -292,7 +285,7 @@ fn guidance_trajectories_and_bad_sampler_options() {
 
 #[test]
 fn the_bound_is_positive_and_the_estimate_tracks_the_exact_sum() {
-    let _guard = lock();
+    let _guard = rng_lock();
     let ddpm = fresh(&tiny_ddpm(0));
     let (pixels, _) = synthetic::images(4, 8, 4, 9);
     let images: Vec<f32> = pixels.iter().map(|p| *p as f32 / 255.0).collect();

@@ -1,5 +1,4 @@
-//! Helpers shared by the integration tests (each test binary compiles this
-//! module and uses what it needs).
+//! Helpers shared by the integration tests.
 
 use burn::backend::Flex;
 use burn::prelude::*;
@@ -9,11 +8,20 @@ use genzoo::core::family::SampleRequest;
 use genzoo::core::{CpuDevice, Family};
 use genzoo::models::ddpm::{DdpmConfig, UNetConfig};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+/// burn's CPU RNG is one per process, and all these tests share one
+/// process: a test that builds models or draws random numbers holds this
+/// lock, so that a test checking bit-exact results never sees another's
+/// draws.
+pub fn rng_lock() -> MutexGuard<'static, ()> {
+    static RNG_LOCK: Mutex<()> = Mutex::new(());
+    RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Runs `f` while another thread keeps drawing from burn's process-wide CPU
-/// RNG, as another model or test in the same process would. Hold the test
-/// binary's RNG lock around it: the draws would disturb seeded tests.
-#[allow(dead_code)]
+/// RNG, as another model or test in the same process would. Hold [`rng_lock`]
+/// around it: the draws would disturb seeded tests.
 pub fn while_the_backend_rng_is_busy<T>(f: impl FnOnce() -> T) -> T {
     let stop = AtomicBool::new(false);
     std::thread::scope(|s| {
@@ -31,8 +39,7 @@ pub fn while_the_backend_rng_is_busy<T>(f: impl FnOnce() -> T) -> T {
 
 /// Asserts that `family`'s samples for a seed are the same on every call,
 /// even while another thread draws from burn's CPU RNG, and that another
-/// seed gives others. Hold the test binary's RNG lock around it.
-#[allow(dead_code)]
+/// seed gives others. Hold [`rng_lock`] around it.
 pub fn assert_samples_depend_on_the_seed_alone<B: AutodiffBackend, F: Family<B>>(family: &F) {
     let sample = |seed: u64| -> Vec<f32> {
         let request = SampleRequest {
@@ -52,7 +59,6 @@ pub fn assert_samples_depend_on_the_seed_alone<B: AutodiffBackend, F: Family<B>>
 
 /// A DDPM small enough for tests: an 8×8 U-Net of 8 base channels, T = 100;
 /// class-conditional when `num_classes` > 0.
-#[allow(dead_code)]
 pub fn tiny_ddpm(num_classes: usize) -> DdpmConfig {
     DdpmConfig {
         unet: UNetConfig {
@@ -72,7 +78,6 @@ pub fn tiny_ddpm(num_classes: usize) -> DdpmConfig {
 }
 
 /// The largest absolute difference between two equally long lists of values.
-#[allow(dead_code)]
 pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
     a.iter()

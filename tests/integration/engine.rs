@@ -22,20 +22,11 @@ use genzoo::train::checkpoint::list_checkpoints;
 use genzoo::train::logger::read_jsonl;
 use genzoo::train::{RunDir, Schedule, TrainConfig, Trainer};
 
-mod support;
-use support::{assert_samples_depend_on_the_seed_alone, max_diff};
+use crate::support::{assert_samples_depend_on_the_seed_alone, max_diff, rng_lock};
 
 type B = Autodiff<Flex>;
 
 const SIZE: usize = 12;
-
-/// burn's CPU RNG is one per process: tests that check bit-exact results
-/// must not draw random numbers at the same time as another test.
-static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn data(seed: u64) -> ImageData {
     let (x, y) = synthetic::images(96, SIZE, 4, 1);
@@ -94,14 +85,14 @@ fn weights(f: &VaeTrainer<B>) -> Vec<f32> {
 #[test]
 fn vae_samples_depend_on_the_seed_alone() {
     // Held throughout: the busy thread must not disturb other tests' draws.
-    let _guard = lock();
+    let _guard = rng_lock();
     let vae = fresh_vae();
     assert_samples_depend_on_the_seed_alone(&vae);
 }
 
 #[test]
 fn loss_goes_down_on_a_tiny_run() {
-    let _guard = lock();
+    let _guard = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let out = trainer(tmp.path(), train_config(60), false)
         .fit(fresh_vae(), &data(1), &CpuDevice::default())
@@ -129,7 +120,7 @@ fn loss_goes_down_on_a_tiny_run() {
 
 #[test]
 fn a_discretized_logistic_vae_learns_and_bounds_the_8_bit_likelihood() {
-    let _guard = lock();
+    let _guard = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let config = VaeConfig {
         likelihood: PixelLikelihood::DiscretizedLogistic,
@@ -178,7 +169,7 @@ fn a_discretized_logistic_vae_learns_and_bounds_the_8_bit_likelihood() {
 
 #[test]
 fn resume_is_exact() {
-    let _guard = lock();
+    let _guard = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let device = CpuDevice::default();
     let straight = trainer(&tmp.path().join("straight"), train_config(16), false)
@@ -213,7 +204,7 @@ fn resume_is_exact() {
 
 #[test]
 fn corrupt_checkpoint_falls_back_to_the_previous_one() {
-    let _guard = lock();
+    let _guard = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let device = CpuDevice::default();
     let straight = trainer(&tmp.path().join("straight"), train_config(16), false)
@@ -247,7 +238,7 @@ fn corrupt_checkpoint_falls_back_to_the_previous_one() {
 
 #[test]
 fn checkpoints_of_another_config_or_a_newer_format_are_refused() {
-    let _guard = lock();
+    let _guard = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let device = CpuDevice::default();
     let run = tmp.path().join("run");
@@ -311,7 +302,7 @@ fn checkpoints_of_another_config_or_a_newer_format_are_refused() {
 
 #[test]
 fn a_new_run_refuses_a_directory_with_checkpoints() {
-    let _guard = lock();
+    let _guard = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
     trainer(&run, train_config(4), false)
@@ -369,7 +360,7 @@ impl Family<B> for NanAt<B> {
 
 #[test]
 fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
-    let _guard = lock();
+    let _guard = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let device = CpuDevice::default();
     let family = NanAt::<B> {
@@ -433,7 +424,7 @@ fn erase_time_spent(run: &Path) -> u64 {
 
 #[test]
 fn a_minutes_budget_plans_its_steps_and_trains_as_a_steps_run_of_that_length() {
-    let _guard = lock();
+    let _guard = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let device = CpuDevice::default();
     let timed_dir = tmp.path().join("timed");
@@ -483,7 +474,7 @@ fn a_minutes_budget_plans_its_steps_and_trains_as_a_steps_run_of_that_length() {
 
 #[test]
 fn a_minutes_run_resumes_on_its_plan_and_stops_on_the_clock() {
-    let _guard = lock();
+    let _guard = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let device = CpuDevice::default();
     let run = tmp.path();
@@ -540,7 +531,7 @@ fn a_minutes_run_resumes_on_its_plan_and_stops_on_the_clock() {
 
 #[test]
 fn micro_batches_train_as_the_whole_batch_down_to_a_short_last_batch() {
-    let _guard = lock();
+    let _guard = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let device = CpuDevice::default();
     // 98 images in batches of 16: six whole batches, then one of 2 rows,
@@ -582,7 +573,7 @@ fn micro_batches_train_as_the_whole_batch_down_to_a_short_last_batch() {
 
 #[test]
 fn a_family_that_cannot_split_its_steps_is_refused_before_training() {
-    let _guard = lock();
+    let _guard = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let device = CpuDevice::default();
     // A family says so itself (`Family::supports_micro_batches`); this one
@@ -688,7 +679,7 @@ impl Family<B> for Scripted<B> {
 
 #[test]
 fn the_best_held_out_checkpoint_is_kept_through_pruning_and_resume() {
-    let _guard = lock();
+    let _guard = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let device = CpuDevice::default();
     let config = TrainConfig {
@@ -758,7 +749,7 @@ fn the_best_held_out_checkpoint_is_kept_through_pruning_and_resume() {
 
 #[test]
 fn patience_stops_the_run_and_a_resumed_one_stays_stopped() {
-    let _guard = lock();
+    let _guard = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let device = CpuDevice::default();
     let config = TrainConfig {

@@ -20,13 +20,10 @@ use genzoo::models::vae::{VaeConfig, VaeTrainer};
 use genzoo::train::data_parallel::{ParallelConfig, run_replicas};
 use genzoo::train::{RunConfig, RunDir, TrainConfig, Trainer};
 
-mod support;
-use support::{max_diff, tiny_ddpm};
+use crate::support::{max_diff, rng_lock, tiny_ddpm};
 
 type B = Autodiff<Flex>;
 
-/// burn's CPU RNG is one per process: one test at a time draws from it.
-static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Replica threads initialise their models one at a time.
 static INIT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -112,7 +109,7 @@ fn preset_model(name: &str) -> ModelConfig {
 
 #[test]
 fn two_replicas_take_the_one_device_step_of_vae_mlp_and_dcgan_28() {
-    let _g = lock(&RNG_LOCK);
+    let _g = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
 
     // vae-mlp exactly as its preset, one step on a global batch of 16.
@@ -206,7 +203,7 @@ fn two_replicas_drop_and_noise_as_one_device_does() {
     // A class-conditional DDPM with dropout in its U-Net: timesteps, noise,
     // label dropout and dropout masks are all per-example draws of the step's
     // stream, so two replicas must take exactly the one-device steps.
-    let _g = lock(&RNG_LOCK);
+    let _g = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let mut ddpm = tiny_ddpm(10);
     ddpm.unet.dropout = 0.3;
@@ -234,7 +231,7 @@ fn micro_batches_take_the_whole_batch_step_alone_and_on_replicas() {
     // the whole batch, noise, label dropout, dropout masks and EMA included,
     // on one device (uneven micro-batches of 5, 5 and 6) and inside each of
     // two replicas (micro-batches of 4 in shards of 8).
-    let _g = lock(&RNG_LOCK);
+    let _g = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let mut ddpm = tiny_ddpm(10);
     ddpm.unet.dropout = 0.3;
@@ -282,7 +279,7 @@ fn micro_batches_take_the_whole_batch_step_alone_and_on_replicas() {
 
 #[test]
 fn uneven_shards_and_checkpoints_move_between_one_and_several_devices() {
-    let _g = lock(&RNG_LOCK);
+    let _g = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let vae = VaeConfig {
         height: 12,
@@ -320,7 +317,7 @@ fn uneven_shards_and_checkpoints_move_between_one_and_several_devices() {
 #[test]
 fn early_stopping_is_refused_on_replicas() {
     // Only the leader evaluates, so the others could not stop with it.
-    let _g = lock(&RNG_LOCK);
+    let _g = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let run = RunDir::create(tmp.path(), false).unwrap();
     let cfg = TrainConfig {
@@ -360,7 +357,7 @@ fn early_stopping_is_refused_on_replicas() {
 
 #[test]
 fn a_replica_that_fails_stops_the_others_with_its_error() {
-    let _g = lock(&RNG_LOCK);
+    let _g = rng_lock();
     let parallel = ParallelConfig {
         devices: 2,
         ..Default::default()

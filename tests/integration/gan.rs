@@ -11,12 +11,9 @@ use genzoo::models::gan::{GanConfig, GanTrainer};
 use genzoo::train::logger::read_jsonl;
 use genzoo::train::{RunDir, TrainConfig, Trainer};
 
-mod support;
-use support::assert_samples_depend_on_the_seed_alone;
+use crate::support::{assert_samples_depend_on_the_seed_alone, rng_lock};
 
 type B = Autodiff<Flex>;
-
-static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn data(size: usize) -> ImageData {
     let (x, y) = synthetic::images(64, size, 4, 1);
@@ -61,7 +58,7 @@ fn trainer(dir: &std::path::Path, steps: u64, resume: bool) -> Trainer {
 
 #[test]
 fn discriminator_accuracy_departs_from_chance() {
-    let _guard = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let config = GanConfig {
         height: 12,
@@ -99,7 +96,7 @@ fn discriminator_accuracy_departs_from_chance() {
 
 #[test]
 fn dcgan_28_resume_is_exact() {
-    let _guard = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let device = CpuDevice::default();
     let config = GanConfig {
@@ -133,7 +130,7 @@ fn dcgan_28_resume_is_exact() {
 #[test]
 fn samples_depend_on_the_seed_alone() {
     // Held throughout: the busy thread below must not disturb other tests' draws.
-    let _guard = RNG_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let _guard = rng_lock();
     let gan = fresh(&GanConfig {
         height: 12,
         width: 12,
