@@ -20,7 +20,7 @@ use genzoo::models::vae::{VaeConfig, VaeTrainer};
 use genzoo::train::data_parallel::{ParallelConfig, run_replicas};
 use genzoo::train::{RunConfig, RunDir, TrainConfig, Trainer};
 
-use crate::support::{max_diff, rng_lock, tiny_ddpm};
+use crate::support::{max_diff, rng_lock, run_dir, tiny_ddpm};
 
 type B = Autodiff<Flex>;
 
@@ -67,11 +67,7 @@ where
     F: Family<B, Batch = ImageBatch<B>> + Send,
     M: Fn(&CpuDevice) -> F + Sync,
 {
-    let run = if resume {
-        RunDir::open(dir).unwrap()
-    } else {
-        RunDir::create(dir, false).unwrap()
-    };
+    let run = run_dir(dir, resume);
     let trainer = || {
         Trainer::new(run.clone(), cfg.clone())
             .progress(false)

@@ -10,9 +10,9 @@ use genzoo::core::{CpuDevice, Family, SampleRequest, SamplerOptions};
 use genzoo::data::{ImageData, ImageDataset, Scaling, synthetic};
 use genzoo::models::ddpm::{DdpmConfig, DdpmTrainer};
 use genzoo::train::logger::read_jsonl;
-use genzoo::train::{RunDir, TrainConfig, Trainer};
+use genzoo::train::{TrainConfig, Trainer};
 
-use crate::support::{rng_lock, tiny_ddpm, while_the_backend_rng_is_busy};
+use crate::support::{quiet_trainer, rng_lock, tiny_ddpm, while_the_backend_rng_is_busy};
 
 type B = Autodiff<Flex>;
 
@@ -48,15 +48,7 @@ fn trainer(dir: &std::path::Path, steps: u64, batch: usize, lr: f64, resume: boo
         eval_every: 0,
         ..Default::default()
     };
-    let run = if resume {
-        RunDir::open(dir).unwrap()
-    } else {
-        RunDir::create(dir, false).unwrap()
-    };
-    Trainer::new(run, config)
-        .identity("ddpm-test", "test")
-        .resume(resume)
-        .progress(false)
+    quiet_trainer(dir, config, resume, "ddpm-test", "test")
 }
 
 #[test]

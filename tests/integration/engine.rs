@@ -22,7 +22,7 @@ use genzoo::train::checkpoint::list_checkpoints;
 use genzoo::train::logger::read_jsonl;
 use genzoo::train::{RunDir, Schedule, TrainConfig, Trainer};
 
-use crate::support::{assert_samples_depend_on_the_seed_alone, max_diff, rng_lock};
+use crate::support::{assert_samples_depend_on_the_seed_alone, max_diff, quiet_trainer, rng_lock};
 
 type B = Autodiff<Flex>;
 
@@ -67,15 +67,8 @@ fn fresh_vae() -> VaeTrainer<B> {
 }
 
 fn trainer(dir: &Path, cfg: TrainConfig, resume: bool) -> Trainer {
-    let run = if resume {
-        RunDir::open(dir).unwrap()
-    } else {
-        RunDir::create(dir, false).unwrap()
-    };
-    Trainer::new(run, cfg)
-        .identity("tiny-vae", toml::to_string(&vae_config()).unwrap())
-        .resume(resume)
-        .progress(false)
+    let fingerprint = toml::to_string(&vae_config()).unwrap();
+    quiet_trainer(dir, cfg, resume, "tiny-vae", fingerprint)
 }
 
 fn weights(f: &VaeTrainer<B>) -> Vec<f32> {

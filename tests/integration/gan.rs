@@ -9,9 +9,9 @@ use genzoo::core::record::param_values;
 use genzoo::data::{ImageData, ImageDataset, Scaling, synthetic};
 use genzoo::models::gan::{GanConfig, GanTrainer};
 use genzoo::train::logger::read_jsonl;
-use genzoo::train::{RunDir, TrainConfig, Trainer};
+use genzoo::train::{TrainConfig, Trainer};
 
-use crate::support::{assert_samples_depend_on_the_seed_alone, rng_lock};
+use crate::support::{assert_samples_depend_on_the_seed_alone, quiet_trainer, rng_lock};
 
 type B = Autodiff<Flex>;
 
@@ -45,15 +45,7 @@ fn trainer(dir: &std::path::Path, steps: u64, resume: bool) -> Trainer {
         sample_every: 2,
         ..Default::default()
     };
-    let run = if resume {
-        RunDir::open(dir).unwrap()
-    } else {
-        RunDir::create(dir, false).unwrap()
-    };
-    Trainer::new(run, config)
-        .identity("dcgan-28", "test")
-        .resume(resume)
-        .progress(false)
+    quiet_trainer(dir, config, resume, "dcgan-28", "test")
 }
 
 #[test]

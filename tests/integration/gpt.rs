@@ -10,7 +10,7 @@ use genzoo::models::gpt::{GptConfig, GptInput, GptPixel, GptText};
 use genzoo::train::logger::read_jsonl;
 use genzoo::train::{RunDir, Schedule, TrainConfig, Trainer};
 
-use crate::support::{max_diff, rng_lock};
+use crate::support::{max_diff, quiet_trainer, rng_lock};
 
 type B = Autodiff<Flex>;
 
@@ -61,15 +61,7 @@ fn train_config(steps: u64) -> TrainConfig {
 }
 
 fn trainer(dir: &std::path::Path, steps: u64, resume: bool) -> Trainer {
-    let run = if resume {
-        RunDir::open(dir).unwrap()
-    } else {
-        RunDir::create(dir, false).unwrap()
-    };
-    Trainer::new(run, train_config(steps))
-        .identity("gpt-test", "tiny")
-        .resume(resume)
-        .progress(false)
+    quiet_trainer(dir, train_config(steps), resume, "gpt-test", "tiny")
 }
 
 #[test]

@@ -7,6 +7,8 @@ use burn::tensor::backend::AutodiffBackend;
 use genzoo::core::family::SampleRequest;
 use genzoo::core::{CpuDevice, Family};
 use genzoo::models::ddpm::{DdpmConfig, UNetConfig};
+use genzoo::train::{RunDir, TrainConfig, Trainer};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -84,4 +86,28 @@ pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .zip(b)
         .map(|(x, y)| (x - y).abs())
         .fold(0.0, f32::max)
+}
+
+/// The run directory `dir`: created for a new run, or opened to resume one.
+pub fn run_dir(dir: &Path, resume: bool) -> RunDir {
+    if resume {
+        RunDir::open(dir).unwrap()
+    } else {
+        RunDir::create(dir, false).unwrap()
+    }
+}
+
+/// A trainer without a progress bar for the run in `dir` (new, or resumed),
+/// its checkpoints naming `model` and its config's `fingerprint`.
+pub fn quiet_trainer(
+    dir: &Path,
+    config: TrainConfig,
+    resume: bool,
+    model: &str,
+    fingerprint: impl Into<String>,
+) -> Trainer {
+    Trainer::new(run_dir(dir, resume), config)
+        .identity(model, fingerprint)
+        .resume(resume)
+        .progress(false)
 }
