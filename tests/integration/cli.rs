@@ -6,32 +6,16 @@ use std::process::{Command, Output};
 
 use genzoo::data::synthetic::write_idx_dataset;
 
-fn genzoo(args: &[&str], cwd: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_genzoo"))
-        .args(args)
-        .current_dir(cwd)
-        .env("GENZOO_OFFLINE", "1")
-        .env("XDG_CACHE_HOME", cwd.join("cache"))
-        .output()
-        .expect("run genzoo")
-}
+use crate::support::{genzoo, output_text};
 
 fn ok(out: &Output) -> String {
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(out);
     assert!(out.status.success(), "genzoo failed:\n{text}");
     text
 }
 
 fn fails(out: &Output) -> String {
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(out);
     assert!(!out.status.success(), "genzoo should have failed:\n{text}");
     text
 }

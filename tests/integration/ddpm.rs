@@ -12,7 +12,9 @@ use genzoo::models::ddpm::{DdpmConfig, DdpmTrainer};
 use genzoo::train::logger::read_jsonl;
 use genzoo::train::{TrainConfig, Trainer};
 
-use crate::support::{quiet_trainer, rng_lock, tiny_ddpm, while_the_backend_rng_is_busy};
+use crate::support::{
+    quiet_trainer, rng_lock, tiny_ddpm, train_losses, while_the_backend_rng_is_busy,
+};
 
 type B = Autodiff<Flex>;
 
@@ -59,10 +61,7 @@ fn loss_falls_and_is_logged_per_quarter_of_t() {
         .fit(fresh(&tiny_ddpm(0)), &data(8, 16), &CpuDevice::default())
         .unwrap();
     let records = read_jsonl(&tmp.path().join("metrics.jsonl")).unwrap();
-    let losses: Vec<f64> = records
-        .iter()
-        .filter_map(|r| r.get("train_loss")?.as_f64())
-        .collect();
+    let losses = train_losses(&records);
     let first = losses[..8].iter().sum::<f64>() / 8.0;
     let last = losses[losses.len() - 8..].iter().sum::<f64>() / 8.0;
     assert!(

@@ -22,7 +22,9 @@ use genzoo::train::checkpoint::list_checkpoints;
 use genzoo::train::logger::read_jsonl;
 use genzoo::train::{RunDir, Schedule, TrainConfig, Trainer};
 
-use crate::support::{assert_samples_depend_on_the_seed_alone, max_diff, quiet_trainer, rng_lock};
+use crate::support::{
+    assert_samples_depend_on_the_seed_alone, max_diff, quiet_trainer, rng_lock, train_losses,
+};
 
 type B = Autodiff<Flex>;
 
@@ -92,10 +94,7 @@ fn loss_goes_down_on_a_tiny_run() {
         .unwrap();
     assert_eq!(out.step, 60);
     let records = read_jsonl(&tmp.path().join("metrics.jsonl")).unwrap();
-    let losses: Vec<f64> = records
-        .iter()
-        .filter_map(|r| r.get("train_loss")?.as_f64())
-        .collect();
+    let losses = train_losses(&records);
     let first: f64 = losses[..5].iter().sum::<f64>() / 5.0;
     let last: f64 = losses[losses.len() - 5..].iter().sum::<f64>() / 5.0;
     assert!(
@@ -548,10 +547,7 @@ fn micro_batches_train_as_the_whole_batch_down_to_a_short_last_batch() {
             .fit(fresh_vae(), &images, &device)
             .unwrap();
         let records = read_jsonl(&tmp.path().join(name).join("metrics.jsonl")).unwrap();
-        let losses: Vec<f64> = records
-            .iter()
-            .filter_map(|r| r.get("train_loss")?.as_f64())
-            .collect();
+        let losses = train_losses(&records);
         (weights(&out.family), losses)
     };
     let (whole, whole_losses) = run("whole", 1);

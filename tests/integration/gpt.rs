@@ -10,7 +10,7 @@ use genzoo::models::gpt::{GptConfig, GptInput, GptPixel, GptText};
 use genzoo::train::logger::read_jsonl;
 use genzoo::train::{RunDir, Schedule, TrainConfig, Trainer};
 
-use crate::support::{max_diff, quiet_trainer, rng_lock};
+use crate::support::{max_diff, quiet_trainer, rng_lock, train_losses};
 
 type B = Autodiff<Flex>;
 
@@ -74,10 +74,7 @@ fn loss_goes_down_and_text_comes_out() {
         .fit(fresh(&corpus, 0.0), &data, &CpuDevice::default())
         .unwrap();
     let records = read_jsonl(&tmp.path().join("metrics.jsonl")).unwrap();
-    let losses: Vec<f64> = records
-        .iter()
-        .filter_map(|r| r.get("train_loss")?.as_f64())
-        .collect();
+    let losses = train_losses(&records);
     let (first, last) = (
         losses[..5].iter().sum::<f64>() / 5.0,
         losses[losses.len() - 5..].iter().sum::<f64>() / 5.0,
@@ -224,10 +221,7 @@ fn gpt_pixel_trains_on_images_and_samples_them() {
         .fit(gpt, &data, &device)
         .unwrap();
     let records = read_jsonl(&tmp.path().join("metrics.jsonl")).unwrap();
-    let losses: Vec<f64> = records
-        .iter()
-        .filter_map(|r| r.get("train_loss")?.as_f64())
-        .collect();
+    let losses = train_losses(&records);
     assert!(losses[losses.len() - 1] < 0.7 * losses[0], "{losses:?}");
     assert!(records.iter().any(|r| r.contains_key("test_bits_per_dim")));
     let samples = out

@@ -9,6 +9,7 @@ use genzoo::core::{CpuDevice, Family};
 use genzoo::models::ddpm::{DdpmConfig, UNetConfig};
 use genzoo::train::{RunDir, TrainConfig, Trainer};
 use std::path::Path;
+use std::process::{Command, Output};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
@@ -110,4 +111,32 @@ pub fn quiet_trainer(
         .identity(model, fingerprint)
         .resume(resume)
         .progress(false)
+}
+
+/// Runs the `genzoo` binary in `cwd`, offline, with its cache under `cwd`.
+pub fn genzoo(args: &[&str], cwd: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_genzoo"))
+        .args(args)
+        .current_dir(cwd)
+        .env("GENZOO_OFFLINE", "1")
+        .env("XDG_CACHE_HOME", cwd.join("cache"))
+        .output()
+        .expect("run genzoo")
+}
+
+/// What a run of the binary printed: stdout, then stderr.
+pub fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// The training losses in a run's `metrics.jsonl` records, in step order.
+pub fn train_losses(records: &[serde_json::Map<String, serde_json::Value>]) -> Vec<f64> {
+    records
+        .iter()
+        .filter_map(|r| r.get("train_loss")?.as_f64())
+        .collect()
 }

@@ -12,47 +12,49 @@
 #![cfg(feature = "wgpu")]
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use genzoo::data::synthetic::write_idx_dataset;
 use genzoo::train::logger::read_jsonl;
+
+use crate::support::{genzoo, output_text, train_losses};
 
 /// A short run of a small VAE (hidden 32, latent 4) on 8×8 images, its
 /// 16-example steps split into `micro_batches`.
 fn train_on_wgpu(dir: &Path, out: &str, micro_batches: usize) -> Output {
     let micro_batches = micro_batches.to_string();
-    Command::new(env!("CARGO_BIN_EXE_genzoo"))
-        .args([
+    genzoo(
+        &[
             "train",
             "vae-mlp",
             "--dataset",
             "idx:digits",
             "--config",
             "small.toml",
-        ])
-        .args(["--backend", "wgpu", "--batch-size", "16", "--steps", "24"])
-        .args([
+            "--backend",
+            "wgpu",
+            "--batch-size",
+            "16",
+            "--steps",
+            "24",
             "--micro-batches",
             &micro_batches,
             "--lr",
             "5e-3",
             "--seed",
             "1",
-        ])
-        .args(["--log-every", "1", "--out", out])
-        .current_dir(dir)
-        .env("GENZOO_OFFLINE", "1")
-        .env("XDG_CACHE_HOME", dir.join("cache"))
-        .output()
-        .expect("run genzoo")
+            "--log-every",
+            "1",
+            "--out",
+            out,
+        ],
+        dir,
+    )
 }
 
-fn train_losses(run: &Path) -> Vec<f64> {
-    read_jsonl(&run.join("metrics.jsonl"))
-        .unwrap()
-        .iter()
-        .filter_map(|r| r.get("train_loss")?.as_f64())
-        .collect()
+/// The training losses a run logged.
+fn run_losses(run: &Path) -> Vec<f64> {
+    train_losses(&read_jsonl(&run.join("metrics.jsonl")).unwrap())
 }
 
 #[test]
@@ -67,11 +69,7 @@ fn trains_on_wgpu() {
     .unwrap();
 
     let out = train_on_wgpu(dir, "whole", 1);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = output_text(&out);
     if !out.status.success() {
         let required = std::env::var("GENZOO_REQUIRE_WGPU").as_deref() == Ok("1");
         if text.contains("the wgpu backend failed its first operation") && !required {
@@ -81,7 +79,7 @@ fn trains_on_wgpu() {
         panic!("wgpu training failed:\n{text}");
     }
     let run = dir.join("whole");
-    let losses = train_losses(&run);
+    let losses = run_losses(&run);
     assert_eq!(losses.len(), 24, "{text}");
     let (first, last) = (
         losses[..4].iter().sum::<f64>(),
@@ -97,7 +95,7 @@ fn trains_on_wgpu() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let split_losses = train_losses(&dir.join("split"));
+    let split_losses = run_losses(&dir.join("split"));
     assert_eq!(split_losses.len(), 24);
     for (a, b) in losses.iter().zip(&split_losses) {
         assert!(
