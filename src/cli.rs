@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Parser, Subcommand};
-use genzoo_core::backend::{BackendTask, with_backend};
+use genzoo_core::backend::{BackendTask, CpuAutodiff, CpuDevice, with_backend};
 use genzoo_core::{BackendKind, Error, Family, ImageBatch, Result, TokenBatch};
 use genzoo_models::presets;
 use genzoo_models::presets::{FamilyTask, with_family};
@@ -170,7 +170,9 @@ fn info(run_path: &Path) -> Result<()> {
             with_family::<B, _>(&self.0, &device, Count)
         }
     }
-    let params = with_backend(BackendKind::Cpu, CountOnCpu(config.model.clone()))?;
+    // Straight on the CPU backend, not through `with_backend`: that would
+    // compile this for every backend of the build too.
+    let params = CountOnCpu(config.model.clone()).run::<CpuAutodiff>(CpuDevice::default())?;
     println!("run:        {}", run.root().display());
     println!(
         "preset:     {} ({} family)",

@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand, ValueEnum};
-use genzoo_core::backend::{BackendTask, with_backend};
+use genzoo_core::backend::{BackendTask, CpuAutodiff, CpuDevice};
 use genzoo_core::image::{image_file_name, save_pixels};
 use genzoo_core::weights::{NamedTensors, write_safetensors};
-use genzoo_core::{BackendKind, Error, Family, ImageBatch, Result, TokenBatch};
+use genzoo_core::{Error, Family, ImageBatch, Result, TokenBatch};
 use genzoo_data::{Locator, load_image_dataset};
 use genzoo_models::presets::{FamilyTask, with_family};
 use genzoo_train::{DataConfig, RunConfig, RunDir};
@@ -143,13 +143,13 @@ fn export_weights(args: WeightsArgs) -> Result<()> {
         )));
     }
     let (_, config, checkpoint, manifest) = super::load_run(&args.run, &args.checkpoint)?;
-    let tensors = with_backend(
-        BackendKind::Cpu,
-        LoadWeights {
-            model: config.model.clone(),
-            checkpoint: checkpoint.clone(),
-        },
-    )?;
+    // Straight on the CPU backend, not through `with_backend`, which would
+    // compile the loading for every backend of the build too.
+    let load = LoadWeights {
+        model: config.model.clone(),
+        checkpoint: checkpoint.clone(),
+    };
+    let tensors = BackendTask::run::<CpuAutodiff>(load, CpuDevice::default())?;
     // What rebuilding the model outside genzoo needs: the model section of
     // the run's config (a text GPT's vocabulary included) and where it came from.
     let model = toml::to_string(&config.model).map_err(|e| Error::Config(e.to_string()))?;
