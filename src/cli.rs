@@ -163,16 +163,9 @@ fn info(run_path: &Path) -> Result<()> {
             Ok(family.num_params())
         }
     }
-    struct CountOnCpu(genzoo_models::ModelConfig);
-    impl BackendTask for CountOnCpu {
-        type Output = usize;
-        fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<usize> {
-            with_family::<B, _>(&self.0, &device, Count)
-        }
-    }
     // Straight on the CPU backend, not through `with_backend`: that would
     // compile this for every backend of the build too.
-    let params = CountOnCpu(config.model.clone()).run::<CpuAutodiff>(CpuDevice::default())?;
+    let params = with_family::<CpuAutodiff, _>(&config.model, &CpuDevice::default(), Count)?;
     println!("run:        {}", run.root().display());
     println!(
         "preset:     {} ({} family)",

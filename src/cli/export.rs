@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand, ValueEnum};
-use genzoo_core::backend::{BackendTask, CpuAutodiff, CpuDevice};
+use genzoo_core::backend::{CpuAutodiff, CpuDevice};
 use genzoo_core::image::{image_file_name, save_pixels};
 use genzoo_core::weights::{NamedTensors, write_safetensors};
 use genzoo_core::{Error, Family, ImageBatch, Result, TokenBatch};
@@ -145,11 +145,11 @@ fn export_weights(args: WeightsArgs) -> Result<()> {
     let (_, config, checkpoint, manifest) = super::load_run(&args.run, &args.checkpoint)?;
     // Straight on the CPU backend, not through `with_backend`, which would
     // compile the loading for every backend of the build too.
-    let load = LoadWeights {
-        model: config.model.clone(),
-        checkpoint: checkpoint.clone(),
-    };
-    let tensors = BackendTask::run::<CpuAutodiff>(load, CpuDevice::default())?;
+    let tensors = with_family::<CpuAutodiff, _>(
+        &config.model,
+        &CpuDevice::default(),
+        LoadWeights { checkpoint },
+    )?;
     // What rebuilding the model outside genzoo needs: the model section of
     // the run's config (a text GPT's vocabulary included) and where it came from.
     let model = toml::to_string(&config.model).map_err(|e| Error::Config(e.to_string()))?;
@@ -173,18 +173,9 @@ fn export_weights(args: WeightsArgs) -> Result<()> {
     Ok(())
 }
 
-/// Loads a checkpoint into its family on the CPU and takes its weights.
+/// Loads a checkpoint into its family and takes its weights.
 struct LoadWeights {
-    model: genzoo_models::ModelConfig,
     checkpoint: PathBuf,
-}
-
-impl BackendTask for LoadWeights {
-    type Output = NamedTensors;
-    fn run<B: AutodiffBackend>(self, device: B::Device) -> Result<NamedTensors> {
-        let model = self.model.clone();
-        with_family::<B, _>(&model, &device, self)
-    }
 }
 
 impl<B: AutodiffBackend> FamilyTask<B> for LoadWeights {

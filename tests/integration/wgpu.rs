@@ -1,14 +1,9 @@
-//! The wgpu backend path, proven on every change: CI installs lavapipe (a
-//! software Vulkan driver) and sets `GENZOO_REQUIRE_WGPU=1`, so a missing
-//! or broken adapter fails there. Elsewhere, without any Vulkan driver,
-//! the test says so and passes.
-//!
-//! It trains through the `genzoo` binary, as a user would with
-//! `--backend wgpu`: the wgpu backend's code (CubeCL's kernels and the
-//! whole backend, generic over its runtime) is then compiled once, in the
-//! library behind the binary. A test that called the engine itself would
-//! compile all of it a second time, which took 7 minutes of CI's build on
-//! a slow CPU.
+//! `genzoo train --backend wgpu`, with the `wgpu` feature: the CLI's
+//! dispatch to the wgpu backend and its adapter probe, end to end. The
+//! engine's training on wgpu (losses, micro-batches) is proven on every
+//! change by genzoo-train's own test (`crates/train/tests/wgpu.rs`), which
+//! CI runs on lavapipe; this one needs `--features wgpu`, which compiles
+//! every command and family of the CLI for wgpu too (~470 s more to build).
 #![cfg(feature = "wgpu")]
 
 use std::path::Path;
@@ -19,10 +14,9 @@ use genzoo::train::logger::read_jsonl;
 
 use crate::support::{genzoo, output_text, train_losses};
 
-/// A short run of a small VAE (hidden 32, latent 4) on 8×8 images, its
-/// 16-example steps split into `micro_batches`.
-fn train_on_wgpu(dir: &Path, out: &str, micro_batches: usize) -> Output {
-    let micro_batches = micro_batches.to_string();
+/// A short run of a small VAE (hidden 32, latent 4) on 8×8 images through
+/// the `genzoo` binary with `--backend wgpu`.
+fn train_on_wgpu(dir: &Path, out: &str) -> Output {
     genzoo(
         &[
             "train",
@@ -37,8 +31,6 @@ fn train_on_wgpu(dir: &Path, out: &str, micro_batches: usize) -> Output {
             "16",
             "--steps",
             "24",
-            "--micro-batches",
-            &micro_batches,
             "--lr",
             "5e-3",
             "--seed",
@@ -52,13 +44,8 @@ fn train_on_wgpu(dir: &Path, out: &str, micro_batches: usize) -> Output {
     )
 }
 
-/// The training losses a run logged.
-fn run_losses(run: &Path) -> Vec<f64> {
-    train_losses(&read_jsonl(&run.join("metrics.jsonl")).unwrap())
-}
-
 #[test]
-fn trains_on_wgpu() {
+fn trains_through_the_cli_on_wgpu() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     write_idx_dataset(&dir.join("digits"), 64, 16, 8, 4).unwrap();
@@ -68,7 +55,7 @@ fn trains_on_wgpu() {
     )
     .unwrap();
 
-    let out = train_on_wgpu(dir, "whole", 1);
+    let out = train_on_wgpu(dir, "run");
     let text = output_text(&out);
     if !out.status.success() {
         let required = std::env::var("GENZOO_REQUIRE_WGPU").as_deref() == Ok("1");
@@ -78,29 +65,9 @@ fn trains_on_wgpu() {
         }
         panic!("wgpu training failed:\n{text}");
     }
-    let run = dir.join("whole");
-    let losses = run_losses(&run);
+    let run = dir.join("run");
+    let losses = train_losses(&read_jsonl(&run.join("metrics.jsonl")).unwrap());
     assert_eq!(losses.len(), 24, "{text}");
-    let (first, last) = (
-        losses[..4].iter().sum::<f64>(),
-        losses[20..].iter().sum::<f64>(),
-    );
-    assert!(last < first, "loss should fall on wgpu too: {losses:?}");
+    assert!(losses.iter().all(|l| l.is_finite()), "{losses:?}");
     assert!(run.join("samples/final.png").exists());
-
-    // The same run in micro-batches of 4 (gradients summed on the device).
-    let out = train_on_wgpu(dir, "split", 4);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let split_losses = run_losses(&dir.join("split"));
-    assert_eq!(split_losses.len(), 24);
-    for (a, b) in losses.iter().zip(&split_losses) {
-        assert!(
-            (a - b).abs() < 1e-3 * a.abs(),
-            "{losses:?} vs {split_losses:?}"
-        );
-    }
 }

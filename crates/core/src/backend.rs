@@ -219,7 +219,7 @@ pub fn with_backend<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Out
         #[cfg(feature = "wgpu")]
         BackendKind::Wgpu => {
             use burn::backend::{Autodiff, Wgpu, wgpu::WgpuDevice};
-            let hint = "no usable wgpu adapter was found (on Linux without a GPU, install a software Vulkan driver: `apt-get install mesa-vulkan-drivers`)";
+            let hint = WGPU_HINT;
             if parallel.is_some() {
                 let devices: Vec<WgpuDevice> = if n == 1 {
                     vec![WgpuDevice::default()]
@@ -324,10 +324,19 @@ pub fn check_available(kind: BackendKind) -> Result<()> {
     with_backend(kind, Nothing)
 }
 
-/// Runs one tiny operation inside `catch_unwind`: GPU backends panic on the
-/// first operation when no device is usable, and a panic is no error message.
-#[allow(dead_code)]
-fn probe<B: burn::tensor::backend::Backend>(
+/// What to do when the wgpu backend finds no adapter; [`probe`]'s hint for it.
+pub const WGPU_HINT: &str = "no usable wgpu adapter was found (on Linux without a GPU, install a software Vulkan driver: `apt-get install mesa-vulkan-drivers`)";
+
+/// Runs one tiny operation on `device` inside `catch_unwind`: GPU backends
+/// panic on the first operation when no device is usable, and a panic is no
+/// error message. The error names the backend (`name`) and says what to do
+/// (`hint`); [`with_backend`] probes every GPU device before its task.
+///
+/// ```
+/// use genzoo_core::backend::{CpuBackend, CpuDevice, probe};
+/// probe::<CpuBackend>(&CpuDevice::default(), "cpu", "").unwrap();
+/// ```
+pub fn probe<B: burn::tensor::backend::Backend>(
     device: &B::Device,
     name: &str,
     hint: &str,
