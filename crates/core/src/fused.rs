@@ -46,7 +46,7 @@ pub use ops::{FusedOps, GroupNormSpec};
 /// its `OutF` as `Out` (the same outputs of `B`); hands `input` back
 /// untouched otherwise. How the free functions reach one backend's
 /// [`FusedOps`] by type, without `B: FusedOps` bounds on their callers.
-fn route_as<In: 'static, InF: 'static, OutF: 'static, Out: 'static>(
+pub(crate) fn route_as<In: 'static, InF: 'static, OutF: 'static, Out: 'static>(
     input: In,
     op: impl FnOnce(InF) -> OutF,
 ) -> std::result::Result<Out, In> {

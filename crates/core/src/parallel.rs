@@ -33,7 +33,7 @@ use burn::tensor::ops::FloatTensor;
 use burn_flex::Flex;
 
 use crate::error::{Error, Result};
-use crate::fused::routed;
+use crate::fused::{route_as, routed};
 
 /// One replica of a data-parallel run, as seen by the thread that runs it.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -202,13 +202,7 @@ pub fn all_reduce_grads<B: AutodiffBackend, M: AutodiffModule<B>>(
     if weight != 1.0 {
         flat = flat * weight;
     }
-    let reduced = collective::all_reduce::<B::InnerBackend>(
-        replica.peer(),
-        flat.into_primitive().tensor(),
-        ReduceOperation::Mean,
-    )
-    .map_err(|e| collective_error(replica, "gradient all-reduce", e))?;
-    let flat = Tensor::from_primitive(TensorPrimitive::Float(reduced));
+    let flat = all_reduce(flat, ReduceOperation::Mean, replica, "gradient all-reduce")?;
     module.visit(&mut Unflatten::<B> {
         grads: &mut grads,
         flat,
@@ -229,13 +223,7 @@ pub fn all_reduce_values<B: Backend>(
 ) -> Result<Vec<f64>> {
     let scaled: Vec<f32> = values.iter().map(|v| (v * weight) as f32).collect();
     let t = Tensor::<B, 1>::from_data(TensorData::new(scaled, [values.len()]), device);
-    let reduced = collective::all_reduce::<B>(
-        replica.peer(),
-        t.into_primitive().tensor(),
-        ReduceOperation::Mean,
-    )
-    .map_err(|e| collective_error(replica, "metric all-reduce", e))?;
-    let t = Tensor::<B, 1>::from_primitive(TensorPrimitive::Float(reduced));
+    let t = all_reduce(t, ReduceOperation::Mean, replica, "metric all-reduce")?;
     Ok(t.into_data()
         .convert::<f32>()
         .to_vec::<f32>()
@@ -267,13 +255,13 @@ impl<B: Backend> ModuleMapper<B> for Broadcast<B> {
         } else {
             value.zeros_like()
         };
-        match collective::all_reduce::<B>(
-            self.replica.peer(),
-            sent.into_primitive().tensor(),
+        match all_reduce(
+            sent,
             ReduceOperation::Sum,
+            &self.replica,
+            "weight broadcast",
         ) {
             Ok(received) => {
-                let received = Tensor::<B, D>::from_primitive(TensorPrimitive::Float(received));
                 if received.shape() != shape {
                     self.error = Some(Error::Parallel(format!(
                         "replica {}: the leader's parameter has shape {:?}, this replica's {:?}: \
@@ -287,7 +275,7 @@ impl<B: Backend> ModuleMapper<B> for Broadcast<B> {
                 Param::from_mapped_value(id, received, mapper)
             }
             Err(e) => {
-                self.error = Some(collective_error(&self.replica, "weight broadcast", e));
+                self.error = Some(e);
                 Param::from_mapped_value(id, value, mapper)
             }
         }
@@ -347,6 +335,80 @@ pub fn broadcast_autodiff<B: AutodiffBackend, M: AutodiffModule<B>>(
     }
 }
 
+/// burn's `collective::all_reduce` for one backend, compiled here, once.
+///
+/// burn's collective (its local server on a tokio runtime, the client of
+/// the multi-node orchestrator) is generic over the backend, so a generic
+/// call compiles all of it again in every crate that trains: with it, an
+/// example took 62 s of CPU to build, 28 s without. [`all_reduce`] reaches
+/// these implementations by type instead.
+trait CompiledAllReduce: Backend {
+    fn compiled_all_reduce(
+        x: FloatTensor<Self>,
+        peer: PeerId,
+        op: ReduceOperation,
+    ) -> std::result::Result<FloatTensor<Self>, CollectiveError>;
+}
+
+/// Implements [`CompiledAllReduce`] for a backend; `inline(never)` keeps
+/// the body (and the collective's code) out of the crates that call it.
+macro_rules! compiled_all_reduce {
+    ($backend:ty) => {
+        impl CompiledAllReduce for $backend {
+            #[inline(never)]
+            fn compiled_all_reduce(
+                x: FloatTensor<Self>,
+                peer: PeerId,
+                op: ReduceOperation,
+            ) -> std::result::Result<FloatTensor<Self>, CollectiveError> {
+                collective::all_reduce::<Self>(peer, x, op)
+            }
+        }
+    };
+}
+
+compiled_all_reduce!(Flex);
+#[cfg(feature = "wgpu")]
+compiled_all_reduce!(burn::backend::Wgpu);
+#[cfg(feature = "cuda")]
+compiled_all_reduce!(burn::backend::Cuda);
+
+/// `x` all-reduced (`op`) over the replicas of the run, on the backends
+/// genzoo trains in parallel on (the CPU backend; wgpu and CUDA with their
+/// features); `what` names the operation in a failure.
+fn all_reduce<B: Backend, const D: usize>(
+    x: Tensor<B, D>,
+    op: ReduceOperation,
+    replica: &Replica,
+    what: &str,
+) -> Result<Tensor<B, D>> {
+    type Reduced<B, const D: usize> = std::result::Result<Tensor<B, D>, CollectiveError>;
+    fn on<F: CompiledAllReduce, B: Backend, const D: usize>(
+        x: Tensor<B, D>,
+        peer: PeerId,
+        op: ReduceOperation,
+    ) -> std::result::Result<Reduced<B, D>, Tensor<B, D>> {
+        route_as(x, |x: Tensor<F, D>| -> Reduced<F, D> {
+            let reduced = F::compiled_all_reduce(x.into_primitive().tensor(), peer, op)?;
+            Ok(Tensor::from_primitive(TensorPrimitive::Float(reduced)))
+        })
+    }
+    let peer = replica.peer();
+    let routed = on::<Flex, B, D>(x, peer, op);
+    #[cfg(feature = "wgpu")]
+    let routed = routed.or_else(|x| on::<burn::backend::Wgpu, B, D>(x, peer, op));
+    #[cfg(feature = "cuda")]
+    let routed = routed.or_else(|x| on::<burn::backend::Cuda, B, D>(x, peer, op));
+    match routed {
+        Ok(reduced) => reduced.map_err(|e| collective_error(replica, what, e)),
+        Err(_) => Err(Error::Parallel(format!(
+            "replica {}: {what}: data-parallel training is not available on backend {}",
+            replica.rank,
+            std::any::type_name::<B>()
+        ))),
+    }
+}
+
 /// The one collective op that sits inside a model's graph: the mean over
 /// replicas of a tensor (weighted by the replicas' shard weights), whose
 /// gradient is the same mean of the incoming gradients. Synchronised
@@ -363,9 +425,11 @@ pub trait CollectiveOps: Backend {
         replica: Replica,
         weight: f64,
     ) -> FloatTensor<Self> {
-        let x = Self::float_mul_scalar(x, (weight as f32).into());
-        collective::all_reduce::<Self>(replica.peer(), x, ReduceOperation::Mean)
-            .unwrap_or_else(|e| panic!("{}", collective_error(&replica, "batch statistics", e)))
+        let x = Tensor::<Self, 1>::from_primitive(TensorPrimitive::Float(x)) * weight;
+        all_reduce(x, ReduceOperation::Mean, &replica, "batch statistics")
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_primitive()
+            .tensor()
     }
 }
 
