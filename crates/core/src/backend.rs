@@ -219,7 +219,6 @@ pub fn with_backend<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Out
         #[cfg(feature = "wgpu")]
         BackendKind::Wgpu => {
             use burn::backend::{Autodiff, Wgpu, wgpu::WgpuDevice};
-            let hint = WGPU_HINT;
             if parallel.is_some() {
                 let devices: Vec<WgpuDevice> = if n == 1 {
                     vec![WgpuDevice::default()]
@@ -227,12 +226,12 @@ pub fn with_backend<T: BackendTask>(kind: BackendKind, task: T) -> Result<T::Out
                     (0..n).map(WgpuDevice::DiscreteGpu).collect()
                 };
                 for (i, device) in devices.iter().enumerate() {
-                    probe::<Wgpu>(device, &format!("wgpu GPU {i}"), hint)?;
+                    probe::<Wgpu>(device, &format!("wgpu GPU {i}"), WGPU_HINT)?;
                 }
                 return task.run_on_devices::<Autodiff<Wgpu>>(devices);
             }
             let device = WgpuDevice::default();
-            probe::<Wgpu>(&device, "wgpu", hint)?;
+            probe::<Wgpu>(&device, "wgpu", WGPU_HINT)?;
             task.run::<Autodiff<Wgpu>>(device)
         }
         #[cfg(feature = "cuda")]
