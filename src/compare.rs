@@ -70,6 +70,7 @@ fn run_config(experiment: &Experiment, index: usize, seed: u64) -> Result<RunCon
             config.data.data_dir = experiment.data_dir.clone();
             config.data.limit = experiment.limit;
             config.data.image_size = experiment.image_size;
+            config.data.hflip |= experiment.hflip;
         }
     }
     config.train.seed = seed;
@@ -101,6 +102,9 @@ fn check_runs(experiment: &Experiment) -> Result<()> {
             (false, None) => {
                 config.data.image_source()?;
                 None
+            }
+            (true, Some(_)) if config.data.hflip => {
+                Some("a text model, and hflip (in its overrides) flips images")
             }
             (true, Some(_)) => None,
             (true, None) => Some(

@@ -1,5 +1,6 @@
 //! `genzoo sample`: images, or text, from a trained run.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -520,9 +521,15 @@ impl<B: AutodiffBackend> FamilyTask<B> for SampleRun<B> {
     fn run_text<F: Family<B, Batch = TokenBatch<B>>>(self, family: F) -> Result<()> {
         let family = family.load(&self.job.checkpoint)?;
         let started = Instant::now();
-        let text = family.generate_text(&self.job.text)?;
+        // Bytes as the model emits them: a byte-level model's need not be UTF-8.
+        let text = family.generate_bytes(&self.job.text)?;
         let secs = started.elapsed().as_secs_f64();
-        println!("{}{text}", self.job.text.prompt);
+        let mut stdout = std::io::stdout().lock();
+        [self.job.text.prompt.as_bytes(), &text, b"\n"]
+            .iter()
+            .try_for_each(|part| stdout.write_all(part))
+            .and_then(|()| stdout.flush())
+            .map_err(|e| Error::io("standard output", e))?;
         eprintln!(
             "generated {} tokens in {secs:.2} s ({:.0} tokens/s, {} key/value cache)",
             self.job.text.tokens,

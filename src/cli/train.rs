@@ -49,6 +49,11 @@ pub(super) struct Overrides {
     /// Resize a folder dataset's images (shorter side, then a centre crop) to N×N.
     #[arg(long)]
     image_size: Option<usize>,
+    /// Flip each training image left to right with probability 1/2: the
+    /// usual augmentation for photographs (CIFAR-10, image folders), not for
+    /// digits.
+    #[arg(long)]
+    hflip: bool,
     /// Examples per optimizer step (the global batch of a data-parallel run).
     #[arg(long)]
     batch_size: Option<usize>,
@@ -86,10 +91,12 @@ pub(super) struct Overrides {
     /// Use only the first N training and test images.
     #[arg(long)]
     limit: Option<usize>,
-    /// A UTF-8 text file to train a language model (gpt-char) on.
+    /// A text file to train a language model (gpt-char) on: UTF-8, or any
+    /// file with --bytes.
     #[arg(long)]
     text: Option<PathBuf>,
-    /// Byte-level tokens (256) instead of the text's characters.
+    /// Byte-level tokens (256) instead of the text's characters: any file,
+    /// UTF-8 or not, and samples are written as the bytes the model emits.
     #[arg(long)]
     bytes: bool,
     /// Checkpoint every N steps (0: every epoch).
@@ -141,6 +148,9 @@ impl Overrides {
         }
         if let Some(v) = self.image_size {
             c.data.image_size = Some(v);
+        }
+        if self.hflip {
+            c.data.hflip = true;
         }
         if let Some(v) = &self.text {
             c.data.text = Some(v.clone());
@@ -407,19 +417,27 @@ fn load_images(config: &mut RunConfig) -> Result<JobData> {
             "{why} (the images are {h}x{w}: --image-size N resizes them to N×N)"
         )));
     }
-    Ok(JobData::Images(ImageData::new(
+    let mut data = ImageData::new(
         train_set,
         test_set,
         config.train.batch_size,
         config.data.scaling,
         config.train.seed,
-    )?))
+    )?;
+    data.hflip = config.data.hflip;
+    Ok(JobData::Images(data))
 }
 
 fn load_text(config: &mut RunConfig) -> Result<JobData> {
+    if config.data.hflip {
+        return Err(Error::Config(format!(
+            "hflip flips training images; {} reads text",
+            config.preset
+        )));
+    }
     let path = config.data.text.clone().ok_or_else(|| {
         Error::Config(format!(
-            "{} trains on text: pass --text FILE (a UTF-8 file)",
+            "{} trains on text: pass --text FILE (UTF-8 text, or any file with --bytes)",
             config.preset
         ))
     })?;

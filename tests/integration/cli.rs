@@ -331,6 +331,67 @@ fn micro_batches_are_a_flag_and_gans_refuse_them_before_writing() {
 }
 
 #[test]
+fn hflip_augments_the_training_images_and_resumes_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_idx_dataset(&dir.join("digits"), 64, 16, 28, 10).unwrap();
+    let train = |out: &str, steps: &str, extra: &[&str]| {
+        let args = [
+            &[
+                "train",
+                "vae-mlp",
+                "--dataset",
+                "idx:digits",
+                "--batch-size",
+                "16",
+                "--log-every",
+                "1",
+                "--steps",
+                steps,
+                "--out",
+                out,
+            ][..],
+            extra,
+        ]
+        .concat();
+        ok(&genzoo(&args, dir));
+    };
+    let losses = |out: &str| -> Vec<f64> {
+        genzoo::train::logger::read_jsonl(&dir.join(out).join("metrics.jsonl"))
+            .unwrap()
+            .iter()
+            .filter_map(|r| r.get("train_neg_elbo")?.as_f64())
+            .collect()
+    };
+    train("plain", "4", &[]);
+    train("flipped", "4", &["--hflip"]);
+    let config = std::fs::read_to_string(dir.join("flipped/config.toml")).unwrap();
+    assert!(config.contains("hflip = true"), "{config}");
+    // The first step's weights are the same; from its batch on, flips differ.
+    let (plain, flipped) = (losses("plain"), losses("flipped"));
+    assert_eq!(flipped.len(), 4);
+    assert_ne!(plain, flipped);
+    // Two steps, then two more on resume: the flips an unbroken run draws.
+    train("halves", "2", &["--hflip"]);
+    ok(&genzoo(&["resume", "halves", "--steps", "4"], dir));
+    assert_eq!(losses("halves"), flipped);
+    let err = fails(&genzoo(
+        &[
+            "train",
+            "gpt-char",
+            "--text",
+            "digits/t10k-labels-idx1-ubyte",
+            "--bytes",
+            "--hflip",
+            "--out",
+            "text",
+        ],
+        dir,
+    ));
+    assert!(err.contains("hflip flips training images"), "{err}");
+}
+
+#[test]
 fn a_run_keeps_its_best_checkpoint_and_sample_takes_the_one_asked_for() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
@@ -733,6 +794,66 @@ fn gpt_char_trains_on_a_text_file_and_continues_a_prompt() {
         dir,
     ));
     assert!(err.contains("g.safetensors exists"), "{err}");
+}
+
+#[test]
+fn a_byte_level_gpt_trains_on_any_file_and_emits_its_bytes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // Latin-1 text: 0xE9 and 0xFC are not UTF-8 on their own.
+    std::fs::write(dir.join("latin1.txt"), b"caf\xE9 m\xFCde\n".repeat(120)).unwrap();
+    let err = fails(&genzoo(
+        &[
+            "train",
+            "gpt-char",
+            "--text",
+            "latin1.txt",
+            "--steps",
+            "2",
+            "--out",
+            "runs/c",
+        ],
+        dir,
+    ));
+    assert!(
+        err.contains("not UTF-8") && err.contains("--bytes"),
+        "{err}"
+    );
+    let text = ok(&genzoo(
+        &[
+            "train",
+            "gpt-char",
+            "--text",
+            "latin1.txt",
+            "--bytes",
+            "--steps",
+            "3",
+            "--out",
+            "runs/b",
+        ],
+        dir,
+    ));
+    assert!(text.contains("vocabulary of 256"), "{text}");
+    // The end-of-run sample is the model's 300 bytes, none replaced.
+    let sample = std::fs::read(dir.join("runs/b/samples/final.txt")).unwrap();
+    assert_eq!(sample.len(), 300);
+    assert!(
+        sample.iter().any(|&b| b >= 0x80),
+        "an untrained model emits high bytes too"
+    );
+    let printed = ok_out(&genzoo(
+        &[
+            "sample", "--run", "runs/b", "--prompt", "caf", "--tokens", "40", "--seed", "1",
+        ],
+        dir,
+    ));
+    // The prompt, 40 bytes as generated, a newline: no UTF-8 replacement
+    // (which would lengthen every invalid byte to three).
+    assert_eq!(printed.len(), 3 + 40 + 1);
+    assert!(printed.starts_with(b"caf") && printed.ends_with(b"\n"));
+    assert!(printed[3..43].iter().any(|&b| b >= 0x80), "{printed:?}");
+    let evaluated = ok(&genzoo(&["eval", "--run", "runs/b"], dir));
+    assert!(evaluated.contains("val"), "{evaluated}");
 }
 
 fn ok_out(out: &Output) -> Vec<u8> {

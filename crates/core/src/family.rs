@@ -391,6 +391,14 @@ pub trait Family<B: AutodiffBackend>: Sized {
         ))
     }
 
+    /// The same continuation as [`Family::generate_text`], as the bytes the
+    /// model emits: a byte-level model's need not be UTF-8, which
+    /// `generate_text` can only show replaced. The default is
+    /// `generate_text`'s UTF-8.
+    fn generate_bytes(&self, request: &TextRequest) -> Result<Vec<u8>> {
+        self.generate_text(request).map(String::into_bytes)
+    }
+
     /// Every network's weights in PyTorch's layout, named for code outside
     /// genzoo (see [`crate::weights`]): a GPT's under nanoGPT's names, so
     /// that its `GPT.load_state_dict` takes them; other families' under

@@ -8,7 +8,8 @@ use crate::error::{Error, Result};
 pub enum Vocabulary {
     /// One token per distinct character, in sorted order (nanoGPT's `shakespeare_char`).
     Chars(Vec<char>),
-    /// One token per byte of the UTF-8 text: 256 tokens, no mapping to save.
+    /// One token per byte: 256 tokens, no mapping to save. A byte-level
+    /// model reads any file, UTF-8 text or not, and emits bytes.
     Bytes,
 }
 
@@ -67,14 +68,25 @@ impl Vocabulary {
     /// Text of `tokens` (bytes that are not valid UTF-8 are replaced).
     pub fn decode(&self, tokens: &[u32]) -> String {
         match self {
-            Vocabulary::Bytes => {
-                String::from_utf8_lossy(&tokens.iter().map(|&t| t as u8).collect::<Vec<_>>())
-                    .into_owned()
-            }
+            Vocabulary::Bytes => String::from_utf8_lossy(&self.decode_bytes(tokens)).into_owned(),
             Vocabulary::Chars(chars) => tokens
                 .iter()
                 .filter_map(|&t| chars.get(t as usize))
                 .collect(),
+        }
+    }
+
+    /// The bytes `tokens` stand for, as they are: a byte-level model's own
+    /// bytes (which need not be UTF-8), a character model's text in UTF-8.
+    ///
+    /// ```
+    /// use genzoo_core::vocabulary::Vocabulary;
+    /// assert_eq!(Vocabulary::Bytes.decode_bytes(&[0xE9, 0x0A]), vec![0xE9, 0x0A]);
+    /// ```
+    pub fn decode_bytes(&self, tokens: &[u32]) -> Vec<u8> {
+        match self {
+            Vocabulary::Bytes => tokens.iter().map(|&t| t as u8).collect(),
+            Vocabulary::Chars(_) => self.decode(tokens).into_bytes(),
         }
     }
 }
@@ -95,5 +107,12 @@ mod tests {
         let b = Vocabulary::Bytes;
         assert_eq!(b.decode(&b.encode(text).unwrap()), text);
         assert_eq!(b.len(), 256);
+        // Every byte value survives decode_bytes, UTF-8 or not; decode
+        // replaces what is not UTF-8.
+        let all: Vec<u32> = (0..=255).collect();
+        let raw = b.decode_bytes(&all);
+        assert_eq!(raw, (0..=255u8).collect::<Vec<_>>());
+        assert!(b.decode(&[0xE9]).contains('\u{FFFD}'));
+        assert_eq!(v.decode_bytes(&v.encode(text).unwrap()), text.as_bytes());
     }
 }

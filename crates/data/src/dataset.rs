@@ -4,7 +4,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use burn::prelude::*;
-use genzoo_core::seed::host_rng;
+use genzoo_core::seed::{derive, host_rng};
 use genzoo_core::{Error, ImageBatch, Result, TrainData};
 use rand::Rng;
 
@@ -175,11 +175,39 @@ impl ImageDataset {
         scaling: Scaling,
         device: &B::Device,
     ) -> ImageBatch<B> {
+        self.batch_mirrored(indices, &[], scaling, device)
+    }
+
+    /// The images at `indices` as a batch on `device`, the `k`-th flipped
+    /// left to right where `mirror[k]` is set (missing entries: not flipped).
+    ///
+    /// ```
+    /// use genzoo_core::{CpuBackend, CpuDevice};
+    /// use genzoo_data::{ImageDataset, Scaling};
+    /// let one_row = ImageDataset::new(vec![0, 1, 2], vec![0], (1, 1, 3), vec![]).unwrap();
+    /// let batch = one_row.batch_mirrored::<CpuBackend>(&[0], &[true], Scaling::Unit, &CpuDevice::default());
+    /// let pixels = batch.images.into_data().to_vec::<f32>().unwrap();
+    /// assert_eq!(pixels, [2.0 / 255.0, 1.0 / 255.0, 0.0]);
+    /// ```
+    pub fn batch_mirrored<B: Backend>(
+        &self,
+        indices: &[usize],
+        mirror: &[bool],
+        scaling: Scaling,
+        device: &B::Device,
+    ) -> ImageBatch<B> {
         let per = self.channels * self.height * self.width;
         let mut xs = Vec::with_capacity(indices.len() * per);
         let mut ys = Vec::with_capacity(indices.len());
-        for &i in indices {
-            xs.extend(self.image(i).iter().map(|&p| scaling.apply(p)));
+        for (k, &i) in indices.iter().enumerate() {
+            let image = self.image(i);
+            if mirror.get(k) == Some(&true) {
+                for row in image.chunks_exact(self.width) {
+                    xs.extend(row.iter().rev().map(|&p| scaling.apply(p)));
+                }
+            } else {
+                xs.extend(image.iter().map(|&p| scaling.apply(p)));
+            }
             ys.push(self.labels[i] as i64);
         }
         let n = indices.len();
@@ -199,7 +227,9 @@ impl ImageDataset {
 /// Epoch `e` visits the training images in a permutation drawn from
 /// (seed, e) alone, so batch `(e, i)` is the same in any run with the same
 /// seed, interrupted or not. The last, smaller batch of an epoch is kept
-/// unless `drop_last` is set.
+/// unless `drop_last` is set. With `hflip`, each training image is flipped
+/// left to right with probability 1/2, drawn from (seed, epoch, batch), so
+/// a resumed run sees the same flips.
 #[derive(Debug)]
 pub struct ImageData {
     /// Training images.
@@ -214,6 +244,11 @@ pub struct ImageData {
     pub seed: u64,
     /// Drop the last batch of an epoch when it is smaller than `batch_size`.
     pub drop_last: bool,
+    /// Random horizontal flips of the training images (p = 1/2), the usual
+    /// augmentation for photographs (CIFAR-10: Ho et al. 2020 train their
+    /// DDPM so); wrong for digits and text, whose mirror images are not
+    /// examples. Held-out batches are never flipped.
+    pub hflip: bool,
     permutation: Mutex<Option<(u64, Vec<u32>)>>,
 }
 
@@ -239,6 +274,7 @@ impl ImageData {
             scaling,
             seed,
             drop_last: false,
+            hflip: false,
             permutation: Mutex::new(None),
         })
     }
@@ -280,7 +316,18 @@ impl<B: Backend> TrainData<B> for ImageData {
         let start = index * self.batch_size;
         let end = (start + self.batch_size).min(order.len());
         let indices: Vec<usize> = order[start..end].iter().map(|&i| i as usize).collect();
-        self.train.batch(&indices, self.scaling, device)
+        let mirror: Vec<bool> = if self.hflip {
+            // One coin per place in the epoch, hashed from (seed, epoch,
+            // place): the same flips however the epoch is reached.
+            let epoch_seed = derive(self.seed, "hflip", epoch);
+            (start..end)
+                .map(|place| derive(epoch_seed, "hflip", place as u64) >> 63 == 1)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.train
+            .batch_mirrored(&indices, &mirror, self.scaling, device)
     }
 
     fn eval_batches(&self) -> usize {
@@ -348,6 +395,55 @@ mod tests {
                 .unwrap(),
             vec![0, 1, 2]
         );
+    }
+
+    #[test]
+    fn horizontal_flips_mirror_about_half_the_training_images_reproducibly() {
+        // 3 channels of 2×3, every pixel distinct.
+        let n = 200;
+        let pixels: Vec<u8> = (0..n * 18).map(|i| (i % 251) as u8).collect();
+        let set = || ImageDataset::new(pixels.clone(), vec![0; n], (3, 2, 3), vec![]).unwrap();
+        let mut data = ImageData::new(set(), set(), 50, Scaling::Unit, 7).unwrap();
+        let dev = CpuDevice::default();
+        let pixels_of = |b: ImageBatch<CpuBackend>| b.images.into_data().to_vec::<f32>().unwrap();
+        let plain = pixels_of(TrainData::<CpuBackend>::train_batch(&data, 1, 2, &dev));
+        data.hflip = true;
+        let flipped = pixels_of(TrainData::<CpuBackend>::train_batch(&data, 1, 2, &dev));
+        let mut mirrored = 0;
+        for (a, b) in plain.chunks(18).zip(flipped.chunks(18)) {
+            let mirror: Vec<f32> = a
+                .chunks(3)
+                .flat_map(|row| row.iter().rev().copied())
+                .collect();
+            if b == a {
+                continue;
+            }
+            assert_eq!(b, mirror, "an image is either kept or mirrored row by row");
+            mirrored += 1;
+        }
+        assert!((15..=35).contains(&mirrored), "{mirrored} of 50 mirrored");
+        // The same batch again, after other batches and epochs: the same flips.
+        for (epoch, index) in [(0, 0), (1, 3), (2, 2)] {
+            TrainData::<CpuBackend>::train_batch(&data, epoch, index, &dev);
+        }
+        assert_eq!(
+            pixels_of(TrainData::<CpuBackend>::train_batch(&data, 1, 2, &dev)),
+            flipped
+        );
+        // Every epoch flips some images; held-out batches are never flipped.
+        data.hflip = false;
+        let plain_next = pixels_of(TrainData::<CpuBackend>::train_batch(&data, 3, 2, &dev));
+        data.hflip = true;
+        assert_ne!(
+            pixels_of(TrainData::<CpuBackend>::train_batch(&data, 3, 2, &dev)),
+            plain_next
+        );
+        let (held_out, _) = TrainData::<CpuBackend>::eval_batch(&data, 1, &dev);
+        let expected: Vec<f32> = pixels[50 * 18..100 * 18]
+            .iter()
+            .map(|&p| Scaling::Unit.apply(p))
+            .collect();
+        assert_eq!(pixels_of(held_out), expected);
     }
 
     #[test]

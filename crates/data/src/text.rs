@@ -23,22 +23,43 @@ pub struct TextCorpus {
 }
 
 impl TextCorpus {
-    /// Reads a UTF-8 file and tokenises it (`bytes`: byte-level, else characters).
+    /// Reads and tokenises a file: its characters (the file must be UTF-8)
+    /// or, with `bytes`, its bytes, whatever they encode.
     pub fn from_file(path: &Path, bytes: bool) -> Result<Self> {
         let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let text = String::from_utf8(raw)
-            .map_err(|e| Error::Data(format!("{}: not UTF-8 text: {e}", path.display())))?;
-        Self::from_text(&text, bytes).map_err(|e| Error::Data(format!("{}: {e}", path.display())))
+        let corpus = if bytes {
+            Self::from_bytes(&raw)
+        } else {
+            let text = String::from_utf8(raw).map_err(|e| {
+                Error::Data(format!(
+                    "{}: not UTF-8 text ({e}); a byte-level model (`--bytes`) reads any file",
+                    path.display()
+                ))
+            })?;
+            Self::from_text(&text, false)
+        };
+        corpus.map_err(|e| Error::Data(format!("{}: {e}", path.display())))
     }
 
-    /// Tokenises `text` and splits it.
+    /// Tokenises `text` (`bytes`: its UTF-8 bytes, else its characters) and splits it.
     pub fn from_text(text: &str, bytes: bool) -> Result<Self> {
-        let vocabulary = if bytes {
-            Vocabulary::Bytes
-        } else {
-            Vocabulary::chars_of(text)
-        };
+        if bytes {
+            return Self::from_bytes(text.as_bytes());
+        }
+        let vocabulary = Vocabulary::chars_of(text);
         let tokens = vocabulary.encode(text)?;
+        Self::split(vocabulary, tokens)
+    }
+
+    /// One token per byte of `raw`, which need not be text, split 90/10.
+    pub fn from_bytes(raw: &[u8]) -> Result<Self> {
+        Self::split(
+            Vocabulary::Bytes,
+            raw.iter().map(|&b| u32::from(b)).collect(),
+        )
+    }
+
+    fn split(vocabulary: Vocabulary, tokens: Vec<u32>) -> Result<Self> {
         if tokens.len() < 20 {
             return Err(Error::Data(format!(
                 "the text has only {} tokens: too short to train on",
@@ -231,5 +252,31 @@ mod tests {
             );
         }
         assert_eq!(TrainData::<CpuBackend>::eval_split(&data), "val");
+    }
+
+    #[test]
+    fn a_byte_level_corpus_reads_any_file_and_a_character_one_only_utf8() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latin1.txt");
+        // "café " in Latin-1: 0xE9 alone is not UTF-8.
+        let raw: Vec<u8> = b"caf\xE9 ".repeat(20);
+        std::fs::write(&path, &raw).unwrap();
+        let corpus = TextCorpus::from_file(&path, true).unwrap();
+        assert_eq!(corpus.vocabulary, Vocabulary::Bytes);
+        let tokens: Vec<u32> = raw.iter().map(|&b| u32::from(b)).collect();
+        assert_eq!((corpus.train.len(), corpus.val.len()), (90, 10));
+        assert_eq!([corpus.train, corpus.val].concat(), tokens);
+        let err = TextCorpus::from_file(&path, false).unwrap_err().to_string();
+        assert!(
+            err.contains("latin1.txt: not UTF-8") && err.contains("--bytes"),
+            "{err}"
+        );
+        // UTF-8 text gives the same tokens either way in.
+        let text = "naïve ".repeat(10);
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(
+            TextCorpus::from_file(&path, true).unwrap().train,
+            TextCorpus::from_text(&text, true).unwrap().train
+        );
     }
 }

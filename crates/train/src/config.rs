@@ -189,13 +189,17 @@ pub struct DataConfig {
     pub limit: Option<usize>,
     /// Pixel scaling.
     pub scaling: Scaling,
-    /// A UTF-8 text file, for language models.
+    /// A text file, for language models (UTF-8, or any file with `bytes`).
     pub text: Option<PathBuf>,
-    /// Byte-level tokens (256) instead of the text's characters.
+    /// Byte-level tokens (256) instead of the text's characters: the file
+    /// need not be UTF-8.
     pub bytes: bool,
     /// A `folder:` dataset's images resized and centre-cropped to this
     /// side; without it they must all have one size.
     pub image_size: Option<usize>,
+    /// Random horizontal flips of the training images (see
+    /// [`genzoo_data::ImageData::hflip`]): for photographs, not digits.
+    pub hflip: bool,
 }
 
 impl DataConfig {
@@ -225,6 +229,7 @@ impl Default for DataConfig {
             text: None,
             bytes: false,
             image_size: None,
+            hflip: false,
         }
     }
 }

@@ -39,7 +39,7 @@ pub struct Experiment {
     /// every run; empty in a text experiment.
     #[serde(default)]
     pub dataset: String,
-    /// A UTF-8 text file every run (a text model) trains on, instead of a
+    /// A text file (UTF-8, or any file with `bytes`) every run (a text model) trains on, instead of a
     /// dataset; runs are evaluated by their loss over its whole validation split.
     #[serde(default)]
     pub text: Option<PathBuf>,
@@ -53,6 +53,10 @@ pub struct Experiment {
     /// A `folder:` dataset's images resized to this side.
     #[serde(default)]
     pub image_size: Option<usize>,
+    /// Random horizontal flips of every run's training images (otherwise
+    /// each run's own `data.hflip`, off by default): for photographs.
+    #[serde(default)]
+    pub hflip: bool,
     /// Use only the first N training and test images.
     #[serde(default)]
     pub limit: Option<usize>,
@@ -183,6 +187,11 @@ impl Experiment {
         if self.dataset.is_empty() == self.text.is_none() {
             return Err(Error::Config(
                 "give exactly one of dataset (image models) or text (text models)".into(),
+            ));
+        }
+        if self.hflip && self.text.is_some() {
+            return Err(Error::Config(
+                "hflip flips training images; a text experiment has none".into(),
             ));
         }
         if self.runs.is_empty() || self.seeds.is_empty() {

@@ -973,7 +973,7 @@ fn write_grid<B: AutodiffBackend, F: Family<B>>(
             seed,
             use_cache: true,
         };
-        let text = family.generate_text(&request)?;
+        let text = family.generate_bytes(&request)?;
         let path = run.samples_dir().join(name).with_extension("txt");
         std::fs::create_dir_all(run.samples_dir()).map_err(|e| Error::io(run.samples_dir(), e))?;
         return std::fs::write(&path, text).map_err(|e| Error::io(&path, e));

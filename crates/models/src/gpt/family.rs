@@ -207,6 +207,37 @@ impl<B: AutodiffBackend> GptText<B> {
     pub fn model(&self) -> &Gpt<B> {
         &self.core.model
     }
+
+    /// The tokens generated after the request's prompt (a newline when it is
+    /// empty, or token 0 where there is no newline).
+    fn generate_tokens(&self, request: &TextRequest) -> Result<Vec<u32>> {
+        let mut prompt = self.vocabulary.encode(&request.prompt)?;
+        if prompt.is_empty() {
+            prompt = vec![
+                self.vocabulary
+                    .encode("\n")
+                    .ok()
+                    .and_then(|t| t.first().copied())
+                    .unwrap_or(0),
+            ];
+        }
+        let sampling = Sampling {
+            temperature: request.temperature,
+            top_k: request.top_k,
+            top_p: request.top_p,
+            token_limit: None,
+        };
+        let mut out = generate(
+            &self.core.model.valid(),
+            &[prompt],
+            request.tokens,
+            &sampling,
+            request.seed,
+            request.use_cache,
+            &self.core.device,
+        );
+        Ok(out.swap_remove(0))
+    }
 }
 
 impl<B: AutodiffBackend> Family<B> for GptText<B> {
@@ -249,32 +280,13 @@ impl<B: AutodiffBackend> Family<B> for GptText<B> {
     }
 
     fn generate_text(&self, request: &TextRequest) -> Result<String> {
-        let mut prompt = self.vocabulary.encode(&request.prompt)?;
-        if prompt.is_empty() {
-            prompt = vec![
-                self.vocabulary
-                    .encode("\n")
-                    .ok()
-                    .and_then(|t| t.first().copied())
-                    .unwrap_or(0),
-            ];
-        }
-        let sampling = Sampling {
-            temperature: request.temperature,
-            top_k: request.top_k,
-            top_p: request.top_p,
-            token_limit: None,
-        };
-        let out = generate(
-            &self.core.model.valid(),
-            &[prompt],
-            request.tokens,
-            &sampling,
-            request.seed,
-            request.use_cache,
-            &self.core.device,
-        );
-        Ok(self.vocabulary.decode(&out[0]))
+        Ok(self.vocabulary.decode(&self.generate_tokens(request)?))
+    }
+
+    fn generate_bytes(&self, request: &TextRequest) -> Result<Vec<u8>> {
+        Ok(self
+            .vocabulary
+            .decode_bytes(&self.generate_tokens(request)?))
     }
 
     /// nanoGPT's names: `GPT.load_state_dict` takes the file.
