@@ -112,7 +112,7 @@ fn two_replicas_take_the_one_device_step_of_vae_mlp_and_dcgan_28() {
     let ModelConfig::Vae(vae) = preset_model("vae-mlp") else {
         panic!("vae-mlp is a VAE")
     };
-    let images = data(28, 16);
+    let mut images = data(28, 16);
     let cfg = config(1, 16);
     let make = |d: &CpuDevice| VaeTrainer::<B>::new(vae.clone(), d);
     let start = param_values(&make(&CpuDevice::default()).model);
@@ -153,6 +153,9 @@ fn two_replicas_take_the_one_device_step_of_vae_mlp_and_dcgan_28() {
         panic!("dcgan-28 is a GAN")
     };
     gan.adam_eps = 1.0;
+    // With random flips, as a GAN on photographs trains: each replica takes
+    // its rows of the one flipped global batch.
+    images.hflip = true;
     let make = |d: &CpuDevice| GanTrainer::<B>::new(gan.clone(), d);
     let one = train(
         make,
