@@ -228,8 +228,8 @@ impl ImageDataset {
 /// (seed, e) alone, so batch `(e, i)` is the same in any run with the same
 /// seed, interrupted or not. The last, smaller batch of an epoch is kept
 /// unless `drop_last` is set. With `hflip`, each training image is flipped
-/// left to right with probability 1/2, drawn from (seed, epoch, batch), so
-/// a resumed run sees the same flips.
+/// left to right with probability 1/2, drawn from (seed, epoch, place in the
+/// epoch), so a resumed run sees the same flips.
 #[derive(Debug)]
 pub struct ImageData {
     /// Training images.

@@ -39,8 +39,9 @@ pub struct Experiment {
     /// every run; empty in a text experiment.
     #[serde(default)]
     pub dataset: String,
-    /// A text file (UTF-8, or any file with `bytes`) every run (a text model) trains on, instead of a
-    /// dataset; runs are evaluated by their loss over its whole validation split.
+    /// A text file (UTF-8, or any file with `bytes`) every run (a text
+    /// model) trains on, instead of a dataset; runs are evaluated by their
+    /// loss over its whole validation split.
     #[serde(default)]
     pub text: Option<PathBuf>,
     /// Byte-level tokens instead of the text's characters, for every run
@@ -606,6 +607,15 @@ mod tests {
                 && !table.contains("FID"),
             "{table}"
         );
+        // Flips of a text's images: refused.
+        e.hflip = true;
+        assert!(
+            e.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("a text experiment has none")
+        );
+        e.hflip = false;
         // A dataset and a text, or neither: refused.
         e.dataset = "mnist".into();
         assert!(
