@@ -108,6 +108,10 @@ pub(super) struct Overrides {
     /// Evaluate on the test split every N steps (0: every epoch).
     #[arg(long)]
     eval_every: Option<u64>,
+    /// Evaluate on at most N held-out batches (text models: 200 random
+    /// windows by default, nanoGPT's eval_iters; images: the whole split).
+    #[arg(long)]
+    eval_batches: Option<usize>,
     /// Write training metrics every N steps.
     #[arg(long)]
     log_every: Option<u64>,
@@ -194,6 +198,9 @@ impl Overrides {
         }
         if let Some(v) = self.eval_every {
             t.eval_every = v;
+        }
+        if let Some(v) = self.eval_batches {
+            t.eval_batches = Some(v);
         }
         if let Some(v) = self.log_every {
             t.log_every = v;

@@ -643,9 +643,33 @@ fn gpt_char_trains_on_a_text_file_and_continues_a_prompt() {
         "The quick brown fox jumps over the lazy dog.\n".repeat(30),
     )
     .unwrap();
+    let err = fails(&genzoo(
+        &[
+            "train",
+            "gpt-char",
+            "--text",
+            "poem.txt",
+            "--eval-batches",
+            "0",
+            "--out",
+            "runs/g",
+        ],
+        dir,
+    ));
+    assert!(err.contains("eval_batches must be at least 1"), "{err}");
+    // 4 held-out batches per evaluation instead of the preset's 200.
     let text = ok(&genzoo(
         &[
-            "train", "gpt-char", "--text", "poem.txt", "--steps", "4", "--out", "runs/g",
+            "train",
+            "gpt-char",
+            "--text",
+            "poem.txt",
+            "--steps",
+            "4",
+            "--eval-batches",
+            "4",
+            "--out",
+            "runs/g",
         ],
         dir,
     ));
@@ -655,7 +679,9 @@ fn gpt_char_trains_on_a_text_file_and_continues_a_prompt() {
     );
     let config = std::fs::read_to_string(dir.join("runs/g/config.toml")).unwrap();
     assert!(
-        config.contains("vocabulary = ") && config.contains("vocab_size = 30"),
+        config.contains("vocabulary = ")
+            && config.contains("vocab_size = 30")
+            && config.contains("eval_batches = 4"),
         "{config}"
     );
     let info = ok(&genzoo(&["info", "--run", "runs/g"], dir));
@@ -828,6 +854,8 @@ fn a_byte_level_gpt_trains_on_any_file_and_emits_its_bytes() {
             "--bytes",
             "--steps",
             "3",
+            "--eval-batches",
+            "4",
             "--out",
             "runs/b",
         ],
@@ -866,12 +894,21 @@ fn ddpm_trains_and_samples_with_either_sampler_and_a_trajectory() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     write_idx_dataset(&dir.join("digits"), 16, 8, 28, 10).unwrap();
+    // T = 100 instead of 1000, as the ancestral sampler below takes every
+    // step, and an end-of-run grid of 4 samples instead of 64.
+    std::fs::write(
+        dir.join("short.toml"),
+        "[model]\ntimesteps = 100\n[train]\nsamples = 4\n",
+    )
+    .unwrap();
     let text = ok(&genzoo(
         &[
             "train",
             "ddpm-unet",
             "--dataset",
             "idx:digits",
+            "--config",
+            "short.toml",
             "--out",
             "runs/ddpm",
             "--batch-size",
@@ -1524,10 +1561,11 @@ steps = 3
 [[runs]]
 name = "gpt"
 preset = "gpt-char"
+overrides = { train = { eval_batches = 4 } }
 [[runs]]
 name = "bytes"
 preset = "gpt-char"
-overrides = { data = { bytes = true } }
+overrides = { data = { bytes = true }, train = { eval_batches = 4 } }
 "#,
     )
     .unwrap();

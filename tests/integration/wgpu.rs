@@ -1,7 +1,7 @@
 //! `genzoo train --backend wgpu`, with the `wgpu` feature: the CLI's
 //! dispatch to the wgpu backend and its adapter probe, end to end. The
 //! engine's training on wgpu (losses, micro-batches) is proven on every
-//! change by genzoo-train's own test (`crates/train/tests/wgpu.rs`), which
+//! change by genzoo-models' test (`crates/models/tests/wgpu.rs`), which
 //! CI runs on lavapipe; this one needs `--features wgpu`, which compiles
 //! every command and family of the CLI for wgpu too (~470 s more to build).
 #![cfg(feature = "wgpu")]

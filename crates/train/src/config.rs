@@ -151,6 +151,12 @@ impl TrainConfig {
                 "clip_norm must be positive, got {c}"
             )));
         }
+        if self.eval_batches == Some(0) {
+            return Err(Error::Config(
+                "eval_batches must be at least 1 (leave it unset for the whole held-out split)"
+                    .into(),
+            ));
+        }
         if let Some(m) = self.minutes
             && !(m > 0.0 && m.is_finite())
         {

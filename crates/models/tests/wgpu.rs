@@ -4,13 +4,14 @@
 //! fails there; elsewhere, without any Vulkan driver, the test says so and
 //! passes.
 //!
-//! It lives here, with the engine, rather than behind the CLI's
-//! `--backend wgpu`: compiling the wgpu backend for this one family takes
-//! ~200 s of a clean build, beside the other crates; compiling it into every
-//! command and family of the CLI (`--features wgpu`) took ~470 s more, on
-//! the build's critical path. What the CLI adds for wgpu is its dispatch
-//! and the adapter probe ([`genzoo_core::backend::with_backend`]); the probe
-//! is the one this test runs first.
+//! It is a test of this crate, not of the CLI's `--backend wgpu`, for the
+//! build's sake: compiling the wgpu backend into every command and family
+//! of the CLI (`--features wgpu`) took ~470 s more of a clean build; here it
+//! is compiled for one family, and at this crate's opt-level 0, where it
+//! takes ~70 s of CPU (~500 s at opt-level 3, for a run no faster). What
+//! the CLI adds for wgpu is its dispatch and the adapter probe
+//! ([`genzoo_core::backend::with_backend`]); the probe is the one this test
+//! runs first.
 
 use std::path::Path;
 
