@@ -861,7 +861,13 @@ fn a_byte_level_gpt_trains_on_any_file_and_emits_its_bytes() {
         ],
         dir,
     ));
-    assert!(text.contains("vocabulary of 256"), "{text}");
+    // Its loss in bits is per byte, not per character.
+    assert!(
+        text.contains("vocabulary of 256")
+            && text.contains("val_bits_per_byte")
+            && !text.contains("bits_per_char"),
+        "{text}"
+    );
     // The end-of-run sample is the model's 300 bytes, none replaced.
     let sample = std::fs::read(dir.join("runs/b/samples/final.txt")).unwrap();
     assert_eq!(sample.len(), 300);

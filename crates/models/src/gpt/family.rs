@@ -190,6 +190,14 @@ pub struct GptText<B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend> GptText<B> {
+    /// The loss in bits per token, named for what a token is.
+    fn bits_metric(&self) -> &'static str {
+        match self.vocabulary {
+            Vocabulary::Chars(_) => "bits_per_char",
+            Vocabulary::Bytes => "bits_per_byte",
+        }
+    }
+
     /// A fresh model for the vocabulary in `input` (characters, or bytes when absent).
     pub fn new(config: GptConfig, input: &GptInput, device: &B::Device) -> Result<Self> {
         let GptInput::Text { vocabulary } = input else {
@@ -259,13 +267,14 @@ impl<B: AutodiffBackend> Family<B> for GptText<B> {
     ) -> Result<(Self, Metrics)> {
         let (core, loss) = self.core.step(batch.inputs, batch.targets, ctx)?;
         self.core = core;
-        Ok((self, loss_metrics(loss, "bits_per_char")))
+        let bits = self.bits_metric();
+        Ok((self, loss_metrics(loss, bits)))
     }
 
     fn eval_batch(&self, batch: TokenBatch<B>) -> Result<Metrics> {
         Ok(loss_metrics(
             self.core.eval(batch.inputs.inner(), batch.targets.inner()),
-            "bits_per_char",
+            self.bits_metric(),
         ))
     }
 
