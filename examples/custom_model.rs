@@ -119,13 +119,12 @@ impl<B: AutodiffBackend> Family<B> for AutoencoderFamily<B> {
 
     fn save(&self, dir: &Path) -> Result<()> {
         save_module(&self.net, &dir.join("autoencoder"))?;
-        save_optimizer::<B, _, _>(&self.optimizer, &dir.join("adam"))
+        save_optimizer(&self.optimizer, &self.net, &dir.join("adam"))
     }
 
     fn load(mut self, dir: &Path) -> Result<Self> {
-        self.net = load_module(self.net, &dir.join("autoencoder"), &self.device)?;
-        self.optimizer =
-            load_optimizer::<B, _, _>(self.optimizer, &dir.join("adam"), &self.device)?;
+        self.net = load_module(self.net, &dir.join("autoencoder"))?;
+        self.optimizer = load_optimizer(self.optimizer, &self.net, &dir.join("adam"))?;
         Ok(self)
     }
 }

@@ -89,7 +89,7 @@ pub(super) fn evaluator(command: EvaluatorCommand) -> Result<()> {
     }
     let (train, test) = load_image_dataset(&source, &Locator::from_env(data_dir.clone()))?;
     let dir = evaluator_dir(&source.name(), &train)?;
-    if dir.join("evaluator.json").exists() && !force {
+    if genzoo_train::evaluator::is_cached(&dir) && !force {
         let e = Evaluator::<genzoo_core::CpuBackend>::load(&dir, &Default::default())?;
         println!(
             "cached evaluator for {}: test accuracy {:.2}% ({}); --force retrains",
@@ -405,7 +405,7 @@ pub(crate) fn evaluate_run(
         load_image_dataset(&source, &Locator::from_env(config.data.data_dir.clone()))?;
     let evaluator_dir = if wants_samples {
         let dir = evaluator_dir(&source.name(), &train)?;
-        if !dir.join("evaluator.json").exists() {
+        if !genzoo_train::evaluator::is_cached(&dir) {
             train_and_cache_evaluator(&source.name(), &train, &test, EVALUATOR_EPOCHS, &dir)?;
         }
         Some(dir)

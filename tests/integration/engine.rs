@@ -18,7 +18,7 @@ use genzoo::core::record::{
 use genzoo::core::{CpuDevice, Error, Family, ImageBatch, Metrics, Result, StepContext};
 use genzoo::data::{ImageData, ImageDataset, Scaling, synthetic};
 use genzoo::models::vae::{PixelLikelihood, VaeConfig, VaeTrainer};
-use genzoo::train::checkpoint::list_checkpoints;
+use genzoo::train::checkpoint::{FORMAT_VERSION, list_checkpoints};
 use genzoo::train::logger::read_jsonl;
 use genzoo::train::{RunDir, Schedule, TrainConfig, Trainer};
 
@@ -214,7 +214,7 @@ fn corrupt_checkpoint_falls_back_to_the_previous_one() {
         vec![4, 8, 12]
     );
     // Truncate the newest checkpoint's weights, as a crash or a full disk would.
-    let newest = ckpts[2].1.join("model.mpk");
+    let newest = ckpts[2].1.join("model.safetensors");
     let bytes = std::fs::read(&newest).unwrap();
     std::fs::write(&newest, &bytes[..bytes.len() / 2]).unwrap();
 
@@ -275,21 +275,25 @@ fn checkpoints_of_another_config_or_a_newer_format_are_refused() {
     let err = bigger.load(&ckpt).err().expect("must refuse").to_string();
     assert!(err.contains("shape") && err.contains("hidden"), "{err}");
 
-    // A checkpoint from a newer format version.
+    // A checkpoint from a newer format version, and one from format 1
+    // (burn's MessagePack records): both refused, and named.
     let manifest = ckpt.join("manifest.json");
-    let text = std::fs::read_to_string(&manifest)
-        .unwrap()
-        .replace("\"format_version\": 1", "\"format_version\": 99");
-    std::fs::write(&manifest, text).unwrap();
-    let err = trainer(&run, train_config(8), true)
-        .fit(fresh_vae(), &data(1), &device)
-        .err()
-        .expect("must refuse")
-        .to_string();
-    assert!(
-        err.contains("format 99") && err.contains("upgrade"),
-        "{err}"
-    );
+    let written = std::fs::read_to_string(&manifest).unwrap();
+    let current = format!("\"format_version\": {FORMAT_VERSION}");
+    assert!(written.contains(&current), "{written}");
+    for (version, says) in [(99, "upgrade"), (1, "train it again")] {
+        let text = written.replace(&current, &format!("\"format_version\": {version}"));
+        std::fs::write(&manifest, text).unwrap();
+        let err = trainer(&run, train_config(8), true)
+            .fit(fresh_vae(), &data(1), &device)
+            .err()
+            .expect("must refuse")
+            .to_string();
+        assert!(
+            err.contains(&format!("format {version}")) && err.contains(says),
+            "{err}"
+        );
+    }
 }
 
 #[test]
@@ -340,12 +344,11 @@ impl Family<B> for NanAt<B> {
     }
     fn save(&self, dir: &Path) -> Result<()> {
         save_module(&self.net, &dir.join("net"))?;
-        save_optimizer::<B, _, _>(&self.optimizer, &dir.join("optim"))
+        save_optimizer(&self.optimizer, &self.net, &dir.join("optim"))
     }
     fn load(mut self, dir: &Path) -> Result<Self> {
-        self.net = load_module(self.net, &dir.join("net"), &self.device)?;
-        self.optimizer =
-            load_optimizer::<B, _, _>(self.optimizer, &dir.join("optim"), &self.device)?;
+        self.net = load_module(self.net, &dir.join("net"))?;
+        self.optimizer = load_optimizer(self.optimizer, &self.net, &dir.join("optim"))?;
         Ok(self)
     }
 }
@@ -652,16 +655,15 @@ impl Family<B> for Scripted<B> {
     fn save(&self, dir: &Path) -> Result<()> {
         std::fs::write(dir.join("steps"), self.steps.to_string()).unwrap();
         save_module(&self.net, &dir.join("net"))?;
-        save_optimizer::<B, _, _>(&self.optimizer, &dir.join("optim"))
+        save_optimizer(&self.optimizer, &self.net, &dir.join("optim"))
     }
     fn load(mut self, dir: &Path) -> Result<Self> {
         self.steps = std::fs::read_to_string(dir.join("steps"))
             .unwrap()
             .parse()
             .unwrap();
-        self.net = load_module(self.net, &dir.join("net"), &self.device)?;
-        self.optimizer =
-            load_optimizer::<B, _, _>(self.optimizer, &dir.join("optim"), &self.device)?;
+        self.net = load_module(self.net, &dir.join("net"))?;
+        self.optimizer = load_optimizer(self.optimizer, &self.net, &dir.join("optim"))?;
         Ok(self)
     }
 }

@@ -142,6 +142,15 @@ impl<B: Backend> SimpleOptimizer<B> for FusedAdam {
     }
 }
 
+impl<B: Backend> crate::record::AdamStated<B> for FusedAdam {
+    fn to_adam<const D: usize>(state: AdamState<B, D>) -> AdamState<B, D> {
+        state
+    }
+    fn from_adam<const D: usize>(state: AdamState<B, D>) -> AdamState<B, D> {
+        state
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,11 +239,10 @@ mod tests {
             let grads = GradientsParams::from_grads(loss(&theirs, step).backward(), &theirs);
             theirs = burn.step(1e-2, theirs, grads);
         }
-        save_optimizer::<Ad, _, _>(&burn, &dir.path().join("optimizer")).unwrap();
+        save_optimizer(&burn, &theirs, &dir.path().join("optimizer")).unwrap();
         // ... resumed with FusedAdam: the third step equals burn's third step.
         let fused = FusedAdam::new(0.9, 0.999, 1e-8).init::<Ad, Linear<Ad>>();
-        let mut fused =
-            load_optimizer::<Ad, _, _>(fused, &dir.path().join("optimizer"), &device).unwrap();
+        let mut fused = load_optimizer(fused, &theirs, &dir.path().join("optimizer")).unwrap();
         let mut ours = theirs.clone();
         let grads = GradientsParams::from_grads(loss(&ours, 2).backward(), &ours);
         ours = fused.step(1e-2, ours, grads);

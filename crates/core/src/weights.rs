@@ -65,14 +65,18 @@ pub fn write_safetensors(
                 .map_err(|e| Error::Other(format!("tensor {name}: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
-    let metadata = metadata
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
+    // No metadata is written as none: safetensors 0.7 writes an empty
+    // metadata map of a file without tensors as a header it cannot read.
+    let metadata = (!metadata.is_empty()).then(|| {
+        metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
+    });
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
-    safetensors::serialize_to_file(views, Some(metadata), path)
+    safetensors::serialize_to_file(views, metadata, path)
         .map_err(|e| Error::Other(format!("{}: cannot write safetensors: {e}", path.display())))
 }
 
@@ -174,6 +178,9 @@ mod tests {
             assert_eq!(values[o * 3 + i], burn[i * 2 + o], "weight[{o}][{i}]");
         }
         assert_eq!(stored.len(), tensors.len());
+        // A file without tensors or metadata (an optimizer before its first step).
+        write_safetensors(&path, &Vec::new(), &[]).unwrap();
+        assert!(read_safetensors(&path).unwrap().tensors.is_empty());
         // Two tensors of one name are refused.
         let twice = vec![tensors[0].clone(), tensors[0].clone()];
         let err = write_safetensors(&path, &twice, &[]).unwrap_err();

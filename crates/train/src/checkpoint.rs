@@ -16,8 +16,10 @@ use genzoo_models::ModelConfig;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The checkpoint format this build writes and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+/// The checkpoint format this build writes and the only one it reads.
+/// Format 2 holds weights and optimizer states as safetensors; format 1
+/// (up to git revision 9406647) held burn's MessagePack records.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// What a checkpoint must match to be loaded: the model's name and its
 /// config's fingerprint (the model config as TOML).
@@ -237,6 +239,15 @@ pub fn verify(
                 manifest.format_version,
                 manifest.genzoo_version,
                 env!("CARGO_PKG_VERSION")
+            ),
+        )));
+    }
+    if manifest.format_version < FORMAT_VERSION {
+        return Err(Unusable::Incompatible(Error::checkpoint(
+            dir,
+            format!(
+                "written in checkpoint format {} (burn's MessagePack records); this genzoo reads format {FORMAT_VERSION} (safetensors) only: sample or resume it with a genzoo that reads format 1 (git revision 9406647 or earlier), or train it again",
+                manifest.format_version,
             ),
         )));
     }

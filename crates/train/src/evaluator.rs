@@ -22,7 +22,7 @@ use burn::prelude::*;
 use burn::tensor::activation::{relu, softmax};
 use burn::tensor::backend::AutodiffBackend;
 use genzoo_core::optim::FusedAdam;
-use genzoo_core::record::{load_module, save_module};
+use genzoo_core::record::{load_module, record_file, save_module};
 use genzoo_core::{Error, Result, TrainData};
 use genzoo_data::{ImageData, ImageDataset, Scaling};
 use serde::{Deserialize, Serialize};
@@ -144,6 +144,12 @@ pub fn cache_dir(cache_root: &Path, dataset: &str, fingerprint: &str) -> PathBuf
         .join(format!("{safe}-{}", &fingerprint[..16]))
 }
 
+/// Whether `dir` holds a complete cached evaluator (one cached before
+/// weights were safetensors is not: it is trained again).
+pub fn is_cached(dir: &Path) -> bool {
+    dir.join("evaluator.json").exists() && record_file(&dir.join("classifier")).exists()
+}
+
 impl<B: Backend> Evaluator<B> {
     /// Features and class probabilities of images in `[0, 1]`, in batches.
     pub fn embed(&self, images: Tensor<B, 4>) -> Result<(Features, Vec<Vec<f64>>)> {
@@ -198,7 +204,6 @@ impl<B: Backend> Evaluator<B> {
         let classifier = load_module(
             Classifier::new(c, h, w, info.classes, device),
             &dir.join("classifier"),
-            device,
         )?;
         let ref_path = dir.join("reference_features.f32");
         let bytes = std::fs::read(&ref_path).map_err(|e| Error::io(&ref_path, e))?;

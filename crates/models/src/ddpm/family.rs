@@ -657,15 +657,13 @@ impl<B: AutodiffBackend> Family<B> for DdpmTrainer<B> {
     fn save(&self, dir: &Path) -> Result<()> {
         save_module(&self.unet, &dir.join("unet"))?;
         save_module(&self.ema.module, &dir.join("unet_ema"))?;
-        save_optimizer::<B, _, _>(&self.optimizer, &dir.join("optimizer"))
+        save_optimizer(&self.optimizer, &self.unet, &dir.join("optimizer"))
     }
 
     fn load(mut self, dir: &Path) -> Result<Self> {
-        self.unet = load_module(self.unet, &dir.join("unet"), &self.device)?;
-        self.ema.module =
-            load_module(self.ema.module.clone(), &dir.join("unet_ema"), &self.device)?;
-        self.optimizer =
-            load_optimizer::<B, _, _>(self.optimizer, &dir.join("optimizer"), &self.device)?;
+        self.unet = load_module(self.unet, &dir.join("unet"))?;
+        self.ema.module = load_module(self.ema.module.clone(), &dir.join("unet_ema"))?;
+        self.optimizer = load_optimizer(self.optimizer, &self.unet, &dir.join("optimizer"))?;
         Ok(self)
     }
 }

@@ -467,8 +467,16 @@ impl<B: AutodiffBackend> Family<B> for GanTrainer<B> {
     fn save(&self, dir: &Path) -> Result<()> {
         save_module(&self.generator, &dir.join("generator"))?;
         save_module(&self.discriminator, &dir.join("discriminator"))?;
-        save_optimizer::<B, _, _>(&self.g_optimizer, &dir.join("generator_optimizer"))?;
-        save_optimizer::<B, _, _>(&self.d_optimizer, &dir.join("discriminator_optimizer"))?;
+        save_optimizer(
+            &self.g_optimizer,
+            &self.generator,
+            &dir.join("generator_optimizer"),
+        )?;
+        save_optimizer(
+            &self.d_optimizer,
+            &self.discriminator,
+            &dir.join("discriminator_optimizer"),
+        )?;
         if let Some(ema) = &self.ema {
             save_module(&ema.module, &dir.join("generator_ema"))?;
         }
@@ -477,21 +485,20 @@ impl<B: AutodiffBackend> Family<B> for GanTrainer<B> {
     }
 
     fn load(mut self, dir: &Path) -> Result<Self> {
-        self.generator = load_module(self.generator, &dir.join("generator"), &self.device)?;
-        self.discriminator =
-            load_module(self.discriminator, &dir.join("discriminator"), &self.device)?;
-        self.g_optimizer = load_optimizer::<B, _, _>(
+        self.generator = load_module(self.generator, &dir.join("generator"))?;
+        self.discriminator = load_module(self.discriminator, &dir.join("discriminator"))?;
+        self.g_optimizer = load_optimizer(
             self.g_optimizer,
+            &self.generator,
             &dir.join("generator_optimizer"),
-            &self.device,
         )?;
-        self.d_optimizer = load_optimizer::<B, _, _>(
+        self.d_optimizer = load_optimizer(
             self.d_optimizer,
+            &self.discriminator,
             &dir.join("discriminator_optimizer"),
-            &self.device,
         )?;
         if let Some(ema) = &mut self.ema {
-            ema.module = load_module(ema.module.clone(), &dir.join("generator_ema"), &self.device)?;
+            ema.module = load_module(ema.module.clone(), &dir.join("generator_ema"))?;
         }
         let state = dir.join("gan_state.json");
         let text = std::fs::read_to_string(&state).map_err(|e| Error::io(&state, e))?;

@@ -208,13 +208,12 @@ impl<B: AutodiffBackend> Family<B> for VaeTrainer<B> {
 
     fn save(&self, dir: &Path) -> Result<()> {
         save_module(&self.model, &dir.join("model"))?;
-        save_optimizer::<B, _, _>(&self.optimizer, &dir.join("optimizer"))
+        save_optimizer(&self.optimizer, &self.model, &dir.join("optimizer"))
     }
 
     fn load(mut self, dir: &Path) -> Result<Self> {
-        self.model = load_module(self.model, &dir.join("model"), &self.device)?;
-        self.optimizer =
-            load_optimizer::<B, _, _>(self.optimizer, &dir.join("optimizer"), &self.device)?;
+        self.model = load_module(self.model, &dir.join("model"))?;
+        self.optimizer = load_optimizer(self.optimizer, &self.model, &dir.join("optimizer"))?;
         Ok(self)
     }
 }
