@@ -186,14 +186,17 @@ fn info(run_path: &Path) -> Result<()> {
         _ => println!("dataset:    {}", config.data.dataset),
     }
     let identity = config.identity()?;
-    match latest_good(&run.checkpoints_dir(), &identity, |w| eprintln!("{w}"))? {
-        Some((dir, m)) => println!(
+    // A checkpoint this genzoo cannot use (another format, a changed
+    // config) is a finding too: the rest of the run is still shown.
+    match latest_good(&run.checkpoints_dir(), &identity, |w| eprintln!("{w}")) {
+        Ok(Some((dir, m))) => println!(
             "checkpoint: step {} of {} ({})",
             m.step,
             m.total_steps,
             dir.display()
         ),
-        None => println!("checkpoint: none yet"),
+        Ok(None) => println!("checkpoint: none yet"),
+        Err(e) => println!("checkpoint: unusable: {e}"),
     }
     let best = run.checkpoints_dir().join(genzoo_train::checkpoint::BEST);
     if best.is_dir() {

@@ -360,6 +360,15 @@ pub(crate) fn start_training(
         RunDir::create(out, overwrite)?
     };
     let text = config.to_toml()?;
+    // What a resume finds, to put back if it fails before it checkpoints:
+    // its settings then reached no checkpoint, and a later plain resume
+    // must not take them up unsaid.
+    let before = match (resume && owner, std::fs::read(run.config_file())) {
+        (true, Ok(previous)) if previous != text.as_bytes() => {
+            Some((previous, run.checkpoint_manifests()?))
+        }
+        _ => None,
+    };
     if owner {
         std::fs::write(run.config_file(), &text).map_err(|e| Error::io(run.config_file(), e))?;
     }
@@ -382,6 +391,21 @@ pub(crate) fn start_training(
     // the config.toml written above: clear it, so that the corrected
     // command needs no --overwrite. The training error is the one reported
     // whatever the clearing does.
+    if let (Err(_), Some((previous, manifests))) = (&trained, before) {
+        let unchanged = run.checkpoint_manifests().is_ok_and(|now| now == manifests);
+        if unchanged {
+            match std::fs::write(run.config_file(), &previous) {
+                Ok(()) => eprintln!(
+                    "{} keeps the config.toml it had: this call's settings reached no checkpoint",
+                    out.display()
+                ),
+                Err(e) => eprintln!(
+                    "warning: {} holds this failed call's settings ({e}): edit it back or pass the flags again",
+                    run.config_file().display()
+                ),
+            }
+        }
+    }
     if trained.is_err() && owner && !resume {
         match run.clear_if_unstarted() {
             Ok(true) => eprintln!(

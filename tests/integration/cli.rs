@@ -171,6 +171,67 @@ fn train_sample_info_resume() {
 }
 
 #[test]
+fn a_failed_resume_keeps_the_runs_config_and_info_still_shows_the_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_idx_dataset(&dir.join("digits"), 64, 32, 28, 10).unwrap();
+    ok(&genzoo(
+        &[
+            "train",
+            "vae-mlp",
+            "--dataset",
+            "idx:digits",
+            "--out",
+            "runs/v",
+            "--batch-size",
+            "16",
+            "--steps",
+            "4",
+        ],
+        dir,
+    ));
+    let run = dir.join("runs/v");
+    let config = std::fs::read(run.join("config.toml")).unwrap();
+    // The checkpoint as an older genzoo wrote it (format 1).
+    let manifest = run.join("checkpoints/step-00000004/manifest.json");
+    let written = std::fs::read_to_string(&manifest).unwrap();
+    let current = format!(
+        "\"format_version\": {}",
+        genzoo::train::checkpoint::FORMAT_VERSION
+    );
+    std::fs::write(
+        &manifest,
+        written.replace(&current, "\"format_version\": 1"),
+    )
+    .unwrap();
+
+    let err = fails(&genzoo(
+        &["resume", "runs/v", "--steps", "8", "--lr", "0.5"],
+        dir,
+    ));
+    assert!(
+        err.contains("format 1") && err.contains("keeps the config.toml it had"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(run.join("config.toml")).unwrap(), config);
+    let info = ok(&genzoo(&["info", "--run", "runs/v"], dir));
+    assert!(
+        info.contains("checkpoint: unusable") && info.contains("format 1"),
+        "{info}"
+    );
+    assert!(
+        info.contains("test_neg_elbo"),
+        "the metrics are still shown:\n{info}"
+    );
+
+    // A resume that trains keeps its settings.
+    std::fs::write(&manifest, written).unwrap();
+    ok(&genzoo(&["resume", "runs/v", "--steps", "8"], dir));
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(config.contains("steps = 8"), "{config}");
+}
+
+#[test]
 fn resume_without_checkpoint_starts_at_zero_and_conditional_sampling_works() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

@@ -71,6 +71,29 @@ impl RunDir {
         self.root.join("checkpoints")
     }
 
+    /// Every checkpoint's manifest (`checkpoints/*/manifest.json`) with
+    /// its bytes, in path order. Two equal lists mean no checkpoint was
+    /// written, replaced or pruned in between: a manifest names its step and
+    /// every file's checksum.
+    pub fn checkpoint_manifests(&self) -> Result<Vec<(PathBuf, Vec<u8>)>> {
+        let dir = self.checkpoints_dir();
+        if !dir.is_dir() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let manifest = entry
+                .map_err(|e| Error::io(&dir, e))?
+                .path()
+                .join("manifest.json");
+            if let Ok(bytes) = std::fs::read(&manifest) {
+                out.push((manifest, bytes));
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
     /// Empties the directory of a new run that failed before it produced
     /// anything, so that the corrected command can use the same `--out`
     /// without `--overwrite`. Such a run holds its `config.toml` and at most
@@ -174,5 +197,30 @@ mod tests {
         assert!(run.clear_if_unstarted().unwrap());
         assert!(run.root().is_dir() && is_empty_dir(run.root()).unwrap());
         RunDir::create(run.root(), false).unwrap();
+    }
+
+    #[test]
+    fn checkpoint_manifests_change_with_any_checkpoint_written_or_removed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::create(tmp.path().join("run"), false).unwrap();
+        assert!(run.checkpoint_manifests().unwrap().is_empty());
+        let write = |name: &str, text: &str| {
+            let dir = run.checkpoints_dir().join(name);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join("manifest.json"), text).unwrap();
+        };
+        write("step-00000002", "{\"step\": 2}");
+        write("best", "{\"step\": 2}");
+        let first = run.checkpoint_manifests().unwrap();
+        assert_eq!(first.len(), 2);
+        assert_eq!(run.checkpoint_manifests().unwrap(), first);
+        // The best checkpoint rewritten in place, a new one, one pruned.
+        write("best", "{\"step\": 4}");
+        let second = run.checkpoint_manifests().unwrap();
+        assert_ne!(second, first);
+        write("step-00000004", "{\"step\": 4}");
+        assert_ne!(run.checkpoint_manifests().unwrap(), second);
+        std::fs::remove_dir_all(run.checkpoints_dir().join("step-00000004")).unwrap();
+        assert_eq!(run.checkpoint_manifests().unwrap(), second);
     }
 }
