@@ -88,7 +88,7 @@ pub struct BestValue {
 /// checkpoint of the best held-out value, when the run keeps one.
 pub const BEST: &str = "best";
 
-const MANIFEST: &str = "manifest.json";
+pub(crate) const MANIFEST: &str = "manifest.json";
 
 /// Name of the checkpoint directory for `step`.
 pub fn dir_name(step: u64) -> String {

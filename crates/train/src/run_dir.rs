@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use genzoo_core::{Error, Result};
 
+use crate::checkpoint::MANIFEST;
+
 /// A run's directory and the paths inside it.
 #[derive(Clone, Debug)]
 pub struct RunDir {
@@ -82,10 +84,7 @@ impl RunDir {
         }
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
-            let manifest = entry
-                .map_err(|e| Error::io(&dir, e))?
-                .path()
-                .join("manifest.json");
+            let manifest = entry.map_err(|e| Error::io(&dir, e))?.path().join(MANIFEST);
             if let Ok(bytes) = std::fs::read(&manifest) {
                 out.push((manifest, bytes));
             }
@@ -207,7 +206,7 @@ mod tests {
         let write = |name: &str, text: &str| {
             let dir = run.checkpoints_dir().join(name);
             std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("manifest.json"), text).unwrap();
+            std::fs::write(dir.join(MANIFEST), text).unwrap();
         };
         write("step-00000002", "{\"step\": 2}");
         write("best", "{\"step\": 2}");
