@@ -469,6 +469,44 @@ mod tests {
 
     type Ad = Autodiff<CpuBackend>;
 
+    #[test]
+    fn batch_norm_statistics_are_saved_as_of_the_last_training_forward() {
+        use burn::nn::{BatchNorm, BatchNormConfig};
+        let dir = tempfile::tempdir().unwrap();
+        let stem = dir.path().join("bn");
+        let device = CpuDevice::default();
+        let bn: BatchNorm<Ad> = BatchNormConfig::new(3).init(&device);
+        // Channel means 2, 4, 6: far from the initial running mean of 0.
+        let x = Tensor::<Ad, 1>::from_floats([2.0, 4.0, 6.0], &device)
+            .reshape([1, 3, 1, 1])
+            .repeat_dim(0, 4)
+            .repeat_dim(2, 2)
+            + Tensor::<Ad, 4>::ones([4, 3, 2, 2], &device);
+        for _ in 0..2 {
+            let _ = bn.forward(x.clone());
+        }
+        save_module(&bn, &stem).unwrap();
+
+        let loaded = load_module(BatchNormConfig::new(3).init::<Ad>(&device), &stem).unwrap();
+        let saved = loaded
+            .running_mean
+            .value()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        let trained = bn
+            .running_mean
+            .value_sync()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap();
+        // Two updates with momentum 0.1: 0.19 of the batch means 3, 5, 7.
+        for (s, want) in saved.iter().zip([0.57f32, 0.95, 1.33]) {
+            assert!((s - want).abs() < 1e-5, "saved running mean {saved:?}");
+        }
+        assert_eq!(saved, trained);
+    }
+
     fn step(adam: &mut OptimizerAdaptor<Adam, Linear<Ad>, Ad>, layer: Linear<Ad>) -> Linear<Ad> {
         let [d_in, _] = layer.weight.dims();
         let x = Tensor::<Ad, 2>::ones([3, d_in], &CpuDevice::default());
