@@ -10,6 +10,7 @@
 
 use genzoo_core::{Error, Result};
 use nalgebra::{DMatrix, DVector, SymmetricEigen};
+use rayon::prelude::*;
 
 /// n feature vectors of one dimension, row-major.
 #[derive(Clone, Debug, PartialEq)]
@@ -143,16 +144,14 @@ pub fn kernel_distance(
     use rand::seq::index::sample;
     let size = subset_size.min(a.len()).min(b.len()).max(2);
     let mut rng = genzoo_core::seed::host_rng(seed, "kid", 0);
-    let values: Vec<f64> = (0..subsets.max(1))
-        .map(|_| {
-            let pick = |f: &Features, rng: &mut rand_chacha::ChaCha8Rng| {
-                let idx = sample(rng, f.len(), size.min(f.len())).into_vec();
-                f.rows.select_rows(idx.iter())
-            };
-            let x = pick(a, &mut rng);
-            let y = pick(b, &mut rng);
-            mmd2_unbiased(&x, &y)
-        })
+    // The subsets are drawn in order from one stream, then scored in
+    // parallel: the same values whatever the thread count.
+    let mut pick = |f: &Features| sample(&mut rng, f.len(), size.min(f.len())).into_vec();
+    let picks: Vec<(Vec<usize>, Vec<usize>)> =
+        (0..subsets.max(1)).map(|_| (pick(a), pick(b))).collect();
+    let values: Vec<f64> = picks
+        .par_iter()
+        .map(|(ia, ib)| mmd2_unbiased(&a.rows.select_rows(ia), &b.rows.select_rows(ib)))
         .collect();
     mean_std(&values)
 }
@@ -261,11 +260,10 @@ fn coverage_of(support: &Features, radii: &[f64], queries: &Features) -> f64 {
 /// manifold (fidelity), recall the share of real vectors inside the
 /// generated one (diversity). k = 3 in the paper. Returns (precision, recall).
 pub fn precision_recall(real: &Features, generated: &Features, k: usize) -> (f64, f64) {
-    let real_radii = knn_radii(real, k);
-    let fake_radii = knn_radii(generated, k);
-    (
-        coverage_of(real, &real_radii, generated),
-        coverage_of(generated, &fake_radii, real),
+    let (real_radii, fake_radii) = rayon::join(|| knn_radii(real, k), || knn_radii(generated, k));
+    rayon::join(
+        || coverage_of(real, &real_radii, generated),
+        || coverage_of(generated, &fake_radii, real),
     )
 }
 
@@ -428,6 +426,15 @@ mod tests {
             diff > 10.0 * same.abs().max(1e-3),
             "shifted: {diff} vs {same}"
         );
+        // Subsets are scored in parallel: one thread gives the same bits,
+        // and another seed other subsets.
+        let one_thread = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap();
+        let serial = one_thread.install(|| kernel_distance(&a, &c, 20, 200, 0));
+        assert_eq!(serial, kernel_distance(&a, &c, 20, 200, 0));
+        assert_ne!(serial, kernel_distance(&a, &c, 20, 200, 1));
     }
 
     #[test]
