@@ -488,18 +488,9 @@ mod tests {
         save_module(&bn, &stem).unwrap();
 
         let loaded = load_module(BatchNormConfig::new(3).init::<Ad>(&device), &stem).unwrap();
-        let saved = loaded
-            .running_mean
-            .value()
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
-        let trained = bn
-            .running_mean
-            .value_sync()
-            .into_data()
-            .to_vec::<f32>()
-            .unwrap();
+        let values = |t: Tensor<Ad, 1>| t.into_data().to_vec::<f32>().unwrap();
+        let saved = values(loaded.running_mean.value());
+        let trained = values(bn.running_mean.value_sync());
         // Two updates with momentum 0.1: 0.19 of the batch means 3, 5, 7.
         for (s, want) in saved.iter().zip([0.57f32, 0.95, 1.33]) {
             assert!((s - want).abs() < 1e-5, "saved running mean {saved:?}");
