@@ -229,6 +229,35 @@ fn a_failed_resume_keeps_the_runs_config_and_info_still_shows_the_run() {
     ok(&genzoo(&["resume", "runs/v", "--steps", "8"], dir));
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(config.contains("steps = 8"), "{config}");
+
+    // So does one that checkpointed before it failed: those checkpoints
+    // were trained with its settings, which a plain resume must go on with.
+    let err = fails(&genzoo(
+        &[
+            "resume",
+            "runs/v",
+            "--steps",
+            "40",
+            "--lr",
+            "1000000",
+            "--checkpoint-every",
+            "1",
+        ],
+        dir,
+    ));
+    assert!(
+        err.contains("train_loss is") && !err.contains("keeps the config.toml it had"),
+        "{err}"
+    );
+    assert!(
+        run.join("checkpoints/step-00000009").exists(),
+        "the diverging resume checkpointed no step before it failed:\n{err}"
+    );
+    let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(
+        config.contains("lr = 1000000.0") && config.contains("steps = 40"),
+        "{config}"
+    );
 }
 
 #[test]
