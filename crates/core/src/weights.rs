@@ -92,33 +92,37 @@ pub struct StoredWeights {
     pub metadata: Vec<(String, String)>,
 }
 
+/// The little-endian u64 before a safetensors header: the header's length.
+const HEADER_LEN_BYTES: usize = 8;
+
 /// Reads every f32 tensor of a safetensors file, with the file's metadata.
 pub fn read_safetensors(path: &Path) -> Result<StoredWeights> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     let invalid = |e: safetensors::SafeTensorError| {
         Error::Other(format!("{}: not a safetensors file: {e}", path.display()))
     };
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(invalid)?;
-    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(invalid)?;
-    let mut names: Vec<String> = file.names().into_iter().map(str::to_string).collect();
-    names.sort();
-    let tensors = names
+    // One parse of the header: it checks that the tensors' offsets tile
+    // the data exactly, so each slice below is in bounds and whole.
+    let (header_len, header) = safetensors::SafeTensors::read_metadata(&bytes).map_err(invalid)?;
+    let data = &bytes[HEADER_LEN_BYTES + header_len..];
+    let mut infos: Vec<_> = header.tensors().into_iter().collect();
+    infos.sort_by(|a, b| a.0.cmp(&b.0));
+    let tensors = infos
         .into_iter()
-        .map(|name| {
-            let view = file.tensor(&name).map_err(invalid)?;
-            if view.dtype() != Dtype::F32 {
+        .map(|(name, info)| {
+            if info.dtype != Dtype::F32 {
                 return Err(Error::Other(format!(
                     "{}: tensor {name} is {:?}, not f32",
                     path.display(),
-                    view.dtype()
+                    info.dtype
                 )));
             }
-            let values = view
-                .data()
+            let (start, end) = info.data_offsets;
+            let values = data[start..end]
                 .chunks_exact(4)
                 .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
                 .collect();
-            Ok((name, view.shape().to_vec(), values))
+            Ok((name, info.shape.clone(), values))
         })
         .collect::<Result<_>>()?;
     let mut metadata: Vec<(String, String)> = header
@@ -178,6 +182,23 @@ mod tests {
             assert_eq!(values[o * 3 + i], burn[i * 2 + o], "weight[{o}][{i}]");
         }
         assert_eq!(stored.len(), tensors.len());
+        let stored_names: Vec<&str> = stored.iter().map(|(n, ..)| n.as_str()).collect();
+        assert!(stored_names.is_sorted(), "{stored_names:?}");
+        for (name, data) in &tensors {
+            let (_, shape, values) = stored.iter().find(|(n, ..)| n == name).unwrap();
+            assert_eq!(shape, &data.shape.to_vec(), "{name}");
+            assert_eq!(values, &data.to_vec::<f32>().unwrap(), "{name}");
+        }
+        // A truncated file, and a tensor of another dtype, are refused.
+        let bytes = std::fs::read(&path).unwrap();
+        let cut = dir.path().join("cut.safetensors");
+        std::fs::write(&cut, &bytes[..bytes.len() - 4]).unwrap();
+        let err = read_safetensors(&cut).unwrap_err().to_string();
+        assert!(err.contains("not a safetensors file"), "{err}");
+        let half = TensorView::new(Dtype::F16, vec![2], &[0u8; 4]).unwrap();
+        safetensors::serialize_to_file([("h", half)], None, &cut).unwrap();
+        let err = read_safetensors(&cut).unwrap_err().to_string();
+        assert!(err.contains("tensor h is F16, not f32"), "{err}");
         // A file without tensors or metadata (an optimizer before its first step).
         write_safetensors(&path, &Vec::new(), &[]).unwrap();
         assert!(read_safetensors(&path).unwrap().tensors.is_empty());
