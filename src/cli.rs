@@ -20,7 +20,7 @@ mod sample;
 mod train;
 
 use eval::{EvalArgs, EvaluatorCommand};
-pub(crate) use eval::{Evaluation, evaluate_run, evaluate_text_run, write_eval_json};
+pub(crate) use eval::{EvalTarget, Evaluation, evaluate_run, evaluate_text_run, write_eval_json};
 use sample::SampleArgs;
 pub(crate) use train::start_training;
 use train::{Overrides, TrainArgs};

@@ -14,7 +14,9 @@ use genzoo_train::logger::read_jsonl;
 use genzoo_train::plot::{Panel, Record, curve_panels, metric_points, write_svg};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{Evaluation, evaluate_run, evaluate_text_run, start_training, write_eval_json};
+use crate::cli::{
+    EvalTarget, Evaluation, evaluate_run, evaluate_text_run, start_training, write_eval_json,
+};
 
 /// What `compare` remembers about a (run, seed) between calls.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -196,15 +198,16 @@ pub fn compare(path: &Path, out: Option<PathBuf>, backend: BackendKind) -> Resul
                     .unwrap_or_default()
             } else {
                 let (evaluated, figures) = if experiment.text.is_some() {
-                    let found = evaluate_text_run(&dir, which.name(), None, backend)?;
+                    let found =
+                        evaluate_text_run(EvalTarget::load(&dir, which.name())?, None, backend)?;
                     let figures = found.figures.clone();
                     (Some(found), figures)
                 } else {
                     let mut figures = Vec::new();
                     let mut evaluated: Option<Evaluation> = None;
                     let mut evaluate = |metrics: &[String], n, terms| -> Result<()> {
-                        let found =
-                            evaluate_run(&dir, which.name(), metrics, n, terms, seed, backend)?;
+                        let target = EvalTarget::load(&dir, which.name())?;
+                        let found = evaluate_run(target, metrics, n, terms, seed, backend)?;
                         figures.extend(found.figures.iter().cloned());
                         evaluated = Some(found);
                         Ok(())

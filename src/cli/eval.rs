@@ -13,8 +13,9 @@ use genzoo_core::{BackendKind, Error, Family, ImageBatch, Result, TokenBatch};
 use genzoo_data::{DatasetSource, Locator, TextCorpus, load_image_dataset};
 use genzoo_models::ModelConfig;
 use genzoo_models::presets::{FamilyTask, with_family};
+use genzoo_train::RunConfig;
+use genzoo_train::checkpoint::Manifest;
 use genzoo_train::evaluator::Evaluator;
-use genzoo_train::{RunConfig, RunDir};
 
 use super::train::check_data_dir_flag;
 use super::{load_run, with_backend_on_pool};
@@ -158,9 +159,8 @@ const EVALUATOR_EPOCHS: u64 = 6;
 const EVAL_METRICS: [&str; 5] = ["fid", "kid", "is", "pr", "nll"];
 
 pub(super) fn eval(args: EvalArgs) -> Result<()> {
-    let text = RunConfig::load(&RunDir::open(&args.run)?.config_file())?
-        .model
-        .reads_text();
+    let target = EvalTarget::load(&args.run, &args.checkpoint)?;
+    let text = target.config.model.reads_text();
     let metrics = args
         .metrics
         .as_deref()
@@ -172,11 +172,10 @@ pub(super) fn eval(args: EvalArgs) -> Result<()> {
         .collect();
     let evaluation = if text {
         check_text_flags(&args, &metrics)?;
-        evaluate_text_run(&args.run, &args.checkpoint, args.n, args.backend)?
+        evaluate_text_run(target, args.n, args.backend)?
     } else {
         evaluate_run(
-            &args.run,
-            &args.checkpoint,
+            target,
             &metrics,
             args.n.unwrap_or(10_000),
             args.terms,
@@ -208,17 +207,46 @@ fn check_text_flags(args: &EvalArgs, metrics: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// What an evaluation reads: a run's config and the checkpoint asked for.
+pub(crate) struct EvalTarget<'a> {
+    /// The run directory.
+    pub run: &'a Path,
+    /// Its config.toml.
+    pub config: RunConfig,
+    /// The checkpoint's directory.
+    pub checkpoint: PathBuf,
+    /// The checkpoint's manifest.
+    pub manifest: Manifest,
+}
+
+impl<'a> EvalTarget<'a> {
+    /// The run at `run` with its checkpoint `which` (`latest`, `best` or a step).
+    pub(crate) fn load(run: &'a Path, which: &str) -> Result<Self> {
+        let (_, config, checkpoint, manifest) = load_run(run, which)?;
+        Ok(Self {
+            run,
+            config,
+            checkpoint,
+            manifest,
+        })
+    }
+}
+
 /// A text model's loss over its whole validation split (the last 10 % of
 /// the text, as in training; the first `windows` only when given) in
 /// consecutive windows of its context, each token predicted once: the exact
 /// held-out figure that training estimates from random windows.
 pub(crate) fn evaluate_text_run(
-    run_path: &Path,
-    which: &str,
+    target: EvalTarget,
     windows: Option<usize>,
     backend: BackendKind,
 ) -> Result<Evaluation> {
-    let (_, config, checkpoint, manifest) = load_run(run_path, which)?;
+    let EvalTarget {
+        run: run_path,
+        config,
+        checkpoint,
+        manifest,
+    } = target;
     let path = config
         .data
         .text
@@ -354,20 +382,24 @@ pub(crate) struct Evaluation {
     pub figures: Vec<(String, f64)>,
 }
 
-/// Evaluates a run's checkpoint `which` (`latest`, `best` or a step) with
-/// `metrics` (the names of [`EVAL_METRICS`]) on `n` samples (and `n` test images for nll),
-/// prints a table, and returns the checkpoint, its step and the figures
-/// (for [`write_eval_json`]).
+/// Evaluates a run's checkpoint with `metrics` (the names of
+/// [`EVAL_METRICS`]) on `n` samples (and `n` test images for nll), prints a
+/// table, and returns the checkpoint, its step and the figures (for
+/// [`write_eval_json`]).
 pub(crate) fn evaluate_run(
-    run_path: &Path,
-    which: &str,
+    target: EvalTarget,
     metrics: &[String],
     n: usize,
     terms: Option<usize>,
     seed: u64,
     backend: BackendKind,
 ) -> Result<Evaluation> {
-    let (_, config, checkpoint, manifest) = load_run(run_path, which)?;
+    let EvalTarget {
+        config,
+        checkpoint,
+        manifest,
+        ..
+    } = target;
     if config.model.reads_text() {
         return Err(Error::Config(
             "a text model is evaluated by its validation loss: `genzoo eval --run RUN` \
