@@ -13,8 +13,8 @@ impl FusedOps for Flex {
     }
 
     fn fused_gelu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        kernels::zip(&x, &grad, kernels::gelu_grad)
-            .unwrap_or_else(|| composed_gelu_backward::<Self>(x, grad))
+        kernels::zip(&x, grad, kernels::gelu_grad)
+            .unwrap_or_else(|grad| composed_gelu_backward::<Self>(x, grad))
     }
 
     fn fused_silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -51,13 +51,13 @@ impl FusedOps for Flex {
     }
 
     fn fused_softplus_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        kernels::zip(&x, &grad, kernels::softplus_grad)
-            .unwrap_or_else(|| Self::float_mul(Self::sigmoid(x), grad))
+        kernels::zip(&x, grad, kernels::softplus_grad)
+            .unwrap_or_else(|grad| Self::float_mul(Self::sigmoid(x), grad))
     }
 
     fn fused_silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
-        kernels::zip(&x, &grad, kernels::silu_grad)
-            .unwrap_or_else(|| composed_silu_backward::<Self>(x, grad))
+        kernels::zip(&x, grad, kernels::silu_grad)
+            .unwrap_or_else(|grad| composed_silu_backward::<Self>(x, grad))
     }
 
     fn fused_leaky_relu(x: FloatTensor<Self>, slope: f32) -> FloatTensor<Self> {
@@ -73,8 +73,8 @@ impl FusedOps for Flex {
         grad: FloatTensor<Self>,
         slope: f32,
     ) -> FloatTensor<Self> {
-        kernels::zip(&x, &grad, move |x, g| g * if x < 0.0 { slope } else { 1.0 })
-            .unwrap_or_else(|| composed_leaky_relu_backward::<Self>(x, grad, slope))
+        kernels::zip(&x, grad, move |x, g| g * if x < 0.0 { slope } else { 1.0 })
+            .unwrap_or_else(|grad| composed_leaky_relu_backward::<Self>(x, grad, slope))
     }
 
     fn fused_causal_attention_with_lse(

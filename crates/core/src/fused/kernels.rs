@@ -174,24 +174,49 @@ pub(super) fn map(x: FlexTensor, f: impl Fn(f32) -> f32 + Sync) -> Result<FlexTe
     }))
 }
 
-/// `f(x, g)` element by element, or `None` when the two are not f32 tensors
-/// of one shape.
+/// `f(x, g)` element by element, or `g` back when the two are not f32
+/// tensors of one shape. Written over `g`'s own buffer when nothing else
+/// holds it (a backward pass's incoming gradient, as a rule), as [`map`]
+/// writes over its input.
 pub(super) fn zip(
     x: &FlexTensor,
-    g: &FlexTensor,
+    g: FlexTensor,
     f: impl Fn(f32, f32) -> f32 + Sync,
-) -> Option<FlexTensor> {
+) -> Result<FlexTensor, FlexTensor> {
     if x.dtype() != DType::F32
         || g.dtype() != DType::F32
         || x.layout().shape() != g.layout().shape()
     {
-        return None;
+        return Err(g);
     }
     let x = x.to_contiguous();
-    let g = g.to_contiguous();
-    let (xs, gs): (&[f32], &[f32]) = (x.as_slice()?, g.as_slice()?);
+    let Some(xs) = x.as_slice::<f32>() else {
+        return Err(g);
+    };
     let chunk = chunk_for(xs.len());
-    Some(par_new(x.layout().shape().clone(), chunk, |at, o| {
+    if reusable(&g) {
+        let mut g = g;
+        g.storage_mut::<f32>()
+            .par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(at, part)| {
+                let x = &xs[at * chunk..];
+                simd(
+                    #[inline(always)]
+                    || {
+                        for (g, &x) in part.iter_mut().zip(x) {
+                            *g = f(x, *g);
+                        }
+                    },
+                )
+            });
+        return Ok(g);
+    }
+    let g = g.to_contiguous();
+    let Some(gs) = g.as_slice::<f32>() else {
+        return Err(g);
+    };
+    Ok(par_new(x.layout().shape().clone(), chunk, |at, o| {
         let (x, g) = (&xs[at * chunk..], &gs[at * chunk..]);
         simd(
             #[inline(always)]

@@ -596,6 +596,50 @@ fn slice_assign_writes_in_place_only_what_is_held_alone() {
     assert_eq!(rows(copied), [r, z, r, z].concat());
 }
 
+/// An activation's backward writes over the incoming gradient when it holds
+/// its buffer alone, and leaves a gradient that is shared intact.
+#[test]
+fn activation_backward_reuses_only_a_gradient_held_alone() {
+    let dev = CpuDevice::default();
+    let mut rng = host_rng(1, "test", 0);
+    let x = primitive(normal_tensor::<CpuBackend, 2>(
+        &mut rng,
+        [6, 50],
+        0.0,
+        1.0,
+        &dev,
+    ));
+    let grad = || {
+        primitive(normal_tensor::<CpuBackend, 2>(
+            &mut host_rng(2, "test", 0),
+            [6, 50],
+            0.0,
+            1.0,
+            &dev,
+        ))
+    };
+    let values = |t: &FloatTensor<Flex>| t.as_slice::<f32>().unwrap().to_vec();
+    let address = |t: &FloatTensor<Flex>| t.as_slice::<f32>().unwrap().as_ptr() as usize;
+    let expected: Vec<f32> = values(&x)
+        .iter()
+        .zip(values(&grad()))
+        .map(|(&x, g)| if x < 0.0 { 0.2 * g } else { g })
+        .collect();
+
+    let alone = grad();
+    let before = address(&alone);
+    let written = Flex::fused_leaky_relu_backward(x.clone(), alone, 0.2);
+    assert_eq!(address(&written), before, "held alone: written in place");
+    assert_eq!(values(&written), expected);
+
+    let shared = grad();
+    let kept = values(&shared);
+    let copied = Flex::fused_leaky_relu_backward(x, shared.clone(), 0.2);
+    assert_ne!(address(&copied), address(&shared), "shared: a new buffer");
+    assert_eq!(values(&copied), expected);
+    assert_eq!(values(&shared), kept, "the other handle is untouched");
+}
+
 #[test]
 fn packed_self_attention_matches_split_heads_in_values_and_gradients() {
     let dev = CpuDevice::default();
