@@ -197,17 +197,17 @@ pub fn compare(path: &Path, out: Option<PathBuf>, backend: BackendKind) -> Resul
                     })
                     .unwrap_or_default()
             } else {
+                // Found and verified once for every evaluation of this run.
+                let target = EvalTarget::load(&dir, which.name())?;
                 let (evaluated, figures) = if experiment.text.is_some() {
-                    let found =
-                        evaluate_text_run(EvalTarget::load(&dir, which.name())?, None, backend)?;
+                    let found = evaluate_text_run(&target, None, backend)?;
                     let figures = found.figures.clone();
                     (Some(found), figures)
                 } else {
                     let mut figures = Vec::new();
                     let mut evaluated: Option<Evaluation> = None;
                     let mut evaluate = |metrics: &[String], n, terms| -> Result<()> {
-                        let target = EvalTarget::load(&dir, which.name())?;
-                        let found = evaluate_run(target, metrics, n, terms, seed, backend)?;
+                        let found = evaluate_run(&target, metrics, n, terms, seed, backend)?;
                         figures.extend(found.figures.iter().cloned());
                         evaluated = Some(found);
                         Ok(())

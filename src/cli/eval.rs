@@ -172,10 +172,10 @@ pub(super) fn eval(args: EvalArgs) -> Result<()> {
         .collect();
     let evaluation = if text {
         check_text_flags(&args, &metrics)?;
-        evaluate_text_run(target, args.n, args.backend)?
+        evaluate_text_run(&target, args.n, args.backend)?
     } else {
         evaluate_run(
-            target,
+            &target,
             &metrics,
             args.n.unwrap_or(10_000),
             args.terms,
@@ -237,7 +237,7 @@ impl<'a> EvalTarget<'a> {
 /// consecutive windows of its context, each token predicted once: the exact
 /// held-out figure that training estimates from random windows.
 pub(crate) fn evaluate_text_run(
-    target: EvalTarget,
+    target: &EvalTarget,
     windows: Option<usize>,
     backend: BackendKind,
 ) -> Result<Evaluation> {
@@ -265,14 +265,14 @@ pub(crate) fn evaluate_text_run(
     let figures = with_backend_on_pool(
         backend,
         TextEvalJob {
-            config,
+            config: config.clone(),
             checkpoint: checkpoint.clone(),
             tokens: corpus.val,
             windows,
         },
     )?;
     Ok(Evaluation {
-        checkpoint,
+        checkpoint: checkpoint.clone(),
         step: manifest.step,
         figures,
     })
@@ -387,7 +387,7 @@ pub(crate) struct Evaluation {
 /// table, and returns the checkpoint, its step and the figures (for
 /// [`write_eval_json`]).
 pub(crate) fn evaluate_run(
-    target: EvalTarget,
+    target: &EvalTarget,
     metrics: &[String],
     n: usize,
     terms: Option<usize>,
@@ -448,7 +448,7 @@ pub(crate) fn evaluate_run(
         backend,
         EvalJob {
             checkpoint: checkpoint.clone(),
-            config,
+            config: config.clone(),
             test,
             evaluator_dir,
             metrics,
@@ -458,7 +458,7 @@ pub(crate) fn evaluate_run(
         },
     )
     .map(|figures| Evaluation {
-        checkpoint,
+        checkpoint: checkpoint.clone(),
         step: manifest.step,
         figures,
     })
