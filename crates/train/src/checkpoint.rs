@@ -201,12 +201,23 @@ pub fn list_checkpoints(checkpoints: &Path) -> Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
-/// Deletes all but the newest `keep` checkpoints.
+/// Deletes all but the newest `keep` checkpoints, and what a process that
+/// was killed while it wrote one left behind (its `.tmp-<name>-<pid>`
+/// directory, which no checkpoint list shows).
 pub fn prune(checkpoints: &Path, keep: usize) -> Result<()> {
     let all = list_checkpoints(checkpoints)?;
     let excess = all.len().saturating_sub(keep);
     for (_, dir) in all.into_iter().take(excess) {
         std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    }
+    let ours = format!("-{}", std::process::id());
+    let entries = std::fs::read_dir(checkpoints).map_err(|e| Error::io(checkpoints, e))?;
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".tmp-") && !name.ends_with(&ours) && entry.path().is_dir() {
+            let dir = entry.path();
+            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        }
     }
     Ok(())
 }
@@ -382,6 +393,30 @@ pub fn find_checkpoint(
 mod tests {
     use super::*;
     use genzoo_models::gpt::GptConfig;
+
+    #[test]
+    fn prune_keeps_the_newest_and_clears_what_a_killed_writer_left() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        for step in 1..=4 {
+            std::fs::create_dir(dir.join(dir_name(step))).unwrap();
+        }
+        let killed = dir.join(format!(".tmp-{}-999999999", dir_name(5)));
+        std::fs::create_dir(&killed).unwrap();
+        std::fs::write(killed.join("model.safetensors"), b"half").unwrap();
+        // This process's own writing directory is not another's leftover.
+        let ours = dir.join(format!(".tmp-{}-{}", dir_name(6), std::process::id()));
+        std::fs::create_dir(&ours).unwrap();
+        prune(dir, 2).unwrap();
+        let steps: Vec<u64> = list_checkpoints(dir)
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(steps, [3, 4]);
+        assert!(!killed.exists());
+        assert!(ours.exists());
+    }
 
     #[test]
     fn model_configs_compare_as_values_with_absent_keys_at_their_meaning() {
