@@ -16,6 +16,7 @@ use genzoo_train::{RunConfig, RunDir};
 
 mod eval;
 mod export;
+mod interrupt;
 mod sample;
 mod train;
 
@@ -93,6 +94,16 @@ enum Command {
     },
     /// List the model families and presets.
     List,
+}
+
+/// The exit status for a failed command: 128 + the signal's number for a
+/// run a signal interrupted (what a shell reports of a process the signal
+/// ended, so scripts see the same), 1 otherwise.
+pub fn exit_code(error: &Error) -> i32 {
+    match (error, interrupt::received()) {
+        (Error::Interrupted { .. }, Some(signal)) => 128 + signal,
+        _ => 1,
+    }
 }
 
 /// Runs a parsed command line.

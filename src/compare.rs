@@ -171,7 +171,17 @@ pub fn compare(path: &Path, out: Option<PathBuf>, backend: BackendKind) -> Resul
                 );
                 // Without a checkpoint there is nothing to keep: a directory left by a
                 // call that died before its first checkpoint is started afresh.
-                let summary = start_training(config, &dir, resume, !resume, backend)?;
+                let summary = start_training(config, &dir, resume, !resume, backend).map_err(
+                    |e| match e {
+                        // The experiment goes on from this run, not the run alone.
+                        Error::Interrupted { step, total, .. } => Error::Interrupted {
+                            step,
+                            total,
+                            resume: continue_command(path, &out, backend),
+                        },
+                        e => e,
+                    },
+                )?;
                 state.train_seconds = summary.total_train_seconds;
                 state.steps = summary.step;
                 state.params = summary.params;
@@ -290,6 +300,15 @@ pub fn compare(path: &Path, out: Option<PathBuf>, backend: BackendKind) -> Resul
 
 /// `report.svg`'s panels: each run's losses (`<run>: <loss>`), a training
 /// and a held-out line per seed.
+/// The command that goes on with an interrupted comparison.
+fn continue_command(file: &Path, out: &Path, backend: BackendKind) -> String {
+    let mut command = format!("genzoo compare {} --out {}", file.display(), out.display());
+    if backend != BackendKind::Cpu {
+        command += &format!(" --backend {backend}");
+    }
+    command
+}
+
 fn report_curves(experiment: &Experiment, out: &Path) -> Vec<Panel> {
     let mut panels = Vec::new();
     for spec in &experiment.runs {

@@ -5,7 +5,7 @@ fn main() {
     let cli = genzoo::cli::Cli::parse();
     if let Err(e) = genzoo::cli::run(cli) {
         eprintln!("error: {e}");
-        std::process::exit(1);
+        std::process::exit(genzoo::cli::exit_code(&e));
     }
 }
 

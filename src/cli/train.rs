@@ -2,6 +2,8 @@
 //! training job on one device or as data-parallel replicas.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
@@ -14,7 +16,7 @@ use genzoo_models::presets::{FamilyTask, with_family};
 use genzoo_train::data_parallel::run_replicas;
 use genzoo_train::{RunConfig, RunDir, Trainer};
 
-use super::with_backend_on_pool;
+use super::{interrupt, with_backend_on_pool};
 
 #[derive(Args, Debug)]
 pub(super) struct TrainArgs {
@@ -323,6 +325,8 @@ pub(crate) struct TrainSummary {
     pub last_eval: Option<(&'static str, genzoo_core::Metrics)>,
     /// Training batches per epoch.
     pub per_epoch: usize,
+    /// The call stopped early on a signal, after checkpointing its last step.
+    pub interrupted: bool,
 }
 
 /// Loads the data `config` names, writes the run's config and trains
@@ -372,12 +376,15 @@ pub(crate) fn start_training(
     if owner {
         std::fs::write(run.config_file(), &text).map_err(|e| Error::io(run.config_file(), e))?;
     }
+    // From here a signal stops training after a checkpointed step.
+    let (armed, stop) = interrupt::arm();
     let job = TrainJob {
         config,
         run: run.clone(),
         data,
         resume,
         text,
+        stop: stop.clone(),
     };
     let trained = if job.config.parallel.is_parallel() {
         // Replicas run on their own threads while this one waits for them:
@@ -386,6 +393,21 @@ pub(crate) fn start_training(
     } else {
         with_backend_on_pool(backend, job)
     };
+    drop(armed);
+    // Stopped by a signal here or (on another node) there; or finished in
+    // the step the signal came in, after which a compare must not go on
+    // to its next run.
+    let trained = trained.and_then(|summary| {
+        if summary.interrupted || stop.load(Ordering::SeqCst) {
+            Err(Error::Interrupted {
+                step: summary.step,
+                total: summary.total_steps,
+                resume: format!("genzoo resume {}", out.display()),
+            })
+        } else {
+            Ok(summary)
+        }
+    });
     // A new run refused by the engine (a metric it does not log, a family
     // that cannot split its steps) or failing at its first step leaves only
     // the config.toml written above: clear it, so that the corrected
@@ -502,6 +524,8 @@ struct TrainJob<D = JobData> {
     data: D,
     resume: bool,
     text: String,
+    /// Set by a signal: stop after the step in progress ([`Trainer::stop_when`]).
+    stop: Arc<AtomicBool>,
 }
 
 impl TrainJob {
@@ -513,6 +537,7 @@ impl TrainJob {
             data,
             resume,
             text,
+            stop,
         } = self;
         (
             TrainJob {
@@ -521,6 +546,7 @@ impl TrainJob {
                 data: (),
                 resume,
                 text,
+                stop,
             },
             data,
         )
@@ -615,6 +641,7 @@ impl<B: AutodiffBackend> ReplicaFit<'_, B> {
             .identity(job.config.preset.clone(), job.config.model_fingerprint()?)
             .config_text(job.text.clone())
             .resume(job.resume)
+            .stop_when(job.stop.clone())
             .progress(self.replica.is_leader());
         let outcome = trainer.fit_replica(family, data, &self.device)?;
         Ok(TrainSummary {
@@ -626,6 +653,7 @@ impl<B: AutodiffBackend> ReplicaFit<'_, B> {
             params,
             last_eval: outcome.last_eval.map(|m| (data.eval_split(), m)),
             per_epoch: data.batches_per_epoch(),
+            interrupted: outcome.interrupted,
         })
     }
 }
@@ -668,6 +696,7 @@ where
         run,
         resume,
         text,
+        stop,
         ..
     } = job;
     let started = Instant::now();
@@ -675,7 +704,8 @@ where
     let trainer = Trainer::new(run.clone(), config.train.clone())
         .identity(config.preset.clone(), config.model_fingerprint()?)
         .config_text(text)
-        .resume(resume);
+        .resume(resume)
+        .stop_when(stop);
     let outcome = trainer.fit(family, data, device)?;
     let summary = TrainSummary {
         steps_this_call: outcome.steps_this_call,
@@ -686,6 +716,7 @@ where
         params,
         last_eval: outcome.last_eval.map(|m| (data.eval_split(), m)),
         per_epoch: data.batches_per_epoch(),
+        interrupted: outcome.interrupted,
     };
     print_summary(&summary, started, &run);
     Ok(summary)

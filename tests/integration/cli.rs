@@ -2,7 +2,9 @@
 //! train, sample, info, resume, and the errors a user meets first.
 
 use std::path::Path;
-use std::process::{Command, Output};
+#[cfg(unix)]
+use std::process::Command;
+use std::process::Output;
 
 use genzoo::data::synthetic::write_idx_dataset;
 
@@ -258,6 +260,171 @@ fn a_failed_resume_keeps_the_runs_config_and_info_still_shows_the_run() {
         config.contains("lr = 1000000.0") && config.contains("steps = 40"),
         "{config}"
     );
+}
+
+/// Runs genzoo with `args` in `dir`, sends it SIGINT once `metrics` (a
+/// run's metrics.jsonl) logs a training step, and returns what it printed
+/// and the step it says it stopped at.
+#[cfg(unix)]
+fn interrupt_after_a_step(args: &[&str], dir: &Path, metrics: &Path) -> (Output, u64) {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_genzoo"))
+        .args(args)
+        .current_dir(dir)
+        .env("GENZOO_OFFLINE", "1")
+        .env("XDG_CACHE_HOME", dir.join("cache"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let trained_a_step =
+        || std::fs::read_to_string(metrics).is_ok_and(|t| t.contains("train_loss"));
+    while !trained_a_step() {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "genzoo ended before its first step"
+        );
+        assert!(Instant::now() < deadline, "no step logged in 120 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: signals the child this test started.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("genzoo did not stop on SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = output_text(&out);
+    assert_eq!(
+        out.status.code(),
+        Some(130),
+        "the shell's status for SIGINT:\n{text}"
+    );
+    let step = text
+        .split("interrupted at step ")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no step named:\n{text}"));
+    (out, step)
+}
+
+/// Ctrl-C mid-run: the step in progress is checkpointed, the exit status
+/// is the shell's for SIGINT, and `resume` continues from that step.
+#[cfg(unix)]
+#[test]
+fn an_interrupted_run_checkpoints_its_step_and_resumes_from_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_idx_dataset(&dir.join("digits"), 64, 32, 28, 10).unwrap();
+    let run = dir.join("runs/v");
+    // A budget it cannot finish before the signal, and no checkpoint due.
+    let (out, step) = interrupt_after_a_step(
+        &[
+            "train",
+            "vae-mlp",
+            "--dataset",
+            "idx:digits",
+            "--out",
+            "runs/v",
+            "--batch-size",
+            "16",
+            "--steps",
+            "10000000",
+            "--checkpoint-every",
+            "10000000",
+            "--eval-every",
+            "10000000",
+            "--log-every",
+            "1",
+        ],
+        dir,
+        &run.join("metrics.jsonl"),
+    );
+    let text = output_text(&out);
+    assert!(
+        text.contains(&format!("interrupted at step {step} of 10000000"))
+            && text.contains("`genzoo resume runs/v` continues"),
+        "{text}"
+    );
+    let manifest = run.join(format!("checkpoints/step-{step:08}/manifest.json"));
+    assert!(
+        manifest.exists(),
+        "step {step} is not checkpointed:\n{text}"
+    );
+    let records = genzoo::train::logger::read_jsonl(&run.join("metrics.jsonl")).unwrap();
+    let last_step = records.last().and_then(|r| r.get("step")?.as_u64());
+    assert_eq!(last_step, Some(step), "the log ends at the stopped step");
+
+    let more = (step + 2).to_string();
+    let text = ok(&genzoo(&["resume", "runs/v", "--steps", &more], dir));
+    assert!(
+        text.contains(&format!("(step {step} of {more})")) && text.contains("trained 2 steps"),
+        "{text}"
+    );
+}
+
+/// An interrupted comparison stops at the run it was training (the next
+/// does not start) and names the command that goes on with it.
+#[cfg(unix)]
+#[test]
+fn an_interrupted_compare_stops_and_goes_on_where_it_stopped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(
+        dir.join("poem.txt"),
+        "The quick brown fox jumps over the lazy dog.\n".repeat(30),
+    )
+    .unwrap();
+    let experiment = |steps: u64| {
+        format!(
+            r#"
+name = "words"
+text = "poem.txt"
+seeds = [0]
+[budget]
+steps = {steps}
+[[runs]]
+name = "first"
+preset = "gpt-char"
+overrides = {{ train = {{ eval_batches = 2, eval_every = {steps}, log_every = 1 }} }}
+[[runs]]
+name = "second"
+preset = "gpt-char"
+overrides = {{ train = {{ eval_batches = 2 }} }}
+"#
+        )
+    };
+    std::fs::write(dir.join("exp.toml"), experiment(10_000_000)).unwrap();
+    let (out, step) = interrupt_after_a_step(
+        &["compare", "exp.toml", "--out", "cmp"],
+        dir,
+        &dir.join("cmp/first-seed0/metrics.jsonl"),
+    );
+    let text = output_text(&out);
+    assert!(
+        text.contains("`genzoo compare exp.toml --out cmp` continues"),
+        "{text}"
+    );
+    assert!(
+        dir.join(format!("cmp/first-seed0/checkpoints/step-{step:08}"))
+            .exists()
+    );
+    assert!(!dir.join("cmp/second-seed0").exists(), "{text}");
+
+    // With a budget it can finish: the first run resumes, the second trains.
+    std::fs::write(dir.join("exp.toml"), experiment(step + 2)).unwrap();
+    let text = ok(&genzoo(&["compare", "exp.toml", "--out", "cmp"], dir));
+    assert!(
+        text.contains("first seed 0: resuming") && text.contains("second seed 0: training"),
+        "{text}"
+    );
+    assert!(dir.join("cmp/report.md").exists());
 }
 
 #[test]

@@ -1,10 +1,13 @@
 //! Data-parallel training on burn-collective, on the CPU backend: N
 //! replicas compute the update one device computes on the whole batch;
-//! checkpoints move between one and several devices; two processes train
+//! checkpoints move between one and several devices; a stop asked of one
+//! replica stops them all at one step; two processes train
 //! together over loopback; a node that dies or never connects is named.
 
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use burn::backend::{Autodiff, Flex};
@@ -310,6 +313,60 @@ fn uneven_shards_and_checkpoints_move_between_one_and_several_devices() {
         max_diff(&reference, &b) < 1e-5,
         "{}",
         max_diff(&reference, &b)
+    );
+}
+
+#[test]
+fn a_stop_asked_of_one_replica_stops_all_at_one_checkpointed_step() {
+    let _g = rng_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let vae = VaeConfig {
+        height: 12,
+        width: 12,
+        hidden: 32,
+        latent: 4,
+        ..Default::default()
+    };
+    let make = |d: &CpuDevice| VaeTrainer::<B>::new(vae.clone(), d);
+    let images = data(12, 10);
+    let cfg = config(5, 10);
+    let reference =
+        param_values(&train(make, &images, &tmp.path().join("one"), &cfg, 1, None, false).model);
+
+    // Only replica 1 is asked (as a signal reaching one node would): had
+    // the leader gone on alone, its next all-reduce would wait forever.
+    let dir = tmp.path().join("stopped");
+    let run = run_dir(&dir, false);
+    let parallel = ParallelConfig {
+        devices: 2,
+        ..Default::default()
+    };
+    let outcomes = run_replicas::<B, _>(&parallel, vec![CpuDevice::default(); 2], |r, d| {
+        let family = {
+            let _init = lock(&INIT_LOCK);
+            <Flex as Backend>::seed(&d, 11);
+            make(&d)
+        };
+        Trainer::new(run.clone(), cfg.clone())
+            .progress(false)
+            .stop_when(Arc::new(AtomicBool::new(r.rank == 1)))
+            .fit_replica(family, &images, &d)
+            .map(|o| (o.step, o.interrupted))
+    })
+    .unwrap();
+    assert_eq!(outcomes, [(1, true), (1, true)]);
+    // Step 1 is no multiple of checkpoint_every (2): checkpointed for the stop.
+    let steps: Vec<u64> = genzoo::train::checkpoint::list_checkpoints(&dir.join("checkpoints"))
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(steps, [1]);
+    let resumed = param_values(&train(make, &images, &dir, &cfg, 2, None, true).model);
+    assert!(
+        max_diff(&reference, &resumed) < 1e-5,
+        "{}",
+        max_diff(&reference, &resumed)
     );
 }
 

@@ -1,9 +1,11 @@
 //! The training engine end to end through the library: loss goes down,
 //! exact resume, corrupt-checkpoint fallback, the NaN stop, refusing
-//! checkpoints of other models, steps split into micro-batches, and the
-//! best held-out checkpoint.
+//! checkpoints of other models, steps split into micro-batches, the best
+//! held-out checkpoint, and a run asked to stop.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
@@ -192,6 +194,50 @@ fn resume_is_exact() {
             .collect()
     };
     assert_eq!(losses(&a), losses(&b));
+}
+
+#[test]
+fn a_run_asked_to_stop_checkpoints_its_step_and_resumes_exactly() {
+    let _guard = rng_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let device = CpuDevice::default();
+    let straight = trainer(&tmp.path().join("straight"), train_config(16), false)
+        .stop_when(Arc::new(AtomicBool::new(false)))
+        .fit(fresh_vae(), &data(3), &device)
+        .unwrap();
+    assert!(!straight.interrupted);
+
+    // Asked before it starts: the call takes one step, as a signal during
+    // the first would leave it.
+    let split = tmp.path().join("split");
+    let stopped = trainer(&split, train_config(16), false)
+        .stop_when(Arc::new(AtomicBool::new(true)))
+        .fit(fresh_vae(), &data(3), &device)
+        .unwrap();
+    assert!(stopped.interrupted);
+    assert_eq!((stopped.step, stopped.steps_this_call), (1, 1));
+    // Step 1 is no multiple of checkpoint_every (4): checkpointed for the stop.
+    let steps: Vec<u64> = list_checkpoints(&split.join("checkpoints"))
+        .unwrap()
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    assert_eq!(steps, [1]);
+    assert!(
+        !split.join("samples/final.png").exists(),
+        "a stopped run has not finished"
+    );
+
+    let resumed = trainer(&split, train_config(16), true)
+        .fit(fresh_vae(), &data(3), &device)
+        .unwrap();
+    assert_eq!((resumed.step, resumed.steps_this_call), (16, 15));
+    assert!(!resumed.interrupted);
+    assert_eq!(weights(&straight.family), weights(&resumed.family));
+    // One record a step, none repeated by the resume.
+    let losses = |run: &Path| train_losses(&read_jsonl(&run.join("metrics.jsonl")).unwrap());
+    assert_eq!(losses(&tmp.path().join("straight")).len(), 16);
+    assert_eq!(losses(&tmp.path().join("straight")), losses(&split));
 }
 
 #[test]

@@ -51,9 +51,30 @@ pub enum Error {
     /// time, or disagreed with the others.
     #[error("data-parallel training: {0}")]
     Parallel(String),
+    /// Training was interrupted (Ctrl-C, SIGTERM) and stopped after a step
+    /// it checkpointed.
+    #[error("{}", interrupted_message(*.step, *.total, .resume))]
+    Interrupted {
+        /// The run's step when it stopped.
+        step: u64,
+        /// The run's planned steps.
+        total: u64,
+        /// The command that continues it (`genzoo resume runs/vae`).
+        resume: String,
+    },
     /// Anything else, with its explanation.
     #[error("{0}")]
     Other(String),
+}
+
+fn interrupted_message(step: u64, total: u64, resume: &str) -> String {
+    if step < total {
+        format!(
+            "interrupted at step {step} of {total}, which is checkpointed: `{resume}` continues"
+        )
+    } else {
+        format!("interrupted as the run finished its {total} steps: it is complete")
+    }
 }
 
 impl Error {

@@ -5,6 +5,8 @@
 //! carrying the scheduled learning rate and clipping; stop on a non-finite
 //! metric; then log, evaluate, draw samples and checkpoint when due.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use burn::tensor::backend::AutodiffBackend;
@@ -47,6 +49,10 @@ pub struct TrainOutcome<F> {
     pub total_train_seconds: f64,
     /// Steps taken in this call.
     pub steps_this_call: u64,
+    /// The call ended before its planned steps because the flag given to
+    /// [`Trainer::stop_when`] was set: its last step is checkpointed, and a
+    /// later call with `resume` continues from it.
+    pub interrupted: bool,
 }
 
 /// The engine. Configure it with the builder methods, then call [`Trainer::fit`].
@@ -57,6 +63,7 @@ pub struct Trainer {
     config_text: Option<String>,
     resume: bool,
     stop_after: Option<u64>,
+    stop_when: Option<Arc<AtomicBool>>,
     progress: bool,
 }
 
@@ -73,6 +80,7 @@ impl Trainer {
             config_text: None,
             resume: false,
             stop_after: None,
+            stop_when: None,
             progress: true,
         }
     }
@@ -103,6 +111,26 @@ impl Trainer {
     /// stay those of the whole run); a later call with `resume` continues.
     pub fn stop_after(mut self, steps: Option<u64>) -> Self {
         self.stop_after = steps;
+        self
+    }
+
+    /// Stop after the step in progress once `flag` is set (by a signal
+    /// handler, another thread, ...): that step is checkpointed, the outcome
+    /// says [`TrainOutcome::interrupted`], and a later call with `resume`
+    /// continues as if the run had not stopped. A data-parallel run stops
+    /// all its replicas at the same step when any of them sees its flag set.
+    ///
+    /// ```
+    /// # use std::sync::{Arc, atomic::AtomicBool};
+    /// # use genzoo_train::{RunDir, TrainConfig, Trainer};
+    /// # let tmp = tempfile::tempdir().unwrap();
+    /// # let run = RunDir::create(tmp.path(), false).unwrap();
+    /// let stop = Arc::new(AtomicBool::new(false));
+    /// let trainer = Trainer::new(run, TrainConfig::default()).stop_when(stop.clone());
+    /// // ... `stop.store(true, Ordering::Relaxed)` from elsewhere ends `trainer.fit(..)` early.
+    /// ```
+    pub fn stop_when(mut self, flag: Arc<AtomicBool>) -> Self {
+        self.stop_when = Some(flag);
         self
     }
 
@@ -412,7 +440,7 @@ impl Trainer {
             None => total,
         };
         let mut end = stop_at(total);
-        let (mut timed_out, mut stopped_early) = (false, false);
+        let (mut timed_out, mut stopped_early, mut interrupted) = (false, false, false);
         if let Some(w) = watched.as_ref().filter(|w| w.exhausted()) {
             // An early-stopped run, resumed: it has finished.
             say(&w.stop_message(step));
@@ -447,14 +475,19 @@ impl Trainer {
             let time_up = cfg
                 .minutes
                 .is_some_and(|m| spent_before + train_seconds >= m * 60.0);
-            let time_up = match &ctx.replica {
-                // The metrics of the global batch, and the leader's clock for everyone.
+            let stop_asked = self
+                .stop_when
+                .as_ref()
+                .is_some_and(|flag| flag.load(Ordering::Relaxed));
+            let (time_up, stop_asked) = match &ctx.replica {
+                // The metrics of the global batch, the leader's clock for
+                // everyone, and a stop asked of any replica.
                 Some(r) => {
-                    let (reduced, stop) = reduce_metrics::<B>(&metrics, time_up, r, device)?;
-                    metrics = reduced;
-                    stop
+                    let reduced = reduce_metrics::<B>(&metrics, time_up, stop_asked, r, device)?;
+                    metrics = reduced.metrics;
+                    (reduced.time_up, reduced.stop_asked)
                 }
-                None => time_up,
+                None => (time_up, stop_asked),
             };
             if let Some((name, value)) = metrics.first_non_finite() {
                 bar.abandon();
@@ -476,6 +509,11 @@ impl Trainer {
             if time_up {
                 end = step;
                 timed_out = true;
+            } else if stop_asked && step < end {
+                // Ended here like a call's last step: logged and checkpointed.
+                say(&format!("step {step}: stopping as asked"));
+                end = step;
+                interrupted = true;
             } else if let Some(minutes) = cfg.minutes
                 && let Some(fraction) = REPLAN_AT.get(replans)
                 && step - paced_from.0 >= 20
@@ -632,6 +670,7 @@ impl Trainer {
             train_seconds,
             total_train_seconds: spent_before + train_seconds,
             steps_this_call: step - start_step,
+            interrupted,
         })
     }
 }
@@ -874,8 +913,9 @@ fn agree_on_start<B: AutodiffBackend>(
 }
 
 /// The step's metrics averaged over replicas (weighted by their shares of
-/// the global batch, so per-example means become the global batch's), and
-/// whether the leader's time budget is spent.
+/// the global batch, so per-example means become the global batch's),
+/// whether the leader's time budget is spent, and whether any replica was
+/// asked to stop: every replica then ends at the same step.
 ///
 /// Replicas usually report the same metrics; where a family's metrics
 /// depend on the rows drawn (the DDPM's loss per timestep quarter), only
@@ -883,9 +923,10 @@ fn agree_on_start<B: AutodiffBackend>(
 fn reduce_metrics<B: AutodiffBackend>(
     metrics: &Metrics,
     time_up: bool,
+    stop_asked: bool,
     replica: &Replica,
     device: &B::Device,
-) -> Result<(Metrics, bool)> {
+) -> Result<ReducedStep> {
     // A small signature of the metric names, exact in f32 with its square.
     let signature = metrics.iter().fold(17u32, |h, (k, _)| {
         k.bytes()
@@ -907,15 +948,12 @@ fn reduce_metrics<B: AutodiffBackend>(
 
     let weight = replica.weight();
     let mut values: Vec<f64> = metrics.iter().take(shared).map(|(_, v)| v).collect();
-    // The stop flag is scaled by 1/weight so that the mean is the leader's flag / world.
-    let flag = if replica.is_leader() && time_up {
-        1.0 / weight
-    } else {
-        0.0
-    };
-    values.push(flag);
+    // The flags are scaled by 1/weight, so that a flag's mean is the
+    // number of replicas that raised it / world: above 0 when any did.
+    let flag = |raised: bool| if raised { 1.0 / weight } else { 0.0 };
+    values.push(flag(replica.is_leader() && time_up));
+    values.push(flag(stop_asked));
     let reduced = parallel::all_reduce_values::<B::InnerBackend>(&values, weight, replica, device)?;
-    let stop = reduced.last().copied().unwrap_or(0.0) > 0.0;
     let metrics = Metrics(
         metrics
             .iter()
@@ -923,7 +961,21 @@ fn reduce_metrics<B: AutodiffBackend>(
             .map(|(i, (k, v))| (k.to_string(), if i < shared { reduced[i] } else { v }))
             .collect(),
     );
-    Ok((metrics, stop))
+    Ok(ReducedStep {
+        metrics,
+        time_up: reduced[shared] > 0.0,
+        stop_asked: reduced[shared + 1] > 0.0,
+    })
+}
+
+/// What the replicas of a data-parallel step agree on after it.
+struct ReducedStep {
+    /// The metrics of the global batch.
+    metrics: Metrics,
+    /// The leader's minutes budget is spent.
+    time_up: bool,
+    /// Some replica was asked to stop ([`Trainer::stop_when`]).
+    stop_asked: bool,
 }
 
 /// Averages a family's metrics over held-out batches, weighting by batch size.
