@@ -14,7 +14,7 @@ use genzoo_data::{DatasetSource, ImageData, Locator, TextCorpus, TextData, load_
 use genzoo_models::ModelConfig;
 use genzoo_models::presets::{FamilyTask, with_family};
 use genzoo_train::data_parallel::run_replicas;
-use genzoo_train::{RunConfig, RunDir, Trainer};
+use genzoo_train::{RunConfig, RunDir, RunLock, Trainer};
 
 use super::{interrupt, with_backend_on_pool};
 
@@ -356,6 +356,9 @@ pub(crate) fn start_training(
     // Node 0 owns the run directory; the other nodes of a multi-node run
     // only read it (their checkpoints to resume from), and may share it.
     let owner = config.parallel.node_rank == 0;
+    // Held until training ends: another process training this directory
+    // meanwhile (or replacing it with --overwrite) is refused.
+    let _lock = owner.then(|| RunLock::acquire(out)).transpose()?;
     let run = if resume || !owner {
         RunDir::open(out)
             .or_else(|_| RunDir::create(out, false))

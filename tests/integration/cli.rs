@@ -262,11 +262,16 @@ fn a_failed_resume_keeps_the_runs_config_and_info_still_shows_the_run() {
     );
 }
 
-/// Runs genzoo with `args` in `dir`, sends it SIGINT once `metrics` (a
-/// run's metrics.jsonl) logs a training step, and returns what it printed
-/// and the step it says it stopped at.
+/// Runs genzoo with `args` in `dir`, calls `meanwhile` with its process id
+/// once `metrics` (a run's metrics.jsonl) logs a training step, then sends
+/// it SIGINT, and returns what it printed and the step it says it stopped at.
 #[cfg(unix)]
-fn interrupt_after_a_step(args: &[&str], dir: &Path, metrics: &Path) -> (Output, u64) {
+fn interrupt_after_a_step(
+    args: &[&str],
+    dir: &Path,
+    metrics: &Path,
+    meanwhile: impl FnOnce(u32),
+) -> (Output, u64) {
     use std::process::Stdio;
     use std::time::{Duration, Instant};
 
@@ -290,6 +295,7 @@ fn interrupt_after_a_step(args: &[&str], dir: &Path, metrics: &Path) -> (Output,
         assert!(Instant::now() < deadline, "no step logged in 120 s");
         std::thread::sleep(Duration::from_millis(20));
     }
+    meanwhile(child.id());
     // SAFETY: signals the child this test started.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
     while child.try_wait().unwrap().is_none() {
@@ -315,7 +321,8 @@ fn interrupt_after_a_step(args: &[&str], dir: &Path, metrics: &Path) -> (Output,
 }
 
 /// Ctrl-C mid-run: the step in progress is checkpointed, the exit status
-/// is the shell's for SIGINT, and `resume` continues from that step.
+/// is the shell's for SIGINT, and `resume` continues from that step. While
+/// it trains, another process may neither train nor replace the run.
 #[cfg(unix)]
 #[test]
 fn an_interrupted_run_checkpoints_its_step_and_resumes_from_it() {
@@ -324,28 +331,36 @@ fn an_interrupted_run_checkpoints_its_step_and_resumes_from_it() {
     write_idx_dataset(&dir.join("digits"), 64, 32, 28, 10).unwrap();
     let run = dir.join("runs/v");
     // A budget it cannot finish before the signal, and no checkpoint due.
-    let (out, step) = interrupt_after_a_step(
-        &[
-            "train",
-            "vae-mlp",
-            "--dataset",
-            "idx:digits",
-            "--out",
-            "runs/v",
-            "--batch-size",
-            "16",
-            "--steps",
-            "10000000",
-            "--checkpoint-every",
-            "10000000",
-            "--eval-every",
-            "10000000",
-            "--log-every",
-            "1",
-        ],
-        dir,
-        &run.join("metrics.jsonl"),
-    );
+    let train = [
+        "train",
+        "vae-mlp",
+        "--dataset",
+        "idx:digits",
+        "--out",
+        "runs/v",
+        "--batch-size",
+        "16",
+        "--steps",
+        "10000000",
+        "--checkpoint-every",
+        "10000000",
+        "--eval-every",
+        "10000000",
+        "--log-every",
+        "1",
+    ];
+    let (out, step) = interrupt_after_a_step(&train, dir, &run.join("metrics.jsonl"), |pid| {
+        let config = std::fs::read(run.join("config.toml")).unwrap();
+        let held = format!("runs/v is being trained by another genzoo process (pid {pid})");
+        let err = fails(&genzoo(&["resume", "runs/v", "--lr", "0.5"], dir));
+        assert!(err.contains(&held), "{err}");
+        let mut overwrite = train.to_vec();
+        overwrite.push("--overwrite");
+        let err = fails(&genzoo(&overwrite, dir));
+        assert!(err.contains(&held), "{err}");
+        assert_eq!(std::fs::read(run.join("config.toml")).unwrap(), config);
+        assert!(run.join("metrics.jsonl").exists());
+    });
     let text = output_text(&out);
     assert!(
         text.contains(&format!("interrupted at step {step} of 10000000"))
@@ -356,6 +371,10 @@ fn an_interrupted_run_checkpoints_its_step_and_resumes_from_it() {
     assert!(
         manifest.exists(),
         "step {step} is not checkpointed:\n{text}"
+    );
+    assert!(
+        !run.join(".lock").exists(),
+        "the lock goes with the process"
     );
     let records = genzoo::train::logger::read_jsonl(&run.join("metrics.jsonl")).unwrap();
     let last_step = records.last().and_then(|r| r.get("step")?.as_u64());
@@ -405,6 +424,7 @@ overrides = {{ train = {{ eval_batches = 2 }} }}
         &["compare", "exp.toml", "--out", "cmp"],
         dir,
         &dir.join("cmp/first-seed0/metrics.jsonl"),
+        |_| {},
     );
     let text = output_text(&out);
     assert!(

@@ -40,6 +40,6 @@ pub mod trainer;
 
 pub use checkpoint::{CheckpointIdentity, Manifest};
 pub use config::{DataConfig, RunConfig, TrainConfig};
-pub use run_dir::RunDir;
+pub use run_dir::{RunDir, RunLock};
 pub use schedule::Schedule;
 pub use trainer::{TrainOutcome, Trainer};

@@ -1,6 +1,9 @@
 //! The run directory: `config.toml`, `metrics.jsonl`, `metrics.csv`,
-//! `curves.svg`, `samples/`, `checkpoints/`.
+//! `curves.svg`, `samples/`, `checkpoints/`, and `.lock` while a process
+//! trains it ([`RunLock`]).
 
+use std::fs::{File, TryLockError};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use genzoo_core::{Error, Result};
@@ -26,7 +29,8 @@ impl RunDir {
                     root.display()
                 )));
             }
-            std::fs::remove_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+            // All but the lock: the process replacing the run holds it.
+            remove_all_but_the_lock(&root)?;
         }
         std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
         Ok(Self { root })
@@ -103,20 +107,122 @@ impl RunDir {
     /// Only for a directory [`RunDir::create`] made or emptied in the same
     /// command: its `config.toml` is the one that command wrote.
     pub fn clear_if_unstarted(&self) -> Result<bool> {
-        if !holds_nothing(&self.root, &["config.toml"])? {
+        if !holds_nothing(&self.root, &["config.toml", LOCK])? {
             return Ok(false);
         }
-        for entry in std::fs::read_dir(&self.root).map_err(|e| Error::io(&self.root, e))? {
-            let path = entry.map_err(|e| Error::io(&self.root, e))?.path();
-            let removed = if path.is_dir() {
-                std::fs::remove_dir_all(&path)
-            } else {
-                std::fs::remove_file(&path)
-            };
-            removed.map_err(|e| Error::io(&path, e))?;
-        }
+        remove_all_but_the_lock(&self.root)?;
         Ok(true)
     }
+}
+
+/// The lock file's name in a run directory.
+const LOCK: &str = ".lock";
+
+/// A process's exclusive hold on a run directory while it trains it:
+/// a second process asking for the same directory (a `resume` started
+/// twice, an `--overwrite` of a run under way) is refused instead of
+/// writing checkpoints and logs over the first's. The operating system
+/// releases the lock when the process ends, however it ends; a `.lock`
+/// file left by a killed process is taken over.
+///
+/// ```
+/// # use genzoo_train::run_dir::RunLock;
+/// # let tmp = tempfile::tempdir().unwrap();
+/// let held = RunLock::acquire(tmp.path()).unwrap();
+/// assert!(RunLock::acquire(tmp.path()).is_err());
+/// drop(held);
+/// assert!(RunLock::acquire(tmp.path()).is_ok());
+/// ```
+#[derive(Debug)]
+pub struct RunLock {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl RunLock {
+    /// Locks `dir` (created if missing) for this process, or says which
+    /// process holds it. Where the file system cannot lock files, a
+    /// warning says so and training goes on unguarded.
+    pub fn acquire(dir: &Path) -> Result<Self> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(Error::Config(format!(
+                "{} exists and is not a directory",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let path = dir.join(LOCK);
+        let mut file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = match holder.trim().parse::<u32>() {
+                    Ok(pid) => format!(" (pid {pid})"),
+                    Err(_) => String::new(),
+                };
+                return Err(Error::Other(format!(
+                    "{} is being trained by another genzoo process{holder}: wait for it to \
+                     finish, or stop it (Ctrl-C checkpoints its step) and resume",
+                    dir.display()
+                )));
+            }
+            Err(TryLockError::Error(e)) => {
+                eprintln!(
+                    "warning: {} cannot be locked ({e}): nothing stops another process \
+                     training this run at the same time",
+                    path.display()
+                );
+                return Ok(Self { path, file: None });
+            }
+        }
+        // Who holds it, for the message above.
+        let pid = std::process::id().to_string();
+        file.set_len(0)
+            .and_then(|()| file.write_all(pid.as_bytes()))
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(Self {
+            path,
+            file: Some(file),
+        })
+    }
+}
+
+impl Drop for RunLock {
+    fn drop(&mut self) {
+        if let Some(file) = self.file.take() {
+            // Removed while still held: a process that opened it in
+            // between finds it locked and gives up, rather than locking a
+            // file a third could create again beside it.
+            let _ = std::fs::remove_file(&self.path);
+            drop(file);
+        }
+    }
+}
+
+/// Deletes everything in `dir` except the [`RunLock`] file.
+fn remove_all_but_the_lock(dir: &Path) -> Result<()> {
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        if entry.file_name() == LOCK {
+            continue;
+        }
+        let path = entry.path();
+        let removed = if path.is_dir() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
 }
 
 /// Whether `dir` holds only empty files and folders, besides the files
@@ -145,10 +251,11 @@ fn is_empty_dir(path: &Path) -> Result<bool> {
             path.display()
         )));
     }
+    // A lock file alone (this process's, or a killed one's) is no content.
     Ok(std::fs::read_dir(path)
         .map_err(|e| Error::io(path, e))?
-        .next()
-        .is_none())
+        .filter_map(|e| e.ok())
+        .all(|e| e.file_name() == LOCK))
 }
 
 #[cfg(test)]
@@ -172,6 +279,43 @@ mod tests {
         );
         RunDir::create(&dir, true).unwrap();
         assert!(!dir.join("keep.txt").exists());
+    }
+
+    #[test]
+    fn a_locked_run_is_refused_to_others_and_its_lock_survives_an_overwrite() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("run");
+        let held = RunLock::acquire(&dir).unwrap();
+        // A lock file alone is no content: the new run starts there.
+        let run = RunDir::create(&dir, false).unwrap();
+        std::fs::write(run.config_file(), "[model]").unwrap();
+        // Another open of the file (another process, as far as the lock goes).
+        let err = RunLock::acquire(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains("being trained by another genzoo process")
+                && err.contains(&format!("(pid {})", std::process::id())),
+            "{err}"
+        );
+        assert!(run.config_file().exists(), "a refusal deletes nothing");
+        // The holder replacing its run keeps its lock.
+        RunDir::create(&dir, true).unwrap();
+        assert!(!run.config_file().exists() && dir.join(LOCK).exists());
+        assert!(RunLock::acquire(&dir).is_err());
+        std::fs::write(run.config_file(), "[model]").unwrap();
+        assert!(run.clear_if_unstarted().unwrap());
+        assert!(dir.join(LOCK).exists() && is_empty_dir(&dir).unwrap());
+        drop(held);
+        assert!(!dir.join(LOCK).exists(), "released and removed");
+        // A lock file left by a process that was killed is taken over.
+        std::fs::write(dir.join(LOCK), "4000000").unwrap();
+        let again = RunLock::acquire(&dir).unwrap();
+        let holder = std::fs::read_to_string(dir.join(LOCK)).unwrap();
+        assert_eq!(holder, std::process::id().to_string());
+        drop(again);
+        let file = tmp.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let err = RunLock::acquire(&file).unwrap_err().to_string();
+        assert!(err.contains("is not a directory"), "{err}");
     }
 
     #[test]
