@@ -23,7 +23,7 @@ use genzoo::models::vae::{VaeConfig, VaeTrainer};
 use genzoo::train::data_parallel::{ParallelConfig, run_replicas};
 use genzoo::train::{RunConfig, RunDir, TrainConfig, Trainer};
 
-use crate::support::{max_diff, rng_lock, run_dir, tiny_ddpm};
+use crate::support::{checkpoint_steps, max_diff, rng_lock, run_dir, tiny_ddpm};
 
 type B = Autodiff<Flex>;
 
@@ -100,6 +100,17 @@ where
     .next()
     .unwrap()
     .family
+}
+
+/// A 12×12 VAE small enough to train a few steps in no time.
+fn tiny_vae() -> VaeConfig {
+    VaeConfig {
+        height: 12,
+        width: 12,
+        hidden: 32,
+        latent: 4,
+        ..Default::default()
+    }
 }
 
 fn preset_model(name: &str) -> ModelConfig {
@@ -283,13 +294,7 @@ fn micro_batches_take_the_whole_batch_step_alone_and_on_replicas() {
 fn uneven_shards_and_checkpoints_move_between_one_and_several_devices() {
     let _g = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
-    let vae = VaeConfig {
-        height: 12,
-        width: 12,
-        hidden: 32,
-        latent: 4,
-        ..Default::default()
-    };
+    let vae = tiny_vae();
     let make = |d: &CpuDevice| VaeTrainer::<B>::new(vae.clone(), d);
     // A global batch of 10 over 3 replicas: shards of 3, 3 and 4.
     let images = data(12, 10);
@@ -320,13 +325,7 @@ fn uneven_shards_and_checkpoints_move_between_one_and_several_devices() {
 fn a_stop_asked_of_one_replica_stops_all_at_one_checkpointed_step() {
     let _g = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
-    let vae = VaeConfig {
-        height: 12,
-        width: 12,
-        hidden: 32,
-        latent: 4,
-        ..Default::default()
-    };
+    let vae = tiny_vae();
     let make = |d: &CpuDevice| VaeTrainer::<B>::new(vae.clone(), d);
     let images = data(12, 10);
     let cfg = config(5, 10);
@@ -356,12 +355,7 @@ fn a_stop_asked_of_one_replica_stops_all_at_one_checkpointed_step() {
     .unwrap();
     assert_eq!(outcomes, [(1, true), (1, true)]);
     // Step 1 is no multiple of checkpoint_every (2): checkpointed for the stop.
-    let steps: Vec<u64> = genzoo::train::checkpoint::list_checkpoints(&dir.join("checkpoints"))
-        .unwrap()
-        .into_iter()
-        .map(|(s, _)| s)
-        .collect();
-    assert_eq!(steps, [1]);
+    assert_eq!(checkpoint_steps(&dir), [1]);
     let resumed = param_values(&train(make, &images, &dir, &cfg, 2, None, true).model);
     assert!(
         max_diff(&reference, &resumed) < 1e-5,

@@ -25,7 +25,8 @@ use genzoo::train::logger::read_jsonl;
 use genzoo::train::{RunDir, Schedule, TrainConfig, Trainer};
 
 use crate::support::{
-    assert_samples_depend_on_the_seed_alone, max_diff, quiet_trainer, rng_lock, train_losses,
+    assert_samples_depend_on_the_seed_alone, checkpoint_steps, max_diff, quiet_trainer, rng_lock,
+    train_losses,
 };
 
 type B = Autodiff<Flex>;
@@ -217,12 +218,7 @@ fn a_run_asked_to_stop_checkpoints_its_step_and_resumes_exactly() {
     assert!(stopped.interrupted);
     assert_eq!((stopped.step, stopped.steps_this_call), (1, 1));
     // Step 1 is no multiple of checkpoint_every (4): checkpointed for the stop.
-    let steps: Vec<u64> = list_checkpoints(&split.join("checkpoints"))
-        .unwrap()
-        .into_iter()
-        .map(|(s, _)| s)
-        .collect();
-    assert_eq!(steps, [1]);
+    assert_eq!(checkpoint_steps(&split), [1]);
     assert!(
         !split.join("samples/final.png").exists(),
         "a stopped run has not finished"
@@ -760,8 +756,7 @@ fn the_best_held_out_checkpoint_is_kept_through_pruning_and_resume() {
         .fit(Scripted::new(), &data(1), &device)
         .unwrap();
     assert_eq!(best(), (3, 2.0));
-    let steps = list_checkpoints(&tmp.path().join("checkpoints")).unwrap();
-    assert_eq!(steps.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![6]);
+    assert_eq!(checkpoint_steps(tmp.path()), [6]);
     trainer(tmp.path(), config.clone(), true)
         .fit(Scripted::new(), &data(1), &device)
         .unwrap();

@@ -89,6 +89,15 @@ pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// The steps of the checkpoints in `run`'s `checkpoints/`, oldest first.
+pub fn checkpoint_steps(run: &Path) -> Vec<u64> {
+    genzoo::train::checkpoint::list_checkpoints(&run.join("checkpoints"))
+        .unwrap()
+        .into_iter()
+        .map(|(step, _)| step)
+        .collect()
+}
+
 /// The run directory `dir`: created for a new run, or opened to resume one.
 pub fn run_dir(dir: &Path, resume: bool) -> RunDir {
     if resume {
