@@ -298,8 +298,6 @@ pub fn compare(path: &Path, out: Option<PathBuf>, backend: BackendKind) -> Resul
     Ok(())
 }
 
-/// `report.svg`'s panels: each run's losses (`<run>: <loss>`), a training
-/// and a held-out line per seed.
 /// The command that goes on with an interrupted comparison.
 fn continue_command(file: &Path, out: &Path, backend: BackendKind) -> String {
     let mut command = format!("genzoo compare {} --out {}", file.display(), out.display());
@@ -309,6 +307,8 @@ fn continue_command(file: &Path, out: &Path, backend: BackendKind) -> String {
     command
 }
 
+/// `report.svg`'s panels: each run's losses (`<run>: <loss>`), a training
+/// and a held-out line per seed.
 fn report_curves(experiment: &Experiment, out: &Path) -> Vec<Panel> {
     let mut panels = Vec::new();
     for spec in &experiment.runs {
