@@ -95,6 +95,18 @@ pub fn dir_name(step: u64) -> String {
     format!("step-{step:08}")
 }
 
+/// The directory this process writes checkpoint `name` into before the
+/// rename that publishes it; [`prune`] deletes those other processes left.
+fn writing_dir_name(name: &str) -> String {
+    format!(".tmp-{name}-{}", std::process::id())
+}
+
+/// Whether `name` is a directory [`writing_dir_name`] gave another
+/// process: one that was killed before it renamed it.
+fn left_by_another_writer(name: &str) -> bool {
+    name.starts_with(".tmp-") && !name.ends_with(&format!("-{}", std::process::id()))
+}
+
 /// SHA-256 of a file, as lowercase hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
@@ -136,7 +148,7 @@ pub fn write_checkpoint_as(
 ) -> Result<PathBuf> {
     std::fs::create_dir_all(checkpoints).map_err(|e| Error::io(checkpoints, e))?;
     let final_dir = checkpoints.join(name);
-    let tmp = checkpoints.join(format!(".tmp-{name}-{}", std::process::id()));
+    let tmp = checkpoints.join(writing_dir_name(name));
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
@@ -210,11 +222,10 @@ pub fn prune(checkpoints: &Path, keep: usize) -> Result<()> {
     for (_, dir) in all.into_iter().take(excess) {
         std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     }
-    let ours = format!("-{}", std::process::id());
     let entries = std::fs::read_dir(checkpoints).map_err(|e| Error::io(checkpoints, e))?;
     for entry in entries.filter_map(|e| e.ok()) {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with(".tmp-") && !name.ends_with(&ours) && entry.path().is_dir() {
+        if left_by_another_writer(&name) && entry.path().is_dir() {
             let dir = entry.path();
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         }
@@ -405,7 +416,7 @@ mod tests {
         std::fs::create_dir(&killed).unwrap();
         std::fs::write(killed.join("model.safetensors"), b"half").unwrap();
         // This process's own writing directory is not another's leftover.
-        let ours = dir.join(format!(".tmp-{}-{}", dir_name(6), std::process::id()));
+        let ours = dir.join(writing_dir_name(&dir_name(6)));
         std::fs::create_dir(&ours).unwrap();
         prune(dir, 2).unwrap();
         let steps: Vec<u64> = list_checkpoints(dir)

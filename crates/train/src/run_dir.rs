@@ -144,11 +144,8 @@ impl RunLock {
     /// process holds it. Where the file system cannot lock files, a
     /// warning says so and training goes on unguarded.
     pub fn acquire(dir: &Path) -> Result<Self> {
-        if dir.exists() && !dir.is_dir() {
-            return Err(Error::Config(format!(
-                "{} exists and is not a directory",
-                dir.display()
-            )));
+        if dir.exists() {
+            refuse_a_file(dir)?;
         }
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let path = dir.join(LOCK);
@@ -244,13 +241,19 @@ fn holds_nothing(dir: &Path, except: &[&str]) -> Result<bool> {
     Ok(true)
 }
 
-fn is_empty_dir(path: &Path) -> Result<bool> {
-    if !path.is_dir() {
-        return Err(Error::Config(format!(
-            "{} exists and is not a directory",
-            path.display()
-        )));
+/// Refuses an existing `path` that is not a directory.
+fn refuse_a_file(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Ok(());
     }
+    Err(Error::Config(format!(
+        "{} exists and is not a directory",
+        path.display()
+    )))
+}
+
+fn is_empty_dir(path: &Path) -> Result<bool> {
+    refuse_a_file(path)?;
     // A lock file alone (this process's, or a killed one's) is no content.
     Ok(std::fs::read_dir(path)
         .map_err(|e| Error::io(path, e))?
