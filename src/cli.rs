@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::AutodiffBackend;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use genzoo_core::backend::{BackendTask, CpuAutodiff, CpuDevice, with_backend};
 use genzoo_core::{BackendKind, Error, Family, ImageBatch, Result, TokenBatch};
 use genzoo_models::presets;
@@ -94,6 +94,24 @@ enum Command {
     },
     /// List the model families and presets.
     List,
+}
+
+impl Cli {
+    /// Parses the process's arguments, as `Cli::parse` does except that an
+    /// option's value may be a negative number (`--lr -1`, `--steps -3`):
+    /// clap would otherwise read it as an unknown flag `-1` and advise
+    /// `-- -1`, which makes it a positional argument. The value goes to the
+    /// option's own check instead, which says what is allowed.
+    pub fn parse_arguments() -> Cli {
+        let matches = with_negative_values(Cli::command()).get_matches();
+        Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+    }
+}
+
+fn with_negative_values(command: clap::Command) -> clap::Command {
+    command
+        .mut_args(|arg| arg.allow_negative_numbers(true))
+        .mut_subcommands(with_negative_values)
 }
 
 /// The exit status for a failed command: 128 + the signal's number for a

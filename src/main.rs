@@ -1,8 +1,6 @@
-use clap::Parser;
-
 fn main() {
     restore_default_sigpipe();
-    let cli = genzoo::cli::Cli::parse();
+    let cli = genzoo::cli::Cli::parse_arguments();
     if let Err(e) = genzoo::cli::run(cli) {
         eprintln!("error: {e}");
         std::process::exit(genzoo::cli::exit_code(&e));

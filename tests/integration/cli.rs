@@ -934,6 +934,18 @@ fn gpt_char_trains_on_a_text_file_and_continues_a_prompt() {
         dir,
     ));
     assert!(err.contains("eval_batches must be at least 1"), "{err}");
+    // A negative number is the flag's value, refused by the setting's own
+    // check (not read by clap as an unknown flag `-1`).
+    let err = fails(&genzoo(
+        &[
+            "train", "gpt-char", "--text", "poem.txt", "--lr", "-1", "--out", "runs/g",
+        ],
+        dir,
+    ));
+    assert!(
+        err.contains("lr must be a positive number, got -1"),
+        "{err}"
+    );
     // 4 held-out batches per evaluation instead of the preset's 200.
     let text = ok(&genzoo(
         &[
@@ -998,6 +1010,12 @@ fn gpt_char_trains_on_a_text_file_and_continues_a_prompt() {
             "inf",
             "--temperature must be 0 (greedy) or positive",
         ),
+        (
+            "--temperature",
+            "-1",
+            "--temperature must be 0 (greedy) or positive, got -1",
+        ),
+        ("--top-p", "-0.5", "--top-p must be in (0, 1], got -0.5"),
     ] {
         let err = fails(&genzoo(&["sample", "--run", "runs/g", flag, value], dir));
         assert!(err.contains(expected), "{flag} {value}: {err}");
@@ -1518,6 +1536,10 @@ fn latent_walks_write_their_grids_and_refuse_what_a_model_cannot_do() {
         (
             &["--run", "runs/vae", "--traverse", "3", "--range", "0"][..],
             "--range must be positive",
+        ),
+        (
+            &["--run", "runs/vae", "--traverse", "3", "--range", "-2"][..],
+            "--range must be positive, got -2",
         ),
     ] {
         let err = fails(&sample(args));
