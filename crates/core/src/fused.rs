@@ -38,7 +38,7 @@ mod ops;
 mod tests;
 
 use composed::*;
-pub use conv::ConvGeometry;
+pub use conv::{ConvGeometry, ConvGrads};
 pub use ops::{FusedOps, GroupNormSpec};
 
 /// Runs `op` on `input` when `In` (inputs of some backend `B`) is `InF`

@@ -10,7 +10,7 @@ use burn::tensor::TensorMetadata;
 use burn::tensor::backend::AutodiffBackend;
 use burn::tensor::ops::FloatTensor;
 
-use super::{ConvGeometry, FusedOps, GroupNormSpec};
+use super::{ConvGeometry, ConvGrads, FusedOps, GroupNormSpec};
 
 /// Records a unary op whose backward is `backward(input, grad)`: the state
 /// kept for the backward pass is the input itself.
@@ -52,7 +52,8 @@ macro_rules! unary_with_backward {
 }
 
 /// Records a convolution-like op of (x, weight) whose backward
-/// `backward(x, weight, grad, geometry)` gives (dX, dW).
+/// `backward(x, weight, grad, geometry, wanted)` gives (dX, dW), each only
+/// where its input is tracked.
 macro_rules! conv_with_backward {
     ($name:ident, $forward:ident, $backward:ident) => {
         fn $forward(
@@ -76,9 +77,13 @@ macro_rules! conv_with_backward {
                     let [node_x, node_weight] = ops.parents;
                     let grad = grads.consume::<B>(&ops.node);
                     let (x, weight, geometry) = ops.state;
-                    let (dx, dw) = B::$backward(x, weight, grad, geometry);
+                    let wanted = ConvGrads {
+                        x: node_x.is_some(),
+                        weight: node_weight.is_some(),
+                    };
+                    let (dx, dw) = B::$backward(x, weight, grad, geometry, wanted);
                     for (node, g) in [(node_x, dx), (node_weight, dw)] {
-                        if let Some(node) = node {
+                        if let (Some(node), Some(g)) = (node, g) {
                             grads.register::<B>(node.id, g);
                         }
                     }

@@ -5,7 +5,7 @@ use burn::prelude::*;
 use burn::tensor::ops::{ConvOptions, ConvTransposeOptions, FloatTensor};
 use burn::tensor::{TensorMetadata, TensorPrimitive};
 
-use super::{ConvGeometry, FusedOps, GroupNormSpec};
+use super::{ConvGeometry, ConvGrads, FusedOps, GroupNormSpec};
 
 pub(super) fn composed_split_channels<B: Backend>(
     grad: FloatTensor<B>,
@@ -180,10 +180,16 @@ pub(super) fn composed_conv2d_backward<B: Backend>(
     weight: FloatTensor<B>,
     grad: FloatTensor<B>,
     geometry: ConvGeometry,
-) -> (FloatTensor<B>, FloatTensor<B>) {
+    wanted: ConvGrads,
+) -> (Option<FloatTensor<B>>, Option<FloatTensor<B>>) {
     let options = conv_options(geometry);
-    let dx = B::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone());
-    (dx, B::conv2d_weight_backward(x, weight, grad, options))
+    let dx = wanted
+        .x
+        .then(|| B::conv2d_x_backward(x.clone(), weight.clone(), grad.clone(), options.clone()));
+    let dw = wanted
+        .weight
+        .then(|| B::conv2d_weight_backward(x, weight, grad, options));
+    (dx, dw)
 }
 
 /// (dX, dW) of a transposed convolution from burn's own backward ops.
@@ -192,13 +198,16 @@ pub(super) fn composed_conv_transpose2d_backward<B: Backend>(
     weight: FloatTensor<B>,
     grad: FloatTensor<B>,
     geometry: ConvGeometry,
-) -> (FloatTensor<B>, FloatTensor<B>) {
+    wanted: ConvGrads,
+) -> (Option<FloatTensor<B>>, Option<FloatTensor<B>>) {
     let options = conv_transpose_options(geometry);
-    let dx = B::conv_transpose2d_x_backward(weight.clone(), grad.clone(), options.clone());
-    (
-        dx,
-        B::conv_transpose2d_weight_backward(x, weight, grad, options),
-    )
+    let dx = wanted
+        .x
+        .then(|| B::conv_transpose2d_x_backward(weight.clone(), grad.clone(), options.clone()));
+    let dw = wanted
+        .weight
+        .then(|| B::conv_transpose2d_weight_backward(x, weight, grad, options));
+    (dx, dw)
 }
 
 pub(super) fn float<B: Backend, const D: usize>(x: FloatTensor<B>) -> Tensor<B, D> {

@@ -40,6 +40,18 @@ pub struct ConvGeometry {
     pub padding: [usize; 2],
 }
 
+/// Which gradients a convolution's backward pass computes: those of the
+/// inputs autodiff tracks. The others' GEMMs are skipped: a batch of data
+/// needs no dX, and a network that is only passed through (the
+/// discriminator in a generator's update) needs no dW.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConvGrads {
+    /// dX, the input's gradient.
+    pub x: bool,
+    /// dW, the weight's gradient.
+    pub weight: bool,
+}
+
 /// The sizes one convolution works with.
 #[derive(Clone, Copy, Debug)]
 struct Dims {
@@ -621,13 +633,15 @@ pub(super) fn forward(x: &FlexTensor, weight: &FlexTensor, g: ConvGeometry) -> O
     Some(out)
 }
 
-/// The gradients (dX, dW) of [`forward`] given the output gradient.
+/// The gradients (dX, dW) of [`forward`] given the output gradient, those
+/// `wanted`.
 pub(super) fn backward(
     x: &FlexTensor,
     weight: &FlexTensor,
     grad: &FlexTensor,
     g: ConvGeometry,
-) -> Option<(FlexTensor, FlexTensor)> {
+    wanted: ConvGrads,
+) -> Option<(Option<FlexTensor>, Option<FlexTensor>)> {
     let d = Dims::new(x.layout().shape(), weight.layout().shape(), g)?;
     if grad.layout().shape() != &Shape::new([d.n, d.c_out, d.oh, d.ow]) {
         return None;
@@ -639,7 +653,10 @@ pub(super) fn backward(
     );
     let (xs, ws, gs): (&[f32], &[f32], &[f32]) =
         (x.as_slice()?, weight.as_slice()?, grad.as_slice()?);
-    Some((input_grad(&d, g, ws, gs), weight_grad(&d, g, xs, gs)))
+    Some((
+        wanted.x.then(|| input_grad(&d, g, ws, gs)),
+        wanted.weight.then(|| weight_grad(&d, g, xs, gs)),
+    ))
 }
 
 /// dX of a convolution: per chunk, dcols = Wᵀ·dY, then col2im per sample.
@@ -745,21 +762,30 @@ pub(super) fn transpose_forward(
     Some(input_grad(&d, g, weight.as_slice()?, x.as_slice()?))
 }
 
-/// The gradients (dX, dW) of [`transpose_forward`]: dX is the adjoint
-/// convolution's forward pass of the output gradient, dW its weight
-/// gradient with input and output exchanged.
+/// The gradients (dX, dW) of [`transpose_forward`], those `wanted`: dX is
+/// the adjoint convolution's forward pass of the output gradient, dW its
+/// weight gradient with input and output exchanged.
 pub(super) fn transpose_backward(
     x: &FlexTensor,
     weight: &FlexTensor,
     grad: &FlexTensor,
     g: ConvGeometry,
-) -> Option<(FlexTensor, FlexTensor)> {
+    wanted: ConvGrads,
+) -> Option<(Option<FlexTensor>, Option<FlexTensor>)> {
     let d = transposed_dims(x.layout().shape(), weight.layout().shape(), g)?;
     if grad.layout().shape() != &Shape::new([d.n, d.c_in, d.h, d.w]) {
         return None;
     }
-    let dx = forward(grad, weight, g)?;
-    let (x, grad) = (f32_contiguous(x)?, f32_contiguous(grad)?);
-    let dw = weight_grad(&d, g, grad.as_slice()?, x.as_slice()?);
+    let dx = match wanted.x {
+        true => Some(forward(grad, weight, g)?),
+        false => None,
+    };
+    let dw = match wanted.weight {
+        true => {
+            let (x, grad) = (f32_contiguous(x)?, f32_contiguous(grad)?);
+            Some(weight_grad(&d, g, grad.as_slice()?, x.as_slice()?))
+        }
+        false => None,
+    };
     Some((dx, dw))
 }

@@ -5,7 +5,7 @@ use burn::tensor::ops::{ActivationOps, FloatTensor, FloatTensorOps, ModuleOps};
 use burn_flex::Flex;
 
 use super::composed::*;
-use super::{ConvGeometry, FusedOps, GroupNormSpec, attention, conv, kernels};
+use super::{ConvGeometry, ConvGrads, FusedOps, GroupNormSpec, attention, conv, kernels};
 
 impl FusedOps for Flex {
     fn fused_gelu(x: FloatTensor<Self>) -> FloatTensor<Self> {
@@ -166,9 +166,10 @@ impl FusedOps for Flex {
         weight: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         geometry: ConvGeometry,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        conv::backward(&x, &weight, &grad, geometry)
-            .unwrap_or_else(|| composed_conv2d_backward::<Self>(x, weight, grad, geometry))
+        wanted: ConvGrads,
+    ) -> (Option<FloatTensor<Self>>, Option<FloatTensor<Self>>) {
+        conv::backward(&x, &weight, &grad, geometry, wanted)
+            .unwrap_or_else(|| composed_conv2d_backward::<Self>(x, weight, grad, geometry, wanted))
     }
 
     fn fused_conv_transpose2d(
@@ -186,9 +187,10 @@ impl FusedOps for Flex {
         weight: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         geometry: ConvGeometry,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        conv::transpose_backward(&x, &weight, &grad, geometry).unwrap_or_else(|| {
-            composed_conv_transpose2d_backward::<Self>(x, weight, grad, geometry)
+        wanted: ConvGrads,
+    ) -> (Option<FloatTensor<Self>>, Option<FloatTensor<Self>>) {
+        conv::transpose_backward(&x, &weight, &grad, geometry, wanted).unwrap_or_else(|| {
+            composed_conv_transpose2d_backward::<Self>(x, weight, grad, geometry, wanted)
         })
     }
 

@@ -4,8 +4,8 @@
 use burn::prelude::*;
 use burn::tensor::ops::FloatTensor;
 
-use super::ConvGeometry;
 use super::composed::*;
+use super::{ConvGeometry, ConvGrads};
 
 /// Operations genzoo fuses where burn's are slow. Every method has the
 /// plain burn composition as its default.
@@ -216,14 +216,16 @@ pub trait FusedOps: Backend {
         Self::conv2d(x, weight, None, conv_options(geometry))
     }
 
-    /// The gradients (dX, dW) of [`FusedOps::fused_conv2d`] given the output's.
+    /// The gradients (dX, dW) of [`FusedOps::fused_conv2d`] given the
+    /// output's: those `wanted`, `None` for the others.
     fn fused_conv2d_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         geometry: ConvGeometry,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        composed_conv2d_backward::<Self>(x, weight, grad, geometry)
+        wanted: ConvGrads,
+    ) -> (Option<FloatTensor<Self>>, Option<FloatTensor<Self>>) {
+        composed_conv2d_backward::<Self>(x, weight, grad, geometry, wanted)
     }
 
     /// 2-D transposed convolution without bias, groups 1, dilation 1, no
@@ -237,14 +239,16 @@ pub trait FusedOps: Backend {
         Self::conv_transpose2d(x, weight, None, conv_transpose_options(geometry))
     }
 
-    /// The gradients (dX, dW) of [`FusedOps::fused_conv_transpose2d`].
+    /// The gradients (dX, dW) of [`FusedOps::fused_conv_transpose2d`],
+    /// those `wanted`.
     fn fused_conv_transpose2d_backward(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         grad: FloatTensor<Self>,
         geometry: ConvGeometry,
-    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
-        composed_conv_transpose2d_backward::<Self>(x, weight, grad, geometry)
+        wanted: ConvGrads,
+    ) -> (Option<FloatTensor<Self>>, Option<FloatTensor<Self>>) {
+        composed_conv_transpose2d_backward::<Self>(x, weight, grad, geometry, wanted)
     }
 
     /// Each row of `x` (`[rows, len]`) shifted and scaled to zero mean and

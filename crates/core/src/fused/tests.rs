@@ -799,6 +799,104 @@ fn conv2d_matches_burns_in_values_and_gradients() {
     }
 }
 
+#[test]
+fn a_convolution_computes_only_the_gradients_of_tracked_inputs() {
+    let dev = CpuDevice::default();
+    let mut rng = host_rng(1, "test", 0);
+    let geometry = ConvGeometry {
+        stride: [2, 2],
+        padding: [1, 1],
+    };
+    // DCGAN's second convolution, small: [2, 3, 8, 8] → [2, 4, 4, 4].
+    let x = normal_tensor::<CpuBackend, 4>(&mut rng, [2, 3, 8, 8], 0.0, 1.0, &dev);
+    let weight = normal_tensor::<CpuBackend, 4>(&mut rng, [4, 3, 4, 4], 0.0, 0.5, &dev);
+    let grad = normal_tensor::<CpuBackend, 4>(&mut rng, [2, 4, 4, 4], 0.0, 1.0, &dev);
+    // The transposed convolution with the same weight ([C_in, C_out, k, k])
+    // maps the output's shape back to the input's.
+    let grad_t = normal_tensor::<CpuBackend, 4>(&mut rng, [2, 3, 8, 8], 0.0, 1.0, &dev);
+    type Backward = fn(
+        FloatTensor<CpuBackend>,
+        FloatTensor<CpuBackend>,
+        FloatTensor<CpuBackend>,
+        ConvGeometry,
+        ConvGrads,
+    ) -> (
+        Option<FloatTensor<CpuBackend>>,
+        Option<FloatTensor<CpuBackend>>,
+    );
+    let cases: [(
+        &str,
+        Backward,
+        &Tensor<CpuBackend, 4>,
+        &Tensor<CpuBackend, 4>,
+    ); 4] = [
+        ("conv", CpuBackend::fused_conv2d_backward, &x, &grad),
+        (
+            "conv, composed",
+            composed_conv2d_backward::<CpuBackend>,
+            &x,
+            &grad,
+        ),
+        (
+            "transposed",
+            CpuBackend::fused_conv_transpose2d_backward,
+            &grad,
+            &grad_t,
+        ),
+        (
+            "transposed, composed",
+            composed_conv_transpose2d_backward::<CpuBackend>,
+            &grad,
+            &grad_t,
+        ),
+    ];
+    for (name, backward, input, upstream) in cases {
+        let run = |wants_x: bool, wants_weight: bool| {
+            let (dx, dw) = backward(
+                primitive(input.clone()),
+                primitive(weight.clone()),
+                primitive(upstream.clone()),
+                geometry,
+                ConvGrads {
+                    x: wants_x,
+                    weight: wants_weight,
+                },
+            );
+            (
+                dx.map(float::<CpuBackend, 4>),
+                dw.map(float::<CpuBackend, 4>),
+            )
+        };
+        let (dx, dw) = run(true, true);
+        let (dx, dw) = (dx.unwrap(), dw.unwrap());
+        let (only_dx, none) = run(true, false);
+        assert!(none.is_none(), "{name}: dW not asked for");
+        assert_eq!(only_dx.unwrap().to_data(), dx.to_data(), "{name}: dX alone");
+        let (none, only_dw) = run(false, true);
+        assert!(none.is_none(), "{name}: dX not asked for");
+        assert_eq!(only_dw.unwrap().to_data(), dw.to_data(), "{name}: dW alone");
+        assert!(matches!(run(false, false), (None, None)), "{name}");
+    }
+    // Through autodiff: an untracked input (a batch of data) or weight (a
+    // frozen network) leaves the other's gradient as it was.
+    let tracked = |t: &Tensor<CpuBackend, 4>| Tensor::<Ad, 4>::from_inner(t.clone()).require_grad();
+    let untracked = |t: &Tensor<CpuBackend, 4>| Tensor::<Ad, 4>::from_inner(t.clone());
+    let upstream = Tensor::<Ad, 4>::from_inner(grad.clone());
+    let gradients = |x: Tensor<Ad, 4>, w: Tensor<Ad, 4>| {
+        let grads = (conv2d(x.clone(), w.clone(), None, geometry) * upstream.clone())
+            .sum()
+            .backward();
+        (x.grad(&grads), w.grad(&grads))
+    };
+    let (dx, dw) = gradients(tracked(&x), tracked(&weight));
+    let (only_dx, none) = gradients(tracked(&x), untracked(&weight));
+    assert!(none.is_none());
+    assert_eq!(only_dx.unwrap().to_data(), dx.unwrap().to_data());
+    let (none, only_dw) = gradients(untracked(&x), tracked(&weight));
+    assert!(none.is_none());
+    assert_eq!(only_dw.unwrap().to_data(), dw.unwrap().to_data());
+}
+
 /// The output shape of a convolution: the transposed one's input.
 fn theirs_shape(
     n: usize,

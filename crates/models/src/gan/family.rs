@@ -291,10 +291,14 @@ impl<B: AutodiffBackend> GanTrainer<B> {
         labels: Tensor<B, 1, Int>,
         ctx: &mut StepContext,
     ) -> Result<(f64, f64)> {
-        let logits = self.discriminator.forward(fake, labels, false);
+        // D passes the gradient through to the fake images, but its own
+        // weights are not tracked: their gradients would be dropped, and
+        // the backward pass skips computing them (a third of D's backward).
+        let discriminator = self.discriminator.clone().no_grad();
+        let logits = discriminator.forward(fake, labels, false);
         let loss = self.config.loss.generator(logits);
         let mut grads = loss.backward();
-        // Only G's gradients are taken: D's are dropped, so D is untouched.
+        // Only G's gradients are taken, so D is untouched.
         let g_grads = GradientsParams::from_module(&mut grads, &self.generator);
         let grad_norm = global_norm::<B, _>(&self.generator, &g_grads);
         self.generator = ctx.apply(&mut self.g_optimizer, self.generator.clone(), g_grads)?;
@@ -623,6 +627,47 @@ mod tests {
             assert_eq!(d1, d2, "a G step must leave D unchanged ({kind:?})");
             assert_ne!(g1, g2, "a G step must change G");
         }
+    }
+
+    #[test]
+    fn a_frozen_discriminator_passes_the_same_gradient_and_computes_none_of_its_own() {
+        let _guard = crate::rng_lock();
+        let dev = CpuDevice::default();
+        let mut rng = host_rng(1, "test", 0);
+        let gan = GanTrainer::<AB>::new(
+            GanConfig {
+                height: 8,
+                width: 8,
+                ..Default::default()
+            },
+            &dev,
+        );
+        let fake = uniform_tensor::<AB, 4>(&mut rng, [4, 1, 8, 8], -1.0, 1.0, &dev);
+        let labels = Tensor::<AB, 1, Int>::zeros([4], &dev);
+        // The generator's update as it is taken: the loss through D of the fake images.
+        let through = |d: &Discriminator<AB>| {
+            let fake = fake.clone().require_grad();
+            let loss = gan
+                .config
+                .loss
+                .generator(d.forward(fake.clone(), labels.clone(), false));
+            let mut grads = loss.backward();
+            let d_grads = GradientsParams::from_module(&mut grads, d).len();
+            (fake.grad(&grads).unwrap(), d_grads)
+        };
+        let (tracked, d_tracked) = through(&gan.discriminator);
+        let (frozen, d_frozen) = through(&gan.discriminator.clone().no_grad());
+        // Two convolutions, BatchNorm and the head, each a weight and a bias.
+        assert_eq!(
+            d_tracked, 8,
+            "every parameter of D has a gradient when tracked"
+        );
+        assert_eq!(d_frozen, 0, "a frozen D computes no gradient of its own");
+        assert_eq!(
+            tracked.to_data(),
+            frozen.to_data(),
+            "the same gradient reaches G"
+        );
     }
 
     #[test]
