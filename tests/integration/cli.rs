@@ -2,9 +2,7 @@
 //! train, sample, info, resume, and the errors a user meets first.
 
 use std::path::Path;
-#[cfg(unix)]
-use std::process::Command;
-use std::process::Output;
+use std::process::{Command, Output};
 
 use genzoo::data::synthetic::write_idx_dataset;
 
@@ -605,6 +603,47 @@ fn micro_batches_are_a_flag_and_gans_refuse_them_before_writing() {
     assert!(err.contains("micro_batches must be at least 1"), "{err}");
     let err = fails(&train("vae-mlp", "many", "17"));
     assert!(err.contains("below one example each"), "{err}");
+}
+
+#[test]
+fn a_run_logs_the_same_figures_on_any_number_of_threads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_idx_dataset(&dir.join("digits"), 96, 32, 28, 10).unwrap();
+    // The convolutional VAE: its weight gradients sum over the batch, in
+    // parts that must not follow the thread count.
+    let figures = |threads: &str| {
+        let run = format!("runs/t{threads}");
+        let out = Command::new(env!("CARGO_BIN_EXE_genzoo"))
+            .args([
+                "train",
+                "vae-conv",
+                "--dataset",
+                "idx:digits",
+                "--batch-size",
+                "48",
+            ])
+            .args(["--steps", "4", "--log-every", "1", "--out", &run])
+            .current_dir(dir)
+            .env("RAYON_NUM_THREADS", threads)
+            .output()
+            .unwrap();
+        ok(&out);
+        let mut records =
+            genzoo::train::logger::read_jsonl(&dir.join(run).join("metrics.jsonl")).unwrap();
+        for record in &mut records {
+            record.remove("steps_per_sec");
+        }
+        records
+    };
+    let one = figures("1");
+    assert_eq!(
+        one.len(),
+        6,
+        "4 training records and 2 evaluations: {one:?}"
+    );
+    assert_eq!(figures("2"), one);
+    assert_eq!(figures("3"), one);
 }
 
 #[test]

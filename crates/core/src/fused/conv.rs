@@ -100,11 +100,13 @@ impl Dims {
     }
 
     /// Samples per chunk: as many as keep the chunk's im2col matrix within
-    /// [`COLS_BUDGET`] floats, at least one, and no more than leave every
-    /// thread a chunk.
+    /// [`COLS_BUDGET`] floats, at least one, and no more than make
+    /// [`GROUPS`] chunks of the batch. Not the number of threads: the
+    /// chunks are the terms of the weight gradient's sum, which then come
+    /// out the same on any machine.
     fn chunk(&self) -> usize {
-        let per_thread = self.n.div_ceil(rayon::current_num_threads()).max(1);
-        (COLS_BUDGET / (self.patch() * self.positions()).max(1)).clamp(1, per_thread)
+        let per_group = self.n.div_ceil(GROUPS).max(1);
+        (COLS_BUDGET / (self.patch() * self.positions()).max(1)).clamp(1, per_group)
     }
 }
 
@@ -113,6 +115,10 @@ impl Dims {
 /// U-Net's layers one (measured: a 16 MiB budget, the whole batch's matrix
 /// in one GEMM, made the U-Net step 1.5× slower).
 const COLS_BUDGET: usize = 1 << 18;
+
+/// The parts a batch is split into at most, for the threads to share (a
+/// machine's cores, up to 16), and the weight gradient's partial sums.
+const GROUPS: usize = 16;
 
 /// The input position output (oy, ox) reads through kernel tap (ki, kj), or
 /// `None` in the padding.
@@ -688,46 +694,53 @@ fn input_grad(d: &Dims, g: ConvGeometry, ws: &[f32], gs: &[f32]) -> FlexTensor {
     })
 }
 
-/// dW of a convolution: each task accumulates dY·cols(X)ᵀ over its chunks,
-/// then the partial sums are added.
+/// dW of a convolution: the chunks fall into at most [`GROUPS`] groups,
+/// each group accumulates dY·cols(X)ᵀ over its chunks in order, and the
+/// groups' sums are added in order. Groups fixed by the batch alone make
+/// the float sums the same in every run and on any number of threads (a
+/// parallel fold's are grouped by how the work was stolen).
 fn weight_grad(d: &Dims, g: ConvGeometry, xs: &[f32], gs: &[f32]) -> FlexTensor {
     let (positions, chunk) = (d.positions(), d.chunk());
     let (in_sample, out_sample) = (d.c_in * d.h * d.w, d.c_out * positions);
     let dw_len = d.c_out * d.patch();
-    let dw_sum = (0..d.n.div_ceil(chunk))
+    let chunks = d.n.div_ceil(chunk);
+    let per_group = chunks.div_ceil(GROUPS);
+    let accumulate = |dw: &mut Vec<f32>, ci: usize| {
+        let first = ci * chunk;
+        let count = chunk.min(d.n - first);
+        let width = count * positions;
+        with_scratch(0, d.patch() * width, |cols| {
+            with_scratch(1, d.c_out * width, |dy| {
+                let dy = simd(
+                    #[inline(always)]
+                    || {
+                        chunk_im2col(&xs[first * in_sample..], d, g, count, cols);
+                        chunk_rows(&gs[first * out_sample..], d, count, dy)
+                    },
+                );
+                let cols_t = Mat::new(cols, d.patch(), width).t();
+                matmul_into(dw, Mat::new(dy, d.c_out, width), cols_t, 1.0, true);
+            })
+        });
+    };
+    let sums: Vec<Vec<f32>> = (0..chunks.div_ceil(per_group.max(1)))
         .into_par_iter()
-        .fold(
-            || vec![0.0f32; dw_len],
-            |mut dw, ci| {
-                let first = ci * chunk;
-                let count = chunk.min(d.n - first);
-                let width = count * positions;
-                with_scratch(0, d.patch() * width, |cols| {
-                    with_scratch(1, d.c_out * width, |dy| {
-                        let dy = simd(
-                            #[inline(always)]
-                            || {
-                                chunk_im2col(&xs[first * in_sample..], d, g, count, cols);
-                                chunk_rows(&gs[first * out_sample..], d, count, dy)
-                            },
-                        );
-                        let cols_t = Mat::new(cols, d.patch(), width).t();
-                        matmul_into(&mut dw, Mat::new(dy, d.c_out, width), cols_t, 1.0, true);
-                    })
-                });
-                dw
-            },
-        )
-        .reduce(
-            || vec![0.0f32; dw_len],
-            |mut a, b| {
-                for (a, b) in a.iter_mut().zip(&b) {
-                    *a += b;
-                }
-                a
-            },
-        );
-    FlexTensor::from_data(TensorData::new(dw_sum, [d.c_out, d.c_in, d.kh, d.kw]))
+        .map(|group| {
+            let mut dw = vec![0.0f32; dw_len];
+            for ci in group * per_group..((group + 1) * per_group).min(chunks) {
+                accumulate(&mut dw, ci);
+            }
+            dw
+        })
+        .collect();
+    let mut sums = sums.into_iter();
+    let mut dw = sums.next().unwrap_or_else(|| vec![0.0; dw_len]);
+    for sum in sums {
+        for (a, b) in dw.iter_mut().zip(&sum) {
+            *a += b;
+        }
+    }
+    FlexTensor::from_data(TensorData::new(dw, [d.c_out, d.c_in, d.kh, d.kw]))
 }
 
 /// The convolution a transposed convolution is the adjoint of: for `x`

@@ -897,6 +897,52 @@ fn a_convolution_computes_only_the_gradients_of_tracked_inputs() {
     assert_eq!(only_dw.unwrap().to_data(), dw.unwrap().to_data());
 }
 
+#[test]
+fn a_convolutions_weight_gradient_is_the_same_in_every_run_and_on_any_threads() {
+    let dev = CpuDevice::default();
+    let mut rng = host_rng(1, "test", 0);
+    // The U-Net's 28×28 layer: one sample per chunk, 16 chunks to share
+    // among the pool's threads, whose float sums must depend neither on
+    // which thread took which nor on how many there are.
+    let x = normal_tensor::<CpuBackend, 4>(&mut rng, [16, 32, 28, 28], 0.0, 1.0, &dev);
+    let weight = normal_tensor::<CpuBackend, 4>(&mut rng, [32, 32, 3, 3], 0.0, 0.5, &dev);
+    let grad = normal_tensor::<CpuBackend, 4>(&mut rng, [16, 32, 28, 28], 0.0, 1.0, &dev);
+    let geometry = ConvGeometry {
+        stride: [1, 1],
+        padding: [1, 1],
+    };
+    let dw = || {
+        let wanted = ConvGrads {
+            x: false,
+            weight: true,
+        };
+        let (_, dw) = CpuBackend::fused_conv2d_backward(
+            primitive(x.clone()),
+            primitive(weight.clone()),
+            primitive(grad.clone()),
+            geometry,
+            wanted,
+        );
+        float::<CpuBackend, 4>(dw.unwrap()).into_data()
+    };
+    // Two at a time, so that the threads steal each other's work at
+    // different moments in every run.
+    let first = dw();
+    for run in 1..10 {
+        let (a, b) = rayon::join(dw, dw);
+        assert_eq!(a, first, "run {run}");
+        assert_eq!(b, first, "run {run}, beside another");
+    }
+    // And on other numbers of threads.
+    for threads in [1, 3, 16] {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        assert_eq!(pool.install(dw), first, "{threads} threads");
+    }
+}
+
 /// The output shape of a convolution: the transposed one's input.
 fn theirs_shape(
     n: usize,
