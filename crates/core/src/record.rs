@@ -144,7 +144,8 @@ pub fn save_module<B: Backend, M: Module<B>>(module: &M, stem: &Path) -> Result<
     let mut store = SafetensorsStore::from_file(&file).overwrite(true);
     module
         .save_into(&mut store)
-        .map_err(|e| Error::checkpoint(&file, format!("cannot write weights: {e}")))
+        .map_err(|e| Error::checkpoint(&file, format!("cannot write weights: {e}")))?;
+    crate::weights::sort_header(&file)
 }
 
 /// Loads `stem.safetensors` into `module` (on the module's device). Refused,

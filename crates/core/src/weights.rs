@@ -77,7 +77,73 @@ pub fn write_safetensors(
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
     safetensors::serialize_to_file(views, metadata, path)
-        .map_err(|e| Error::Other(format!("{}: cannot write safetensors: {e}", path.display())))
+        .map_err(|e| Error::Other(format!("{}: cannot write safetensors: {e}", path.display())))?;
+    sort_header(path)
+}
+
+/// Rewrites the header of the safetensors file at `path` with the keys of
+/// every JSON object in order. safetensors (and burn-store through it)
+/// writes the metadata from a `HashMap`, in an order that changes from one
+/// process to the next, so two runs that computed the same weights would
+/// write files of different bytes, with different SHA-256s in their
+/// checkpoints' manifests. The sorted header has the same length (the same
+/// keys and values), so only its bytes are rewritten, in place.
+pub fn sort_header(path: &Path) -> Result<()> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let io = |e| Error::io(path, e);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io)?;
+    let mut len = [0u8; HEADER_LEN_BYTES];
+    file.read_exact(&mut len).map_err(io)?;
+    let len = u64::from_le_bytes(len);
+    let size = file.metadata().map_err(io)?.len();
+    if len > size.saturating_sub(HEADER_LEN_BYTES as u64) {
+        return Err(Error::Other(format!(
+            "{}: not a safetensors file: a header of {len} bytes in a file of {size}",
+            path.display()
+        )));
+    }
+    let mut header = vec![0u8; len as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    let value: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| Error::Other(format!("{}: not a safetensors header: {e}", path.display())))?;
+    let mut sorted = serde_json::to_vec(&sort_keys(value)).expect("JSON values serialise");
+    if sorted.len() > header.len() {
+        // Not a header as safetensors writes one (compact JSON): left as it is.
+        return Ok(());
+    }
+    // safetensors pads the header with spaces to a multiple of 8 bytes.
+    sorted.resize(header.len(), b' ');
+    if sorted != header {
+        file.seek(SeekFrom::Start(HEADER_LEN_BYTES as u64))
+            .and_then(|_| file.write_all(&sorted))
+            .map_err(io)?;
+    }
+    Ok(())
+}
+
+/// `value` with every object's keys in order, however serde_json's maps
+/// keep them.
+fn sort_keys(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<_> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            serde_json::Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, sort_keys(v)))
+                    .collect(),
+            )
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(sort_keys).collect())
+        }
+        other => other,
+    }
 }
 
 /// One tensor read back from a safetensors file: name, shape, f32 values.
@@ -206,5 +272,48 @@ mod tests {
         let twice = vec![tensors[0].clone(), tensors[0].clone()];
         let err = write_safetensors(&path, &twice, &[]).unwrap_err();
         assert!(err.to_string().contains("two tensors are named"), "{err}");
+    }
+
+    #[test]
+    fn the_same_weights_and_metadata_make_the_same_bytes() {
+        let dev = CpuDevice::default();
+        let net = Net::<CpuBackend> {
+            fc: LinearConfig::new(3, 2).init(&dev),
+            norm: BatchNormConfig::new(2).init(&dev),
+        };
+        let tensors = pytorch_layout(&net, "").unwrap();
+        // As many keys as an optimizer's state has (a step count per
+        // parameter): a HashMap would write them in a new order each time.
+        let metadata: Vec<(&str, String)> = ["e", "b", "h", "a", "f", "c", "g", "d"]
+            .into_iter()
+            .map(|k| (k, format!("value of {k}")))
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str| {
+            let path = dir.path().join(name);
+            write_safetensors(&path, &tensors, &metadata).unwrap();
+            std::fs::read(path).unwrap()
+        };
+        let first = write("0.safetensors");
+        for i in 1..8 {
+            assert_eq!(write(&format!("{i}.safetensors")), first, "file {i}");
+        }
+        let stored = read_safetensors(&dir.path().join("0.safetensors")).unwrap();
+        assert_eq!(stored.metadata.len(), 8);
+        // burn-store's module files likewise (its metadata: producer, version, format).
+        let save = |name: &str| {
+            let stem = dir.path().join(name);
+            crate::record::save_module(&net, &stem).unwrap();
+            std::fs::read(stem.with_extension("safetensors")).unwrap()
+        };
+        let module = save("m0");
+        for i in 1..8 {
+            assert_eq!(save(&format!("m{i}")), module, "module file {i}");
+        }
+        // A file that is not safetensors is refused, not rewritten.
+        let text = dir.path().join("text.safetensors");
+        std::fs::write(&text, b"\xff\xff\xff\xff\xff\xff\xff\x7f not a header").unwrap();
+        let err = sort_header(&text).unwrap_err().to_string();
+        assert!(err.contains("not a safetensors file"), "{err}");
     }
 }
