@@ -100,10 +100,11 @@ impl Dims {
     }
 
     /// Samples per chunk: as many as keep the chunk's im2col matrix within
-    /// [`COLS_BUDGET`] floats, at least one, and no more than make
-    /// [`GROUPS`] chunks of the batch. Not the number of threads: the
-    /// chunks are the terms of the weight gradient's sum, which then come
-    /// out the same on any machine.
+    /// [`COLS_BUDGET`] floats, at least one, and at most n / [`GROUPS`], so
+    /// that a batch makes at least that many chunks for the threads to
+    /// share. Fixed by the batch, not by the number of threads: the chunks
+    /// are the terms of the weight gradient's sum, which then comes out the
+    /// same on any machine.
     fn chunk(&self) -> usize {
         let per_group = self.n.div_ceil(GROUPS).max(1);
         (COLS_BUDGET / (self.patch() * self.positions()).max(1)).clamp(1, per_group)
@@ -116,8 +117,8 @@ impl Dims {
 /// in one GEMM, made the U-Net step 1.5× slower).
 const COLS_BUDGET: usize = 1 << 18;
 
-/// The parts a batch is split into at most, for the threads to share (a
-/// machine's cores, up to 16), and the weight gradient's partial sums.
+/// The chunks a batch is cut into at least (work for up to 16 threads),
+/// and the weight gradient's partial sums at most.
 const GROUPS: usize = 16;
 
 /// The input position output (oy, ox) reads through kernel tap (ki, kj), or

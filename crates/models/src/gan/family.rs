@@ -293,7 +293,7 @@ impl<B: AutodiffBackend> GanTrainer<B> {
     ) -> Result<(f64, f64)> {
         // D passes the gradient through to the fake images, but its own
         // weights are not tracked: their gradients would be dropped, and
-        // the backward pass skips computing them (a third of D's backward).
+        // the backward pass skips computing them (about half of D's backward).
         let discriminator = self.discriminator.clone().no_grad();
         let logits = discriminator.forward(fake, labels, false);
         let loss = self.config.loss.generator(logits);
