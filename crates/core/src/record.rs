@@ -22,7 +22,7 @@ use burn::optim::record::AdaptorRecord;
 use burn::optim::{Adam, AdamState, AdaptiveMomentumState, Optimizer, SimpleOptimizer};
 use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
-use burn_store::{ApplyError, ModuleSnapshot, SafetensorsStore};
+use burn_store::{ApplyError, ModuleSnapshot, SafetensorsStore, SafetensorsStoreError};
 
 use crate::error::{Error, Result};
 use crate::weights::{NamedTensors, read_safetensors, write_safetensors};
@@ -142,9 +142,17 @@ pub fn save_module<B: Backend, M: Module<B>>(module: &M, stem: &Path) -> Result<
     force_init(module);
     let _ = module.clone().into_record();
     let mut store = SafetensorsStore::from_file(&file).overwrite(true);
-    module
-        .save_into(&mut store)
-        .map_err(|e| Error::checkpoint(&file, format!("cannot write weights: {e}")))?;
+    module.save_into(&mut store).map_err(|e| {
+        // A full disk in the OS's words, without burn-store's wrappers.
+        let reason = match e {
+            SafetensorsStoreError::Io(e)
+            | SafetensorsStoreError::Safetensors(safetensors::SafeTensorError::IoError(e)) => {
+                e.to_string()
+            }
+            e => e.to_string(),
+        };
+        Error::checkpoint(&file, format!("cannot write weights: {reason}"))
+    })?;
     crate::weights::sort_header(&file)
 }
 
@@ -303,8 +311,13 @@ where
         .iter()
         .map(|(k, v)| (k.as_str(), v.clone()))
         .collect();
-    write_safetensors(&file, &collect.tensors, &metadata)
-        .map_err(|e| Error::checkpoint(&file, format!("cannot write optimizer state: {e}")))
+    write_safetensors(&file, &collect.tensors, &metadata).map_err(|e| match e {
+        // The path once: `write_safetensors`' errors name it already.
+        Error::Io { source, .. } => {
+            Error::checkpoint(&file, format!("cannot write optimizer state: {source}"))
+        }
+        e => e,
+    })
 }
 
 /// Loads an optimizer's state from `stem.safetensors` for the parameters

@@ -76,8 +76,11 @@ pub fn write_safetensors(
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
     }
-    safetensors::serialize_to_file(views, metadata, path)
-        .map_err(|e| Error::Other(format!("{}: cannot write safetensors: {e}", path.display())))?;
+    safetensors::serialize_to_file(views, metadata, path).map_err(|e| match e {
+        // A full disk, a read-only directory: the OS's words, after the path.
+        safetensors::SafeTensorError::IoError(e) => Error::io(path, e),
+        e => Error::Other(format!("{}: cannot write safetensors: {e}", path.display())),
+    })?;
     sort_header(path)
 }
 
@@ -272,6 +275,34 @@ mod tests {
         let twice = vec![tensors[0].clone(), tensors[0].clone()];
         let err = write_safetensors(&path, &twice, &[]).unwrap_err();
         assert!(err.to_string().contains("two tensors are named"), "{err}");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_full_disk_is_said_after_the_path_once() {
+        let tensors = vec![("w".to_string(), TensorData::new(vec![1.0f32; 4], [2, 2]))];
+        // Linux's /dev/full takes the file's creation and refuses every write.
+        let err = write_safetensors(Path::new("/dev/full"), &tensors, &[]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "/dev/full: No space left on device (os error 28)"
+        );
+        // A module's weights (written by burn-store) into a file that is
+        // /dev/full.
+        let dev = CpuDevice::default();
+        let net = Net::<CpuBackend> {
+            fc: LinearConfig::new(3, 2).init(&dev),
+            norm: BatchNormConfig::new(2).init(&dev),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink("/dev/full", dir.path().join("model.safetensors")).unwrap();
+        let err = crate::record::save_module(&net, &dir.path().join("model")).unwrap_err();
+        assert!(
+            err.to_string().ends_with(
+                "model.safetensors: cannot write weights: No space left on device (os error 28)"
+            ),
+            "{err}"
+        );
     }
 
     #[test]
