@@ -434,7 +434,7 @@ pub(crate) fn start_training(
     if trained.is_err() && owner && !resume {
         match run.clear_if_unstarted() {
             Ok(true) => eprintln!(
-                "{} is left empty: the run stopped before it produced anything",
+                "{} is left empty: the run stopped before its first checkpoint, so none of its steps were kept",
                 out.display()
             ),
             Ok(false) => {}

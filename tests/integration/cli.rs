@@ -781,7 +781,10 @@ fn a_run_keeps_its_best_checkpoint_and_sample_takes_the_one_asked_for() {
     );
     // The refused run wrote nothing to keep: the corrected command may
     // take the same --out without --overwrite.
-    assert!(err.contains("misspelt is left empty"), "{err}");
+    assert!(
+        err.contains("misspelt is left empty: the run stopped before its first checkpoint"),
+        "{err}"
+    );
     ok(&train("test_neg_elbo", "misspelt"));
     assert!(dir.join("misspelt/checkpoints/best/manifest.json").exists());
 }
