@@ -216,13 +216,18 @@ mod tests {
         norm: burn::nn::BatchNorm<B>,
     }
 
-    #[test]
-    fn weights_are_written_in_pytorch_layout_and_read_back() {
+    /// A linear layer and a norm: both of burn's layout conversions.
+    fn net() -> Net<CpuBackend> {
         let dev = CpuDevice::default();
-        let net = Net::<CpuBackend> {
+        Net {
             fc: LinearConfig::new(3, 2).init(&dev),
             norm: BatchNormConfig::new(2).init(&dev),
-        };
+        }
+    }
+
+    #[test]
+    fn weights_are_written_in_pytorch_layout_and_read_back() {
+        let net = net();
         let tensors = pytorch_layout(&net, "net.").unwrap();
         let names: Vec<&str> = tensors.iter().map(|(n, _)| n.as_str()).collect();
         for name in [
@@ -289,11 +294,7 @@ mod tests {
         );
         // A module's weights (written by burn-store) into a file that is
         // /dev/full.
-        let dev = CpuDevice::default();
-        let net = Net::<CpuBackend> {
-            fc: LinearConfig::new(3, 2).init(&dev),
-            norm: BatchNormConfig::new(2).init(&dev),
-        };
+        let net = net();
         let dir = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink("/dev/full", dir.path().join("model.safetensors")).unwrap();
         let err = crate::record::save_module(&net, &dir.path().join("model")).unwrap_err();
@@ -307,11 +308,7 @@ mod tests {
 
     #[test]
     fn the_same_weights_and_metadata_make_the_same_bytes() {
-        let dev = CpuDevice::default();
-        let net = Net::<CpuBackend> {
-            fc: LinearConfig::new(3, 2).init(&dev),
-            norm: BatchNormConfig::new(2).init(&dev),
-        };
+        let net = net();
         let tensors = pytorch_layout(&net, "").unwrap();
         // As many keys as an optimizer's state has (a step count per
         // parameter): a HashMap would write them in a new order each time.
