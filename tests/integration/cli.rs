@@ -988,6 +988,22 @@ fn gpt_char_trains_on_a_text_file_and_continues_a_prompt() {
         err.contains("lr must be a positive number, got -1"),
         "{err}"
     );
+    // A zero budget is refused before the run directory is made.
+    for budget in ["--steps", "--epochs"] {
+        let err = fails(&genzoo(
+            &[
+                "train", "gpt-char", "--text", "poem.txt", budget, "0", "--out", "runs/g",
+            ],
+            dir,
+        ));
+        let name = budget.trim_start_matches('-');
+        assert!(err.contains(&format!("{name} must be at least 1")), "{err}");
+        assert!(!err.contains("left empty"), "{err}");
+        assert!(
+            !dir.join("runs/g").exists(),
+            "{budget} 0 made a run directory"
+        );
+    }
     // 4 held-out batches per evaluation instead of the preset's 200.
     let text = ok(&genzoo(
         &[

@@ -126,6 +126,15 @@ impl TrainConfig {
 
     /// Rejects settings no run can use.
     pub fn validate(&self) -> Result<()> {
+        // Refused here, before a run directory is made, rather than when
+        // the engine plans the run.
+        for (name, budget) in [("steps", self.steps), ("epochs", self.epochs)] {
+            if budget == Some(0) {
+                return Err(Error::Config(format!(
+                    "{name} must be at least 1: a budget of zero trains nothing"
+                )));
+            }
+        }
         if self.batch_size == 0 {
             return Err(Error::Config("batch_size must be at least 1".into()));
         }
