@@ -171,7 +171,7 @@ where
 /// or a step; see [`find_checkpoint`]).
 fn load_run(run_path: &Path, which: &str) -> Result<(RunDir, RunConfig, PathBuf, Manifest)> {
     let run = RunDir::open(run_path)?;
-    let config = RunConfig::load(&run.config_file())?;
+    let config = run.load_config()?;
     let identity = config.identity()?;
     let (dir, manifest) = find_checkpoint(&run.checkpoints_dir(), &identity, which, |w| {
         eprintln!("{w}")
@@ -181,7 +181,7 @@ fn load_run(run_path: &Path, which: &str) -> Result<(RunDir, RunConfig, PathBuf,
 
 fn info(run_path: &Path) -> Result<()> {
     let run = RunDir::open(run_path)?;
-    let config = RunConfig::load(&run.config_file())?;
+    let config = run.load_config()?;
     struct Count;
     impl<B: AutodiffBackend> FamilyTask<B> for Count {
         type Output = usize;

@@ -14,7 +14,7 @@ use genzoo_core::weights::{NamedTensors, write_safetensors};
 use genzoo_core::{Error, Family, ImageBatch, Result, TokenBatch};
 use genzoo_data::{Locator, load_image_dataset};
 use genzoo_models::presets::{FamilyTask, with_family};
-use genzoo_train::{DataConfig, RunConfig, RunDir};
+use genzoo_train::{DataConfig, RunDir};
 
 use super::sample::check_new_or_empty;
 use super::train::check_data_dir_flag;
@@ -69,7 +69,7 @@ enum Split {
 fn export_images(args: ImagesArgs) -> Result<()> {
     let data = match &args.run {
         Some(run) => {
-            let config = RunConfig::load(&RunDir::open(run)?.config_file())?;
+            let config = RunDir::open(run)?.load_config()?;
             if config.model.reads_text() {
                 return Err(Error::Config(format!(
                     "{} trains on text; export images writes an image dataset's images",

@@ -231,7 +231,7 @@ impl Overrides {
 
 /// `genzoo resume RUN`: `train` of the run's preset into RUN, resuming.
 pub(super) fn resume(run: PathBuf, overrides: Overrides) -> Result<()> {
-    let config = RunConfig::load(&run.join("config.toml"))?;
+    let config = RunDir::open(&run)?.load_config()?;
     train(TrainArgs {
         preset: config.preset,
         out: Some(run),

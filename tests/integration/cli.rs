@@ -168,6 +168,31 @@ fn train_sample_info_resume() {
         dir,
     ));
     assert!(err.contains("not class-conditional"), "{err}");
+
+    // A directory that is not a run (here its parent) is said to be one,
+    // by every command that reads a run.
+    for command in [
+        &["resume", "runs"][..],
+        &["info", "--run", "runs"],
+        &["sample", "--run", "runs"],
+        &["eval", "--run", "runs"],
+        &[
+            "export",
+            "weights",
+            "--run",
+            "runs",
+            "--out",
+            "w.safetensors",
+        ],
+    ] {
+        let err = fails(&genzoo(command, dir));
+        assert!(
+            err.contains("runs is not a run directory (it has no config.toml)"),
+            "{command:?}: {err}"
+        );
+    }
+    let err = fails(&genzoo(&["info", "--run", "runs/none"], dir));
+    assert!(err.contains("(it does not exist)"), "{err}");
 }
 
 #[test]

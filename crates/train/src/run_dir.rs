@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use genzoo_core::{Error, Result};
 
 use crate::checkpoint::MANIFEST;
+use crate::config::RunConfig;
 
 /// A run's directory and the paths inside it.
 #[derive(Clone, Debug)]
@@ -55,6 +56,18 @@ impl RunDir {
     /// `config.toml`.
     pub fn config_file(&self) -> PathBuf {
         self.root.join("config.toml")
+    }
+    /// Reads `config.toml`, the run's settings. A directory without one is
+    /// said not to be a run (rather than a bare "No such file").
+    pub fn load_config(&self) -> Result<RunConfig> {
+        let path = self.config_file();
+        if !path.exists() {
+            return Err(Error::Config(format!(
+                "{} is not a run directory (it has no config.toml)",
+                self.root.display()
+            )));
+        }
+        RunConfig::load(&path)
     }
     /// `metrics.jsonl`.
     pub fn metrics_file(&self) -> PathBuf {
