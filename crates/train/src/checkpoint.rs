@@ -8,6 +8,7 @@
 //! renamed into place only when complete, so a crash never leaves a
 //! half-written `step-*` directory.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -285,11 +286,17 @@ pub fn verify(
     if !same_model_config(&manifest.identity.fingerprint, &identity.fingerprint) {
         return Err(Unusable::Incompatible(Error::checkpoint(
             dir,
-            format!(
-                "it was written with another model config:\n--- checkpoint\n{}\n--- this run\n{}",
-                manifest.identity.fingerprint.trim(),
-                identity.fingerprint.trim()
-            ),
+            match config_differences(&manifest.identity.fingerprint, &identity.fingerprint) {
+                Some(keys) => format!(
+                    "it was written with another model config: {}",
+                    keys.join("; ")
+                ),
+                None => format!(
+                    "it was written with another model config:\n--- checkpoint\n{}\n--- this run\n{}",
+                    manifest.identity.fingerprint.trim(),
+                    identity.fingerprint.trim()
+                ),
+            },
         )));
     }
     for (name, want) in &manifest.files {
@@ -317,6 +324,56 @@ fn same_model_config(checkpoint: &str, run: &str) -> bool {
             ),
             (Ok(a), Ok(b)) if a == b
         )
+}
+
+/// The keys whose values differ between two model-config fingerprints,
+/// one entry each: `hidden = 400 in the checkpoint, 300 in this run`.
+/// Model configs are read as [`ModelConfig`]s first, so a key an older
+/// checkpoint lacks shows at the value its absence means, not as missing.
+/// `None` when either fingerprint is not a TOML table.
+fn config_differences(checkpoint: &str, run: &str) -> Option<Vec<String>> {
+    let keys = |text: &str| -> Option<BTreeMap<String, toml::Value>> {
+        let filled = toml::from_str::<ModelConfig>(text)
+            .ok()
+            .and_then(|config| toml::to_string(&config).ok());
+        let table: toml::Table = toml::from_str(filled.as_deref().unwrap_or(text)).ok()?;
+        let mut flat = BTreeMap::new();
+        flatten("", table, &mut flat);
+        Some(flat)
+    };
+    let (there, here) = (keys(checkpoint)?, keys(run)?);
+    let shown = |value: Option<&toml::Value>| value.map_or("absent".into(), ToString::to_string);
+    let names: BTreeSet<&String> = there.keys().chain(here.keys()).collect();
+    Some(
+        names
+            .into_iter()
+            .filter(|name| there.get(*name) != here.get(*name))
+            .map(|name| {
+                format!(
+                    "{name} = {} in the checkpoint, {} in this run",
+                    shown(there.get(name)),
+                    shown(here.get(name))
+                )
+            })
+            .collect(),
+    )
+}
+
+/// A table's values under dotted keys (`unet.channels`).
+fn flatten(prefix: &str, table: toml::Table, into: &mut BTreeMap<String, toml::Value>) {
+    for (key, value) in table {
+        let name = if prefix.is_empty() {
+            key
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match value {
+            toml::Value::Table(inner) => flatten(&name, inner, into),
+            value => {
+                into.insert(name, value);
+            }
+        }
+    }
 }
 
 /// The newest usable checkpoint, falling back past corrupt ones with a
@@ -457,5 +514,52 @@ mod tests {
         // Fingerprints that are no model config compare as text.
         assert!(same_model_config("custom", "custom"));
         assert!(!same_model_config("custom", "custom "));
+    }
+
+    #[test]
+    fn a_config_mismatch_names_the_keys_that_differ() {
+        let fingerprint = |config: GptConfig| toml::to_string(&ModelConfig::Gpt(config)).unwrap();
+        let wider = fingerprint(GptConfig {
+            n_embd: 256,
+            dropout: 0.1,
+            ..Default::default()
+        });
+        let base = fingerprint(GptConfig::default());
+        let default = GptConfig::default();
+        assert_eq!(
+            config_differences(&wider, &base).unwrap(),
+            [
+                format!(
+                    "dropout = 0.1 in the checkpoint, {:?} in this run",
+                    default.dropout
+                ),
+                format!(
+                    "n_embd = 256 in the checkpoint, {} in this run",
+                    default.n_embd
+                ),
+            ]
+        );
+        // A key an older checkpoint lacks reads at its meaning: here the
+        // one difference is the value the new run gave it.
+        let old = fingerprint(GptConfig {
+            decay_embeddings: true,
+            ..Default::default()
+        })
+        .replace("decay_embeddings = true\n", "");
+        let new = fingerprint(GptConfig {
+            decay_embeddings: false,
+            ..Default::default()
+        });
+        assert_eq!(
+            config_differences(&old, &new).unwrap(),
+            ["decay_embeddings = true in the checkpoint, false in this run"]
+        );
+        // Tables other than model configs compare key by key; text that is
+        // no TOML table has no keys to name.
+        assert_eq!(
+            config_differences("a = 1\n[b]\nc = \"x\"\n", "a = 1\n").unwrap(),
+            ["b.c = \"x\" in the checkpoint, absent in this run"]
+        );
+        assert_eq!(config_differences("custom", "a = 1"), None);
     }
 }
