@@ -321,8 +321,8 @@ pub(crate) struct TrainSummary {
     pub total_train_seconds: f64,
     /// Trainable parameters.
     pub params: usize,
-    /// The last evaluation: the split's name and its metrics.
-    pub last_eval: Option<(&'static str, genzoo_core::Metrics)>,
+    /// The last evaluation: the split's name, its step and its metrics.
+    pub last_eval: Option<(&'static str, u64, genzoo_core::Metrics)>,
     /// Training batches per epoch.
     pub per_epoch: usize,
     /// The call stopped early on a signal, after checkpointing its last step.
@@ -654,7 +654,10 @@ impl<B: AutodiffBackend> ReplicaFit<'_, B> {
             train_seconds: outcome.train_seconds,
             total_train_seconds: outcome.total_train_seconds,
             params,
-            last_eval: outcome.last_eval.map(|m| (data.eval_split(), m)),
+            last_eval: outcome
+                .last_eval
+                .zip(outcome.last_eval_step)
+                .map(|(m, at)| (data.eval_split(), at, m)),
             per_epoch: data.batches_per_epoch(),
             interrupted: outcome.interrupted,
         })
@@ -717,7 +720,10 @@ where
         train_seconds: outcome.train_seconds,
         total_train_seconds: outcome.total_train_seconds,
         params,
-        last_eval: outcome.last_eval.map(|m| (data.eval_split(), m)),
+        last_eval: outcome
+            .last_eval
+            .zip(outcome.last_eval_step)
+            .map(|(m, at)| (data.eval_split(), at, m)),
         per_epoch: data.batches_per_epoch(),
         interrupted: outcome.interrupted,
     };
@@ -739,9 +745,16 @@ fn print_summary(summary: &TrainSummary, started: Instant, run: &RunDir) {
         1000.0 * secs / steps,
         secs / steps * summary.per_epoch as f64
     );
-    if let Some((split, eval)) = &summary.last_eval {
+    if let Some((split, at, eval)) = &summary.last_eval {
+        // An evaluation before the run's last step says so: it is not
+        // the figure of the weights the run ended with.
+        let when = if *at == summary.step {
+            String::new()
+        } else {
+            format!(" (at step {at}, the last evaluation)")
+        };
         println!(
-            "{split}: {}",
+            "{split}{when}: {}",
             eval.iter()
                 .map(|(k, v)| format!("{k} {v:.4}"))
                 .collect::<Vec<_>>()

@@ -368,7 +368,7 @@ fn an_interrupted_run_checkpoints_its_step_and_resumes_from_it() {
         "--checkpoint-every",
         "10000000",
         "--eval-every",
-        "10000000",
+        "3",
         "--log-every",
         "1",
     ];
@@ -390,6 +390,15 @@ fn an_interrupted_run_checkpoints_its_step_and_resumes_from_it() {
             && text.contains("`genzoo resume runs/v` continues"),
         "{text}"
     );
+    // Its held-out figures are said to be from the last evaluation's step
+    // when that is not the step it stopped at.
+    let evaluated = step / 3 * 3;
+    if evaluated == step {
+        assert!(text.contains("\ntest: neg_elbo"), "{text}");
+    } else if evaluated > 0 {
+        let line = format!("\ntest (at step {evaluated}, the last evaluation): neg_elbo");
+        assert!(text.contains(&line), "{text}");
+    }
     let manifest = run.join(format!("checkpoints/step-{step:08}/manifest.json"));
     assert!(
         manifest.exists(),

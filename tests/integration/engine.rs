@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
@@ -17,7 +17,7 @@ use genzoo::core::family::SampleRequest;
 use genzoo::core::record::{
     load_module, load_optimizer, param_values, save_module, save_optimizer,
 };
-use genzoo::core::{CpuDevice, Error, Family, ImageBatch, Metrics, Result, StepContext};
+use genzoo::core::{CpuDevice, Error, Family, ImageBatch, Metrics, Result, StepContext, TrainData};
 use genzoo::data::{ImageData, ImageDataset, Scaling, synthetic};
 use genzoo::models::vae::{PixelLikelihood, VaeConfig, VaeTrainer};
 use genzoo::train::checkpoint::{FORMAT_VERSION, list_checkpoints};
@@ -234,6 +234,56 @@ fn a_run_asked_to_stop_checkpoints_its_step_and_resumes_exactly() {
     let losses = |run: &Path| train_losses(&read_jsonl(&run.join("metrics.jsonl")).unwrap());
     assert_eq!(losses(&tmp.path().join("straight")).len(), 16);
     assert_eq!(losses(&tmp.path().join("straight")), losses(&split));
+}
+
+/// Data whose evaluation asks the run to stop, as a Ctrl-C during an
+/// evaluation would.
+struct StopsDuringEvaluation {
+    data: ImageData,
+    stop: Arc<AtomicBool>,
+}
+
+impl TrainData<B> for StopsDuringEvaluation {
+    type Batch = ImageBatch<B>;
+    fn batches_per_epoch(&self) -> usize {
+        TrainData::<B>::batches_per_epoch(&self.data)
+    }
+    fn train_batch(&self, epoch: u64, index: usize, device: &CpuDevice) -> ImageBatch<B> {
+        self.data.train_batch(epoch, index, device)
+    }
+    fn eval_batches(&self) -> usize {
+        TrainData::<B>::eval_batches(&self.data)
+    }
+    fn eval_batch(&self, index: usize, device: &CpuDevice) -> (ImageBatch<B>, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.data.eval_batch(index, device)
+    }
+}
+
+#[test]
+fn a_stop_asked_during_an_evaluation_ends_the_run_at_that_step() {
+    let _guard = rng_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let device = CpuDevice::default();
+    let run = tmp.path().join("run");
+    let stop = Arc::new(AtomicBool::new(false));
+    let data = StopsDuringEvaluation {
+        data: data(3),
+        stop: stop.clone(),
+    };
+    // 6 batches an epoch: the first evaluation is after step 6.
+    let stopped = trainer(&run, train_config(16), false)
+        .stop_when(stop)
+        .fit(fresh_vae(), &data, &device)
+        .unwrap();
+    assert!(stopped.interrupted);
+    assert_eq!(stopped.step, 6, "not stopped at the evaluated step");
+    assert_eq!(stopped.last_eval_step, Some(6));
+    assert_eq!(checkpoint_steps(&run), [4, 6]);
+    // The log ends at that step.
+    let records = read_jsonl(&run.join("metrics.jsonl")).unwrap();
+    assert_eq!(records.last().unwrap()["step"], 6);
+    assert_eq!(train_losses(&records).len(), 6);
 }
 
 #[test]
@@ -572,6 +622,9 @@ fn a_minutes_run_resumes_on_its_plan_and_stops_on_the_clock() {
     );
     assert!(clocked.step < clocked.total_steps);
     assert!(clocked.train_seconds >= 0.0012, "{}", clocked.train_seconds);
+    // Evaluated at the step it ended at, as a run at its planned end is.
+    assert!(clocked.last_eval.is_some());
+    assert_eq!(clocked.last_eval_step, Some(clocked.step));
     let manifest = last_manifest(run);
     assert_eq!(manifest["step"], before + clocked.steps_this_call);
     assert_eq!(manifest["step"], clocked.step);

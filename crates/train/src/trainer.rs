@@ -41,6 +41,10 @@ pub struct TrainOutcome<F> {
     pub last_train: Metrics,
     /// The last evaluation metrics (without the `test_`/`val_` prefix).
     pub last_eval: Option<Metrics>,
+    /// The step of [`TrainOutcome::last_eval`]: before [`TrainOutcome::step`]
+    /// when the call ended between evaluations (interrupted, or a minutes
+    /// budget's clock).
+    pub last_eval_step: Option<u64>,
     /// Wall-clock seconds of this call's training steps (excluding evaluation and I/O).
     pub train_seconds: f64,
     /// The same over every call of the run: what its checkpoints record
@@ -451,7 +455,7 @@ impl Trainer {
         let (mut replans, mut paced_from) = (0, (step, 0.0));
         let mut window = MetricWindow::default();
         let mut last_train = Metrics::new();
-        let mut last_eval = None;
+        let (mut last_eval, mut last_eval_step) = (None, None);
         let mut train_seconds = 0.0;
         let mut window_start = Instant::now();
 
@@ -571,11 +575,14 @@ impl Trainer {
                 }
                 Ok(())
             };
-            let eval_due = if cfg.eval_every == 0 {
-                epoch_end || step == total
-            } else {
-                step.is_multiple_of(cfg.eval_every) || step == total
-            };
+            // A run ended by a minutes budget's clock is as finished as one
+            // that took its planned steps: its last step is evaluated too.
+            let eval_due = timed_out
+                || if cfg.eval_every == 0 {
+                    epoch_end || step == total
+                } else {
+                    step.is_multiple_of(cfg.eval_every) || step == total
+                };
             if eval_due && data.eval_batches() > 0 {
                 let eval = evaluate(&family, data, device, cfg, step)?;
                 let split = data.eval_split();
@@ -616,7 +623,21 @@ impl Trainer {
                     say(&w.stop_message(step));
                     (end, stopped_early) = (step, true);
                 }
-                last_eval = Some(eval);
+                (last_eval, last_eval_step) = (Some(eval), Some(step));
+                // A signal during the evaluation, which can take longer than
+                // a step, ends the run at this step rather than after the
+                // next. Not in a data-parallel run: its other replicas are
+                // already in the next step's all-reduce.
+                if ctx.replica.is_none()
+                    && step < end
+                    && self
+                        .stop_when
+                        .as_ref()
+                        .is_some_and(|flag| flag.load(Ordering::Relaxed))
+                {
+                    say(&format!("step {step}: stopping as asked"));
+                    (end, interrupted) = (step, true);
+                }
             }
             // After the evaluation, which may have ended the run here.
             let last = step == end;
@@ -667,6 +688,7 @@ impl Trainer {
             total_steps: total,
             last_train,
             last_eval,
+            last_eval_step,
             train_seconds,
             total_train_seconds: spent_before + train_seconds,
             steps_this_call: step - start_step,
