@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # genzoo on aarch64 Linux, from an x86-64 Linux machine: cross-compiles,
 # runs genzoo-core's tests (the CPU kernels among them) under QEMU, then
-# trains vae-mlp and gpt-char briefly with the aarch64 and the native binary
-# and checks that both log the same held-out figures.
-# Not part of CI: about 20 minutes on 2 cores the first time (the build),
-# 6 after.
+# trains vae-mlp, dcgan-28, ddpm-unet and gpt-char briefly with the aarch64
+# and the native binary and checks that both log the same held-out figures
+# (dcgan-28's are reported: see `runs` below).
+# Not part of CI: about 35 minutes on 2 cores the first time (15 of them the
+# build), 20 after; the emulated dcgan-28 and ddpm-unet take 8 and 5.
 #
 #   scripts/check-aarch64.sh
 #   DATA_DIR=/path/to/mnist-format/files TEXT=input.txt scripts/check-aarch64.sh
@@ -48,14 +49,26 @@ cargo build --release --bin genzoo
 arm=(qemu-aarch64 -L /usr/aarch64-linux-gnu "$TARGET_DIR/$TARGET/release/genzoo")
 native=("$ROOT/target/release/genzoo")
 head -c 20000 "$TEXT" > "$WORK/text.txt"
-# Held-out loss on 4 batches, not 200: emulated, each costs ~1 s.
-printf '[train]\neval_batches = 4\n' > "$WORK/quick.toml"
+# Held-out loss on 4 batches, not 200, and grids of 4 samples: emulated,
+# each batch costs ~1 s.
+printf '[train]\neval_batches = 4\nsamples = 4\n' > "$WORK/quick.toml"
+# A run marked "~" is compared and reported but need not match: a GAN's
+# adversarial updates amplify the last-bit differences of the two builds'
+# GEMM kernels (which add in another order on NEON), from 2e-5 in the
+# generator's loss after one step to 2e-3 after ten.
 runs=(
   "vae-mlp --dataset idx:$DATA_DIR --limit 2000 --steps 100"
+  "~ dcgan-28 --dataset idx:$DATA_DIR --limit 256 --config $WORK/quick.toml --steps 10"
+  "ddpm-unet --dataset idx:$DATA_DIR --limit 32 --batch-size 16 --config $WORK/quick.toml --steps 2"
   "gpt-char --text $WORK/text.txt --config $WORK/quick.toml --steps 10"
 )
 status=0
 for run in "${runs[@]}"; do
+  required=true
+  if [[ "$run" == "~ "* ]]; then
+    required=false
+    run="${run#\~ }"
+  fi
   read -r -a args <<< "$run"
   for build in native arm; do
     if [[ "$build" == arm ]]; then binary=("${arm[@]}"); else binary=("${native[@]}"); fi
@@ -71,8 +84,8 @@ for run in "${runs[@]}"; do
     echo "${args[0]}: the same on both: $(cat "$WORK/native.txt")"
   else
     echo "${args[0]}: x86-64 $(cat "$WORK/native.txt") | aarch64 $(cat "$WORK/arm.txt")" \
-      "(generated text the same: $same_text)" >&2
-    status=1
+      "(generated text the same: $same_text)$($required || echo '; reported, need not match')" >&2
+    if $required; then status=1; fi
   fi
 done
 exit "$status"
