@@ -213,12 +213,18 @@ fn check_sample_flags(args: &SampleArgs, config: &RunConfig) -> Result<()> {
         if flags.is_empty() {
             return Ok(());
         }
+        // "of images" too: gpt-pixel is a gpt model, and draws no text.
         Err(Error::Config(format!(
-            "{} {} for {kind}; {} is a {} model",
+            "{} {} for {kind}; {} is a {} model of {}",
             flags.join(", "),
             if flags.len() == 1 { "is" } else { "are" },
             config.preset,
-            config.model.family()
+            config.model.family(),
+            if config.model.reads_text() {
+                "text"
+            } else {
+                "images"
+            }
         )))
     };
     let diffusion = given(&[

@@ -1093,7 +1093,11 @@ fn gpt_char_trains_on_a_text_file_and_continues_a_prompt() {
         &["sample", "--run", "runs/g", "--n", "4", "--out", "x.png"],
         dir,
     ));
-    assert!(err.contains("--n, --out are for image models"), "{err}");
+    assert!(
+        err.contains("--n, --out are for image models")
+            && err.contains("; gpt-char is a gpt model of text"),
+        "{err}"
+    );
     for (flag, value, expected) in [
         ("--top-p", "1.5", "--top-p must be in (0, 1]"),
         ("--top-k", "0", "--top-k must be at least 1"),
@@ -1451,7 +1455,7 @@ fn ddpm_trains_and_samples_with_either_sampler_and_a_trajectory() {
         dir,
     ));
     assert!(
-        err.contains("--prompt, --tokens are for text models"),
+        err.contains("--prompt, --tokens are for text models; vae-mlp is a vae model of images"),
         "{err}"
     );
     let err = fails(&genzoo(&["sample", "--run", "runs/vae", "--n", "0"], dir));
