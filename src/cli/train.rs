@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::Args;
 use genzoo_core::backend::{BackendTask, with_backend};
 use genzoo_core::{BackendKind, Error, Family, ImageBatch, Result, TokenBatch};
@@ -14,7 +14,7 @@ use genzoo_data::{DatasetSource, ImageData, Locator, TextCorpus, TextData, load_
 use genzoo_models::ModelConfig;
 use genzoo_models::presets::{FamilyTask, with_family};
 use genzoo_train::data_parallel::run_replicas;
-use genzoo_train::{RunConfig, RunDir, RunLock, Trainer};
+use genzoo_train::{RunConfig, RunDir, RunLock, TrainOutcome, Trainer};
 
 use super::{interrupt, with_backend_on_pool};
 
@@ -327,6 +327,31 @@ pub(crate) struct TrainSummary {
     pub per_epoch: usize,
     /// The call stopped early on a signal, after checkpointing its last step.
     pub interrupted: bool,
+}
+
+impl TrainSummary {
+    /// What the engine's `outcome` says of a call that trained a model of
+    /// `params` parameters on `data`.
+    fn new<B: Backend, F>(
+        outcome: TrainOutcome<F>,
+        params: usize,
+        data: &impl genzoo_core::TrainData<B>,
+    ) -> Self {
+        Self {
+            steps_this_call: outcome.steps_this_call,
+            step: outcome.step,
+            total_steps: outcome.total_steps,
+            train_seconds: outcome.train_seconds,
+            total_train_seconds: outcome.total_train_seconds,
+            params,
+            last_eval: outcome
+                .last_eval
+                .zip(outcome.last_eval_step)
+                .map(|(m, at)| (data.eval_split(), at, m)),
+            per_epoch: data.batches_per_epoch(),
+            interrupted: outcome.interrupted,
+        }
+    }
 }
 
 /// Loads the data `config` names, writes the run's config and trains
@@ -647,20 +672,7 @@ impl<B: AutodiffBackend> ReplicaFit<'_, B> {
             .stop_when(job.stop.clone())
             .progress(self.replica.is_leader());
         let outcome = trainer.fit_replica(family, data, &self.device)?;
-        Ok(TrainSummary {
-            steps_this_call: outcome.steps_this_call,
-            step: outcome.step,
-            total_steps: outcome.total_steps,
-            train_seconds: outcome.train_seconds,
-            total_train_seconds: outcome.total_train_seconds,
-            params,
-            last_eval: outcome
-                .last_eval
-                .zip(outcome.last_eval_step)
-                .map(|(m, at)| (data.eval_split(), at, m)),
-            per_epoch: data.batches_per_epoch(),
-            interrupted: outcome.interrupted,
-        })
+        Ok(TrainSummary::new(outcome, params, data))
     }
 }
 
@@ -713,20 +725,7 @@ where
         .resume(resume)
         .stop_when(stop);
     let outcome = trainer.fit(family, data, device)?;
-    let summary = TrainSummary {
-        steps_this_call: outcome.steps_this_call,
-        step: outcome.step,
-        total_steps: outcome.total_steps,
-        train_seconds: outcome.train_seconds,
-        total_train_seconds: outcome.total_train_seconds,
-        params,
-        last_eval: outcome
-            .last_eval
-            .zip(outcome.last_eval_step)
-            .map(|(m, at)| (data.eval_split(), at, m)),
-        per_epoch: data.batches_per_epoch(),
-        interrupted: outcome.interrupted,
-    };
+    let summary = TrainSummary::new(outcome, params, data);
     print_summary(&summary, started, &run);
     Ok(summary)
 }

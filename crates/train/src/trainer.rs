@@ -138,6 +138,13 @@ impl Trainer {
         self
     }
 
+    /// Whether the flag of [`Trainer::stop_when`] is set now.
+    fn stop_asked(&self) -> bool {
+        self.stop_when
+            .as_ref()
+            .is_some_and(|flag| flag.load(Ordering::Relaxed))
+    }
+
     /// Show a progress bar (on by default; hidden anyway when stderr is not a terminal).
     pub fn progress(mut self, show: bool) -> Self {
         self.progress = show;
@@ -479,10 +486,7 @@ impl Trainer {
             let time_up = cfg
                 .minutes
                 .is_some_and(|m| spent_before + train_seconds >= m * 60.0);
-            let stop_asked = self
-                .stop_when
-                .as_ref()
-                .is_some_and(|flag| flag.load(Ordering::Relaxed));
+            let stop_asked = self.stop_asked();
             let (time_up, stop_asked) = match &ctx.replica {
                 // The metrics of the global batch, the leader's clock for
                 // everyone, and a stop asked of any replica.
@@ -628,13 +632,7 @@ impl Trainer {
                 // a step, ends the run at this step rather than after the
                 // next. Not in a data-parallel run: its other replicas are
                 // already in the next step's all-reduce.
-                if ctx.replica.is_none()
-                    && step < end
-                    && self
-                        .stop_when
-                        .as_ref()
-                        .is_some_and(|flag| flag.load(Ordering::Relaxed))
-                {
+                if ctx.replica.is_none() && step < end && self.stop_asked() {
                     say(&format!("step {step}: stopping as asked"));
                     (end, interrupted) = (step, true);
                 }
