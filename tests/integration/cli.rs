@@ -1081,6 +1081,30 @@ fn gpt_char_trains_on_a_text_file_and_continues_a_prompt() {
         printed.starts_with("The ") && printed.trim_end().chars().count() >= 4,
         "{printed}"
     );
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("tokens/s, with the key/value cache)"),
+        "{said}"
+    );
+    // Past the preset's 64-token block the cache serves the tokens whose
+    // context fits (4 prompt tokens: the first 61), and the line says so.
+    let out = genzoo(
+        &[
+            "sample", "--run", "runs/g", "--prompt", "The ", "--tokens", "70",
+        ],
+        dir,
+    );
+    let printed = String::from_utf8_lossy(&ok_out(&out)).into_owned();
+    // The prompt, 70 tokens, and the line's end.
+    assert_eq!(printed.chars().count(), 4 + 70 + 1, "{printed}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(
+            "the first 61 with the key/value cache, the other 9 each recomputing the full \
+             64-token context"
+        ),
+        "{said}"
+    );
     let err = fails(&genzoo(
         &[
             "sample", "--run", "runs/g", "--prompt", "Zebra", "--tokens", "5",

@@ -327,10 +327,12 @@ impl<B: AutodiffBackend> BenchTask<'_, B> {
                 json!(if use_cache {
                     "key/value cache: one new token per forward inside the 64-token block; past it \
                      the window slides and the last 64 tokens are recomputed (learned absolute \
-                     positions); temperature 1, multinomial; starts from one token"
-                } else {
-                    "no cache: each new token re-runs the forward on the last <= 64 tokens; \
+                     positions), the last block and the head on the newest position only; \
                      temperature 1, multinomial; starts from one token"
+                } else {
+                    "no cache: each new token re-runs the forward on the last <= 64 tokens, the \
+                     last block and the head on the newest position only; temperature 1, \
+                     multinomial; starts from one token"
                 }),
             );
             window.finish(&mut r);

@@ -45,6 +45,20 @@ pub enum GptInput {
 }
 
 impl GptInput {
+    /// The number of tokens generation starts from for `prompt`: one per
+    /// character, or per byte for a byte-level model, and one (a newline)
+    /// for an empty prompt. Images have no prompt: 1, the start token.
+    pub fn prompt_tokens(&self, prompt: &str) -> usize {
+        let n = match self {
+            GptInput::Text {
+                vocabulary: Some(_),
+            } => prompt.chars().count(),
+            GptInput::Text { vocabulary: None } => prompt.len(),
+            GptInput::Pixels { .. } => 0,
+        };
+        n.max(1)
+    }
+
     /// Whether the model has a likelihood of 8-bit images in bits/dim: a
     /// pixel model whose levels split the 256 byte values evenly.
     pub fn check_bits_per_dim(&self) -> Result<()> {

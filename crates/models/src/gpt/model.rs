@@ -251,6 +251,23 @@ impl<B: Backend> CausalSelfAttention<B> {
         let y = y.swap_dims(1, 2).reshape([b, t, c]); // re-assemble the heads: (B, T, C)
         dropout(linear_rows(&self.c_proj, y), self.dropout)
     }
+
+    /// The output at the last position only, attending to every position of `x`.
+    ///
+    /// # Shapes
+    /// - x: `[batch, t, n_embd]` → `[batch, 1, n_embd]`
+    pub fn forward_last(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let t = x.dims()[1];
+        // Attention itself is a small part of a block's work (t² · n_embd
+        // against t · 12 · n_embd²), so it runs at every position on the packed
+        // q, k, v, which needs no head split; the projection after it runs at
+        // the last position alone.
+        let y = causal_self_attention(linear_rows(&self.c_attn, x), self.n_head);
+        dropout(
+            linear_rows(&self.c_proj, y.narrow(1, t - 1, 1)),
+            self.dropout,
+        )
+    }
 }
 
 /// The queries, keys and values of packed `[batch, t, 3·n_embd]`
@@ -299,6 +316,15 @@ impl<B: Backend> Block<B> {
     /// `[batch, t, n_embd]` → `[batch, t, n_embd]`
     pub fn forward(&self, x: Tensor<B, 3>, cache: Option<&mut LayerCache<B>>) -> Tensor<B, 3> {
         let x = x.clone() + self.attn.forward(self.ln_1.forward(x), cache);
+        x.clone() + self.mlp.forward(self.ln_2.forward(x))
+    }
+
+    /// The block's output at the last position only: `[batch, t, n_embd]` →
+    /// `[batch, 1, n_embd]`. Every position still gives its key and value.
+    pub fn forward_last(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let t = x.dims()[1];
+        let last = x.clone().narrow(1, t - 1, 1);
+        let x = last + self.attn.forward_last(self.ln_1.forward(x));
         x.clone() + self.mlp.forward(self.ln_2.forward(x))
     }
 }
@@ -391,12 +417,49 @@ impl<B: Backend> Gpt<B> {
         self.forward_from(tokens, past, Some(cache))
     }
 
+    /// Next-token logits at the last position only, as generation needs
+    /// them from a window it recomputes. The same as the last position of
+    /// [`Gpt::forward`] (up to rounding) for less work: the last block gives
+    /// every position's key and value but computes the rest (the attention's
+    /// projection, the MLP, the head) at the last position alone, which for
+    /// gpt-char's 4 blocks saves about a fifth of the multiply-adds.
+    ///
+    /// # Shapes
+    /// - tokens: `[batch, t]` with 1 ≤ t ≤ block_size → `[batch, vocab_size]`
+    pub fn forward_last(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 2> {
+        let [b, t] = tokens.dims();
+        assert!(t > 0, "no tokens to continue");
+        let mut x = self.embed(tokens, 0);
+        let x = match self.blocks.split_last() {
+            Some((last, blocks)) => {
+                for block in blocks {
+                    x = block.forward(x, None);
+                }
+                last.forward_last(x)
+            }
+            None => x.narrow(1, t - 1, 1),
+        };
+        let logits = self.head(x); // (B, 1, V)
+        let v = logits.dims()[2];
+        logits.reshape([b, v])
+    }
+
     fn forward_from(
         &self,
         tokens: Tensor<B, 2, Int>,
         past: usize,
         mut cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
+        let mut x = self.embed(tokens, past);
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward(x, cache.as_deref_mut().map(|c| &mut c.layers[i]));
+        }
+        self.head(x)
+    }
+
+    /// Token plus position embeddings of `tokens` placed at positions
+    /// `past..past + t`: `[batch, t]` → `[batch, t, n_embd]`.
+    fn embed(&self, tokens: Tensor<B, 2, Int>, past: usize) -> Tensor<B, 3> {
         let [b, t] = tokens.dims();
         assert!(
             past + t <= self.block_size,
@@ -409,10 +472,12 @@ impl<B: Backend> Gpt<B> {
             .unsqueeze::<2>()
             .expand([b, t]);
         let x = self.wte.forward(tokens) + self.wpe.forward(positions); // (B, T, C)
-        let mut x = dropout(x, self.dropout);
-        for (i, block) in self.blocks.iter().enumerate() {
-            x = block.forward(x, cache.as_deref_mut().map(|c| &mut c.layers[i]));
-        }
+        dropout(x, self.dropout)
+    }
+
+    /// The final norm and the output head: `[batch, t, n_embd]` → `[batch, t, vocab_size]`.
+    fn head(&self, x: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [b, t, _] = x.dims();
         let x = self.ln_f.forward(x);
         match &self.lm_head {
             Some(head) => linear_rows(head, x),
@@ -527,6 +592,46 @@ mod tests {
         let cached = Tensor::cat(parts, 1);
         let diff: f32 = (full - cached).abs().max().into_scalar();
         assert!(diff < 1e-4, "max difference {diff}");
+    }
+
+    #[test]
+    fn last_position_forward_matches_the_full_forward() {
+        let _guard = crate::rng_lock();
+        let dev = CpuDevice::default();
+        for tie_weights in [true, false] {
+            let gpt = GptConfig {
+                vocab_size: 11,
+                block_size: 8,
+                n_layer: 2,
+                n_embd: 32,
+                tie_weights,
+                ..Default::default()
+            }
+            .init::<CpuBackend>(&dev);
+            // A short window, a full one, and a single token.
+            for tokens in [
+                [[1, 2, 3], [3, 2, 1]].concat(),
+                [[1, 2, 3, 4, 5, 6, 7, 8], [8, 7, 6, 5, 4, 3, 2, 1]].concat(),
+                vec![5, 6],
+            ] {
+                let t = tokens.len() / 2;
+                let tokens = Tensor::<CpuBackend, 2, Int>::from_data(
+                    TensorData::new(tokens.iter().map(|&x| x as i64).collect(), [2, t]),
+                    &dev,
+                );
+                let full = gpt
+                    .forward(tokens.clone())
+                    .narrow(1, t - 1, 1)
+                    .reshape([2, 11]);
+                let last = gpt.forward_last(tokens);
+                assert_eq!(last.dims(), [2, 11]);
+                let diff: f32 = (full - last).abs().max().into_scalar();
+                assert!(
+                    diff < 1e-5,
+                    "t = {t}, tied {tie_weights}: max difference {diff}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //!
 //! The cache is valid while the sequence fits in the block size (learned
 //! absolute positions shift when the window slides); past that, each new
-//! token is computed from the last `block_size` tokens, as nanoGPT does.
+//! token is computed from the last `block_size` tokens, as nanoGPT does,
+//! with only the last position taken through the final block and the head
+//! (the only one whose logits are used).
 
 use burn::prelude::*;
 use genzoo_core::seed::host_rng;
@@ -88,6 +90,31 @@ fn argmax(xs: &[f32]) -> u32 {
         .map_or(0, |(i, _)| i as u32)
 }
 
+/// How many of `new_tokens` after a prompt of `prompt_len` tokens come from
+/// the key/value cache: those whose context (the prompt and the tokens before
+/// them) fits in the block. The others, and all of them without the cache,
+/// recompute the last `block_size` tokens each.
+///
+/// ```
+/// use genzoo_models::gpt::sample::cached_tokens;
+/// // A 6-token prompt in a 64-token block: contexts of 6 to 64 tokens.
+/// assert_eq!(cached_tokens(6, 300, 64, true), 59);
+/// assert_eq!(cached_tokens(6, 20, 64, true), 20);
+/// assert_eq!(cached_tokens(6, 20, 64, false), 0);
+/// ```
+pub fn cached_tokens(
+    prompt_len: usize,
+    new_tokens: usize,
+    block_size: usize,
+    use_cache: bool,
+) -> usize {
+    if use_cache && prompt_len < block_size {
+        new_tokens.min(block_size - prompt_len + 1)
+    } else {
+        0
+    }
+}
+
 /// Continues each of `prompts` (all of one length, at least 1) by `new_tokens`.
 /// Row `i` samples from its own RNG stream of `seed`, so a row's tokens do not
 /// depend on the other rows.
@@ -114,43 +141,30 @@ pub fn generate<B: Backend>(
             .collect();
         Tensor::<B, 2, Int>::from_data(TensorData::new(flat, [rows.len(), t]), device)
     };
-    let last_logits = |logits: Tensor<B, 3>| -> Vec<f32> {
-        let [b, t, v] = logits.dims();
+    let host = |logits: Tensor<B, 2>| -> Vec<f32> {
         logits
-            .narrow(1, t - 1, 1)
-            .reshape([b, v])
             .into_data()
             .convert::<f32>()
             .to_vec::<f32>()
             .expect("f32 logits")
     };
+    let cached = cached_tokens(prompts[0].len(), new_tokens, block, use_cache);
     let mut cache = model.empty_cache();
-    let mut cached_ok = use_cache && seqs[0].len() < block;
-    let mut logits = if cached_ok {
-        last_logits(model.forward_cached(
-            to_tensor(seqs.iter().map(|s| s.as_slice()).collect()),
-            &mut cache,
-        ))
-    } else {
-        Vec::new()
-    };
-    for _ in 0..new_tokens {
-        if !cached_ok {
+    for k in 0..new_tokens {
+        let logits = if k < cached {
+            // The whole prompt first, then the newest token: the cache holds the rest.
+            let fed = if k == 0 { prompts[0].len() } else { 1 };
+            let rows = seqs.iter().map(|s| &s[s.len() - fed..]).collect();
+            let logits = model.forward_cached(to_tensor(rows), &mut cache);
+            let [b, t, v] = logits.dims();
+            host(logits.narrow(1, t - 1, 1).reshape([b, v]))
+        } else {
             let start = seqs[0].len().saturating_sub(block);
-            logits =
-                last_logits(model.forward(to_tensor(seqs.iter().map(|s| &s[start..]).collect())));
-        }
+            host(model.forward_last(to_tensor(seqs.iter().map(|s| &s[start..]).collect())))
+        };
         let v = logits.len() / n;
         for (i, seq) in seqs.iter_mut().enumerate() {
             seq.push(sampling.pick(&logits[i * v..(i + 1) * v], &mut rngs[i]));
-        }
-        if cached_ok {
-            if cache.len() < block {
-                let newest: Vec<&[u32]> = seqs.iter().map(|s| &s[s.len() - 1..]).collect();
-                logits = last_logits(model.forward_cached(to_tensor(newest), &mut cache));
-            } else {
-                cached_ok = false;
-            }
         }
     }
     seqs.into_iter()
@@ -184,7 +198,8 @@ mod tests {
             top_p: Some(0.95),
             token_limit: None,
         };
-        // 40 new tokens: the cache covers the first 29, the sliding window the rest.
+        // 40 new tokens: the cache serves the first 30 (contexts of 3 to 32
+        // tokens), the sliding window the rest.
         let a = generate(&gpt, &prompts, 40, &s, 7, true, &dev);
         let b = generate(&gpt, &prompts, 40, &s, 7, false, &dev);
         assert_eq!(a, b);
