@@ -15,6 +15,7 @@ use genzoo_core::{
     BackendKind, Error, Family, ImageBatch, Result, SamplerOptions, TextRequest, TokenBatch,
 };
 use genzoo_data::{ImageDataset, Locator, Scaling, load_image_dataset};
+use genzoo_models::gpt::family::prompt_tokens;
 use genzoo_models::gpt::sample::cached_tokens;
 use genzoo_models::presets::{FamilyTask, ModelConfig, with_family};
 use genzoo_train::RunConfig;
@@ -393,23 +394,30 @@ pub(super) fn check_new_or_empty(dir: &Path) -> Result<()> {
 
 /// How a text model generated `request`'s tokens, for the line after them:
 /// the key/value cache serves only those whose context fits in the block.
-fn generation_method(model: &ModelConfig, request: &TextRequest) -> String {
-    let ModelConfig::Gpt(gpt) = model else {
-        return "from a model that is not a gpt".to_string(); // no such text model yet
-    };
-    let block = gpt.block_size;
-    let prompt = gpt.input.prompt_tokens(&request.prompt);
-    match cached_tokens(prompt, request.tokens, block, request.use_cache) {
-        _ if !request.use_cache => "without the key/value cache".to_string(),
-        // Before the `0` arm: zero tokens to generate need no context at all.
-        n if n == request.tokens => "with the key/value cache".to_string(),
-        0 => format!("each recomputing the full {block}-token context, which the prompt fills"),
-        n => format!(
-            "the first {n} with the key/value cache, the other {} each recomputing the full \
-             {block}-token context",
-            request.tokens - n
-        ),
+fn generation_method(model: &ModelConfig, request: &TextRequest) -> Result<String> {
+    if !request.use_cache {
+        return Ok("without the key/value cache".to_string());
     }
+    let gpt_text = match model {
+        ModelConfig::Gpt(gpt) => gpt.input.text_vocabulary().map(|v| (gpt.block_size, v)),
+        _ => None,
+    };
+    let Some((block, vocabulary)) = gpt_text else {
+        return Ok("with the key/value cache".to_string()); // only a gpt generates text
+    };
+    let prompt = prompt_tokens(&vocabulary, &request.prompt)?.len();
+    Ok(
+        match cached_tokens(prompt, request.tokens, block, request.use_cache) {
+            // Before the `0` arm: zero tokens to generate need no context at all.
+            n if n == request.tokens => "with the key/value cache".to_string(),
+            0 => format!("each recomputing the full {block}-token context, which the prompt fills"),
+            n => format!(
+                "the first {n} with the key/value cache, the other {} each recomputing the full \
+             {block}-token context",
+                request.tokens - n
+            ),
+        },
+    )
 }
 
 struct SampleJob {
@@ -563,7 +571,7 @@ impl<B: AutodiffBackend> FamilyTask<B> for SampleRun<B> {
             "generated {} tokens in {secs:.2} s ({:.0} tokens/s, {})",
             request.tokens,
             request.tokens as f64 / secs.max(1e-9),
-            generation_method(&self.job.config.model, request)
+            generation_method(&self.job.config.model, request)?
         );
         Ok(())
     }

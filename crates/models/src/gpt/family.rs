@@ -45,18 +45,17 @@ pub enum GptInput {
 }
 
 impl GptInput {
-    /// The number of tokens generation starts from for `prompt`: one per
-    /// character, or per byte for a byte-level model, and one (a newline)
-    /// for an empty prompt. Images have no prompt: 1, the start token.
-    pub fn prompt_tokens(&self, prompt: &str) -> usize {
-        let n = match self {
-            GptInput::Text {
-                vocabulary: Some(_),
-            } => prompt.chars().count(),
-            GptInput::Text { vocabulary: None } => prompt.len(),
-            GptInput::Pixels { .. } => 0,
-        };
-        n.max(1)
+    /// A text model's vocabulary: its characters, or bytes where it has
+    /// none (`None` for images).
+    pub fn text_vocabulary(&self) -> Option<Vocabulary> {
+        match self {
+            GptInput::Text { vocabulary } => Some(
+                vocabulary
+                    .as_deref()
+                    .map_or(Vocabulary::Bytes, Vocabulary::from_chars),
+            ),
+            GptInput::Pixels { .. } => None,
+        }
     }
 
     /// Whether the model has a likelihood of 8-bit images in bits/dim: a
@@ -213,14 +212,12 @@ impl<B: AutodiffBackend> GptText<B> {
 
     /// A fresh model for the vocabulary in `input` (characters, or bytes when absent).
     pub fn new(config: GptConfig, input: &GptInput, device: &B::Device) -> Result<Self> {
-        let GptInput::Text { vocabulary } = input else {
+        let Some(vocabulary) = input.text_vocabulary() else {
             return Err(Error::Config("GptText needs a text input".into()));
         };
         Ok(Self {
             core: GptCore::new(config, device),
-            vocabulary: vocabulary
-                .as_deref()
-                .map_or(Vocabulary::Bytes, Vocabulary::from_chars),
+            vocabulary,
         })
     }
 
@@ -229,19 +226,9 @@ impl<B: AutodiffBackend> GptText<B> {
         &self.core.model
     }
 
-    /// The tokens generated after the request's prompt (a newline when it is
-    /// empty, or token 0 where there is no newline).
+    /// The tokens generated after the request's prompt.
     fn generate_tokens(&self, request: &TextRequest) -> Result<Vec<u32>> {
-        let mut prompt = self.vocabulary.encode(&request.prompt)?;
-        if prompt.is_empty() {
-            prompt = vec![
-                self.vocabulary
-                    .encode("\n")
-                    .ok()
-                    .and_then(|t| t.first().copied())
-                    .unwrap_or(0),
-            ];
-        }
+        let prompt = prompt_tokens(&self.vocabulary, &request.prompt)?;
         let sampling = Sampling {
             temperature: request.temperature,
             top_k: request.top_k,
@@ -259,6 +246,30 @@ impl<B: AutodiffBackend> GptText<B> {
         );
         Ok(out.swap_remove(0))
     }
+}
+
+/// The tokens a text model continues from: `prompt`'s, or a newline (token
+/// 0 where the vocabulary has none) for an empty prompt.
+///
+/// ```
+/// use genzoo_core::vocabulary::Vocabulary;
+/// use genzoo_models::gpt::family::prompt_tokens;
+/// let chars = Vocabulary::from_chars("\nab");
+/// assert_eq!(prompt_tokens(&chars, "ba").unwrap(), vec![2, 1]);
+/// assert_eq!(prompt_tokens(&chars, "").unwrap(), vec![0]);
+/// assert_eq!(prompt_tokens(&Vocabulary::Bytes, "").unwrap(), vec![10]);
+/// assert!(prompt_tokens(&chars, "c").is_err());
+/// ```
+pub fn prompt_tokens(vocabulary: &Vocabulary, prompt: &str) -> Result<Vec<u32>> {
+    let tokens = vocabulary.encode(prompt)?;
+    if !tokens.is_empty() {
+        return Ok(tokens);
+    }
+    let newline = vocabulary
+        .encode("\n")
+        .ok()
+        .and_then(|t| t.first().copied());
+    Ok(vec![newline.unwrap_or(0)])
 }
 
 impl<B: AutodiffBackend> Family<B> for GptText<B> {
