@@ -462,6 +462,13 @@ pub(crate) fn start_training(
                 "{} is left empty: the run stopped before its first checkpoint, so none of its steps were kept",
                 out.display()
             ),
+            // It logged steps (then failed its first checkpoint, or hit a
+            // NaN) and keeps that log: say how to start it again.
+            Ok(false) if run.checkpoint_manifests().is_ok_and(|m| m.is_empty()) => eprintln!(
+                "{} keeps what this run logged but no checkpoint: `genzoo resume {}` trains it again from step 0 (with a fresh log), --overwrite replaces it",
+                out.display(),
+                out.display()
+            ),
             Ok(false) => {}
             Err(e) => eprintln!("warning: {} was not cleared: {e}", out.display()),
         }

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use genzoo::data::synthetic::write_idx_dataset;
+use genzoo::train::logger::read_jsonl;
 
 use crate::support::{genzoo, output_text};
 
@@ -477,6 +478,55 @@ overrides = {{ train = {{ eval_batches = 2 }} }}
         "{text}"
     );
     assert!(dir.join("cmp/report.md").exists());
+}
+
+/// A run that logged steps and then failed before its first checkpoint
+/// (here an infinite loss; a full disk ends the same way) keeps its log and
+/// says so; `resume` trains it again from step 0 and logs each step once.
+#[test]
+fn a_run_that_failed_before_its_first_checkpoint_resumes_from_zero_with_a_fresh_log() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_idx_dataset(&dir.join("digits"), 32, 16, 28, 10).unwrap();
+    let args = |lr: &'static str| {
+        [
+            "vae-mlp",
+            "--dataset",
+            "idx:digits",
+            "--steps",
+            "6",
+            "--batch-size",
+            "16",
+            "--log-every",
+            "1",
+            "--lr",
+            lr,
+        ]
+    };
+    let mut first = vec!["train"];
+    first.extend(args("1e30"));
+    first.extend(["--out", "runs/v"]);
+    let err = fails(&genzoo(&first, dir));
+    assert!(err.contains("train_loss is") && err.contains("at step 2"), "{err}");
+    assert!(
+        err.contains("runs/v keeps what this run logged but no checkpoint: `genzoo resume runs/v` trains it again from step 0"),
+        "{err}"
+    );
+    assert!(
+        !read_jsonl(&dir.join("runs/v/metrics.jsonl"))
+            .unwrap()
+            .is_empty()
+    );
+
+    let text = ok(&genzoo(&["resume", "runs/v", "--lr", "1e-3"], dir));
+    assert!(text.contains("starting from step 0"), "{text}");
+    let steps: Vec<u64> = read_jsonl(&dir.join("runs/v/metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .filter(|m| m.contains_key("train_loss"))
+        .map(|m| m["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, (1..=6).collect::<Vec<_>>());
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! The training engine end to end through the library: loss goes down,
-//! exact resume, corrupt-checkpoint fallback, the NaN stop, refusing
+//! exact resume (also of a run that reached no checkpoint), corrupt-checkpoint fallback, the NaN stop, refusing
 //! checkpoints of other models, steps split into micro-batches, the best
 //! held-out checkpoint, and a run asked to stop.
 
@@ -195,6 +195,52 @@ fn resume_is_exact() {
             .collect()
     };
     assert_eq!(losses(&a), losses(&b));
+}
+
+#[test]
+fn a_resume_with_no_checkpoint_redoes_the_log_of_the_attempt_before() {
+    let _guard = rng_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let device = CpuDevice::default();
+    let straight_dir = tmp.path().join("straight");
+    let straight = trainer(&straight_dir, train_config(8), false)
+        .fit(fresh_vae(), &data(3), &device)
+        .unwrap();
+
+    let run = tmp.path().join("run");
+    trainer(&run, train_config(8), false)
+        .stop_after(Some(6))
+        .fit(fresh_vae(), &data(3), &device)
+        .unwrap();
+    // As after a first checkpoint that failed (a full disk): the log holds
+    // six steps, and no checkpoint does.
+    std::fs::remove_dir_all(run.join("checkpoints")).unwrap();
+    let resumed = trainer(&run, train_config(8), true)
+        .fit(fresh_vae(), &data(3), &device)
+        .unwrap();
+    assert_eq!(resumed.steps_this_call, 8, "trained again from step 0");
+    assert_eq!(weights(&straight.family), weights(&resumed.family));
+
+    // Each step logged once, as in the run that went straight through.
+    let logged = |dir: &Path| -> Vec<(u64, Option<f64>)> {
+        read_jsonl(&dir.join("metrics.jsonl"))
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let step = m["step"].as_u64().unwrap();
+                (step, m.get("train_loss").and_then(|v| v.as_f64()))
+            })
+            .collect()
+    };
+    assert_eq!(logged(&run), logged(&straight_dir));
+    let csv_keys = |dir: &Path| -> Vec<String> {
+        std::fs::read_to_string(dir.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .map(|line| line.rsplit_once(',').unwrap().0.to_string())
+            .collect()
+    };
+    assert_eq!(csv_keys(&run), csv_keys(&straight_dir));
 }
 
 #[test]

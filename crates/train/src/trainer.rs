@@ -377,10 +377,17 @@ impl Trainer {
                     }
                     resumed = Some((dir, manifest));
                 }
-                None => say(&format!(
-                    "no checkpoint in {} yet: starting from step 0",
-                    ckpt_dir.display()
-                )),
+                None => {
+                    say(&format!(
+                        "no checkpoint in {} yet: starting from step 0",
+                        ckpt_dir.display()
+                    ));
+                    // What an attempt that reached no checkpoint logged
+                    // (its first one failed, or none is intact) is redone.
+                    if leader {
+                        logger.truncate_after(0)?;
+                    }
+                }
             }
         } else if leader && !checkpoint::list_checkpoints(&ckpt_dir)?.is_empty() {
             return Err(Error::Config(format!(
