@@ -507,7 +507,10 @@ fn a_run_that_failed_before_its_first_checkpoint_resumes_from_zero_with_a_fresh_
     first.extend(args("1e30"));
     first.extend(["--out", "runs/v"]);
     let err = fails(&genzoo(&first, dir));
-    assert!(err.contains("train_loss is") && err.contains("at step 2"), "{err}");
+    assert!(
+        err.contains("train_loss is") && err.contains("at step 2"),
+        "{err}"
+    );
     assert!(
         err.contains("runs/v keeps what this run logged but no checkpoint: `genzoo resume runs/v` trains it again from step 0"),
         "{err}"

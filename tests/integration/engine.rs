@@ -208,18 +208,30 @@ fn a_resume_with_no_checkpoint_redoes_the_log_of_the_attempt_before() {
         .unwrap();
 
     let run = tmp.path().join("run");
-    trainer(&run, train_config(8), false)
+    let sampling_every = |n: u64| TrainConfig {
+        sample_every: n,
+        ..train_config(8)
+    };
+    trainer(&run, sampling_every(2), false)
         .stop_after(Some(6))
         .fit(fresh_vae(), &data(3), &device)
         .unwrap();
     // As after a first checkpoint that failed (a full disk): the log holds
     // six steps, and no checkpoint does.
     std::fs::remove_dir_all(run.join("checkpoints")).unwrap();
-    let resumed = trainer(&run, train_config(8), true)
+    let resumed = trainer(&run, sampling_every(4), true)
         .fit(fresh_vae(), &data(3), &device)
         .unwrap();
     assert_eq!(resumed.steps_this_call, 8, "trained again from step 0");
     assert_eq!(weights(&straight.family), weights(&resumed.family));
+    // Only this call's grids: none of the first attempt's steps 2 and 6.
+    let mut grids: Vec<String> = std::fs::read_dir(run.join("samples"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name.starts_with("step-"))
+        .collect();
+    grids.sort();
+    assert_eq!(grids, ["step-00000004.png", "step-00000008.png"]);
 
     // Each step logged once, as in the run that went straight through.
     let logged = |dir: &Path| -> Vec<(u64, Option<f64>)> {

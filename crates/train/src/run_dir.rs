@@ -90,6 +90,30 @@ impl RunDir {
         self.root.join("checkpoints")
     }
 
+    /// Deletes the periodic samples (`samples/step-N.png`, or `.txt` for
+    /// text models) of the steps after `step`: a run resumed at `step`
+    /// redoes them, so that, as in its log, no sample of a step it left
+    /// behind (one killed after its last checkpoint, or later resumed with
+    /// another `sample_every`) shows among the new ones in `progress.png`.
+    pub fn remove_samples_after(&self, step: u64) -> Result<()> {
+        let dir = self.samples_dir();
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(()); // no samples yet
+        };
+        for entry in entries {
+            let path = entry.map_err(|e| Error::io(&dir, e))?.path();
+            let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            let sample_step = ["png", "txt"]
+                .iter()
+                .find_map(|ext| name.strip_prefix("step-")?.strip_suffix(&format!(".{ext}")))
+                .and_then(|digits| digits.parse::<u64>().ok());
+            if sample_step.is_some_and(|s| s > step) {
+                std::fs::remove_file(&path).map_err(|e| Error::io(&path, e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// Every checkpoint's manifest (`checkpoints/*/manifest.json`) with
     /// its bytes, in path order. Two equal lists mean no checkpoint was
     /// written, replaced or pruned in between: a manifest names its step and
@@ -332,6 +356,42 @@ mod tests {
         std::fs::write(&file, "x").unwrap();
         let err = RunLock::acquire(&file).unwrap_err().to_string();
         assert!(err.contains("is not a directory"), "{err}");
+    }
+
+    #[test]
+    fn samples_after_a_step_are_removed_and_the_rest_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = RunDir::create(tmp.path().join("run"), false).unwrap();
+        assert!(run.remove_samples_after(0).is_ok(), "no samples/ yet");
+        std::fs::create_dir_all(run.samples_dir()).unwrap();
+        let names = [
+            "step-00000100.png",
+            "step-00000200.png",
+            "step-00000300.txt",
+            "step-00000050.txt",
+            "final.png",
+            "progress.png",
+            "step-notes.png",
+        ];
+        for name in names {
+            std::fs::write(run.samples_dir().join(name), "x").unwrap();
+        }
+        run.remove_samples_after(100).unwrap();
+        let mut left: Vec<String> = std::fs::read_dir(run.samples_dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(
+            left,
+            [
+                "final.png",
+                "progress.png",
+                "step-00000050.txt",
+                "step-00000100.png",
+                "step-notes.png"
+            ]
+        );
     }
 
     #[test]

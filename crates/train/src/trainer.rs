@@ -374,6 +374,7 @@ impl Trainer {
                     (epoch, index) = (manifest.epoch, manifest.batch_in_epoch);
                     if leader {
                         logger.truncate_after(step)?;
+                        self.run.remove_samples_after(step)?;
                     }
                     resumed = Some((dir, manifest));
                 }
@@ -382,10 +383,11 @@ impl Trainer {
                         "no checkpoint in {} yet: starting from step 0",
                         ckpt_dir.display()
                     ));
-                    // What an attempt that reached no checkpoint logged
-                    // (its first one failed, or none is intact) is redone.
+                    // What an attempt that reached no checkpoint logged and
+                    // drew (its first one failed, or none is intact) is redone.
                     if leader {
                         logger.truncate_after(0)?;
+                        self.run.remove_samples_after(0)?;
                     }
                 }
             }
