@@ -1,5 +1,6 @@
 //! The training engine end to end through the library: loss goes down,
-//! exact resume (also of a run that reached no checkpoint), corrupt-checkpoint fallback, the NaN stop, refusing
+//! exact resume (also of a run that reached no checkpoint; not with
+//! another batch size or data), corrupt-checkpoint fallback, the NaN stop, refusing
 //! checkpoints of other models, steps split into micro-batches, the best
 //! held-out checkpoint, and a run asked to stop.
 
@@ -253,6 +254,67 @@ fn a_resume_with_no_checkpoint_redoes_the_log_of_the_attempt_before() {
             .collect()
     };
     assert_eq!(csv_keys(&run), csv_keys(&straight_dir));
+}
+
+#[test]
+fn a_resume_with_another_batch_size_or_data_is_refused_before_it_changes_anything() {
+    let _guard = rng_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let device = CpuDevice::default();
+    let run = tmp.path().join("run");
+    trainer(&run, train_config(16), false)
+        .stop_after(Some(5))
+        .fit(fresh_vae(), &data(3), &device)
+        .unwrap();
+    let log = std::fs::read(run.join("metrics.jsonl")).unwrap();
+    // `n` training images in batches of `batch`; data(3) is (96, 16).
+    let images = |n: usize, batch: usize| {
+        let (x, y) = synthetic::images(n, SIZE, 4, 1);
+        let (tx, ty) = synthetic::images(32, SIZE, 4, 2);
+        let train = ImageDataset::new(x, y, (1, SIZE, SIZE), vec![]).unwrap();
+        let test = ImageDataset::new(tx, ty, (1, SIZE, SIZE), vec![]).unwrap();
+        ImageData::new(train, test, batch, Scaling::Unit, 3).unwrap()
+    };
+    let refusal = |cfg: TrainConfig, data: &ImageData| {
+        trainer(&run, cfg, true)
+            .fit(fresh_vae(), data, &device)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let batch_32 = TrainConfig {
+        batch_size: 32,
+        ..train_config(16)
+    };
+    let err = refusal(batch_32, &images(96, 32));
+    assert!(
+        err.contains("trained with batches of 16 and this call asks for 32"),
+        "{err}"
+    );
+    let err = refusal(train_config(16), &images(48, 16));
+    assert!(
+        err.contains("gave 6 batches per epoch and this call's gives 3"),
+        "{err}"
+    );
+    // A checkpoint from before these were recorded, at batch 5 of 6.
+    let manifest = run.join("checkpoints/step-00000005/manifest.json");
+    let mut fields: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
+    assert_eq!(fields["batch_in_epoch"], 5);
+    fields.remove("batch_size");
+    fields.remove("batches_per_epoch");
+    std::fs::write(&manifest, serde_json::to_vec(&fields).unwrap()).unwrap();
+    let err = refusal(train_config(16), &images(48, 16));
+    assert!(
+        err.contains("batch 5 of epoch 0, is past the end of this data's epochs of 3 batches"),
+        "{err}"
+    );
+    // Nothing was changed: the log is as it was, and the run's own data resumes it.
+    assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), log);
+    let resumed = trainer(&run, train_config(16), true)
+        .fit(fresh_vae(), &data(3), &device)
+        .unwrap();
+    assert_eq!(resumed.steps_this_call, 11);
 }
 
 #[test]

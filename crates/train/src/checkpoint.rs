@@ -47,6 +47,15 @@ pub struct Manifest {
     pub epoch: u64,
     /// Data position: the index of the next batch within `epoch`.
     pub batch_in_epoch: usize,
+    /// The run's batch size (`batch_size`): the unit of its steps and of
+    /// its data position. Absent from checkpoints written before it was
+    /// recorded.
+    #[serde(default)]
+    pub batch_size: Option<usize>,
+    /// Batches in an epoch of the run's training data: with `batch_size`,
+    /// what `batch_in_epoch` counts in. Absent from older checkpoints.
+    #[serde(default)]
+    pub batches_per_epoch: Option<usize>,
     /// The run's total steps (the schedule's horizon).
     pub total_steps: u64,
     /// The run's seed; with `step` it determines every later random draw

@@ -369,6 +369,7 @@ impl Trainer {
         if self.resume {
             match checkpoint::latest_good(&ckpt_dir, &self.identity, |w| say(w))? {
                 Some((dir, manifest)) => {
+                    same_data_position(&dir, &manifest, cfg.batch_size, batches_per_epoch)?;
                     family = family.load(&dir)?;
                     step = manifest.step;
                     (epoch, index) = (manifest.epoch, manifest.batch_in_epoch);
@@ -572,6 +573,8 @@ impl Trainer {
                 step,
                 epoch,
                 batch_in_epoch: index,
+                batch_size: Some(cfg.batch_size),
+                batches_per_epoch: Some(batches_per_epoch),
                 total_steps: total,
                 seed: cfg.seed,
                 lr,
@@ -708,6 +711,50 @@ impl Trainer {
 /// `per_step` seconds each: the rule of every plan of a minutes budget.
 fn steps_in(seconds: f64, per_step: f64) -> u64 {
     (seconds.max(0.0) / per_step).floor() as u64
+}
+
+/// Refuses to resume from a checkpoint whose data position means another
+/// place in this call's data: its steps and `batch_in_epoch` count batches
+/// of the run's batch size, over epochs of its training set, so a resume
+/// with another batch size or another amount of data would go on from the
+/// wrong examples (or past an epoch's end), and an epochs budget would count
+/// other steps.
+fn same_data_position(
+    dir: &std::path::Path,
+    manifest: &Manifest,
+    batch_size: usize,
+    batches_per_epoch: usize,
+) -> Result<()> {
+    let why = if manifest.batch_size.is_some_and(|b| b != batch_size) {
+        format!(
+            "it was trained with batches of {} and this call asks for {batch_size}",
+            manifest.batch_size.unwrap_or_default()
+        )
+    } else if manifest
+        .batches_per_epoch
+        .is_some_and(|n| n != batches_per_epoch)
+    {
+        format!(
+            "its training data gave {} batches per epoch and this call's gives {batches_per_epoch} \
+             (another dataset or --limit)",
+            manifest.batches_per_epoch.unwrap_or_default()
+        )
+    } else if manifest.batch_in_epoch >= batches_per_epoch {
+        // A checkpoint from before these were recorded.
+        format!(
+            "its place in the data, batch {} of epoch {}, is past the end of this data's epochs \
+             of {batches_per_epoch} batches (another batch size or dataset)",
+            manifest.batch_in_epoch, manifest.epoch
+        )
+    } else {
+        return Ok(());
+    };
+    Err(Error::Config(format!(
+        "{} cannot be resumed here: {why}. A run keeps its batch size and its training data, \
+         which its steps, its learning-rate schedule and its place in the data count in: resume \
+         with those (--micro-batches N splits a batch to save memory), or start a new run",
+        dir.display()
+    )))
 }
 
 /// One training step at `(step, epoch, index)` of a run of `total` steps:
