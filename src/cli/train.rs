@@ -1,6 +1,7 @@
 //! `genzoo train` and `genzoo resume`: the flags, the data, and the
 //! training job on one device or as data-parallel replicas.
 
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -9,6 +10,7 @@ use std::time::Instant;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::Args;
 use genzoo_core::backend::{BackendTask, with_backend};
+use genzoo_core::error::panic_message;
 use genzoo_core::{BackendKind, Error, Family, ImageBatch, Result, TokenBatch};
 use genzoo_data::{DatasetSource, ImageData, Locator, TextCorpus, TextData, load_image_dataset};
 use genzoo_models::ModelConfig;
@@ -414,13 +416,24 @@ pub(crate) fn start_training(
         text,
         stop: stop.clone(),
     };
-    let trained = if job.config.parallel.is_parallel() {
-        // Replicas run on their own threads while this one waits for them:
-        // it must not hold a thread of the pool their kernels need.
-        with_backend(backend, job)
-    } else {
-        with_backend_on_pool(backend, job)
-    };
+    // A panic (a bug, or a backend's internal failure) ends training as an
+    // error does, so that the run directory is put right below.
+    let trained = catch_unwind(AssertUnwindSafe(|| {
+        if job.config.parallel.is_parallel() {
+            // Replicas run on their own threads while this one waits for them:
+            // it must not hold a thread of the pool their kernels need.
+            with_backend(backend, job)
+        } else {
+            with_backend_on_pool(backend, job)
+        }
+    }))
+    .unwrap_or_else(|panic| {
+        Err(Error::Other(format!(
+            "training stopped on an internal error, a bug in genzoo or its backend (where it \
+             happened is printed above): {}",
+            panic_message(&panic)
+        )))
+    });
     drop(armed);
     // Stopped by a signal here or (on another node) there; or finished in
     // the step the signal came in, after which a compare must not go on

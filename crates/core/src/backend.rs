@@ -350,16 +350,10 @@ pub fn probe<B: burn::tensor::backend::Backend>(
     std::panic::set_hook(previous_hook);
     match outcome {
         Ok(_) => Ok(()),
-        Err(panic) => {
-            let detail = panic
-                .downcast_ref::<String>()
-                .cloned()
-                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                .unwrap_or_default();
-            Err(Error::Backend(format!(
-                "the {name} backend failed its first operation: {hint}. {detail}"
-            )))
-        }
+        Err(panic) => Err(Error::Backend(format!(
+            "the {name} backend failed its first operation: {hint}. {}",
+            crate::error::panic_message(&panic)
+        ))),
     }
 }
 

@@ -94,3 +94,17 @@ impl Error {
         }
     }
 }
+
+/// The message a caught panic carried (`panic!`'s text), or `(no message)`.
+///
+/// ```
+/// let panic = std::panic::catch_unwind(|| panic!("shape {} is wrong", 3)).unwrap_err();
+/// assert_eq!(genzoo_core::error::panic_message(&panic), "shape 3 is wrong");
+/// ```
+pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "(no message)".into())
+}

@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use burn::collective::{self, AllReduceStrategy, CollectiveConfig};
 use burn::tensor::backend::AutodiffBackend;
 use burn_communication::Address;
+use genzoo_core::error::panic_message;
 use genzoo_core::parallel::{self, Replica};
 use genzoo_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -342,14 +343,6 @@ fn reset<B: AutodiffBackend>() {
 /// Whether `e` only says that this replica was released because another failed.
 fn is_release(e: &Error) -> bool {
     e.to_string().contains("the collective was reset")
-}
-
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "(no message)".into())
 }
 
 /// burn's WebSocket layer installs an INFO-level log printer on first use
