@@ -318,6 +318,48 @@ fn a_resume_with_another_batch_size_or_data_is_refused_before_it_changes_anythin
 }
 
 #[test]
+fn a_resume_with_a_budget_the_run_has_passed_is_refused() {
+    let _guard = rng_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let device = CpuDevice::default();
+    let run = tmp.path().join("run");
+    trainer(&run, train_config(8), false)
+        .fit(fresh_vae(), &data(3), &device)
+        .unwrap();
+    let refusal = |cfg: TrainConfig| {
+        trainer(&run, cfg, true)
+            .fit(fresh_vae(), &data(3), &device)
+            .map(|_| ())
+            .unwrap_err()
+            .to_string()
+    };
+    let err = refusal(train_config(4));
+    assert!(
+        err.contains("is at step 8 already, past this call's budget of 4 steps"),
+        "{err}"
+    );
+    let one_epoch = TrainConfig {
+        steps: None,
+        epochs: Some(1),
+        ..train_config(8)
+    };
+    let err = refusal(one_epoch);
+    assert!(
+        err.contains("past this call's budget of 1 epoch, 6 steps"),
+        "{err}"
+    );
+    // The budget it finished on, or a larger one, is no error.
+    let same = trainer(&run, train_config(8), true)
+        .fit(fresh_vae(), &data(3), &device)
+        .unwrap();
+    assert_eq!((same.step, same.steps_this_call), (8, 0));
+    let more = trainer(&run, train_config(10), true)
+        .fit(fresh_vae(), &data(3), &device)
+        .unwrap();
+    assert_eq!((more.step, more.steps_this_call), (10, 2));
+}
+
+#[test]
 fn a_run_asked_to_stop_checkpoints_its_step_and_resumes_exactly() {
     let _guard = rng_lock();
     let tmp = tempfile::tempdir().unwrap();

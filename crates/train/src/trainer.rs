@@ -424,6 +424,19 @@ impl Trainer {
                 planned
             }
         };
+        if step > total {
+            // Nothing to train, and "step 320 of 40" would read as a bug.
+            let budget = match (cfg.steps, cfg.epochs) {
+                (None, Some(1)) => format!("1 epoch, {total} steps"),
+                (None, Some(epochs)) => format!("{epochs} epochs, {total} steps"),
+                _ => format!("{total} steps"),
+            };
+            return Err(Error::Config(format!(
+                "{} is at step {step} already, past this call's budget of {budget}: give a \
+                 larger budget to train it further",
+                self.run.root().display()
+            )));
+        }
         bar.set_length(total);
         if let Some((dir, _)) = &resumed {
             say(&format!(
