@@ -1,7 +1,7 @@
 //! Data-parallel training on burn-collective, on the CPU backend: N
 //! replicas compute the update one device computes on the whole batch;
 //! checkpoints move between one and several devices; a stop asked of one
-//! replica stops them all at one step; two processes train
+//! replica (also during the leader's evaluation) stops them all at one step; two processes train
 //! together over loopback; a node that dies or never connects is named.
 
 use std::path::Path;
@@ -23,7 +23,9 @@ use genzoo::models::vae::{VaeConfig, VaeTrainer};
 use genzoo::train::data_parallel::{ParallelConfig, run_replicas};
 use genzoo::train::{RunConfig, RunDir, TrainConfig, Trainer};
 
-use crate::support::{checkpoint_steps, max_diff, rng_lock, run_dir, tiny_ddpm};
+use crate::support::{
+    StopsDuringEvaluation, checkpoint_steps, max_diff, rng_lock, run_dir, tiny_ddpm,
+};
 
 type B = Autodiff<Flex>;
 
@@ -362,6 +364,52 @@ fn a_stop_asked_of_one_replica_stops_all_at_one_checkpointed_step() {
         "{}",
         max_diff(&reference, &resumed)
     );
+}
+
+#[test]
+fn a_stop_asked_during_the_leaders_evaluation_stops_all_at_that_step() {
+    let _g = rng_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let vae = tiny_vae();
+    let make = |d: &CpuDevice| VaeTrainer::<B>::new(vae.clone(), d);
+    // Only the leader evaluates, and its evaluation asks it (alone) to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let images = StopsDuringEvaluation {
+        data: data(12, 10),
+        stop: stop.clone(),
+    };
+    let cfg = TrainConfig {
+        eval_every: 2,
+        ..config(5, 10)
+    };
+    let dir = tmp.path().join("run");
+    let run = run_dir(&dir, false);
+    let parallel = ParallelConfig {
+        devices: 2,
+        ..Default::default()
+    };
+    let outcomes = run_replicas::<B, _>(&parallel, vec![CpuDevice::default(); 2], |r, d| {
+        let family = {
+            let _init = lock(&INIT_LOCK);
+            <Flex as Backend>::seed(&d, 11);
+            make(&d)
+        };
+        let asked = if r.is_leader() {
+            stop.clone()
+        } else {
+            Arc::new(AtomicBool::new(false))
+        };
+        Trainer::new(run.clone(), cfg.clone())
+            .progress(false)
+            .stop_when(asked)
+            .fit_replica(family, &images, &d)
+            .map(|o| (o.step, o.interrupted))
+    })
+    .unwrap();
+    // The first evaluation is after step 2: every replica ends there,
+    // not after step 3.
+    assert_eq!(outcomes, [(2, true), (2, true)]);
+    assert_eq!(checkpoint_steps(&dir), [2]);
 }
 
 #[test]

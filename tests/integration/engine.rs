@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use burn::backend::{Autodiff, Flex};
 use burn::module::AutodiffModule;
@@ -18,7 +18,7 @@ use genzoo::core::family::SampleRequest;
 use genzoo::core::record::{
     load_module, load_optimizer, param_values, save_module, save_optimizer,
 };
-use genzoo::core::{CpuDevice, Error, Family, ImageBatch, Metrics, Result, StepContext, TrainData};
+use genzoo::core::{CpuDevice, Error, Family, ImageBatch, Metrics, Result, StepContext};
 use genzoo::data::{ImageData, ImageDataset, Scaling, synthetic};
 use genzoo::models::vae::{PixelLikelihood, VaeConfig, VaeTrainer};
 use genzoo::train::checkpoint::{FORMAT_VERSION, list_checkpoints};
@@ -26,8 +26,8 @@ use genzoo::train::logger::read_jsonl;
 use genzoo::train::{RunDir, Schedule, TrainConfig, Trainer};
 
 use crate::support::{
-    assert_samples_depend_on_the_seed_alone, checkpoint_steps, max_diff, quiet_trainer, rng_lock,
-    train_losses,
+    StopsDuringEvaluation, assert_samples_depend_on_the_seed_alone, checkpoint_steps, max_diff,
+    quiet_trainer, rng_lock, train_losses,
 };
 
 type B = Autodiff<Flex>;
@@ -396,30 +396,6 @@ fn a_run_asked_to_stop_checkpoints_its_step_and_resumes_exactly() {
     let losses = |run: &Path| train_losses(&read_jsonl(&run.join("metrics.jsonl")).unwrap());
     assert_eq!(losses(&tmp.path().join("straight")).len(), 16);
     assert_eq!(losses(&tmp.path().join("straight")), losses(&split));
-}
-
-/// Data whose evaluation asks the run to stop, as a Ctrl-C during an
-/// evaluation would.
-struct StopsDuringEvaluation {
-    data: ImageData,
-    stop: Arc<AtomicBool>,
-}
-
-impl TrainData<B> for StopsDuringEvaluation {
-    type Batch = ImageBatch<B>;
-    fn batches_per_epoch(&self) -> usize {
-        TrainData::<B>::batches_per_epoch(&self.data)
-    }
-    fn train_batch(&self, epoch: u64, index: usize, device: &CpuDevice) -> ImageBatch<B> {
-        self.data.train_batch(epoch, index, device)
-    }
-    fn eval_batches(&self) -> usize {
-        TrainData::<B>::eval_batches(&self.data)
-    }
-    fn eval_batch(&self, index: usize, device: &CpuDevice) -> (ImageBatch<B>, usize) {
-        self.stop.store(true, Ordering::Relaxed);
-        self.data.eval_batch(index, device)
-    }
 }
 
 #[test]

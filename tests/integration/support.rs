@@ -149,3 +149,27 @@ pub fn train_losses(records: &[serde_json::Map<String, serde_json::Value>]) -> V
         .filter_map(|r| r.get("train_loss")?.as_f64())
         .collect()
 }
+
+/// Data whose evaluation asks the run to stop, as a Ctrl-C during an
+/// evaluation would.
+pub struct StopsDuringEvaluation {
+    pub data: genzoo::data::ImageData,
+    pub stop: std::sync::Arc<AtomicBool>,
+}
+
+impl<B: Backend> genzoo::core::TrainData<B> for StopsDuringEvaluation {
+    type Batch = genzoo::core::ImageBatch<B>;
+    fn batches_per_epoch(&self) -> usize {
+        genzoo::core::TrainData::<B>::batches_per_epoch(&self.data)
+    }
+    fn train_batch(&self, epoch: u64, index: usize, device: &B::Device) -> Self::Batch {
+        self.data.train_batch(epoch, index, device)
+    }
+    fn eval_batches(&self) -> usize {
+        genzoo::core::TrainData::<B>::eval_batches(&self.data)
+    }
+    fn eval_batch(&self, index: usize, device: &B::Device) -> (Self::Batch, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.data.eval_batch(index, device)
+    }
+}

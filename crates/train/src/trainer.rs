@@ -122,7 +122,8 @@ impl Trainer {
     /// handler, another thread, ...): that step is checkpointed, the outcome
     /// says [`TrainOutcome::interrupted`], and a later call with `resume`
     /// continues as if the run had not stopped. A data-parallel run stops
-    /// all its replicas at the same step when any of them sees its flag set.
+    /// all its replicas at the same step when any of them sees its flag set
+    /// (one set during the leader's evaluation, at the step evaluated).
     ///
     /// ```
     /// # use std::sync::{Arc, atomic::AtomicBool};
@@ -573,11 +574,26 @@ impl Trainer {
             if let Some((name, value)) = metrics.0.first() {
                 bar.set_message(format!("{name} {value:.4}"));
             }
+            let epoch_end = index == 0;
+            // A run ended by a minutes budget's clock is as finished as one
+            // that took its planned steps: its last step is evaluated too.
+            let eval_due = data.eval_batches() > 0
+                && (timed_out
+                    || if cfg.eval_every == 0 {
+                        epoch_end || step == total
+                    } else {
+                        step.is_multiple_of(cfg.eval_every) || step == total
+                    });
             if !leader {
+                if eval_due && let Some(r) = &ctx.replica {
+                    // The leader evaluates: see its call below.
+                    if any_replica_asked_to_stop::<B>(self.stop_asked(), r, device)? && step < end {
+                        (end, interrupted) = (step, true);
+                    }
+                }
                 continue;
             }
 
-            let epoch_end = index == 0;
             // This step's checkpoint manifest, with the best value so far.
             let manifest_now = |watched: &Option<WatchedMetric>| Manifest {
                 format_version: checkpoint::FORMAT_VERSION,
@@ -604,15 +620,7 @@ impl Trainer {
                 }
                 Ok(())
             };
-            // A run ended by a minutes budget's clock is as finished as one
-            // that took its planned steps: its last step is evaluated too.
-            let eval_due = timed_out
-                || if cfg.eval_every == 0 {
-                    epoch_end || step == total
-                } else {
-                    step.is_multiple_of(cfg.eval_every) || step == total
-                };
-            if eval_due && data.eval_batches() > 0 {
+            if eval_due {
                 let eval = evaluate(&family, data, device, cfg, step)?;
                 let split = data.eval_split();
                 let record: Vec<(String, f64)> = eval
@@ -655,9 +663,13 @@ impl Trainer {
                 (last_eval, last_eval_step) = (Some(eval), Some(step));
                 // A signal during the evaluation, which can take longer than
                 // a step, ends the run at this step rather than after the
-                // next. Not in a data-parallel run: its other replicas are
-                // already in the next step's all-reduce.
-                if ctx.replica.is_none() && step < end && self.stop_asked() {
+                // next; on every replica of a data-parallel run, which wait
+                // for the leader's evaluation here, not in the next step.
+                let stop_asked = match &ctx.replica {
+                    Some(r) => any_replica_asked_to_stop::<B>(self.stop_asked(), r, device)?,
+                    None => self.stop_asked(),
+                };
+                if stop_asked && step < end {
                     say(&format!("step {step}: stopping as asked"));
                     (end, interrupted) = (step, true);
                 }
@@ -1055,6 +1067,20 @@ fn reduce_metrics<B: AutodiffBackend>(
         time_up: reduced[shared] > 0.0,
         stop_asked: reduced[shared + 1] > 0.0,
     })
+}
+
+/// Whether any replica has been asked to stop ([`Trainer::stop_when`]): every
+/// replica calls it after the steps the leader evaluates.
+fn any_replica_asked_to_stop<B: AutodiffBackend>(
+    asked: bool,
+    replica: &Replica,
+    device: &B::Device,
+) -> Result<bool> {
+    // Scaled by 1/weight, as in `reduce_metrics`: the mean is above 0 when any raised it.
+    let weight = replica.weight();
+    let flag = if asked { 1.0 / weight } else { 0.0 };
+    let reduced = parallel::all_reduce_values::<B::InnerBackend>(&[flag], weight, replica, device)?;
+    Ok(reduced[0] > 0.0)
 }
 
 /// What the replicas of a data-parallel step agree on after it.
