@@ -357,6 +357,19 @@ fn a_resume_with_a_budget_the_run_has_passed_is_refused() {
         .fit(fresh_vae(), &data(3), &device)
         .unwrap();
     assert_eq!((more.step, more.steps_this_call), (10, 2));
+
+    // Refused before anything is changed: the log keeps the steps after
+    // the newest checkpoint (as a run killed after step 4 would have).
+    for step in [8, 10] {
+        std::fs::remove_dir_all(run.join(format!("checkpoints/step-{step:08}"))).unwrap();
+    }
+    let log = std::fs::read(run.join("metrics.jsonl")).unwrap();
+    let err = refusal(train_config(3));
+    assert!(
+        err.contains("is at step 4 already, past this call's budget of 3 steps"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(run.join("metrics.jsonl")).unwrap(), log);
 }
 
 #[test]

@@ -371,6 +371,10 @@ impl Trainer {
             match checkpoint::latest_good(&ckpt_dir, &self.identity, |w| say(w))? {
                 Some((dir, manifest)) => {
                     same_data_position(&dir, &manifest, cfg.batch_size, batches_per_epoch)?;
+                    if cfg.minutes.is_none() {
+                        // (A minutes budget plans from the step it is at.)
+                        budget_not_passed(&self.run, manifest.step, cfg, batches_per_epoch)?;
+                    }
                     family = family.load(&dir)?;
                     step = manifest.step;
                     (epoch, index) = (manifest.epoch, manifest.batch_in_epoch);
@@ -425,19 +429,6 @@ impl Trainer {
                 planned
             }
         };
-        if step > total {
-            // Nothing to train, and "step 320 of 40" would read as a bug.
-            let budget = match (cfg.steps, cfg.epochs) {
-                (None, Some(1)) => format!("1 epoch, {total} steps"),
-                (None, Some(epochs)) => format!("{epochs} epochs, {total} steps"),
-                _ => format!("{total} steps"),
-            };
-            return Err(Error::Config(format!(
-                "{} is at step {step} already, past this call's budget of {budget}: give a \
-                 larger budget to train it further",
-                self.run.root().display()
-            )));
-        }
         bar.set_length(total);
         if let Some((dir, _)) = &resumed {
             say(&format!(
@@ -779,6 +770,31 @@ fn same_data_position(
          which its steps, its learning-rate schedule and its place in the data count in: resume \
          with those (--micro-batches N splits a batch to save memory), or start a new run",
         dir.display()
+    )))
+}
+
+/// Refuses a steps or epochs budget that a resumed run at `step` has
+/// passed: there is nothing to train, and "step 320 of 40" would read as
+/// a bug.
+fn budget_not_passed(
+    run: &RunDir,
+    step: u64,
+    cfg: &TrainConfig,
+    batches_per_epoch: usize,
+) -> Result<()> {
+    let total = cfg.total_steps(batches_per_epoch)?;
+    if step <= total {
+        return Ok(());
+    }
+    let budget = match (cfg.steps, cfg.epochs) {
+        (None, Some(1)) => format!("1 epoch, {total} steps"),
+        (None, Some(epochs)) => format!("{epochs} epochs, {total} steps"),
+        _ => format!("{total} steps"),
+    };
+    Err(Error::Config(format!(
+        "{} is at step {step} already, past this call's budget of {budget}: give a larger \
+         budget to train it further",
+        run.root().display()
     )))
 }
 
