@@ -272,9 +272,31 @@ fn info(run_path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Refuses an output name whose extension names another format than the
+/// one written (`grid.jpg` for a PNG file): a file whose name and contents
+/// disagree opens in some programs and not in others. A name without an
+/// extension is written as given.
+///
+/// ```text
+/// check_output_extension(Path::new("grid.jpg"), "png", "a sample grid")
+///   → "grid.jpg: a sample grid is a .png file: give --out a name ending in .png"
+/// ```
+fn check_output_extension(path: &Path, extension: &str, what: &str) -> Result<()> {
+    match path.extension().and_then(|e| e.to_str()) {
+        Some(given) if !given.eq_ignore_ascii_case(extension) => Err(Error::Config(format!(
+            "{}: {what} is a .{extension} file: give --out a name ending in .{extension}",
+            path.display()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 fn plot(runs: &[PathBuf], out: Option<PathBuf>, metrics: &[String]) -> Result<()> {
     let out = match (out, runs) {
-        (Some(out), _) => out,
+        (Some(out), _) => {
+            check_output_extension(&out, "svg", "a plot")?;
+            out
+        }
         (None, [run]) if metrics.is_empty() => RunDir::open(run)?.curves_file(),
         (None, [_]) => {
             return Err(Error::Config(

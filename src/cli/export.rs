@@ -136,6 +136,7 @@ pub(super) struct WeightsArgs {
 }
 
 fn export_weights(args: WeightsArgs) -> Result<()> {
+    super::check_output_extension(&args.out, "safetensors", "the weights file")?;
     if args.out.exists() {
         return Err(Error::Config(format!(
             "{} exists: export weights writes a new file",

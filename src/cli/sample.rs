@@ -289,6 +289,9 @@ fn check_sample_flags(args: &SampleArgs, config: &RunConfig) -> Result<()> {
             }
         )));
     }
+    if let Some(out) = &args.out {
+        super::check_output_extension(out, "png", "a sample grid")?;
+    }
     if args.images_dir.is_some() && args.out.is_some() {
         return Err(Error::Config(
             "--images-dir writes one file per sample instead of --out's grid: give one of them"

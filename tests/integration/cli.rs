@@ -119,6 +119,27 @@ fn train_sample_info_resume() {
     let read = |f: &str| std::fs::read(dir.join(f)).unwrap();
     assert_eq!(read("a.png"), read("b.png"));
     assert_ne!(read("a.png"), read("c.png"));
+    // An output name of another format is refused, not written as the wrong one.
+    for (args, needle) in [
+        (
+            &["sample", "--run", "runs/vae", "--out", "grid.jpg"][..],
+            "grid.jpg: a sample grid is a .png file",
+        ),
+        (
+            &["plot", "runs/vae", "--out", "curves.png"],
+            "curves.png: a plot is a .svg file",
+        ),
+        (
+            &["export", "weights", "--run", "runs/vae", "--out", "w.pt"],
+            "w.pt: the weights file is a .safetensors file",
+        ),
+    ] {
+        let err = fails(&genzoo(args, dir));
+        assert!(err.contains(needle), "{err}");
+    }
+    for refused in ["grid.jpg", "curves.png", "w.pt"] {
+        assert!(!dir.join(refused).exists(), "{refused}");
+    }
     let img = image::open(dir.join("a.png")).unwrap();
     assert_eq!((img.width(), img.height()), (4 * 30 + 2, 4 * 30 + 2));
 
