@@ -133,20 +133,35 @@ fn train_and_cache_evaluator(
     eprintln!("training the {dataset} evaluator ({epochs} epochs; once per dataset, then cached)");
     let per_epoch = train.len().div_ceil(128);
     let bar = indicatif::ProgressBar::new(epochs * per_epoch as u64);
-    let evaluator = genzoo_train::evaluator::train_evaluator::<
-        burn::backend::Autodiff<genzoo_core::CpuBackend>,
-    >(
-        dataset,
-        train,
-        test,
-        epochs,
-        0,
-        &Default::default(),
-        |epoch, _, loss| {
-            bar.inc(1);
-            bar.set_message(format!("epoch {} loss {loss:.4}", epoch + 1));
-        },
-    )?;
+    // Without a terminal (a log file, CI) the bar is hidden: a line an epoch.
+    let (start, mut epoch_loss) = (Instant::now(), 0.0);
+    // On a thread of the kernels' pool, as training is (see `on_cpu_pool`).
+    let evaluator = genzoo_core::backend::on_cpu_pool(|| {
+        genzoo_train::evaluator::train_evaluator::<burn::backend::Autodiff<genzoo_core::CpuBackend>>(
+            dataset,
+            train,
+            test,
+            epochs,
+            0,
+            &Default::default(),
+            |epoch, index, loss| {
+                bar.inc(1);
+                bar.set_message(format!("epoch {} loss {loss:.4}", epoch + 1));
+                epoch_loss += loss;
+                if index + 1 == per_epoch {
+                    if bar.is_hidden() {
+                        eprintln!(
+                            "evaluator epoch {}/{epochs}: loss {:.4}, {:.0} s",
+                            epoch + 1,
+                            epoch_loss / per_epoch as f64,
+                            start.elapsed().as_secs_f64()
+                        );
+                    }
+                    epoch_loss = 0.0;
+                }
+            },
+        )
+    })?;
     bar.finish_and_clear();
     evaluator.save(dir)?;
     Ok(evaluator)

@@ -1888,6 +1888,8 @@ fn evaluator_and_sample_metrics() {
         dir,
     ));
     assert!(text.contains("test accuracy"), "{text}");
+    // Without a terminal for its progress bar, a line an epoch.
+    assert!(text.contains("evaluator epoch 1/1: loss "), "{text}");
     // The second call finds it in the cache.
     let text = ok(&genzoo(
         &["evaluator", "train", "--dataset", "idx:digits"],
