@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use genzoo::core::record::param_values;
-use genzoo::core::{CpuDevice, Family, ImageBatch};
+use genzoo::core::{CpuDevice, Family, ImageBatch, TrainData};
 use genzoo::data::synthetic::write_idx_dataset;
 use genzoo::data::{ImageData, ImageDataset, Scaling, synthetic};
 use genzoo::models::ModelConfig;
@@ -323,6 +323,40 @@ fn uneven_shards_and_checkpoints_move_between_one_and_several_devices() {
     );
 }
 
+/// Trains a new run in `dir` on two replicas, replica `rank` stopping when
+/// `flag(rank)` is set, and returns each replica's (step, interrupted).
+fn two_replicas_with_stop_flags<D, F, M>(
+    dir: &Path,
+    cfg: &TrainConfig,
+    data: &D,
+    make: M,
+    flag: impl Fn(usize) -> Arc<AtomicBool> + Sync,
+) -> Vec<(u64, bool)>
+where
+    D: TrainData<B, Batch = ImageBatch<B>> + Sync,
+    F: Family<B, Batch = ImageBatch<B>> + Send,
+    M: Fn(&CpuDevice) -> F + Sync,
+{
+    let run = run_dir(dir, false);
+    let parallel = ParallelConfig {
+        devices: 2,
+        ..Default::default()
+    };
+    run_replicas::<B, _>(&parallel, vec![CpuDevice::default(); 2], |r, d| {
+        let family = {
+            let _init = lock(&INIT_LOCK);
+            <Flex as Backend>::seed(&d, 11);
+            make(&d)
+        };
+        Trainer::new(run.clone(), cfg.clone())
+            .progress(false)
+            .stop_when(flag(r.rank))
+            .fit_replica(family, data, &d)
+            .map(|o| (o.step, o.interrupted))
+    })
+    .unwrap()
+}
+
 #[test]
 fn a_stop_asked_of_one_replica_stops_all_at_one_checkpointed_step() {
     let _g = rng_lock();
@@ -337,24 +371,9 @@ fn a_stop_asked_of_one_replica_stops_all_at_one_checkpointed_step() {
     // Only replica 1 is asked (as a signal reaching one node would): had
     // the leader gone on alone, its next all-reduce would wait forever.
     let dir = tmp.path().join("stopped");
-    let run = run_dir(&dir, false);
-    let parallel = ParallelConfig {
-        devices: 2,
-        ..Default::default()
-    };
-    let outcomes = run_replicas::<B, _>(&parallel, vec![CpuDevice::default(); 2], |r, d| {
-        let family = {
-            let _init = lock(&INIT_LOCK);
-            <Flex as Backend>::seed(&d, 11);
-            make(&d)
-        };
-        Trainer::new(run.clone(), cfg.clone())
-            .progress(false)
-            .stop_when(Arc::new(AtomicBool::new(r.rank == 1)))
-            .fit_replica(family, &images, &d)
-            .map(|o| (o.step, o.interrupted))
-    })
-    .unwrap();
+    let outcomes = two_replicas_with_stop_flags(&dir, &cfg, &images, make, |rank| {
+        Arc::new(AtomicBool::new(rank == 1))
+    });
     assert_eq!(outcomes, [(1, true), (1, true)]);
     // Step 1 is no multiple of checkpoint_every (2): checkpointed for the stop.
     assert_eq!(checkpoint_steps(&dir), [1]);
@@ -383,29 +402,13 @@ fn a_stop_asked_during_the_leaders_evaluation_stops_all_at_that_step() {
         ..config(5, 10)
     };
     let dir = tmp.path().join("run");
-    let run = run_dir(&dir, false);
-    let parallel = ParallelConfig {
-        devices: 2,
-        ..Default::default()
-    };
-    let outcomes = run_replicas::<B, _>(&parallel, vec![CpuDevice::default(); 2], |r, d| {
-        let family = {
-            let _init = lock(&INIT_LOCK);
-            <Flex as Backend>::seed(&d, 11);
-            make(&d)
-        };
-        let asked = if r.is_leader() {
+    let outcomes = two_replicas_with_stop_flags(&dir, &cfg, &images, make, |rank| {
+        if rank == 0 {
             stop.clone()
         } else {
             Arc::new(AtomicBool::new(false))
-        };
-        Trainer::new(run.clone(), cfg.clone())
-            .progress(false)
-            .stop_when(asked)
-            .fit_replica(family, &images, &d)
-            .map(|o| (o.step, o.interrupted))
-    })
-    .unwrap();
+        }
+    });
     // The first evaluation is after step 2: every replica ends there,
     // not after step 3.
     assert_eq!(outcomes, [(2, true), (2, true)]);
