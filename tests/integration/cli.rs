@@ -168,6 +168,17 @@ fn train_sample_info_resume() {
         text.contains("resuming from") && text.contains("step 6 of 9"),
         "{text}"
     );
+    assert!(!text.contains("warning"), "{text}");
+    // Another seed is allowed, with a warning.
+    let text = ok(&genzoo(
+        &["resume", "runs/vae", "--steps", "10", "--seed", "99"],
+        dir,
+    ));
+    assert!(
+        text.contains("warning: the run was trained with seed")
+            && text.contains("goes on with seed 99"),
+        "{text}"
+    );
     assert!(run.join("checkpoints/step-00000009").exists());
 
     // A minutes budget: planned from the run's pace so far, then trained.

@@ -430,11 +430,20 @@ impl Trainer {
             }
         };
         bar.set_length(total);
-        if let Some((dir, _)) = &resumed {
+        if let Some((dir, manifest)) = &resumed {
             say(&format!(
                 "resuming from {} (step {step} of {total})",
                 dir.display()
             ));
+            if manifest.seed != cfg.seed {
+                // Allowed (reseeding past a loss spike is a known remedy), but not silently.
+                say(&format!(
+                    "warning: the run was trained with seed {} and goes on with seed {}: the rest \
+                     of epoch {epoch} is drawn in another order (some of its examples repeat, \
+                     others are skipped), and its noise and sample grids change",
+                    manifest.seed, cfg.seed
+                ));
+            }
         }
         if let Some(r) = &replica {
             // Every replica must start at the same step, from the leader's weights.
