@@ -131,8 +131,7 @@ fn train_and_cache_evaluator(
     dir: &Path,
 ) -> Result<Evaluator<genzoo_core::CpuBackend>> {
     eprintln!("training the {dataset} evaluator ({epochs} epochs; once per dataset, then cached)");
-    let per_epoch = train.len().div_ceil(128);
-    let bar = indicatif::ProgressBar::new(epochs * per_epoch as u64);
+    let bar = indicatif::ProgressBar::new(0); // its length comes with the first step
     // Without a terminal (a log file, CI) the bar is hidden: a line an epoch.
     let (start, mut epoch_loss) = (Instant::now(), 0.0);
     // On a thread of the kernels' pool, as training is (see `on_cpu_pool`).
@@ -144,7 +143,8 @@ fn train_and_cache_evaluator(
             epochs,
             0,
             &Default::default(),
-            |epoch, index, loss| {
+            |epoch, index, per_epoch, loss| {
+                bar.set_length(epochs * per_epoch as u64);
                 bar.inc(1);
                 bar.set_message(format!("epoch {} loss {loss:.4}", epoch + 1));
                 epoch_loss += loss;

@@ -274,7 +274,8 @@ pub fn accuracy<B: Backend>(
 
 /// Trains an evaluator on `train` (Adam, learning rate 1e-3 with cosine
 /// decay to 5e-5, batch 128) for `epochs` and
-/// measures it on `test`; `progress` is called with (epoch, step, loss).
+/// measures it on `test`; `progress` is called after each step with
+/// (epoch, batch in the epoch, batches per epoch, loss).
 pub fn train_evaluator<B: AutodiffBackend>(
     dataset: &str,
     train: &ImageDataset,
@@ -282,7 +283,7 @@ pub fn train_evaluator<B: AutodiffBackend>(
     epochs: u64,
     seed: u64,
     device: &B::Device,
-    mut progress: impl FnMut(u64, usize, f64),
+    mut progress: impl FnMut(u64, usize, usize, f64),
 ) -> Result<Evaluator<B::InnerBackend>> {
     if train.num_classes() < 2 {
         return Err(Error::Data(format!(
@@ -326,7 +327,7 @@ pub fn train_evaluator<B: AutodiffBackend>(
             let step = epoch * per_epoch as u64 + index as u64;
             let lr = 1e-3 * schedule.factor(1e-3, step, total);
             model = optimizer.step(lr, model, grads);
-            progress(epoch, index, value);
+            progress(epoch, index, per_epoch, value);
         }
     }
     let classifier = model.valid();
@@ -364,9 +365,16 @@ mod tests {
         let (tx, ty) = synthetic::images(64, 12, 4, 2);
         let train = ImageDataset::new(x, y, (1, 12, 12), vec![]).unwrap();
         let test = ImageDataset::new(tx, ty, (1, 12, 12), vec![]).unwrap();
-        let evaluator =
-            train_evaluator::<Autodiff<Flex>>("synthetic", &train, &test, 4, 0, &dev, |_, _, _| {})
-                .unwrap();
+        let evaluator = train_evaluator::<Autodiff<Flex>>(
+            "synthetic",
+            &train,
+            &test,
+            4,
+            0,
+            &dev,
+            |_, _, _, _| {},
+        )
+        .unwrap();
         assert!(
             evaluator.info.test_accuracy > 0.5,
             "4 classes: chance is 0.25, got {}",
