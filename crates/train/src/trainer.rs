@@ -371,31 +371,15 @@ impl Trainer {
             match checkpoint::latest_good(&ckpt_dir, &self.identity, |w| say(w))? {
                 Some((dir, manifest)) => {
                     same_data_position(&dir, &manifest, cfg.batch_size, batches_per_epoch)?;
-                    if cfg.minutes.is_none() {
-                        // (A minutes budget plans from the step it is at.)
-                        budget_not_passed(&self.run, manifest.step, cfg, batches_per_epoch)?;
-                    }
                     family = family.load(&dir)?;
                     step = manifest.step;
                     (epoch, index) = (manifest.epoch, manifest.batch_in_epoch);
-                    if leader {
-                        logger.truncate_after(step)?;
-                        self.run.remove_samples_after(step)?;
-                    }
                     resumed = Some((dir, manifest));
                 }
-                None => {
-                    say(&format!(
-                        "no checkpoint in {} yet: starting from step 0",
-                        ckpt_dir.display()
-                    ));
-                    // What an attempt that reached no checkpoint logged and
-                    // drew (its first one failed, or none is intact) is redone.
-                    if leader {
-                        logger.truncate_after(0)?;
-                        self.run.remove_samples_after(0)?;
-                    }
-                }
+                None => say(&format!(
+                    "no checkpoint in {} yet: starting from step 0",
+                    ckpt_dir.display()
+                )),
             }
         } else if leader && !checkpoint::list_checkpoints(&ckpt_dir)?.is_empty() {
             return Err(Error::Config(format!(
@@ -429,6 +413,16 @@ impl Trainer {
                 planned
             }
         };
+        if self.resume {
+            budget_not_passed(&self.run, step, total, cfg)?;
+            // The steps after the checkpoint (all of them when there was
+            // none: a first one failed, or none is intact) are redone: their
+            // log lines and grids go first, so that each is logged and drawn once.
+            if leader {
+                logger.truncate_after(step)?;
+                self.run.remove_samples_after(step)?;
+            }
+        }
         bar.set_length(total);
         if let Some((dir, manifest)) = &resumed {
             say(&format!(
@@ -782,16 +776,11 @@ fn same_data_position(
     )))
 }
 
-/// Refuses a steps or epochs budget that a resumed run at `step` has
-/// passed: there is nothing to train, and "step 320 of 40" would read as
+/// Refuses a budget of `total` steps that a resumed run at `step` has
+/// passed (a steps or epochs budget; a minutes one is planned from the step
+/// it is at): there is nothing to train, and "step 320 of 40" would read as
 /// a bug.
-fn budget_not_passed(
-    run: &RunDir,
-    step: u64,
-    cfg: &TrainConfig,
-    batches_per_epoch: usize,
-) -> Result<()> {
-    let total = cfg.total_steps(batches_per_epoch)?;
+fn budget_not_passed(run: &RunDir, step: u64, total: u64, cfg: &TrainConfig) -> Result<()> {
     if step <= total {
         return Ok(());
     }
