@@ -1063,11 +1063,8 @@ fn reduce_metrics<B: AutodiffBackend>(
 
     let weight = replica.weight();
     let mut values: Vec<f64> = metrics.iter().take(shared).map(|(_, v)| v).collect();
-    // The flags are scaled by 1/weight, so that a flag's mean is the
-    // number of replicas that raised it / world: above 0 when any did.
-    let flag = |raised: bool| if raised { 1.0 / weight } else { 0.0 };
-    values.push(flag(replica.is_leader() && time_up));
-    values.push(flag(stop_asked));
+    values.push(replica_flag(replica.is_leader() && time_up, weight));
+    values.push(replica_flag(stop_asked, weight));
     let reduced = parallel::all_reduce_values::<B::InnerBackend>(&values, weight, replica, device)?;
     let metrics = Metrics(
         metrics
@@ -1090,11 +1087,17 @@ fn any_replica_asked_to_stop<B: AutodiffBackend>(
     replica: &Replica,
     device: &B::Device,
 ) -> Result<bool> {
-    // Scaled by 1/weight, as in `reduce_metrics`: the mean is above 0 when any raised it.
     let weight = replica.weight();
-    let flag = if asked { 1.0 / weight } else { 0.0 };
+    let flag = replica_flag(asked, weight);
     let reduced = parallel::all_reduce_values::<B::InnerBackend>(&[flag], weight, replica, device)?;
     Ok(reduced[0] > 0.0)
+}
+
+/// A replica's yes/no for a weighted all-reduce (weight = its share of the
+/// batch): scaled by 1/weight, so that the reduced mean is the number of
+/// replicas that raised it / world, above 0 when any did.
+fn replica_flag(raised: bool, weight: f64) -> f64 {
+    if raised { 1.0 / weight } else { 0.0 }
 }
 
 /// What the replicas of a data-parallel step agree on after it.
