@@ -520,8 +520,9 @@ fn a_run_that_failed_before_its_first_checkpoint_resumes_from_zero_with_a_fresh_
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     write_idx_dataset(&dir.join("digits"), 32, 16, 28, 10).unwrap();
-    let args = |lr: &'static str| {
-        [
+    let err = fails(&genzoo(
+        &[
+            "train",
             "vae-mlp",
             "--dataset",
             "idx:digits",
@@ -532,13 +533,12 @@ fn a_run_that_failed_before_its_first_checkpoint_resumes_from_zero_with_a_fresh_
             "--log-every",
             "1",
             "--lr",
-            lr,
-        ]
-    };
-    let mut first = vec!["train"];
-    first.extend(args("1e30"));
-    first.extend(["--out", "runs/v"]);
-    let err = fails(&genzoo(&first, dir));
+            "1e30",
+            "--out",
+            "runs/v",
+        ],
+        dir,
+    ));
     assert!(
         err.contains("train_loss is") && err.contains("at step 2"),
         "{err}"

@@ -35,11 +35,16 @@ type B = Autodiff<Flex>;
 const SIZE: usize = 12;
 
 fn data(seed: u64) -> ImageData {
-    let (x, y) = synthetic::images(96, SIZE, 4, 1);
+    images(96, 16, seed)
+}
+
+/// `n` training images in batches of `batch` (and 32 test images).
+fn images(n: usize, batch: usize, seed: u64) -> ImageData {
+    let (x, y) = synthetic::images(n, SIZE, 4, 1);
     let (tx, ty) = synthetic::images(32, SIZE, 4, 2);
     let train = ImageDataset::new(x, y, (1, SIZE, SIZE), vec![]).unwrap();
     let test = ImageDataset::new(tx, ty, (1, SIZE, SIZE), vec![]).unwrap();
-    ImageData::new(train, test, 16, Scaling::Unit, seed).unwrap()
+    ImageData::new(train, test, batch, Scaling::Unit, seed).unwrap()
 }
 
 fn vae_config() -> VaeConfig {
@@ -267,14 +272,6 @@ fn a_resume_with_another_batch_size_or_data_is_refused_before_it_changes_anythin
         .fit(fresh_vae(), &data(3), &device)
         .unwrap();
     let log = std::fs::read(run.join("metrics.jsonl")).unwrap();
-    // `n` training images in batches of `batch`; data(3) is (96, 16).
-    let images = |n: usize, batch: usize| {
-        let (x, y) = synthetic::images(n, SIZE, 4, 1);
-        let (tx, ty) = synthetic::images(32, SIZE, 4, 2);
-        let train = ImageDataset::new(x, y, (1, SIZE, SIZE), vec![]).unwrap();
-        let test = ImageDataset::new(tx, ty, (1, SIZE, SIZE), vec![]).unwrap();
-        ImageData::new(train, test, batch, Scaling::Unit, 3).unwrap()
-    };
     let refusal = |cfg: TrainConfig, data: &ImageData| {
         trainer(&run, cfg, true)
             .fit(fresh_vae(), data, &device)
@@ -286,12 +283,12 @@ fn a_resume_with_another_batch_size_or_data_is_refused_before_it_changes_anythin
         batch_size: 32,
         ..train_config(16)
     };
-    let err = refusal(batch_32, &images(96, 32));
+    let err = refusal(batch_32, &images(96, 32, 3));
     assert!(
         err.contains("trained with batches of 16 and this call asks for 32"),
         "{err}"
     );
-    let err = refusal(train_config(16), &images(48, 16));
+    let err = refusal(train_config(16), &images(48, 16, 3));
     assert!(
         err.contains("gave 6 batches per epoch and this call's gives 3"),
         "{err}"
@@ -304,7 +301,7 @@ fn a_resume_with_another_batch_size_or_data_is_refused_before_it_changes_anythin
     fields.remove("batch_size");
     fields.remove("batches_per_epoch");
     std::fs::write(&manifest, serde_json::to_vec(&fields).unwrap()).unwrap();
-    let err = refusal(train_config(16), &images(48, 16));
+    let err = refusal(train_config(16), &images(48, 16, 3));
     assert!(
         err.contains("batch 5 of epoch 0, is past the end of this data's epochs of 3 batches"),
         "{err}"
@@ -788,16 +785,7 @@ fn micro_batches_train_as_the_whole_batch_down_to_a_short_last_batch() {
     let device = CpuDevice::default();
     // 98 images in batches of 16: six whole batches, then one of 2 rows,
     // which three micro-batches cannot split: it is taken as two.
-    let (x, y) = synthetic::images(98, SIZE, 4, 1);
-    let (tx, ty) = synthetic::images(32, SIZE, 4, 2);
-    let images = ImageData::new(
-        ImageDataset::new(x, y, (1, SIZE, SIZE), vec![]).unwrap(),
-        ImageDataset::new(tx, ty, (1, SIZE, SIZE), vec![]).unwrap(),
-        16,
-        Scaling::Unit,
-        1,
-    )
-    .unwrap();
+    let images = images(98, 16, 1);
     let run = |name: &str, micro_batches: usize| {
         let config = TrainConfig {
             micro_batches,
