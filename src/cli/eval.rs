@@ -118,7 +118,7 @@ fn evaluator_dir(dataset: &str, train: &genzoo_data::ImageDataset) -> Result<Pat
     Ok(genzoo_train::evaluator::cache_dir(
         &root,
         dataset,
-        &genzoo_train::evaluator::fingerprint(train),
+        &train.fingerprint(),
     ))
 }
 

@@ -1320,6 +1320,24 @@ fn gpt_char_trains_on_a_text_file_and_continues_a_prompt() {
         dir,
     ));
     assert!(err.contains("g.safetensors exists"), "{err}");
+
+    // The same characters in another order, as many: a resume on them is
+    // refused, and the run's config is left as it was.
+    std::fs::write(
+        dir.join("poem.txt"),
+        "The lazy dog jumps over the quick brown fox.\n".repeat(30),
+    )
+    .unwrap();
+    let config = std::fs::read(dir.join("runs/g/config.toml")).unwrap();
+    let err = fails(&genzoo(&["resume", "runs/g", "--steps", "8"], dir));
+    assert!(
+        err.contains("its training examples are not this call's"),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("runs/g/config.toml")).unwrap(),
+        config
+    );
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! The training engine end to end through the library: loss goes down,
 //! exact resume (also of a run that reached no checkpoint; not with
-//! another batch size or data), corrupt-checkpoint fallback, the NaN stop, refusing
+//! another batch size or other data), corrupt-checkpoint fallback, the NaN stop and
+//! the stop at a checkpoint that cannot be written, refusing
 //! checkpoints of other models, steps split into micro-batches, the best
 //! held-out checkpoint, and a run asked to stop.
 
@@ -293,13 +294,23 @@ fn a_resume_with_another_batch_size_or_data_is_refused_before_it_changes_anythin
         err.contains("gave 6 batches per epoch and this call's gives 3"),
         "{err}"
     );
+    // As many other images: their fingerprint tells them apart.
+    let (x, y) = synthetic::images(96, SIZE, 4, 9);
+    let other = ImageDataset::new(x, y, (1, SIZE, SIZE), vec![]).unwrap();
+    let other = ImageData::new(other, data(3).test, 16, Scaling::Unit, 3).unwrap();
+    let err = refusal(train_config(16), &other);
+    assert!(
+        err.contains("its training examples are not this call's: as many batches, but another"),
+        "{err}"
+    );
     // A checkpoint from before these were recorded, at batch 5 of 6.
     let manifest = run.join("checkpoints/step-00000005/manifest.json");
     let mut fields: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&std::fs::read(&manifest).unwrap()).unwrap();
     assert_eq!(fields["batch_in_epoch"], 5);
-    fields.remove("batch_size");
-    fields.remove("batches_per_epoch");
+    for recorded_since in ["batch_size", "batches_per_epoch", "data_fingerprint"] {
+        fields.remove(recorded_since).unwrap();
+    }
     std::fs::write(&manifest, serde_json::to_vec(&fields).unwrap()).unwrap();
     let err = refusal(train_config(16), &images(48, 16, 3));
     assert!(
@@ -558,15 +569,32 @@ fn a_new_run_refuses_a_directory_with_checkpoints() {
     assert!(RunDir::create(&run, false).is_err());
 }
 
-/// A family whose loss turns NaN at a chosen step: the engine must stop there.
-struct NanAt<B: burn::tensor::backend::AutodiffBackend> {
+/// A one-layer family whose loss turns NaN at a chosen step, or whose
+/// checkpoint fails to be written at a chosen save (as on a full disk): the
+/// engine must stop there.
+struct Faulty<B: burn::tensor::backend::AutodiffBackend> {
     net: Linear<B>,
     optimizer: OptimizerAdaptor<Adam, Linear<B>, B>,
-    nan_step: u64,
+    nan_step: Option<u64>,
+    failing_save: Option<usize>,
+    saves: std::cell::Cell<usize>,
     device: B::Device,
 }
 
-impl Family<B> for NanAt<B> {
+impl Faulty<B> {
+    fn new(device: CpuDevice) -> Self {
+        Self {
+            net: LinearConfig::new(SIZE * SIZE, SIZE * SIZE).init(&device),
+            optimizer: AdamConfig::new().init(),
+            nan_step: None,
+            failing_save: None,
+            saves: Default::default(),
+            device,
+        }
+    }
+}
+
+impl Family<B> for Faulty<B> {
     type Batch = ImageBatch<B>;
     fn num_params(&self) -> usize {
         self.net.num_params()
@@ -579,7 +607,7 @@ impl Family<B> for NanAt<B> {
         let n = batch.len();
         let x = batch.images.reshape([n as i32, -1]);
         let mut loss = (self.net.forward(x.clone()) - x).powi_scalar(2).mean();
-        if ctx.step == self.nan_step {
+        if Some(ctx.step) == self.nan_step {
             loss = loss * f32::NAN;
         }
         let grads = GradientsParams::from_grads(loss.backward(), &self.net);
@@ -595,6 +623,11 @@ impl Family<B> for NanAt<B> {
     }
     fn save(&self, dir: &Path) -> Result<()> {
         save_module(&self.net, &dir.join("net"))?;
+        self.saves.set(self.saves.get() + 1);
+        if Some(self.saves.get()) == self.failing_save {
+            let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+            return Err(Error::io(dir.join("optim.safetensors"), full));
+        }
         save_optimizer(&self.optimizer, &self.net, &dir.join("optim"))
     }
     fn load(mut self, dir: &Path) -> Result<Self> {
@@ -609,11 +642,9 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     let _guard = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let device = CpuDevice::default();
-    let family = NanAt::<B> {
-        net: LinearConfig::new(SIZE * SIZE, SIZE * SIZE).init(&device),
-        optimizer: AdamConfig::new().init(),
-        nan_step: 7,
-        device,
+    let family = Faulty {
+        nan_step: Some(7),
+        ..Faulty::new(device)
     };
     let err = trainer(tmp.path(), train_config(20), false)
         .fit(family, &data(1), &device)
@@ -634,6 +665,53 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
         fingerprint: toml::to_string(&vae_config()).unwrap(),
     };
     assert!(genzoo::train::checkpoint::verify(&ckpts[0].1, &identity).is_ok());
+}
+
+#[test]
+fn a_checkpoint_that_cannot_be_written_stops_the_run_and_says_what_it_keeps() {
+    let _guard = rng_lock();
+    let device = CpuDevice::default();
+    for (failing_save, expected, kept) in [
+        (
+            2,
+            "training stopped at step 8, whose checkpoint could not be written: ",
+            vec![4],
+        ),
+        (1, "training stopped at step 4, whose checkpoint", vec![]),
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let family = Faulty {
+            failing_save: Some(failing_save),
+            ..Faulty::new(device)
+        };
+        let err = trainer(tmp.path(), train_config(20), false)
+            .fit(family, &data(1), &device)
+            .err()
+            .expect("must stop")
+            .to_string();
+        assert!(err.contains(expected), "{err}");
+        let what_is_kept = match failing_save {
+            2 => {
+                "The run keeps its checkpoint of step 4, which a resume goes on from (steps 5 to 8 \
+                  are not kept); free space (or fix the cause) first"
+            }
+            _ => "The run has no checkpoint yet: a resume starts it from step 0",
+        };
+        assert!(err.contains(what_is_kept), "{err}");
+        // The half-written checkpoint is gone; the one before it is intact.
+        let ckpts = tmp.path().join("checkpoints");
+        let steps: Vec<u64> = list_checkpoints(&ckpts)
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(steps, kept);
+        let names: Vec<String> = std::fs::read_dir(&ckpts)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), kept.len(), "{names:?}");
+    }
 }
 
 /// A budget of `minutes` under a cosine schedule, whose horizon is the plan.
@@ -815,12 +893,7 @@ fn a_family_that_cannot_split_its_steps_is_refused_before_training() {
     let device = CpuDevice::default();
     // A family says so itself (`Family::supports_micro_batches`); this one
     // does not, so the engine must not guess.
-    let family = NanAt::<B> {
-        net: LinearConfig::new(SIZE * SIZE, SIZE * SIZE).init(&device),
-        optimizer: AdamConfig::new().init(),
-        nan_step: 0,
-        device,
-    };
+    let family = Faulty::new(device);
     let config = TrainConfig {
         micro_batches: 2,
         ..train_config(4)

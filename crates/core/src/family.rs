@@ -132,6 +132,13 @@ pub trait TrainData<B: Backend> {
     fn batches_per_epoch(&self) -> usize;
     /// Training batch `index` (`< batches_per_epoch()`) of `epoch`.
     fn train_batch(&self, epoch: u64, index: usize, device: &B::Device) -> Self::Batch;
+    /// A digest of the training examples (SHA-256, hex), recorded in each
+    /// checkpoint: a resume whose data gives another one is refused, since
+    /// it would go on from the same place in other examples. `None` (the
+    /// default) records nothing and skips the check.
+    fn fingerprint(&self) -> Option<String> {
+        None
+    }
     /// Number of held-out evaluation batches (0 when there is no held-out data).
     fn eval_batches(&self) -> usize;
     /// Evaluation batch `index` and the number of examples in it.

@@ -7,7 +7,9 @@ use burn::prelude::*;
 use genzoo_core::seed::{derive, host_rng};
 use genzoo_core::{Error, ImageBatch, Result, TrainData};
 use rand::Rng;
+use sha2::{Digest, Sha256};
 
+use crate::download::hex;
 use crate::idx::IdxArray;
 
 /// How 8-bit pixels become floats.
@@ -155,6 +157,21 @@ impl ImageDataset {
     pub fn image(&self, i: usize) -> &[u8] {
         let per = self.channels * self.height * self.width;
         &self.pixels[i * per..(i + 1) * per]
+    }
+
+    /// SHA-256 (hex) of the images' shape, pixels and labels, in order:
+    /// what tells two datasets apart (class names aside). The evaluator's
+    /// cache is keyed by it, and a checkpoint records its training data's
+    /// so that a resume on other data is refused.
+    pub fn fingerprint(&self) -> String {
+        let mut hash = Sha256::new();
+        let (c, h, w) = self.dims();
+        hash.update(format!("{c}x{h}x{w}:{}", self.len()).as_bytes());
+        for i in 0..self.len() {
+            hash.update(self.image(i));
+            hash.update([self.label(i)]);
+        }
+        hex(&hash.finalize())
     }
 
     /// The first `n` images (all of them if there are fewer).
@@ -328,6 +345,10 @@ impl<B: Backend> TrainData<B> for ImageData {
         };
         self.train
             .batch_mirrored(&indices, &mirror, self.scaling, device)
+    }
+
+    fn fingerprint(&self) -> Option<String> {
+        Some(self.train.fingerprint())
     }
 
     fn eval_batches(&self) -> usize {

@@ -8,6 +8,9 @@ use burn::prelude::*;
 use genzoo_core::seed::host_rng;
 use genzoo_core::{Error, Result, TokenBatch, TrainData};
 use rand::Rng;
+use sha2::{Digest, Sha256};
+
+use crate::download::hex;
 
 pub use genzoo_core::vocabulary::Vocabulary;
 
@@ -57,6 +60,22 @@ impl TextCorpus {
             Vocabulary::Bytes,
             raw.iter().map(|&b| u32::from(b)).collect(),
         )
+    }
+
+    /// SHA-256 (hex) of the vocabulary and the training tokens: what a
+    /// checkpoint records of its training text (see
+    /// [`TrainData::fingerprint`]).
+    pub fn fingerprint(&self) -> String {
+        let mut hash = Sha256::new();
+        match self.vocabulary.chars_string() {
+            Some(chars) => hash.update(format!("chars {}:{chars}", chars.chars().count())),
+            None => hash.update("bytes"),
+        }
+        hash.update(format!(":{}:", self.train.len()));
+        for token in &self.train {
+            hash.update(token.to_le_bytes());
+        }
+        hex(&hash.finalize())
     }
 
     fn split(vocabulary: Vocabulary, tokens: Vec<u32>) -> Result<Self> {
@@ -172,6 +191,10 @@ impl<B: Backend> TrainData<B> for TextData {
         self.windows(&self.corpus.train, "text-train", global, device)
     }
 
+    fn fingerprint(&self) -> Option<String> {
+        Some(self.corpus.fingerprint())
+    }
+
     fn eval_batches(&self) -> usize {
         self.eval_batches
     }
@@ -192,6 +215,23 @@ impl<B: Backend> TrainData<B> for TextData {
 mod tests {
     use super::*;
     use genzoo_core::{CpuBackend, CpuDevice};
+
+    #[test]
+    fn the_fingerprint_tells_training_texts_apart() {
+        let text = "to be or not to be, that is the question\n".repeat(5);
+        let of =
+            |text: &str, bytes: bool| TextCorpus::from_text(text, bytes).unwrap().fingerprint();
+        assert_eq!(of(&text, false), of(&text, false), "deterministic");
+        assert_eq!(of(&text, false).len(), 64);
+        // One character changed, the same tokens read as bytes, another
+        // validation tail only (not trained on: the same fingerprint).
+        let changed = text.replacen("not", "nor", 1);
+        assert_ne!(of(&changed, false), of(&text, false));
+        assert_ne!(of(&text, true), of(&text, false));
+        let mut tail = text.clone();
+        tail.replace_range(text.len() - 3.., "qa\n");
+        assert_eq!(of(&tail, false), of(&text, false));
+    }
 
     #[test]
     fn consecutive_windows_predict_every_token_once() {

@@ -56,6 +56,12 @@ pub struct Manifest {
     /// what `batch_in_epoch` counts in. Absent from older checkpoints.
     #[serde(default)]
     pub batches_per_epoch: Option<usize>,
+    /// A digest of the run's training examples
+    /// ([`TrainData::fingerprint`](genzoo_core::TrainData::fingerprint)):
+    /// a resume on data that gives another one is refused. Absent from older
+    /// checkpoints, and for data that gives none.
+    #[serde(default)]
+    pub data_fingerprint: Option<String>,
     /// The run's total steps (the schedule's horizon).
     pub total_steps: u64,
     /// The run's seed; with `step` it determines every later random draw

@@ -26,7 +26,6 @@ use genzoo_core::record::{load_module, record_file, save_module};
 use genzoo_core::{Error, Result, TrainData};
 use genzoo_data::{ImageData, ImageDataset, Scaling};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::metrics::Features;
 
@@ -113,18 +112,6 @@ pub struct Evaluator<B: Backend> {
     /// Features of the test split.
     pub reference: Features,
     device: B::Device,
-}
-
-/// SHA-256 of a dataset's images and labels.
-pub fn fingerprint(train: &ImageDataset) -> String {
-    let mut hash = Sha256::new();
-    let (c, h, w) = train.dims();
-    hash.update(format!("{c}x{h}x{w}:{}", train.len()).as_bytes());
-    for i in 0..train.len() {
-        hash.update(train.image(i));
-        hash.update([train.label(i)]);
-    }
-    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Where the evaluator of a dataset is cached.
@@ -335,7 +322,7 @@ pub fn train_evaluator<B: AutodiffBackend>(
     let test_accuracy = accuracy(&classifier, test, &inner_device);
     let info = EvaluatorInfo {
         dataset: dataset.to_string(),
-        fingerprint: fingerprint(train),
+        fingerprint: train.fingerprint(),
         shape: (c, h, w),
         classes,
         test_accuracy,
@@ -395,6 +382,6 @@ mod tests {
         let (b, _) = loaded.embed_dataset(&test).unwrap();
         assert_eq!(a, b);
         // A different dataset has a different fingerprint.
-        assert_ne!(fingerprint(&train), fingerprint(&test));
+        assert_ne!(train.fingerprint(), test.fingerprint());
     }
 }

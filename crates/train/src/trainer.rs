@@ -342,6 +342,7 @@ impl Trainer {
         // Only the leader of a data-parallel run (or a one-device run) writes.
         let leader = replica.is_none_or(|r| r.is_leader());
         let batches_per_epoch = data.batches_per_epoch().max(1);
+        let data_fingerprint = data.fingerprint();
         let logger = MetricsLogger::new(self.run.metrics_file(), self.run.metrics_csv());
         let ckpt_dir = self.run.checkpoints_dir();
 
@@ -370,7 +371,13 @@ impl Trainer {
         if self.resume {
             match checkpoint::latest_good(&ckpt_dir, &self.identity, |w| say(w))? {
                 Some((dir, manifest)) => {
-                    same_data_position(&dir, &manifest, cfg.batch_size, batches_per_epoch)?;
+                    same_data_position(
+                        &dir,
+                        &manifest,
+                        cfg.batch_size,
+                        batches_per_epoch,
+                        data_fingerprint.as_deref(),
+                    )?;
                     family = family.load(&dir)?;
                     step = manifest.step;
                     (epoch, index) = (manifest.epoch, manifest.batch_in_epoch);
@@ -464,6 +471,8 @@ impl Trainer {
         };
 
         let start_step = step;
+        // Where a resume would go on from if a checkpoint fails to be written.
+        let mut newest_checkpoint = resumed.as_ref().map(|(_, m)| m.step);
         let stop_at = |total: u64| match self.stop_after {
             Some(n) => (start_step + n).min(total),
             None => total,
@@ -598,6 +607,7 @@ impl Trainer {
                 batch_in_epoch: index,
                 batch_size: Some(cfg.batch_size),
                 batches_per_epoch: Some(batches_per_epoch),
+                data_fingerprint: data_fingerprint.clone(),
                 total_steps: total,
                 seed: cfg.seed,
                 lr,
@@ -646,7 +656,8 @@ impl Trainer {
                         checkpoint::BEST,
                         manifest_now(&watched),
                         save,
-                    )?;
+                    )
+                    .map_err(|e| checkpoint_not_written(e, step, newest_checkpoint))?;
                 }
                 if let Some(w) = watched.as_ref().filter(|w| w.exhausted())
                     && step < end
@@ -696,7 +707,9 @@ impl Trainer {
                 step.is_multiple_of(cfg.checkpoint_every)
             };
             if ckpt_due || last {
-                checkpoint::write_checkpoint(&ckpt_dir, manifest_now(&watched), save)?;
+                checkpoint::write_checkpoint(&ckpt_dir, manifest_now(&watched), save)
+                    .map_err(|e| checkpoint_not_written(e, step, newest_checkpoint))?;
+                newest_checkpoint = Some(step);
                 checkpoint::prune(&ckpt_dir, cfg.keep_checkpoints)?;
                 // A figure is not worth stopping a run for.
                 if let Err(e) = crate::plot::write_run_curves(&self.run) {
@@ -732,17 +745,37 @@ fn steps_in(seconds: f64, per_step: f64) -> u64 {
     (seconds.max(0.0) / per_step).floor() as u64
 }
 
+/// The error of a checkpoint of `step` that could not be written (a full
+/// disk, most often): training stops there rather than go on with nothing
+/// saved, and the message says what the run keeps.
+fn checkpoint_not_written(error: Error, step: u64, newest: Option<u64>) -> Error {
+    let kept = match newest {
+        Some(kept) => format!(
+            "The run keeps its checkpoint of step {kept}, which a resume goes on from \
+             (steps {} to {step} are not kept)",
+            kept + 1
+        ),
+        None => "The run has no checkpoint yet: a resume starts it from step 0".into(),
+    };
+    Error::Other(format!(
+        "training stopped at step {step}, whose checkpoint could not be written: {error}. \
+         {kept}; free space (or fix the cause) first"
+    ))
+}
+
 /// Refuses to resume from a checkpoint whose data position means another
 /// place in this call's data: its steps and `batch_in_epoch` count batches
 /// of the run's batch size, over epochs of its training set, so a resume
 /// with another batch size or another amount of data would go on from the
 /// wrong examples (or past an epoch's end), and an epochs budget would count
-/// other steps.
+/// other steps. Other data of the same size (another dataset, or a file
+/// changed on disk) is told by its fingerprint.
 fn same_data_position(
     dir: &std::path::Path,
     manifest: &Manifest,
     batch_size: usize,
     batches_per_epoch: usize,
+    data_fingerprint: Option<&str>,
 ) -> Result<()> {
     let why = if manifest.batch_size.is_some_and(|b| b != batch_size) {
         format!(
@@ -757,6 +790,15 @@ fn same_data_position(
             "its training data gave {} batches per epoch and this call's gives {batches_per_epoch} \
              (another dataset or --limit)",
             manifest.batches_per_epoch.unwrap_or_default()
+        )
+    } else if let (Some(then), Some(now)) = (&manifest.data_fingerprint, data_fingerprint)
+        && then != now
+    {
+        format!(
+            "its training examples are not this call's: as many batches, but another \
+             fingerprint ({}… then, {}… now), from another dataset, --data-dir, --text or --limit",
+            &then[..then.len().min(12)],
+            &now[..now.len().min(12)]
         )
     } else if manifest.batch_in_epoch >= batches_per_epoch {
         // A checkpoint from before these were recorded.
