@@ -358,6 +358,58 @@ where
 }
 
 #[test]
+fn replicas_that_disagree_on_the_budget_or_the_data_are_refused_at_the_start() {
+    let _g = rng_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let vae = tiny_vae();
+    let images = data(12, 10);
+    // As many other images: the same batches per epoch, another fingerprint.
+    let (x, y) = synthetic::images(64, 12, 10, 5);
+    let train = ImageDataset::new(x, y, (1, 12, 12), vec![]).unwrap();
+    let others = ImageData::new(train, data(12, 10).test, 10, Scaling::Signed, 3).unwrap();
+    let parallel = ParallelConfig {
+        devices: 2,
+        ..Default::default()
+    };
+    // Replica 1's budget is one step longer (a variance of 0.25 over the
+    // two), or its data differs.
+    for (steps_1, data_1, expected) in [
+        (6, &images, "starts at step 0 of"),
+        (
+            5,
+            &others,
+            "with 7 batches per epoch of training examples whose fingerprint begins",
+        ),
+    ] {
+        let run = run_dir(&tmp.path().join(format!("r{steps_1}")), false);
+        let err = run_replicas::<B, _>(&parallel, vec![CpuDevice::default(); 2], |r, d| {
+            let family = {
+                let _init = lock(&INIT_LOCK);
+                <Flex as Backend>::seed(&d, 11);
+                VaeTrainer::<B>::new(vae.clone(), &d)
+            };
+            let (steps, data) = if r.rank == 1 {
+                (steps_1, data_1)
+            } else {
+                (5, &images)
+            };
+            Trainer::new(run.clone(), config(steps, 10))
+                .progress(false)
+                .fit_replica(family, data, &d)
+                .map(|o| o.step)
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("replicas disagree on where the run starts or on its data"),
+            "{err}"
+        );
+        assert!(err.contains(expected), "{err}");
+        assert!(checkpoint_steps(run.root()).is_empty());
+    }
+}
+
+#[test]
 fn a_stop_asked_of_one_replica_stops_all_at_one_checkpointed_step() {
     let _g = rng_lock();
     let tmp = tempfile::tempdir().unwrap();

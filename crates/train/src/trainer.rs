@@ -448,7 +448,8 @@ impl Trainer {
         }
         if let Some(r) = &replica {
             // Every replica must start at the same step, from the leader's weights.
-            agree_on_start::<B>(r, step, total, device)?;
+            let at = (step, total, batches_per_epoch);
+            agree_on_start::<B>(r, at, data_fingerprint.as_deref(), device)?;
             family = family.broadcast_weights(r)?;
         }
 
@@ -1044,29 +1045,31 @@ impl WatchedMetric {
     }
 }
 
-/// Checks that every replica starts at the same step of the same budget
-/// (a node without the checkpoint the others resume from would not).
+/// Checks that every replica starts at the same step of the same budget, on
+/// the same data (a node without the checkpoint the others resume from, or
+/// with other files or flags, would not).
 fn agree_on_start<B: AutodiffBackend>(
     replica: &Replica,
-    step: u64,
-    total: u64,
+    (step, total, batches_per_epoch): (u64, u64, usize),
+    data_fingerprint: Option<&str>,
     device: &B::Device,
 ) -> Result<()> {
-    let own = [step as f64, total as f64];
-    let squares = [own[0] * own[0], own[1] * own[1]];
-    let values = [own[0], own[1], squares[0], squares[1]];
-    let mean = parallel::all_reduce_values::<B::InnerBackend>(&values, 1.0, replica, device)?;
-    // Equal values everywhere ⇔ the mean of squares is the square of the mean.
-    let spread = |i: usize| (mean[i + 2] - mean[i] * mean[i]).abs() > 0.25 + 1e-6 * mean[i + 2];
-    if spread(0) || spread(1) {
-        return Err(Error::Parallel(format!(
-            "replicas disagree on where the run starts: replica {} starts at step {step} of {total}, \
-             the mean over replicas is step {:.1} of {:.1}; give every node the same run directory \
-             and checkpoints (resume all or none)",
-            replica.rank, mean[0], mean[1]
-        )));
+    // The fingerprint's first 32 bits tell other data apart but for a
+    // chance in four billion.
+    let data = data_fingerprint.unwrap_or("none");
+    let data_bits = u64::from_str_radix(data.get(..8).unwrap_or(data), 16).unwrap_or(0);
+    let own = [step, total, batches_per_epoch as u64, data_bits];
+    if parallel::all_replicas_equal::<B::InnerBackend>(&own, replica, device)? {
+        return Ok(());
     }
-    Ok(())
+    Err(Error::Parallel(format!(
+        "replicas disagree on where the run starts or on its data: replica {} starts at step \
+         {step} of {total}, with {batches_per_epoch} batches per epoch of training examples \
+         whose fingerprint begins {}; give every node the same run directory and checkpoints \
+         (resume all or none), the same settings and the same data",
+        replica.rank,
+        data.get(..8).unwrap_or(data)
+    )))
 }
 
 /// The step's metrics averaged over replicas (weighted by their shares of
@@ -1084,19 +1087,13 @@ fn reduce_metrics<B: AutodiffBackend>(
     replica: &Replica,
     device: &B::Device,
 ) -> Result<ReducedStep> {
-    // A small signature of the metric names, exact in f32 with its square.
+    // A signature of the metric names.
     let signature = metrics.iter().fold(17u32, |h, (k, _)| {
         k.bytes()
             .fold(h, |h, b| h.wrapping_mul(31).wrapping_add(b as u32))
-    }) % 4093;
-    let (count, sig) = (metrics.0.len() as f64, signature as f64);
-    let mean = parallel::all_reduce_values::<B::InnerBackend>(
-        &[count, sig, count * count, sig * sig],
-        1.0,
-        replica,
-        device,
-    )?;
-    let same = (0..2).all(|i| (mean[i + 2] - mean[i] * mean[i]).abs() < 0.25);
+    });
+    let own = [metrics.0.len() as u64, u64::from(signature)];
+    let same = parallel::all_replicas_equal::<B::InnerBackend>(&own, replica, device)?;
     let shared = if same {
         metrics.0.len()
     } else {
