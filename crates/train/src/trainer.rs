@@ -798,8 +798,8 @@ fn same_data_position(
         format!(
             "its training examples are not this call's: as many batches, but another \
              fingerprint ({}… then, {}… now), from another dataset, --data-dir, --text or --limit",
-            &then[..then.len().min(12)],
-            &now[..now.len().min(12)]
+            then.get(..12).unwrap_or(then),
+            now.get(..12).unwrap_or(now)
         )
     } else if manifest.batch_in_epoch >= batches_per_epoch {
         // A checkpoint from before these were recorded.
