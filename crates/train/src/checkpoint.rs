@@ -211,6 +211,59 @@ pub fn write_checkpoint_as(
     result
 }
 
+/// Bytes of the files directly in `dir` (a checkpoint's).
+pub fn size_on_disk(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let meta = entry
+            .and_then(|e| e.metadata())
+            .map_err(|e| Error::io(dir, e))?;
+        if meta.is_file() {
+            total += meta.len();
+        }
+    }
+    Ok(total)
+}
+
+/// Bytes free to this user on the file system that holds `path`; `None`
+/// where that cannot be told (outside Unix, or the call fails).
+pub fn available_bytes(path: &Path) -> Option<u64> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+        // SAFETY: statvfs fills the zeroed struct it is given and reads a
+        // NUL-terminated path that outlives the call.
+        let mut stats: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut stats) } != 0 {
+            return None;
+        }
+        #[allow(clippy::unnecessary_cast)] // the fields' widths differ by platform
+        Some(stats.f_bavail as u64 * stats.f_frsize as u64)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// The warning to give after a checkpoint of `size` bytes when `free` bytes
+/// are left: the next checkpoint is written in full before the oldest is
+/// pruned, so with less than `size` free it will fail and stop the run.
+pub fn space_warning(checkpoints: &Path, free: u64, size: u64) -> Option<String> {
+    let mb = |bytes: u64| bytes as f64 / 1e6;
+    (free < size).then(|| {
+        format!(
+            "warning: {} has {:.1} MB free and a checkpoint takes {:.1} MB: the next one will \
+             not fit and training will stop there; free space before then",
+            checkpoints.display(),
+            mb(free),
+            mb(size)
+        )
+    })
+}
+
 /// The checkpoint directories under `checkpoints`, oldest first.
 pub fn list_checkpoints(checkpoints: &Path) -> Result<Vec<(u64, PathBuf)>> {
     if !checkpoints.is_dir() {
@@ -476,6 +529,24 @@ pub fn find_checkpoint(
 mod tests {
     use super::*;
     use genzoo_models::gpt::GptConfig;
+
+    #[test]
+    fn a_disk_with_less_room_than_a_checkpoint_is_warned_of() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("model.safetensors"), vec![0u8; 3000]).unwrap();
+        std::fs::write(tmp.path().join("manifest.json"), b"{}").unwrap();
+        std::fs::create_dir(tmp.path().join("not-a-file")).unwrap();
+        assert_eq!(size_on_disk(tmp.path()).unwrap(), 3002);
+        #[cfg(unix)]
+        assert!(available_bytes(tmp.path()).is_some_and(|free| free > 0));
+        let dir = Path::new("runs/v/checkpoints");
+        let warning = space_warning(dir, 2_400_000, 7_500_000).unwrap();
+        assert!(
+            warning.contains("runs/v/checkpoints has 2.4 MB free and a checkpoint takes 7.5 MB"),
+            "{warning}"
+        );
+        assert_eq!(space_warning(dir, 7_500_000, 7_500_000), None);
+    }
 
     #[test]
     fn prune_keeps_the_newest_and_clears_what_a_killed_writer_left() {

@@ -474,6 +474,7 @@ impl Trainer {
         let start_step = step;
         // Where a resume would go on from if a checkpoint fails to be written.
         let mut newest_checkpoint = resumed.as_ref().map(|(_, m)| m.step);
+        let mut space_warned = false;
         let stop_at = |total: u64| match self.stop_after {
             Some(n) => (start_step + n).min(total),
             None => total,
@@ -708,10 +709,20 @@ impl Trainer {
                 step.is_multiple_of(cfg.checkpoint_every)
             };
             if ckpt_due || last {
-                checkpoint::write_checkpoint(&ckpt_dir, manifest_now(&watched), save)
+                let written = checkpoint::write_checkpoint(&ckpt_dir, manifest_now(&watched), save)
                     .map_err(|e| checkpoint_not_written(e, step, newest_checkpoint))?;
                 newest_checkpoint = Some(step);
                 checkpoint::prune(&ckpt_dir, cfg.keep_checkpoints)?;
+                // Said once a call, while there is time to make room.
+                if !space_warned && !last {
+                    let size = checkpoint::size_on_disk(&written)?;
+                    let warning = checkpoint::available_bytes(&ckpt_dir)
+                        .and_then(|free| checkpoint::space_warning(&ckpt_dir, free, size));
+                    if let Some(warning) = warning {
+                        say(&warning);
+                        space_warned = true;
+                    }
+                }
                 // A figure is not worth stopping a run for.
                 if let Err(e) = crate::plot::write_run_curves(&self.run) {
                     say(&format!("warning: curves.svg not written: {e}"));
