@@ -57,6 +57,15 @@ fn config(steps: u64, batch: usize) -> TrainConfig {
     }
 }
 
+/// `make(device)` with the backend seeded first, under `INIT_LOCK`: the
+/// replicas, built on their threads at once, start from the same weights as
+/// a one-device run.
+fn seeded_family<F>(make: impl FnOnce(&CpuDevice) -> F, device: &CpuDevice) -> F {
+    let _init = lock(&INIT_LOCK);
+    <Flex as Backend>::seed(device, 11);
+    make(device)
+}
+
 /// Trains `steps` (of a `total`-step run) on `devices` replicas, resuming
 /// from `dir` when asked, and returns the leader's family.
 fn train<F, M>(
@@ -79,11 +88,7 @@ where
             .resume(resume)
             .stop_after(stop_after)
     };
-    let init = |device: &CpuDevice| {
-        let _init = lock(&INIT_LOCK);
-        <Flex as Backend>::seed(device, 11);
-        make(device)
-    };
+    let init = |device: &CpuDevice| seeded_family(&make, device);
     if devices == 1 {
         let device = CpuDevice::default();
         return trainer().fit(init(&device), data, &device).unwrap().family;
@@ -343,11 +348,7 @@ where
         ..Default::default()
     };
     run_replicas::<B, _>(&parallel, vec![CpuDevice::default(); 2], |r, d| {
-        let family = {
-            let _init = lock(&INIT_LOCK);
-            <Flex as Backend>::seed(&d, 11);
-            make(&d)
-        };
+        let family = seeded_family(&make, &d);
         Trainer::new(run.clone(), cfg.clone())
             .progress(false)
             .stop_when(flag(r.rank))
@@ -383,11 +384,7 @@ fn replicas_that_disagree_on_the_budget_or_the_data_are_refused_at_the_start() {
     ] {
         let run = run_dir(&tmp.path().join(format!("r{steps_1}")), false);
         let err = run_replicas::<B, _>(&parallel, vec![CpuDevice::default(); 2], |r, d| {
-            let family = {
-                let _init = lock(&INIT_LOCK);
-                <Flex as Backend>::seed(&d, 11);
-                VaeTrainer::<B>::new(vae.clone(), &d)
-            };
+            let family = seeded_family(|d| VaeTrainer::<B>::new(vae.clone(), d), &d);
             let (steps, data) = if r.rank == 1 {
                 (steps_1, data_1)
             } else {

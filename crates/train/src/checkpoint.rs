@@ -135,11 +135,7 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         }
         hasher.update(&buf[..n]);
     }
-    Ok(hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(genzoo_data::download::hex(&hasher.finalize()))
 }
 
 /// Writes a checkpoint into `checkpoints/step-N` atomically: `write_files`

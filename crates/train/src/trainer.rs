@@ -1067,8 +1067,8 @@ fn agree_on_start<B: AutodiffBackend>(
 ) -> Result<()> {
     // The fingerprint's first 32 bits tell other data apart but for a
     // chance in four billion.
-    let data = data_fingerprint.unwrap_or("none");
-    let data_bits = u64::from_str_radix(data.get(..8).unwrap_or(data), 16).unwrap_or(0);
+    let data = data_fingerprint.map_or("none", |f| f.get(..8).unwrap_or(f));
+    let data_bits = u64::from_str_radix(data, 16).unwrap_or(0);
     let own = [step, total, batches_per_epoch as u64, data_bits];
     if parallel::all_replicas_equal::<B::InnerBackend>(&own, replica, device)? {
         return Ok(());
@@ -1076,10 +1076,9 @@ fn agree_on_start<B: AutodiffBackend>(
     Err(Error::Parallel(format!(
         "replicas disagree on where the run starts or on its data: replica {} starts at step \
          {step} of {total}, with {batches_per_epoch} batches per epoch of training examples \
-         whose fingerprint begins {}; give every node the same run directory and checkpoints \
+         whose fingerprint begins {data}; give every node the same run directory and checkpoints \
          (resume all or none), the same settings and the same data",
-        replica.rank,
-        data.get(..8).unwrap_or(data)
+        replica.rank
     )))
 }
 
