@@ -8,7 +8,7 @@
 //! Output goes to `runs/gpt_shakespeare/`.
 
 use burn::backend::{Autodiff, Flex};
-use genzoo::core::{CpuDevice, Family, Result, TextRequest};
+use genzoo::core::{CpuDevice, Family, Result, TextRequest, TokenSampling};
 use genzoo::data::{TextCorpus, TextData};
 use genzoo::models::gpt::{GptConfig, GptInput, GptText};
 use genzoo::train::{RunDir, Schedule, TrainConfig, Trainer};
@@ -66,11 +66,12 @@ fn main() -> Result<()> {
     let request = TextRequest {
         prompt: "ROMEO:".into(),
         tokens: 300,
-        temperature: 0.8,
-        top_k: Some(40),
-        top_p: None,
+        sampling: TokenSampling {
+            temperature: 0.8,
+            top_k: Some(40),
+            ..TokenSampling::default()
+        },
         seed: 0,
-        use_cache: true,
     };
     println!("ROMEO:{}", outcome.family.generate_text(&request)?);
     Ok(())

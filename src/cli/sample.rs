@@ -13,6 +13,7 @@ use genzoo_core::image::{default_columns, save_grid, save_images};
 use genzoo_core::latent;
 use genzoo_core::{
     BackendKind, Error, Family, ImageBatch, Result, SamplerOptions, TextRequest, TokenBatch,
+    TokenSampling,
 };
 use genzoo_data::{ImageDataset, Locator, Scaling, load_image_dataset};
 use genzoo_models::gpt::family::prompt_tokens;
@@ -49,16 +50,17 @@ pub(super) struct SampleArgs {
     /// Tokens to generate (text models) [default: 500].
     #[arg(long)]
     tokens: Option<usize>,
-    /// Softmax temperature, 0 for greedy (text models) [default: 0.8].
+    /// Softmax temperature, 0 for greedy (gpt models) [default: 0.8 for text,
+    /// 1 for images: the distribution whose bits/dim the model reports].
     #[arg(long)]
     temperature: Option<f64>,
-    /// Sample among the k most likely tokens only (text models).
+    /// Sample among the k most likely tokens only (gpt models).
     #[arg(long)]
     top_k: Option<usize>,
-    /// Sample among the most likely tokens whose probabilities sum to p (text models).
+    /// Sample among the most likely tokens whose probabilities sum to p (gpt models).
     #[arg(long)]
     top_p: Option<f64>,
-    /// Generate without the key/value cache (for comparison).
+    /// Generate without the key/value cache: the same tokens, slower (gpt models; for comparison).
     #[arg(long)]
     no_cache: bool,
     /// Diffusion sampler: `ddim` (default of ddpm-unet, 50 steps) or `ddpm` (all T steps).
@@ -132,20 +134,24 @@ pub(super) fn sample(args: SampleArgs) -> Result<()> {
     } else {
         64
     };
+    let token_sampling = |default_temperature: f64| TokenSampling {
+        temperature: args.temperature.unwrap_or(default_temperature),
+        top_k: args.top_k,
+        top_p: args.top_p,
+        use_cache: !args.no_cache,
+    };
     let request = SampleRequest {
         n: args.n.unwrap_or(default_n),
         seed: args.seed,
         class: args.class,
         sampler,
+        token_sampling: token_sampling(1.0),
     };
     let text = TextRequest {
         prompt: args.prompt.unwrap_or_default(),
         tokens: args.tokens.unwrap_or(500),
-        temperature: args.temperature.unwrap_or(0.8),
-        top_k: args.top_k,
-        top_p: args.top_p,
+        sampling: token_sampling(0.8),
         seed: args.seed,
-        use_cache: !args.no_cache,
     };
     let test_images = || -> Result<ImageDataset> {
         let source = config.data.image_source()?;
@@ -240,13 +246,21 @@ fn check_sample_flags(args: &SampleArgs, config: &RunConfig) -> Result<()> {
     if config.model.family() != "ddpm" {
         misplaced(diffusion, "diffusion models")?;
     }
-    let text = given(&[
-        ("--prompt", args.prompt.is_some()),
-        ("--tokens", args.tokens.is_some()),
+    let token_sampling = given(&[
         ("--temperature", args.temperature.is_some()),
         ("--top-k", args.top_k.is_some()),
         ("--top-p", args.top_p.is_some()),
         ("--no-cache", args.no_cache),
+    ]);
+    if config.model.family() != "gpt" {
+        misplaced(
+            token_sampling,
+            "models that draw tokens (gpt-char, gpt-pixel)",
+        )?;
+    }
+    let text = given(&[
+        ("--prompt", args.prompt.is_some()),
+        ("--tokens", args.tokens.is_some()),
     ]);
     // The image modes other than plain samples: each makes its own output.
     let modes = [
@@ -398,7 +412,7 @@ pub(super) fn check_new_or_empty(dir: &Path) -> Result<()> {
 /// How a text model generated `request`'s tokens, for the line after them:
 /// the key/value cache serves only those whose context fits in the block.
 fn generation_method(model: &ModelConfig, request: &TextRequest) -> Result<String> {
-    if !request.use_cache {
+    if !request.sampling.use_cache {
         return Ok("without the key/value cache".to_string());
     }
     let gpt_text = match model {
@@ -409,18 +423,16 @@ fn generation_method(model: &ModelConfig, request: &TextRequest) -> Result<Strin
         return Ok("with the key/value cache".to_string()); // only a gpt generates text
     };
     let prompt = prompt_tokens(&vocabulary, &request.prompt)?.len();
-    Ok(
-        match cached_tokens(prompt, request.tokens, block, request.use_cache) {
-            // Before the `0` arm: zero tokens to generate need no context at all.
-            n if n == request.tokens => "with the key/value cache".to_string(),
-            0 => format!("each recomputing the full {block}-token context, which the prompt fills"),
-            n => format!(
-                "the first {n} with the key/value cache, the other {} each recomputing the full \
+    Ok(match cached_tokens(prompt, request.tokens, block, true) {
+        // Before the `0` arm: zero tokens to generate need no context at all.
+        n if n == request.tokens => "with the key/value cache".to_string(),
+        0 => format!("each recomputing the full {block}-token context, which the prompt fills"),
+        n => format!(
+            "the first {n} with the key/value cache, the other {} each recomputing the full \
              {block}-token context",
-                request.tokens - n
-            ),
-        },
-    )
+            request.tokens - n
+        ),
+    })
 }
 
 struct SampleJob {
@@ -470,8 +482,12 @@ impl<B: AutodiffBackend> FamilyTask<B> for SampleRun<B> {
             Grid::Completions { originals, rows } => {
                 let originals =
                     originals.batch::<B::InnerBackend>(&all(originals), Scaling::Unit, device);
-                let completed =
-                    family.complete_images(originals.images.clone(), *rows, request.seed)?;
+                let completed = family.complete_images(
+                    originals.images.clone(),
+                    *rows,
+                    request.seed,
+                    &request.token_sampling,
+                )?;
                 above(originals.images, completed, "completions")
             }
             Grid::Interpolations { cols } => (

@@ -2257,3 +2257,116 @@ fn bench_reports_training_and_generation_under_the_peers_keys() {
     let err = fails(&genzoo(&["bench", "--model", "vae-xl"], tmp.path()));
     assert!(err.contains("unknown model 'vae-xl'"), "{err}");
 }
+
+/// gpt-pixel draws its pixels as a text model draws characters: `sample`
+/// takes the same --temperature, --top-k, --top-p and --no-cache, for
+/// samples and for completions; models that draw no tokens refuse them.
+#[test]
+fn gpt_pixel_sampling_takes_the_token_sampling_flags() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_idx_dataset(&dir.join("digits"), 16, 8, 28, 10).unwrap();
+    std::fs::write(
+        dir.join("small.toml"),
+        "[model]\nn_layer = 1\nn_head = 2\nn_embd = 16\n[train]\nsamples = 4\n",
+    )
+    .unwrap();
+    ok(&genzoo(
+        &[
+            "train",
+            "gpt-pixel",
+            "--dataset",
+            "idx:digits",
+            "--config",
+            "small.toml",
+            "--steps",
+            "2",
+            "--batch-size",
+            "8",
+            "--out",
+            "runs/p",
+        ],
+        dir,
+    ));
+    let sample = |name: &str, extra: &[&str]| -> Vec<u8> {
+        let out = format!("{name}.png");
+        ok(&genzoo(
+            &[
+                &["sample", "--run", "runs/p", "--n", "4", "--out", &out][..],
+                extra,
+            ]
+            .concat(),
+            dir,
+        ));
+        std::fs::read(dir.join(&out)).unwrap()
+    };
+    // At temperature 1 (the default) the seed decides; the cache does not.
+    let drawn = sample("drawn", &["--seed", "1"]);
+    assert_ne!(drawn, sample("other-seed", &["--seed", "2"]));
+    assert_eq!(drawn, sample("no-cache", &["--seed", "1", "--no-cache"]));
+    // Greedy decoding ignores the seed, and top-1 sampling is greedy.
+    let greedy = sample("greedy", &["--seed", "1", "--temperature", "0"]);
+    assert_ne!(greedy, drawn);
+    assert_eq!(
+        greedy,
+        sample("greedy-2", &["--seed", "2", "--temperature", "0"])
+    );
+    assert_eq!(greedy, sample("top-1", &["--seed", "3", "--top-k", "1"]));
+    // Completions of test images take the same flags.
+    let completed = |name: &str, seed: &str| {
+        sample(
+            name,
+            &[
+                "--complete-rows",
+                "14",
+                "--temperature",
+                "0",
+                "--seed",
+                seed,
+            ],
+        )
+    };
+    assert_eq!(completed("complete-1", "1"), completed("complete-2", "2"));
+    // The flags are still checked, and refused where no tokens are drawn.
+    let err = fails(&genzoo(&["sample", "--run", "runs/p", "--top-p", "0"], dir));
+    assert!(err.contains("--top-p must be in (0, 1]"), "{err}");
+    let err = fails(&genzoo(
+        &["sample", "--run", "runs/p", "--prompt", "hi"],
+        dir,
+    ));
+    assert!(
+        err.contains("--prompt is for text models; gpt-pixel is a gpt model of images"),
+        "{err}"
+    );
+    ok(&genzoo(
+        &[
+            "train",
+            "vae-mlp",
+            "--dataset",
+            "idx:digits",
+            "--steps",
+            "1",
+            "--out",
+            "runs/v",
+        ],
+        dir,
+    ));
+    let err = fails(&genzoo(
+        &[
+            "sample",
+            "--run",
+            "runs/v",
+            "--temperature",
+            "0.5",
+            "--no-cache",
+        ],
+        dir,
+    ));
+    assert!(
+        err.contains(
+            "--temperature, --no-cache are for models that draw tokens (gpt-char, gpt-pixel); \
+             vae-mlp is a vae model of images"
+        ),
+        "{err}"
+    );
+}

@@ -197,6 +197,7 @@ fn guidance_trajectories_and_bad_sampler_options() {
             steps: Some(5),
             ..Default::default()
         },
+        ..Default::default()
     };
     let a: Vec<f32> = conditional
         .sample_images(&guided)

@@ -4,7 +4,7 @@
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use genzoo::core::record::param_values;
-use genzoo::core::{CpuDevice, Family, SampleRequest, TextRequest};
+use genzoo::core::{CpuDevice, Family, SampleRequest, TextRequest, TokenSampling};
 use genzoo::data::{ImageData, ImageDataset, Scaling, TextCorpus, TextData, synthetic};
 use genzoo::models::gpt::{GptConfig, GptInput, GptPixel, GptText};
 use genzoo::train::logger::read_jsonl;
@@ -94,11 +94,11 @@ fn loss_goes_down_and_text_comes_out() {
         .generate_text(&TextRequest {
             prompt: "To be".into(),
             tokens: 30,
-            temperature: 0.5,
-            top_k: None,
-            top_p: None,
+            sampling: TokenSampling {
+                temperature: 0.5,
+                ..TokenSampling::default()
+            },
             seed: 1,
-            use_cache: true,
         })
         .unwrap();
     assert_eq!(text.chars().count(), 30);

@@ -149,6 +149,40 @@ pub trait TrainData<B: Backend> {
     }
 }
 
+/// How an autoregressive model draws each token from its logits: a text
+/// model's characters, gpt-pixel's pixel levels.
+///
+/// The default draws from the model's own distribution (temperature 1, no
+/// truncation), the distribution whose likelihood it reports.
+///
+/// ```
+/// use genzoo_core::TokenSampling;
+/// let greedy = TokenSampling { temperature: 0.0, ..Default::default() };
+/// assert!(greedy.use_cache && greedy.top_k.is_none());
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenSampling {
+    /// Softmax temperature (0: greedy).
+    pub temperature: f64,
+    /// Sample only among the k most likely tokens.
+    pub top_k: Option<usize>,
+    /// Sample only among the most likely tokens whose probabilities sum to p.
+    pub top_p: Option<f64>,
+    /// Use the key/value cache (the same tokens either way, only faster).
+    pub use_cache: bool,
+}
+
+impl Default for TokenSampling {
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_k: None,
+            top_p: None,
+            use_cache: true,
+        }
+    }
+}
+
 /// What text to generate and how to sample it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct TextRequest {
@@ -156,16 +190,10 @@ pub struct TextRequest {
     pub prompt: String,
     /// Tokens to generate.
     pub tokens: usize,
-    /// Softmax temperature (0: greedy).
-    pub temperature: f64,
-    /// Sample only among the k most likely tokens.
-    pub top_k: Option<usize>,
-    /// Sample only among the most likely tokens whose probabilities sum to p.
-    pub top_p: Option<f64>,
+    /// How each token is drawn.
+    pub sampling: TokenSampling,
     /// Seed of the sampling.
     pub seed: u64,
-    /// Use the key/value cache.
-    pub use_cache: bool,
 }
 
 /// What to sample: how many, from which seed, optionally of which class.
@@ -179,6 +207,9 @@ pub struct SampleRequest {
     pub class: Option<usize>,
     /// How iterative samplers (diffusion) run; unset fields take the model's defaults.
     pub sampler: SamplerOptions,
+    /// How autoregressive image models (gpt-pixel) draw each pixel; other
+    /// families draw no tokens and leave it unread.
+    pub token_sampling: TokenSampling,
 }
 
 /// Options of iterative samplers (the DDPM family's). Unset fields take the
@@ -303,12 +334,14 @@ pub trait Family<B: AutodiffBackend>: Sized {
     fn sample_images(&self, request: &SampleRequest) -> Result<Tensor<B::InnerBackend, 4>>;
 
     /// Completes images from their top `rows` rows (autoregressive image
-    /// models only). `images` are in `[0, 1]`, `[n, channels, height, width]`.
+    /// models only), drawing the rest as `sampling` says from `seed`.
+    /// `images` are in `[0, 1]`, `[n, channels, height, width]`.
     fn complete_images(
         &self,
         _images: Tensor<B::InnerBackend, 4>,
         _rows: usize,
         _seed: u64,
+        _sampling: &TokenSampling,
     ) -> Result<Tensor<B::InnerBackend, 4>> {
         Err(crate::Error::Config(
             "only autoregressive image models (gpt-pixel) complete partial images".into(),

@@ -30,5 +30,5 @@ pub use backend::{BackendKind, CpuBackend, CpuDevice};
 pub use error::{Error, Result};
 pub use family::{
     Family, ImageBatch, Metrics, MicroBatch, SampleRequest, SamplerOptions, ShardBatch,
-    StepContext, TextRequest, TokenBatch, TrainData,
+    StepContext, TextRequest, TokenBatch, TokenSampling, TrainData,
 };

@@ -32,7 +32,7 @@ use std::time::Instant;
 use burn::prelude::*;
 use burn::tensor::Distribution;
 use burn::tensor::backend::AutodiffBackend;
-use genzoo_core::family::{SampleRequest, SamplerOptions, TextRequest};
+use genzoo_core::family::{SampleRequest, SamplerOptions, TextRequest, TokenSampling};
 use genzoo_core::{Error, Family, ImageBatch, Result, StepContext, TokenBatch};
 use genzoo_models::presets::{FamilyTask, ModelConfig, Preset, preset, with_family};
 use serde_json::{Map, Value, json};
@@ -231,12 +231,12 @@ impl<B: AutodiffBackend> BenchTask<'_, B> {
         let request = |steps: usize, seed: u64| SampleRequest {
             n: 64,
             seed,
-            class: None,
             sampler: SamplerOptions {
                 method: Some("ddim".into()),
                 steps: Some(steps),
                 ..Default::default()
             },
+            ..Default::default()
         };
         for i in 0..o.sample_warmup {
             family.sample_images(&request(1, i as u64))?;
@@ -297,11 +297,11 @@ impl<B: AutodiffBackend> BenchTask<'_, B> {
             let request = |seed: u64| TextRequest {
                 prompt: "!".into(),
                 tokens: o.gen_tokens,
-                temperature: 1.0,
-                top_k: None,
-                top_p: None,
+                sampling: TokenSampling {
+                    use_cache,
+                    ..TokenSampling::default()
+                },
                 seed,
-                use_cache,
             };
             family.generate_text(&request(o.seed))?; // warm-up
             let window = CpuWindow::start();

@@ -15,8 +15,8 @@ use genzoo_core::image::{default_columns, save_grid};
 use genzoo_core::parallel::{self, Replica};
 use genzoo_core::seed::{derive, seed_step};
 use genzoo_core::{
-    Error, Family, Metrics, MicroBatch, Result, ShardBatch, StepContext, TextRequest, TrainData,
-    noise,
+    Error, Family, Metrics, MicroBatch, Result, ShardBatch, StepContext, TextRequest,
+    TokenSampling, TrainData, noise,
 };
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
@@ -1200,11 +1200,11 @@ fn write_grid<B: AutodiffBackend, F: Family<B>>(
         let request = TextRequest {
             prompt: String::new(),
             tokens: 300,
-            temperature: 0.8,
-            top_k: None,
-            top_p: None,
+            sampling: TokenSampling {
+                temperature: 0.8,
+                ..TokenSampling::default()
+            },
             seed,
-            use_cache: true,
         };
         let text = family.generate_bytes(&request)?;
         let path = run.samples_dir().join(name).with_extension("txt");

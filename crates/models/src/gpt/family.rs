@@ -17,7 +17,8 @@ use genzoo_core::record::{load_module, load_optimizer, save_module, save_optimiz
 use genzoo_core::vocabulary::Vocabulary;
 use genzoo_core::weights::NamedTensors;
 use genzoo_core::{
-    Error, Family, ImageBatch, Metrics, Result, SampleRequest, StepContext, TextRequest, TokenBatch,
+    Error, Family, ImageBatch, Metrics, Result, SampleRequest, StepContext, TextRequest,
+    TokenBatch, TokenSampling,
 };
 use serde::{Deserialize, Serialize};
 
@@ -229,19 +230,13 @@ impl<B: AutodiffBackend> GptText<B> {
     /// The tokens generated after the request's prompt.
     fn generate_tokens(&self, request: &TextRequest) -> Result<Vec<u32>> {
         let prompt = prompt_tokens(&self.vocabulary, &request.prompt)?;
-        let sampling = Sampling {
-            temperature: request.temperature,
-            top_k: request.top_k,
-            top_p: request.top_p,
-            token_limit: None,
-        };
         let mut out = generate(
             &self.core.model.valid(),
             &[prompt],
             request.tokens,
-            &sampling,
+            &Sampling::new(&request.sampling, None),
             request.seed,
-            request.use_cache,
+            request.sampling.use_cache,
             &self.core.device,
         );
         Ok(out.swap_remove(0))
@@ -388,7 +383,7 @@ impl<B: AutodiffBackend> GptPixel<B> {
 impl<B: AutodiffBackend> GptPixel<B> {
     /// Completes images from their top `rows` rows: the given rows are
     /// kept (quantised), the rest is sampled pixel by pixel (channel by
-    /// channel within a pixel).
+    /// channel within a pixel) as `sampling` says.
     ///
     /// # Shapes
     /// - images: `[n, c, h, w]` in `[0, 1]` → `[n, c, h, w]` in `[0, 1]`
@@ -397,6 +392,7 @@ impl<B: AutodiffBackend> GptPixel<B> {
         images: Tensor<B::InnerBackend, 4>,
         rows: usize,
         seed: u64,
+        sampling: &TokenSampling,
     ) -> Result<Tensor<B::InnerBackend, 4>> {
         let (c, h, w) = self.shape;
         let [n, ic, ih, iw] = images.dims();
@@ -418,17 +414,13 @@ impl<B: AutodiffBackend> GptPixel<B> {
             .chunks(given)
             .map(|r| r.iter().map(|&t| t as u32).collect())
             .collect();
-        let sampling = Sampling {
-            token_limit: Some(self.levels),
-            ..Sampling::default()
-        };
         let completed = generate(
             &self.core.model.valid(),
             &prompts,
             (h - rows) * w * c,
-            &sampling,
+            &Sampling::new(sampling, Some(self.levels)),
             seed,
-            true,
+            sampling.use_cache,
             &self.core.device,
         );
         let tokens: Vec<u32> = prompts
@@ -488,8 +480,9 @@ impl<B: AutodiffBackend> Family<B> for GptPixel<B> {
         images: Tensor<B::InnerBackend, 4>,
         rows: usize,
         seed: u64,
+        sampling: &TokenSampling,
     ) -> Result<Tensor<B::InnerBackend, 4>> {
-        self.complete(images, rows, seed)
+        self.complete(images, rows, seed, sampling)
     }
 
     /// The exact negative log-likelihood of 8-bit images: the model's
@@ -532,17 +525,13 @@ impl<B: AutodiffBackend> Family<B> for GptPixel<B> {
         }
         let (c, h, w) = self.shape;
         let prompts = vec![vec![self.levels as u32]; request.n];
-        let sampling = Sampling {
-            token_limit: Some(self.levels),
-            ..Sampling::default()
-        };
         let rows = generate(
             &self.core.model.valid(),
             &prompts,
             c * h * w,
-            &sampling,
+            &Sampling::new(&request.token_sampling, Some(self.levels)),
             request.seed,
-            true,
+            request.token_sampling.use_cache,
             &self.core.device,
         );
         let tokens: Vec<u32> = rows.into_iter().flatten().collect();
@@ -646,7 +635,7 @@ mod tests {
             &dev,
         );
         let done = gpt
-            .complete(images, 2, 3)
+            .complete(images, 2, 3, &TokenSampling::default())
             .unwrap()
             .into_data()
             .to_vec::<f32>()
@@ -688,7 +677,9 @@ mod tests {
         // Pixel (0,0) R G B, pixel (0,1) R G B, then the second row.
         assert_eq!(tokens, vec![0, 1, 2, 1, 2, 3, 2, 3, 0, 3, 0, 1]);
         // Completing from the first row keeps all three channels of it.
-        let done = gpt.complete(images, 1, 7).unwrap();
+        let done = gpt
+            .complete(images, 1, 7, &TokenSampling::default())
+            .unwrap();
         assert_eq!(done.dims(), [1, 3, 2, 2]);
         let done = done.into_data().to_vec::<f32>().unwrap();
         for c in 0..3 {
@@ -706,6 +697,53 @@ mod tests {
             })
             .unwrap();
         assert_eq!(sampled.dims(), [2, 3, 2, 2]);
+    }
+
+    #[test]
+    fn pixel_sampling_follows_the_requested_token_sampling() {
+        let _guard = crate::rng_lock();
+        let dev = CpuDevice::default();
+        let gpt = tiny_pixel_gpt(4, (1, 3, 3));
+        let values = |sampling: TokenSampling, seed: u64| -> Vec<f32> {
+            gpt.sample_images(&SampleRequest {
+                n: 3,
+                seed,
+                token_sampling: sampling,
+                ..Default::default()
+            })
+            .unwrap()
+            .into_data()
+            .to_vec::<f32>()
+            .unwrap()
+        };
+        let with = |temperature: f64, top_k: Option<usize>, use_cache: bool| TokenSampling {
+            temperature,
+            top_k,
+            top_p: None,
+            use_cache,
+        };
+        // Drawn at temperature 1, the seed matters; the cache does not.
+        let drawn = values(with(1.0, None, true), 1);
+        assert_ne!(drawn, values(with(1.0, None, true), 2));
+        assert_eq!(drawn, values(with(1.0, None, false), 1));
+        // Greedy decoding is the same for every seed and every row, and is
+        // what top-1 sampling draws.
+        let greedy = values(with(0.0, None, true), 1);
+        assert_eq!(greedy, values(with(0.0, None, true), 2));
+        assert_eq!(greedy[..9], greedy[9..18]);
+        assert_eq!(greedy, values(with(1.0, Some(1), true), 5));
+        // Completions take the same options.
+        let image = Tensor::<Flex, 4>::zeros([1, 1, 3, 3], &dev);
+        let complete = |sampling: TokenSampling, seed: u64| -> Vec<f32> {
+            gpt.complete(image.clone(), 1, seed, &sampling)
+                .unwrap()
+                .into_data()
+                .to_vec::<f32>()
+                .unwrap()
+        };
+        let greedy = complete(with(0.0, None, true), 1);
+        assert_eq!(greedy, complete(with(0.0, None, false), 9));
+        assert_eq!(greedy, complete(with(1.0, Some(1), true), 3));
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! (the only one whose logits are used).
 
 use burn::prelude::*;
+use genzoo_core::TokenSampling;
 use genzoo_core::seed::host_rng;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -40,6 +41,16 @@ impl Default for Sampling {
 }
 
 impl Sampling {
+    /// The draw `request` asks for, limited to the ids below `token_limit`.
+    pub fn new(request: &TokenSampling, token_limit: Option<usize>) -> Self {
+        Self {
+            temperature: request.temperature,
+            top_k: request.top_k,
+            top_p: request.top_p,
+            token_limit,
+        }
+    }
+
     /// Draws a token from `logits` (one row).
     pub fn pick(&self, logits: &[f32], rng: &mut ChaCha8Rng) -> u32 {
         let logits = &logits[..self
