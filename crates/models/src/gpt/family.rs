@@ -401,7 +401,12 @@ impl<B: AutodiffBackend> GptPixel<B> {
                 "the model draws {c}x{h}x{w} images, these are {ic}x{ih}x{iw}"
             )));
         }
-        let rows = rows.min(h);
+        if rows >= h {
+            return Err(Error::Config(format!(
+                "{rows} given rows leave nothing to complete in images of {h} rows: give 0 to {}",
+                h - 1
+            )));
+        }
         let (inputs, _) = self.tokens(images);
         let given = 1 + rows * w * c; // the start token and the given rows
         let data = inputs
@@ -653,6 +658,22 @@ mod tests {
             ]
         );
         assert_eq!(done.len(), 12);
+        // All 4 rows given, or more, leave nothing to complete.
+        for rows in [4, 9] {
+            let err = gpt
+                .complete(
+                    Tensor::zeros([1, 1, 4, 3], &dev),
+                    rows,
+                    0,
+                    &TokenSampling::default(),
+                )
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("leave nothing to complete in images of 4 rows: give 0 to 3"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
