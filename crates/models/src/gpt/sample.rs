@@ -126,9 +126,14 @@ pub fn cached_tokens(
     }
 }
 
+/// Rows generated together: the key/value cache of a chunk of 785-token
+/// gpt-pixel sequences is ~0.4 GB, and any number of rows fits in memory.
+pub const GENERATE_CHUNK: usize = 128;
+
 /// Continues each of `prompts` (all of one length, at least 1) by `new_tokens`.
 /// Row `i` samples from its own RNG stream of `seed`, so a row's tokens do not
-/// depend on the other rows.
+/// depend on the other rows (nor on the chunks of [`GENERATE_CHUNK`] rows
+/// they are generated in).
 pub fn generate<B: Backend>(
     model: &Gpt<B>,
     prompts: &[Vec<u32>],
@@ -138,12 +143,31 @@ pub fn generate<B: Backend>(
     use_cache: bool,
     device: &B::Device,
 ) -> Vec<Vec<u32>> {
+    prompts
+        .chunks(GENERATE_CHUNK)
+        .enumerate()
+        .flat_map(|(k, chunk)| {
+            let rngs = (0..chunk.len())
+                .map(|i| host_rng(seed, "generate", (k * GENERATE_CHUNK + i) as u64))
+                .collect();
+            generate_chunk(model, chunk, new_tokens, sampling, rngs, use_cache, device)
+        })
+        .collect()
+}
+
+/// [`generate`] for rows drawn from `rngs`, all at once.
+fn generate_chunk<B: Backend>(
+    model: &Gpt<B>,
+    prompts: &[Vec<u32>],
+    new_tokens: usize,
+    sampling: &Sampling,
+    mut rngs: Vec<ChaCha8Rng>,
+    use_cache: bool,
+    device: &B::Device,
+) -> Vec<Vec<u32>> {
     let n = prompts.len();
     let block = model.block_size();
     let mut seqs: Vec<Vec<u32>> = prompts.to_vec();
-    let mut rngs: Vec<ChaCha8Rng> = (0..n)
-        .map(|i| host_rng(seed, "generate", i as u64))
-        .collect();
     let to_tensor = |rows: Vec<&[u32]>| {
         let t = rows[0].len();
         let flat: Vec<i64> = rows
@@ -220,6 +244,29 @@ mod tests {
             generate(&gpt, &prompts, 40, &s, 8, true, &dev),
             "another seed, other tokens"
         );
+    }
+
+    #[test]
+    fn rows_past_one_chunk_are_drawn_as_in_one_call() {
+        let _guard = crate::rng_lock();
+        let dev = CpuDevice::default();
+        let gpt = GptConfig {
+            vocab_size: 7,
+            block_size: 8,
+            n_embd: 8,
+            n_head: 2,
+            n_layer: 1,
+            ..Default::default()
+        }
+        .init::<CpuBackend>(&dev);
+        let n = GENERATE_CHUNK + 3;
+        let prompts: Vec<Vec<u32>> = (0..n).map(|i| vec![(i % 7) as u32]).collect();
+        let s = Sampling::default();
+        let chunked = generate(&gpt, &prompts, 5, &s, 3, true, &dev);
+        let rngs = (0..n as u64).map(|i| host_rng(3, "generate", i)).collect();
+        let at_once = generate_chunk(&gpt, &prompts, 5, &s, rngs, true, &dev);
+        assert_eq!(chunked.len(), n);
+        assert_eq!(chunked, at_once);
     }
 
     #[test]
