@@ -108,8 +108,8 @@ pub(super) struct SampleArgs {
     reconstruct: bool,
     /// Write the --n samples as one PNG file each (000000.png, ...) into this
     /// new or empty directory instead of a grid, for tools outside genzoo
-    /// (pytorch-fid, clean-fid). Drawn 500 at a time; the first 500 are the
-    /// grid's samples for the same seed.
+    /// (pytorch-fid, clean-fid). The same samples as the grid's for the same
+    /// seed (both are drawn 500 at a time).
     #[arg(long, value_name = "DIR")]
     images_dir: Option<PathBuf>,
     #[arg(long, default_value = "cpu")]
@@ -389,7 +389,7 @@ enum Grid {
     Files { dir: PathBuf },
 }
 
-/// Samples drawn per call when writing files: bounded memory for any --n.
+/// Samples drawn per call, for a grid or files: bounded memory for any --n.
 const FILE_CHUNK: usize = 500;
 
 /// Refuses a directory for image files that exists and holds anything:
@@ -475,7 +475,7 @@ impl<B: AutodiffBackend> FamilyTask<B> for SampleRun<B> {
         let (images, columns, what) = match &self.job.grid {
             Grid::Files { dir } => return self.write_files(&family, dir),
             Grid::Samples => (
-                family.sample_images(request)?,
+                self.draw_samples(&family)?,
                 default_columns(request.n),
                 format!("{} samples", request.n),
             ),
@@ -597,36 +597,62 @@ impl<B: AutodiffBackend> FamilyTask<B> for SampleRun<B> {
 }
 
 impl<B: AutodiffBackend> SampleRun<B> {
-    /// Draws the request's samples [`FILE_CHUNK`] at a time (the first chunk
-    /// with the request's seed, so it holds the grid's samples; the others
-    /// with seeds derived from it) and writes each as its own PNG file.
-    fn write_files<F: Family<B>>(&self, family: &F, dir: &Path) -> Result<()> {
-        let started = Instant::now();
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-        let n = self.job.request.n;
-        let bar = indicatif::ProgressBar::new(n as u64);
-        // The chunks' own progress bars would cover this one.
+    /// Draws the request's samples [`FILE_CHUNK`] at a time, in bounded
+    /// memory for any `--n` (the first chunk with the request's seed, the
+    /// others with seeds derived from it), handing each chunk to `each`
+    /// with the number of samples before it. More than one chunk show one
+    /// progress bar over the samples instead of each chunk's own.
+    fn draw_in_chunks<F: Family<B>>(
+        &self,
+        family: &F,
+        mut each: impl FnMut(Tensor<B::InnerBackend, 4>, usize) -> Result<()>,
+    ) -> Result<()> {
+        let request = &self.job.request;
+        let chunked = request.n > FILE_CHUNK;
         let quiet = SampleRequest {
             sampler: SamplerOptions {
-                progress: false,
-                ..self.job.request.sampler.clone()
+                progress: request.sampler.progress && !chunked,
+                ..request.sampler.clone()
             },
-            ..self.job.request.clone()
+            ..request.clone()
         };
-        let seed = self.job.request.seed;
+        let bar = if chunked {
+            indicatif::ProgressBar::new(request.n as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
         let mut done = 0;
-        for request in quiet.chunks(FILE_CHUNK, |k| match k {
-            0 => seed,
-            k => genzoo_core::seed::derive(seed, "sample-files", k),
+        for chunk in quiet.chunks(FILE_CHUNK, |k| match k {
+            0 => request.seed,
+            k => genzoo_core::seed::derive(request.seed, "sample-files", k),
         }) {
-            let images = family.sample_images(&request)?;
-            save_images(images, dir, done)?;
-            done += request.n;
+            each(family.sample_images(&chunk)?, done)?;
+            done += chunk.n;
             bar.set_position(done as u64);
         }
         bar.finish_and_clear();
+        Ok(())
+    }
+
+    /// Draws the request's samples as one grid's images: those that
+    /// `--images-dir` writes for the same seed.
+    fn draw_samples<F: Family<B>>(&self, family: &F) -> Result<Tensor<B::InnerBackend, 4>> {
+        let mut chunks = Vec::new();
+        self.draw_in_chunks(family, |images, _| {
+            chunks.push(images);
+            Ok(())
+        })?;
+        Ok(Tensor::cat(chunks, 0))
+    }
+
+    /// Writes the request's samples as one PNG file each into `dir`.
+    fn write_files<F: Family<B>>(&self, family: &F, dir: &Path) -> Result<()> {
+        let started = Instant::now();
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        self.draw_in_chunks(family, |images, done| save_images(images, dir, done))?;
         println!(
-            "wrote {n} samples from {} as PNG files into {} in {:.2} s",
+            "wrote {} samples from {} as PNG files into {} in {:.2} s",
+            self.job.request.n,
             self.job.checkpoint.display(),
             dir.display(),
             started.elapsed().as_secs_f64()

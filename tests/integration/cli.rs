@@ -1805,19 +1805,18 @@ fn samples_and_dataset_images_are_written_one_png_each() {
     assert!(text.contains("wrote 5 samples"), "{text}");
     assert_eq!(files("five"), 5);
     ok(&sample(&["--n", "5", "--seed", "3", "--out", "grid.png"]));
+    // Whether file `d/i` is tile i of a grid of `columns` columns.
+    let is_tile = |grid: &image::GrayImage, columns: u32, d: &str, i: u32| {
+        let file = grey(&dir.join(format!("{d}/{i:06}.png")));
+        assert_eq!((file.width(), file.height()), (28, 28));
+        // A tile is 28 pixels after a 2-pixel border.
+        let (x0, y0) = (2 + (i % columns) * 30, 2 + (i / columns) * 30);
+        file.enumerate_pixels()
+            .all(|(x, y, p)| p.0 == grid.get_pixel(x0 + x, y0 + y).0)
+    };
     let grid = grey(&dir.join("grid.png"));
     for i in 0..5u32 {
-        let file = grey(&dir.join(format!("five/{i:06}.png")));
-        assert_eq!((file.width(), file.height()), (28, 28));
-        // 3 columns; a tile is 28 pixels after a 2-pixel border.
-        let (x0, y0) = (2 + (i % 3) * 30, 2 + (i / 3) * 30);
-        for (x, y, p) in file.enumerate_pixels() {
-            assert_eq!(
-                p.0,
-                grid.get_pixel(x0 + x, y0 + y).0,
-                "image {i} at ({x}, {y})"
-            );
-        }
+        assert!(is_tile(&grid, 3, "five", i), "image {i}");
     }
     // Past one chunk of 500: the first 500 are those of --n 500, the rest new.
     ok(&sample(&["--n", "501", "--images-dir", "many"]));
@@ -1834,6 +1833,13 @@ fn samples_and_dataset_images_are_written_one_png_each() {
         read("many/000500.png".into()),
         read("many/000000.png".into())
     );
+    // A grid that large is drawn in the same chunks: its 23 columns hold
+    // the same 501 images.
+    ok(&sample(&["--n", "501", "--out", "large.png"]));
+    let large = grey(&dir.join("large.png"));
+    for i in [0, 499, 500] {
+        assert!(is_tile(&large, 23, "many", i), "image {i}");
+    }
     // Never among other files, and not with --out.
     let err = fails(&sample(&["--n", "2", "--images-dir", "five"]));
     assert!(err.contains("five is not empty"), "{err}");
