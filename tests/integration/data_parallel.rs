@@ -726,6 +726,20 @@ fn two_nodes_over_loopback_train_as_one_device_and_a_lost_node_is_named() {
         "{}",
         text(&leader)
     );
+    // burn's network log, written to a pipe (a job's log file), in plain
+    // text; the panics of its network layer, each with a backtrace before
+    // the error, summed up in a line after it.
+    let said = text(&leader);
+    assert!(
+        said.contains("ERROR burn_") && !said.contains('\x1b'),
+        "{said:?}"
+    );
+    let panics = ["burn-collective", "burn-communication"].map(|name| {
+        said.lines()
+            .filter(|l| l.contains("panicked at") && l.contains(name))
+            .count()
+    });
+    assert_eq!(panics, [0, 0], "{said}");
     assert!(killed.elapsed() < Duration::from_secs(40));
     let resumed = Command::new(env!("CARGO_BIN_EXE_genzoo"))
         .args([

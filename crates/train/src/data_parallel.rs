@@ -207,8 +207,10 @@ where
     let first_failed: Mutex<Option<usize>> = Mutex::new(None);
     let done = Arc::new(AtomicBool::new(false));
     let mut link = None;
+    let mut held_panics = None;
     if config.nodes > 1 {
         quiet_network_logs();
+        held_panics = HeldNetworkPanics::hold();
         let (host, port) = config.coordinator_addr()?;
         let node_host = config.node_host(&host)?;
         if config.node_rank == 0 {
@@ -305,6 +307,10 @@ where
         link.finish(ok);
     }
     reset::<B>();
+    // The network layer's panics held during the run are reported here.
+    if let Some(mut held) = held_panics {
+        held.run_ok = ok;
+    }
 
     let remote = failure.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let first_failed = first_failed.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -345,16 +351,104 @@ fn is_release(e: &Error) -> bool {
     e.to_string().contains("the collective was reset")
 }
 
+/// The panic hook a [`HeldNetworkPanics`] replaced, called for every other panic.
+type PanicHook = Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Send + Sync>;
+
+/// Panics inside burn's network layer (burn-collective, burn-communication)
+/// held back during a multi-node run instead of printed as they come: when
+/// a node is lost, its peers' WebSocket tasks and collective clients panic
+/// one after another (a missing transfer, a closed channel, a broken pipe),
+/// five messages with their backtraces before genzoo's own error, which
+/// names the node. Dropped, it puts the previous hook back and says what
+/// was held. `GENZOO_NETWORK_LOG=1` prints them as they come, as burn's log.
+struct HeldNetworkPanics {
+    previous: Option<Arc<PanicHook>>,
+    held: Arc<Mutex<Vec<String>>>,
+    /// Whether the run succeeded (set at its end; an early return failed).
+    run_ok: bool,
+}
+
+impl HeldNetworkPanics {
+    /// Holds the network layer's panics from now on (none: the variable is set).
+    fn hold() -> Option<Self> {
+        if std::env::var_os("GENZOO_NETWORK_LOG").is_some() {
+            return None;
+        }
+        let previous: Arc<PanicHook> = Arc::new(std::panic::take_hook());
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let (others, kept) = (previous.clone(), held.clone());
+        std::panic::set_hook(Box::new(move |info| {
+            let Some(place) = info
+                .location()
+                .filter(|l| is_network_layer(l.file()))
+                .map(|l| format!("{}:{}", l.file(), l.line()))
+            else {
+                return others(info);
+            };
+            let payload = info.payload();
+            let message = payload
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| payload.downcast_ref::<&str>().copied())
+                .unwrap_or("(no message)");
+            kept.lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(format!("'{message}' at {place}"));
+        }));
+        Some(Self {
+            previous: Some(previous),
+            held,
+            run_ok: false,
+        })
+    }
+}
+
+impl Drop for HeldNetworkPanics {
+    /// Restores the previous hook and prints what was held: a line after a
+    /// run that failed (they followed the failure), each panic after one
+    /// that did not (then they are a bug worth reporting).
+    fn drop(&mut self) {
+        drop(std::panic::take_hook()); // with it, the hook's handle on `previous`
+        if let Some(previous) = self.previous.take().and_then(|p| Arc::try_unwrap(p).ok()) {
+            std::panic::set_hook(previous);
+        }
+        let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()));
+        match (held.first(), self.run_ok) {
+            (None, _) => {}
+            (Some(first), false) => eprintln!(
+                "burn's network layer panicked {} time(s) as the run failed, first {first} \
+                 (GENZOO_NETWORK_LOG=1 prints each as it comes)",
+                held.len()
+            ),
+            (Some(_), true) => {
+                for panic in &held {
+                    eprintln!("burn's network layer panicked: {panic}");
+                }
+            }
+        }
+    }
+}
+
+/// Whether a panic at `file` is in burn's network layer.
+fn is_network_layer(file: &str) -> bool {
+    ["burn-collective", "burn-communication"]
+        .iter()
+        .any(|name| file.contains(name))
+}
+
 /// burn's WebSocket layer installs an INFO-level log printer on first use
 /// unless one exists: install one that prints warnings and errors only
-/// (`GENZOO_NETWORK_LOG=1` keeps burn's).
+/// (`GENZOO_NETWORK_LOG=1` keeps burn's), in colour on a terminal only, so
+/// that a job's log file holds no escape codes.
 fn quiet_network_logs() {
+    use std::io::IsTerminal;
     use tracing_subscriber::filter::LevelFilter;
     if std::env::var_os("GENZOO_NETWORK_LOG").is_some() {
         return;
     }
     let _ = tracing_subscriber::fmt()
         .with_max_level(LevelFilter::WARN)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .try_init();
 }
