@@ -345,6 +345,29 @@ pub struct GptPixel<B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend> GptPixel<B> {
+    /// Bits per pixel for the choice of a byte within its level, uniform:
+    /// log₂(256/levels), where the levels split the 256 byte values evenly
+    /// (each then holds exactly 256/levels of them); `None` elsewhere.
+    fn bits_within_level(&self) -> Option<f64> {
+        256usize
+            .is_multiple_of(self.levels)
+            .then(|| (256.0 / self.levels as f64).log2())
+    }
+
+    /// A loss's metrics. Its bits are the exact NLL of 8-bit images,
+    /// `bits_per_dim` (on the scale of the VAE's and the DDPM's bounds, and
+    /// of `eval --metrics nll`); with levels that do not divide 256, only
+    /// the cross-entropy over the levels, `bits_per_token`.
+    fn loss_metrics(&self, loss: f64) -> Metrics {
+        match self.bits_within_level() {
+            Some(within) => Metrics::new()
+                .with("loss", loss)
+                .with("perplexity", loss.exp())
+                .with("bits_per_dim", loss / std::f64::consts::LN_2 + within),
+            None => loss_metrics(loss, "bits_per_token"),
+        }
+    }
+
     /// A fresh model for images of `shape` quantised to `levels`.
     pub fn new(config: GptConfig, input: &GptInput, device: &B::Device) -> Result<Self> {
         let GptInput::Pixels { levels, shape } = input else {
@@ -469,15 +492,13 @@ impl<B: AutodiffBackend> Family<B> for GptPixel<B> {
         let (inputs, targets) = self.tokens(batch.images);
         let (core, loss) = self.core.step(inputs, targets, ctx)?;
         self.core = core;
-        Ok((self, loss_metrics(loss, "bits_per_dim")))
+        let metrics = self.loss_metrics(loss);
+        Ok((self, metrics))
     }
 
     fn eval_batch(&self, batch: ImageBatch<B>) -> Result<Metrics> {
         let (inputs, targets) = self.tokens(batch.images.inner());
-        Ok(loss_metrics(
-            self.core.eval(inputs, targets),
-            "bits_per_dim",
-        ))
+        Ok(self.loss_metrics(self.core.eval(inputs, targets)))
     }
 
     fn complete_images(
@@ -513,7 +534,7 @@ impl<B: AutodiffBackend> Family<B> for GptPixel<B> {
             .reshape([n, t])
             .mean_dim(1)
             .reshape([n]); // mean log-probability per pixel, nats
-        let within_level = (256.0 / self.levels as f64).log2();
+        let within_level = self.bits_within_level().unwrap_or(0.0); // checked above
         let values = picked
             .into_data()
             .to_vec::<f32>()
@@ -718,6 +739,26 @@ mod tests {
             })
             .unwrap();
         assert_eq!(sampled.dims(), [2, 3, 2, 2]);
+    }
+
+    #[test]
+    fn pixel_bits_are_the_8_bit_likelihood_where_the_levels_divide_256() {
+        let _guard = crate::rng_lock();
+        let dev = CpuDevice::default();
+        let batch = || ImageBatch::<AB> {
+            images: Tensor::full([2, 1, 2, 2], 0.3, &dev),
+            labels: Tensor::zeros([2], &dev),
+        };
+        let metrics = tiny_pixel_gpt(16, (1, 2, 2)).eval_batch(batch()).unwrap();
+        let nats = metrics.get("loss").unwrap();
+        let bits = metrics.get("bits_per_dim").unwrap();
+        assert!((bits - (nats / std::f64::consts::LN_2 + 4.0)).abs() < 1e-12);
+        // 10 levels hold 25 or 26 byte values each: no exact likelihood.
+        let metrics = tiny_pixel_gpt(10, (1, 2, 2)).eval_batch(batch()).unwrap();
+        assert_eq!(metrics.get("bits_per_dim"), None);
+        let nats = metrics.get("loss").unwrap();
+        let bits = metrics.get("bits_per_token").unwrap();
+        assert!((bits - nats / std::f64::consts::LN_2).abs() < 1e-12);
     }
 
     #[test]
