@@ -102,9 +102,15 @@ impl Error {
 /// assert_eq!(genzoo_core::error::panic_message(&panic), "shape 3 is wrong");
 /// ```
 pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
-    panic
+    payload_message(&**panic).to_string()
+}
+
+/// The message of a panic's payload, as a panic hook is given it
+/// (`PanicHookInfo::payload`), or `(no message)`.
+pub fn payload_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
         .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "(no message)".into())
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)")
 }

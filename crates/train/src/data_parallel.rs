@@ -41,7 +41,7 @@ use std::time::{Duration, Instant};
 use burn::collective::{self, AllReduceStrategy, CollectiveConfig};
 use burn::tensor::backend::AutodiffBackend;
 use burn_communication::Address;
-use genzoo_core::error::panic_message;
+use genzoo_core::error::{panic_message, payload_message};
 use genzoo_core::parallel::{self, Replica};
 use genzoo_core::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -385,12 +385,7 @@ impl HeldNetworkPanics {
             else {
                 return others(info);
             };
-            let payload = info.payload();
-            let message = payload
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| payload.downcast_ref::<&str>().copied())
-                .unwrap_or("(no message)");
+            let message = payload_message(info.payload());
             kept.lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(format!("'{message}' at {place}"));

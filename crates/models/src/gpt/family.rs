@@ -189,11 +189,13 @@ pub fn cross_entropy<B: Backend>(logits: Tensor<B, 3>, targets: Tensor<B, 2, Int
         .neg()
 }
 
-fn loss_metrics(loss: f64, per: &str) -> Metrics {
+/// A loss's metrics: nats per token, perplexity, and bits (`per`): the
+/// loss in bits plus `extra_bits` per token that the tokens leave out.
+fn loss_metrics(loss: f64, per: &str, extra_bits: f64) -> Metrics {
     Metrics::new()
         .with("loss", loss)
         .with("perplexity", loss.exp())
-        .with(per, loss / std::f64::consts::LN_2)
+        .with(per, loss / std::f64::consts::LN_2 + extra_bits)
 }
 
 /// A GPT over text: the `gpt-char` family.
@@ -287,13 +289,14 @@ impl<B: AutodiffBackend> Family<B> for GptText<B> {
         let (core, loss) = self.core.step(batch.inputs, batch.targets, ctx)?;
         self.core = core;
         let bits = self.bits_metric();
-        Ok((self, loss_metrics(loss, bits)))
+        Ok((self, loss_metrics(loss, bits, 0.0)))
     }
 
     fn eval_batch(&self, batch: TokenBatch<B>) -> Result<Metrics> {
         Ok(loss_metrics(
             self.core.eval(batch.inputs.inner(), batch.targets.inner()),
             self.bits_metric(),
+            0.0,
         ))
     }
 
@@ -346,12 +349,15 @@ pub struct GptPixel<B: AutodiffBackend> {
 
 impl<B: AutodiffBackend> GptPixel<B> {
     /// Bits per pixel for the choice of a byte within its level, uniform:
-    /// log₂(256/levels), where the levels split the 256 byte values evenly
-    /// (each then holds exactly 256/levels of them); `None` elsewhere.
-    fn bits_within_level(&self) -> Option<f64> {
-        256usize
-            .is_multiple_of(self.levels)
-            .then(|| (256.0 / self.levels as f64).log2())
+    /// log₂(256/levels). An error where the levels do not split the 256
+    /// byte values evenly ([`GptInput::check_bits_per_dim`]).
+    fn bits_within_level(&self) -> Result<f64> {
+        GptInput::Pixels {
+            levels: self.levels,
+            shape: self.shape,
+        }
+        .check_bits_per_dim()?;
+        Ok((256.0 / self.levels as f64).log2())
     }
 
     /// A loss's metrics. Its bits are the exact NLL of 8-bit images,
@@ -360,11 +366,8 @@ impl<B: AutodiffBackend> GptPixel<B> {
     /// the cross-entropy over the levels, `bits_per_token`.
     fn loss_metrics(&self, loss: f64) -> Metrics {
         match self.bits_within_level() {
-            Some(within) => Metrics::new()
-                .with("loss", loss)
-                .with("perplexity", loss.exp())
-                .with("bits_per_dim", loss / std::f64::consts::LN_2 + within),
-            None => loss_metrics(loss, "bits_per_token"),
+            Ok(within) => loss_metrics(loss, "bits_per_dim", within),
+            Err(_) => loss_metrics(loss, "bits_per_token", 0.0),
         }
     }
 
@@ -521,11 +524,7 @@ impl<B: AutodiffBackend> Family<B> for GptPixel<B> {
         _effort: Option<usize>,
         _seed: u64,
     ) -> Result<Vec<f64>> {
-        GptInput::Pixels {
-            levels: self.levels,
-            shape: self.shape,
-        }
-        .check_bits_per_dim()?;
+        let within_level = self.bits_within_level()?;
         let (inputs, targets) = self.tokens(images);
         let [n, t] = targets.dims();
         let logits = self.core.model.valid().forward(inputs); // [n, t, vocab]
@@ -534,7 +533,6 @@ impl<B: AutodiffBackend> Family<B> for GptPixel<B> {
             .reshape([n, t])
             .mean_dim(1)
             .reshape([n]); // mean log-probability per pixel, nats
-        let within_level = self.bits_within_level().unwrap_or(0.0); // checked above
         let values = picked
             .into_data()
             .to_vec::<f32>()
