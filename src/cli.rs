@@ -214,6 +214,9 @@ fn info(run_path: &Path) -> Result<()> {
         ),
         _ => println!("dataset:    {}", config.data.dataset),
     }
+    if let Some(source) = &config.train.init_from {
+        println!("init from:  {}", source.display());
+    }
     let identity = config.identity()?;
     // A checkpoint this genzoo cannot use (another format, a changed
     // config) is a finding too: the rest of the run is still shown.

@@ -267,16 +267,19 @@ pub(crate) fn evaluate_text_run(
         .text
         .clone()
         .ok_or_else(|| Error::Config(format!("{} names no text file", run_path.display())))?;
-    let corpus = TextCorpus::from_file(&path, config.data.bytes)?;
-    // The text must give the run's tokens: same vocabulary, same ids.
-    let mut from_text = config.model.clone();
-    from_text.adapt_to_text(corpus.vocabulary.chars_string(), corpus.vocabulary.len());
-    if from_text != config.model {
-        return Err(Error::Data(format!(
-            "{} no longer has the vocabulary the run was trained with: it changed since",
-            path.display()
-        )));
-    }
+    // Read in the model's own vocabulary, so that the text gives the run's
+    // token ids (also where it has fewer characters: a run started from
+    // another's weights reads that run's vocabulary).
+    let vocabulary = config
+        .model
+        .text_vocabulary()
+        .ok_or_else(|| Error::Config(format!("{} is no text model", run_path.display())))?;
+    let corpus = TextCorpus::from_file_in(&path, vocabulary).map_err(|e| match e {
+        Error::Data(why) => Error::Data(format!(
+            "{why} (the text has changed since the run trained on it)"
+        )),
+        other => other,
+    })?;
     let figures = with_backend_on_pool(
         backend,
         TextEvalJob {

@@ -11,10 +11,12 @@ use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::Args;
 use genzoo_core::backend::{BackendTask, with_backend};
 use genzoo_core::error::panic_message;
+use genzoo_core::vocabulary::Vocabulary;
 use genzoo_core::{BackendKind, Error, Family, ImageBatch, Result, TokenBatch};
 use genzoo_data::{DatasetSource, ImageData, Locator, TextCorpus, TextData, load_image_dataset};
 use genzoo_models::ModelConfig;
 use genzoo_models::presets::{FamilyTask, with_family};
+use genzoo_train::checkpoint::{self, find_checkpoint};
 use genzoo_train::data_parallel::run_replicas;
 use genzoo_train::{RunConfig, RunDir, RunLock, TrainOutcome, Trainer};
 
@@ -36,6 +38,13 @@ pub(super) struct TrainArgs {
     /// Replace the contents of a non-empty --out.
     #[arg(long, conflicts_with = "resume")]
     overwrite: bool,
+    /// Start from the weights of another run of this preset (its newest
+    /// good checkpoint, or the one given: RUN/checkpoints/best,
+    /// RUN/checkpoints/step-N) with a fresh optimizer and schedule:
+    /// fine-tuning, on other data or with another recipe. The model and its
+    /// config (a text model's vocabulary too) are that run's.
+    #[arg(long, value_name = "RUN", conflicts_with = "resume")]
+    init_from: Option<PathBuf>,
     #[command(flatten)]
     overrides: Overrides,
 }
@@ -240,6 +249,7 @@ pub(super) fn resume(run: PathBuf, overrides: Overrides) -> Result<()> {
         config: None,
         resume: true,
         overwrite: false,
+        init_from: None,
         overrides,
     })
 }
@@ -277,6 +287,9 @@ pub(super) fn train(args: TrainArgs) -> Result<()> {
         }
     };
     args.overrides.apply(&mut config);
+    if let Some(source) = &args.init_from {
+        config.train.init_from = Some(source.clone());
+    }
     if args.overrides.data_dir.is_some() {
         if config.model.reads_text() {
             return Err(Error::Config(
@@ -365,6 +378,9 @@ pub(crate) fn start_training(
     overwrite: bool,
     backend: BackendKind,
 ) -> Result<TrainSummary> {
+    if !resume {
+        take_source_model(&mut config, out)?;
+    }
     config.train.validate()?;
     config
         .model
@@ -379,6 +395,11 @@ pub(crate) fn start_training(
         load_images(&mut config)?
     };
     config.model.validate()?;
+    if let (false, Some(source)) = (resume, &config.train.init_from) {
+        // The model as this data shapes it must be the checkpoint's: say
+        // so before anything is written (the engine checks again).
+        checkpoint::verify_source(source, &config.identity()?)?;
+    }
 
     // Node 0 owns the run directory; the other nodes of a multi-node run
     // only read it (their checkpoints to resume from), and may share it.
@@ -489,6 +510,86 @@ pub(crate) fn start_training(
     trained
 }
 
+/// A new run starting from another run's weights (`train.init_from`)
+/// takes that run's model config in place of the preset's, and its
+/// `init_from` becomes the absolute path of the checkpoint it names (a run
+/// directory names its newest good one): what a resume with no checkpoint
+/// of its own starts from again.
+fn take_source_model(config: &mut RunConfig, out: &Path) -> Result<()> {
+    let Some(given) = config.train.init_from.clone() else {
+        return Ok(());
+    };
+    let checkpoint = if given.join("manifest.json").is_file() {
+        given.clone()
+    } else if given.join("config.toml").is_file() && given.join("checkpoints").is_dir() {
+        let run = RunDir::open(&given)?;
+        let identity = run.load_config()?.identity()?;
+        find_checkpoint(&run.checkpoints_dir(), &identity, "latest", |w| {
+            eprintln!("{w}")
+        })?
+        .0
+    } else {
+        return Err(Error::Config(format!(
+            "--init-from {}: neither a run directory nor one of its checkpoints",
+            given.display()
+        )));
+    };
+    let source_file = checkpoint.join("config.toml");
+    if !source_file.is_file() {
+        return Err(Error::checkpoint(
+            &checkpoint,
+            "it holds no config.toml, so its model's config is unknown",
+        ));
+    }
+    let source = RunConfig::load(&source_file)?;
+    if source.preset != config.preset {
+        return Err(Error::Config(format!(
+            "--init-from {}: a checkpoint of '{}', not '{}': train {} to start from it",
+            given.display(),
+            source.preset,
+            config.preset,
+            source.preset
+        )));
+    }
+    // Model keys set for this run would be dropped: refuse them instead.
+    let preset_model = RunConfig::from_preset(&config.preset)?.model;
+    if config.model != preset_model && config.model != source.model {
+        return Err(Error::Config(format!(
+            "--init-from {}: a run started from another's weights has that run's model; leave \
+             the [model] keys out of the config",
+            given.display()
+        )));
+    }
+    if let Some(vocabulary) = source.model.text_vocabulary() {
+        let reads_bytes = vocabulary == Vocabulary::Bytes;
+        if config.data.bytes && !reads_bytes {
+            return Err(Error::Config(format!(
+                "--init-from {}: its model reads characters, not bytes: leave out --bytes",
+                given.display()
+            )));
+        }
+        config.data.bytes = reads_bytes;
+    }
+    let checkpoint = checkpoint
+        .canonicalize()
+        .map_err(|e| Error::io(&checkpoint, e))?;
+    let out_path = match out.canonicalize() {
+        Ok(path) => path,
+        Err(_) => std::path::absolute(out).map_err(|e| Error::io(out, e))?,
+    };
+    if checkpoint.starts_with(&out_path) {
+        // --overwrite would delete the weights before they are read.
+        return Err(Error::Config(format!(
+            "--init-from {} lies in --out {}: start the new run in another directory",
+            given.display(),
+            out.display()
+        )));
+    }
+    config.model = source.model;
+    config.train.init_from = Some(checkpoint);
+    Ok(())
+}
+
 /// The data of a run: images or a text corpus, as the model reads.
 enum JobData {
     Images(ImageData),
@@ -542,7 +643,18 @@ fn load_text(config: &mut RunConfig) -> Result<JobData> {
             config.preset
         ))
     })?;
-    let corpus = TextCorpus::from_file(&path, config.data.bytes)?;
+    let corpus = match (&config.train.init_from, config.model.text_vocabulary()) {
+        // The model's own tokens: it goes on from weights that learned them.
+        (Some(source), Some(vocabulary)) => {
+            TextCorpus::from_file_in(&path, vocabulary).map_err(|e| {
+                Error::Data(format!(
+                    "{e} (the run starts from the weights of {}, which read its characters only)",
+                    source.display()
+                ))
+            })?
+        }
+        _ => TextCorpus::from_file(&path, config.data.bytes)?,
+    };
     config
         .model
         .adapt_to_text(corpus.vocabulary.chars_string(), corpus.vocabulary.len());

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use genzoo::data::synthetic::write_idx_dataset;
 use genzoo::train::logger::read_jsonl;
 
-use crate::support::{genzoo, output_text};
+use crate::support::{genzoo, output_text, train_losses};
 
 fn ok(out: &Output) -> String {
     let text = output_text(out);
@@ -1338,6 +1338,215 @@ fn gpt_char_trains_on_a_text_file_and_continues_a_prompt() {
         std::fs::read(dir.join("runs/g/config.toml")).unwrap(),
         config
     );
+}
+
+#[test]
+fn a_run_starts_from_another_runs_weights_and_refuses_what_does_not_fit_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let verse =
+        "Shall I compare thee to a summer's day?\nThou art more lovely and more temperate.\n";
+    std::fs::write(dir.join("sonnet.txt"), verse.repeat(40)).unwrap();
+    // Fewer characters than the source's text: read in its vocabulary.
+    std::fs::write(dir.join("line.txt"), "Thou art more lovely\n".repeat(60)).unwrap();
+    std::fs::write(dir.join("accent.txt"), "Thou art más lovely\n".repeat(60)).unwrap();
+    let train = |out: &str, text: &str, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "gpt-char",
+            "--text",
+            text,
+            "--out",
+            out,
+            "--log-every",
+            "1",
+            "--eval-batches",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        if !extra.contains(&"--steps") {
+            args.extend_from_slice(&["--steps", "8"]);
+        }
+        genzoo(&args, dir)
+    };
+    ok(&train("runs/source", "sonnet.txt", &["--steps", "40"]));
+    let source = dir.join("runs/source/checkpoints/step-00000040");
+
+    let text = ok(&train(
+        "runs/tuned",
+        "line.txt",
+        &["--init-from", "runs/source"],
+    ));
+    let absolute = source.canonicalize().unwrap();
+    assert!(
+        text.contains(&format!(
+            "starting from the weights of {}",
+            absolute.display()
+        )),
+        "{text}"
+    );
+    // The run names its checkpoint by absolute path, and has the source's model.
+    let config = |run: &str| -> toml::Table {
+        toml::from_str(&std::fs::read_to_string(dir.join(run).join("config.toml")).unwrap())
+            .unwrap()
+    };
+    let tuned = config("runs/tuned");
+    assert_eq!(
+        tuned["train"]["init_from"].as_str(),
+        Some(absolute.to_str().unwrap())
+    );
+    assert_eq!(tuned["model"], config("runs/source")["model"]);
+    let first_loss =
+        |run: &str| train_losses(&read_jsonl(&dir.join(run).join("metrics.jsonl")).unwrap())[0];
+    // Its first step is taken by the trained weights: well below a fresh start's.
+    ok(&train("runs/scratch", "line.txt", &[]));
+    assert!(
+        first_loss("runs/tuned") < first_loss("runs/scratch") - 0.5,
+        "{} vs {}",
+        first_loss("runs/tuned"),
+        first_loss("runs/scratch")
+    );
+    // A checkpoint named, and two replicas (the leader's weights broadcast),
+    // take the same first step.
+    ok(&train(
+        "runs/named",
+        "line.txt",
+        &["--init-from", "runs/source/checkpoints/step-00000040"],
+    ));
+    assert_eq!(first_loss("runs/named"), first_loss("runs/tuned"));
+    ok(&train(
+        "runs/replicas",
+        "line.txt",
+        &["--init-from", "runs/source", "--devices", "2"],
+    ));
+    assert!((first_loss("runs/replicas") - first_loss("runs/tuned")).abs() < 1e-4);
+    // It resumes from its own checkpoints, and samples in the source's characters.
+    let text = ok(&genzoo(&["resume", "runs/tuned", "--steps", "10"], dir));
+    assert!(text.contains("(10/10 in total)"), "{text}");
+    let sample = ok_out(&genzoo(
+        &[
+            "sample",
+            "--run",
+            "runs/tuned",
+            "--prompt",
+            "Thou",
+            "--tokens",
+            "20",
+        ],
+        dir,
+    ));
+    assert!(String::from_utf8(sample).unwrap().starts_with("Thou"));
+    // Its text, with fewer characters than the model's vocabulary, is
+    // evaluated in the model's token ids; info names where it started.
+    let text = ok(&genzoo(&["eval", "--run", "runs/tuned"], dir));
+    assert!(text.contains("val_loss"), "{text}");
+    let text = ok(&genzoo(&["info", "--run", "runs/tuned"], dir));
+    assert!(
+        text.contains(&format!("init from:  {}", absolute.display())),
+        "{text}"
+    );
+
+    // Refused before a run directory is made, saying why.
+    std::fs::write(dir.join("model.toml"), "[model]\nn_layer = 2\n").unwrap();
+    for (out, text, extra, why) in [
+        (
+            "runs/r1",
+            "accent.txt",
+            &["--init-from", "runs/source"][..],
+            "character 'á' is not in the model's vocabulary",
+        ),
+        (
+            "runs/r2",
+            "line.txt",
+            &["--init-from", "runs/source", "--bytes"][..],
+            "its model reads characters, not bytes",
+        ),
+        (
+            "runs/r3",
+            "line.txt",
+            &["--init-from", "runs/source", "--config", "model.toml"][..],
+            "leave the [model] keys out of the config",
+        ),
+        (
+            "runs/r4",
+            "line.txt",
+            &["--init-from", "runs/nowhere"][..],
+            "neither a run directory nor one of its checkpoints",
+        ),
+        (
+            "runs/source",
+            "line.txt",
+            &["--init-from", "runs/source", "--overwrite"][..],
+            "lies in --out runs/source",
+        ),
+    ] {
+        let err = fails(&train(out, text, extra));
+        assert!(err.contains(why), "{extra:?}: {err}");
+        if out != "runs/source" {
+            assert!(!dir.join(out).exists(), "{extra:?} made {out}");
+        }
+    }
+    assert!(source.join("manifest.json").is_file(), "the source is kept");
+    let err = fails(&genzoo(
+        &[
+            "train",
+            "gpt-pixel",
+            "--dataset",
+            "idx:nowhere",
+            "--out",
+            "runs/r5",
+            "--init-from",
+            "runs/source",
+        ],
+        dir,
+    ));
+    assert!(
+        err.contains("a checkpoint of 'gpt-char', not 'gpt-pixel'"),
+        "{err}"
+    );
+    let err = fails(&train(
+        "runs/tuned",
+        "line.txt",
+        &["--init-from", "runs/source", "--resume"],
+    ));
+    assert!(err.contains("cannot be used with"), "{err}");
+
+    // An image model: data of another shape is refused before writing,
+    // with the key that differs.
+    write_idx_dataset(&dir.join("digits"), 32, 16, 28, 10).unwrap();
+    write_idx_dataset(&dir.join("small"), 32, 16, 12, 10).unwrap();
+    let vae = |data: &str, out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "vae-mlp",
+            "--dataset",
+            data,
+            "--out",
+            out,
+            "--batch-size",
+            "16",
+            "--steps",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        genzoo(&args, dir)
+    };
+    ok(&vae("idx:digits", "runs/vae", &[]));
+    let err = fails(&vae(
+        "idx:small",
+        "runs/vae-small",
+        &["--init-from", "runs/vae"],
+    ));
+    assert!(
+        err.contains("height = 28 in the checkpoint, 12 in this run"),
+        "{err}"
+    );
+    assert!(!dir.join("runs/vae-small").exists());
+    ok(&vae(
+        "idx:digits",
+        "runs/vae-more",
+        &["--init-from", "runs/vae"],
+    ));
 }
 
 #[test]

@@ -6,14 +6,15 @@
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use genzoo::core::record::param_values;
-use genzoo::core::{CpuDevice, Family, SampleRequest, SamplerOptions};
+use genzoo::core::{CpuDevice, Family, SampleRequest, SamplerOptions, TrainData};
 use genzoo::data::{ImageData, ImageDataset, Scaling, synthetic};
 use genzoo::models::ddpm::{DdpmConfig, DdpmTrainer};
 use genzoo::train::logger::read_jsonl;
 use genzoo::train::{TrainConfig, Trainer};
 
 use crate::support::{
-    quiet_trainer, rng_lock, tiny_ddpm, train_losses, while_the_backend_rng_is_busy,
+    assert_load_weights_takes_the_weights_alone, quiet_trainer, rng_lock, tiny_ddpm, train_losses,
+    while_the_backend_rng_is_busy,
 };
 
 type B = Autodiff<Flex>;
@@ -136,6 +137,25 @@ fn ddpm_unet_resume_is_exact_with_ema() {
         .to_vec()
         .unwrap();
     assert_ne!(ema, raw);
+}
+
+#[test]
+fn load_weights_takes_the_unet_and_its_ema_but_no_optimizer() {
+    let _guard = rng_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = tiny_ddpm(0);
+    let data = data(8, 8);
+    let trained = trainer(tmp.path(), 2, 8, 1e-3, false)
+        .fit(fresh(&config), &data, &CpuDevice::default())
+        .unwrap()
+        .family;
+    assert_load_weights_takes_the_weights_alone(
+        &tmp.path().join("checkpoints/step-00000002"),
+        &trained,
+        || fresh(&config),
+        |d| [param_values(&d.unet), param_values(d.ema_unet())].concat(),
+        data.train_batch(0, 0, &CpuDevice::default()),
+    );
 }
 
 #[test]

@@ -638,6 +638,108 @@ impl Family<B> for Faulty<B> {
 }
 
 #[test]
+fn a_run_started_from_another_runs_weights_trains_them_with_a_fresh_optimizer() {
+    let _guard = rng_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let device = CpuDevice::default();
+    trainer(&tmp.path().join("source"), train_config(8), false)
+        .fit(fresh_vae(), &data(3), &device)
+        .unwrap();
+    let checkpoint = tmp.path().join("source/checkpoints/step-00000008");
+    let from_source = |steps: u64| TrainConfig {
+        init_from: Some(checkpoint.clone()),
+        ..train_config(steps)
+    };
+    // Fine-tuned in another data order.
+    let tuned = trainer(&tmp.path().join("tuned"), from_source(8), false)
+        .fit(fresh_vae(), &data(4), &device)
+        .unwrap();
+    assert_eq!((tuned.step, tuned.steps_this_call), (8, 8));
+    // Bitwise the run of the source's weights loaded by hand into a fresh
+    // family (new optimizer, schedule from step 0)...
+    let by_hand = trainer(&tmp.path().join("by-hand"), train_config(8), false)
+        .fit(
+            fresh_vae().load_weights(&checkpoint).unwrap(),
+            &data(4),
+            &device,
+        )
+        .unwrap();
+    assert!(
+        weights(&tuned.family) == weights(&by_hand.family),
+        "the source's weights, trained with a new optimizer"
+    );
+    // ...and not a fresh start's.
+    let scratch = trainer(&tmp.path().join("scratch"), train_config(8), false)
+        .fit(fresh_vae(), &data(4), &device)
+        .unwrap();
+    assert!(
+        weights(&tuned.family) != weights(&scratch.family),
+        "not a fresh start's"
+    );
+
+    // Resumed, it goes on from its own checkpoint, not from the source's.
+    let split = tmp.path().join("split");
+    trainer(&split, from_source(8), false)
+        .stop_after(Some(4))
+        .fit(fresh_vae(), &data(4), &device)
+        .unwrap();
+    let resumed = trainer(&split, from_source(8), true)
+        .fit(fresh_vae(), &data(4), &device)
+        .unwrap();
+    assert_eq!(resumed.steps_this_call, 4);
+    assert!(
+        weights(&resumed.family) == weights(&tuned.family),
+        "the resume is exact"
+    );
+
+    // Refused before a step, naming why: a directory that is no
+    // checkpoint, a checkpoint of another model config, a family that
+    // cannot load weights alone.
+    let refused = |name: &str, trainer: Trainer| {
+        let err = trainer
+            .fit(fresh_vae(), &data(4), &device)
+            .err()
+            .expect("must refuse")
+            .to_string();
+        let dir = tmp.path().join(name).join("checkpoints");
+        assert!(list_checkpoints(&dir).unwrap().is_empty(), "{name}");
+        err
+    };
+    let not_a_checkpoint = TrainConfig {
+        init_from: Some(tmp.path().join("source")),
+        ..train_config(8)
+    };
+    let err = refused("a", trainer(&tmp.path().join("a"), not_a_checkpoint, false));
+    assert!(err.contains("not a checkpoint directory"), "{err}");
+    let wider = toml::to_string(&VaeConfig {
+        hidden: 64,
+        ..vae_config()
+    })
+    .unwrap();
+    let other_config = quiet_trainer(
+        &tmp.path().join("b"),
+        from_source(8),
+        false,
+        "tiny-vae",
+        wider,
+    );
+    let err = refused("b", other_config);
+    assert!(
+        err.contains("hidden = 32 in the checkpoint, 64 in this run"),
+        "{err}"
+    );
+    let err = trainer(&tmp.path().join("c"), from_source(8), false)
+        .fit(Faulty::new(device), &data(4), &device)
+        .err()
+        .expect("must refuse")
+        .to_string();
+    assert!(
+        err.contains("cannot start from another run's weights"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     let _guard = rng_lock();
     let tmp = tempfile::tempdir().unwrap();

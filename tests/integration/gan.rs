@@ -4,14 +4,17 @@
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 
-use genzoo::core::CpuDevice;
 use genzoo::core::record::param_values;
+use genzoo::core::{CpuDevice, TrainData};
 use genzoo::data::{ImageData, ImageDataset, Scaling, synthetic};
 use genzoo::models::gan::{GanConfig, GanTrainer};
 use genzoo::train::logger::read_jsonl;
 use genzoo::train::{TrainConfig, Trainer};
 
-use crate::support::{assert_samples_depend_on_the_seed_alone, quiet_trainer, rng_lock};
+use crate::support::{
+    assert_load_weights_takes_the_weights_alone, assert_samples_depend_on_the_seed_alone,
+    quiet_trainer, rng_lock,
+};
 
 type B = Autodiff<Flex>;
 
@@ -116,6 +119,38 @@ fn dcgan_28_resume_is_exact() {
         param_values(&a.sampling_generator()),
         param_values(&b.sampling_generator()),
         "EMA weights too"
+    );
+}
+
+#[test]
+fn load_weights_takes_generator_discriminator_and_ema_but_no_optimizer() {
+    let _guard = rng_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let config = GanConfig {
+        height: 12,
+        width: 12,
+        ema_decay: Some(0.9),
+        ..Default::default()
+    };
+    let data = data(12);
+    let trained = trainer(tmp.path(), 3, false)
+        .fit(fresh(&config), &data, &CpuDevice::default())
+        .unwrap()
+        .family;
+    let weights = |g: &GanTrainer<B>| {
+        [
+            param_values(&g.generator),
+            param_values(&g.discriminator),
+            param_values(&g.sampling_generator()),
+        ]
+        .concat()
+    };
+    assert_load_weights_takes_the_weights_alone(
+        &tmp.path().join("checkpoints/step-00000003"),
+        &trained,
+        || fresh(&config),
+        weights,
+        data.train_batch(0, 0, &CpuDevice::default()),
     );
 }
 

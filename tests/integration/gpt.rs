@@ -4,13 +4,15 @@
 use burn::backend::{Autodiff, Flex};
 use burn::prelude::*;
 use genzoo::core::record::param_values;
-use genzoo::core::{CpuDevice, Family, SampleRequest, TextRequest, TokenSampling};
+use genzoo::core::{CpuDevice, Family, SampleRequest, TextRequest, TokenSampling, TrainData};
 use genzoo::data::{ImageData, ImageDataset, Scaling, TextCorpus, TextData, synthetic};
 use genzoo::models::gpt::{GptConfig, GptInput, GptPixel, GptText};
 use genzoo::train::logger::read_jsonl;
 use genzoo::train::{RunDir, Schedule, TrainConfig, Trainer};
 
-use crate::support::{max_diff, quiet_trainer, rng_lock, train_losses};
+use crate::support::{
+    assert_load_weights_takes_the_weights_alone, max_diff, quiet_trainer, rng_lock, train_losses,
+};
 
 type B = Autodiff<Flex>;
 
@@ -128,6 +130,25 @@ fn gpt_resume_is_exact_with_dropout() {
     assert_eq!(
         param_values(straight.family.model()),
         param_values(resumed.family.model())
+    );
+}
+
+#[test]
+fn load_weights_takes_the_transformer_but_no_optimizer() {
+    let _guard = rng_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let corpus = corpus();
+    let data = TextData::new(corpus.clone(), 16, 8, 2, 2).unwrap();
+    let trained = trainer(tmp.path(), 10, false)
+        .fit(fresh(&corpus, 0.0), &data, &CpuDevice::default())
+        .unwrap()
+        .family;
+    assert_load_weights_takes_the_weights_alone(
+        &tmp.path().join("checkpoints/step-00000010"),
+        &trained,
+        || fresh(&corpus, 0.0),
+        |g| param_values(g.model()),
+        data.train_batch(0, 0, &CpuDevice::default()),
     );
 }
 

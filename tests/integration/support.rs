@@ -60,6 +60,41 @@ pub fn assert_samples_depend_on_the_seed_alone<B: AutodiffBackend, F: Family<B>>
     assert_ne!(a, sample(5), "another seed gave the same samples");
 }
 
+/// Asserts what a run started from another's weights (`init_from`) relies
+/// on: `load_weights` of `checkpoint` (written at the end of the run that
+/// trained `trained`) gives a fresh family `trained`'s weights (as
+/// `weights` lists them, moving averages included) but not its optimizer
+/// state, so that a step on `batch` from it differs from the same step,
+/// with the same noise, of the fully loaded family. Hold [`rng_lock`].
+pub fn assert_load_weights_takes_the_weights_alone<B, F>(
+    checkpoint: &Path,
+    trained: &F,
+    fresh: impl Fn() -> F,
+    weights: impl Fn(&F) -> Vec<f32>,
+    batch: F::Batch,
+) where
+    B: AutodiffBackend,
+    F: Family<B>,
+    F::Batch: Clone,
+{
+    assert!(
+        weights(&fresh()) != weights(trained),
+        "a fresh family must differ from the trained one, or nothing is shown"
+    );
+    let loaded = fresh().load_weights(checkpoint).unwrap();
+    assert!(weights(&loaded) == weights(trained), "the trained weights");
+    let step = |family: F| {
+        B::seed(&Default::default(), 9);
+        let mut ctx = genzoo::core::StepContext::new(1, 1e-3);
+        weights(&family.train_step(batch.clone(), &mut ctx).unwrap().0)
+    };
+    let full = fresh().load(checkpoint).unwrap();
+    assert!(
+        step(loaded) != step(full),
+        "the optimizer state must start afresh"
+    );
+}
+
 /// A DDPM small enough for tests: an 8×8 U-Net of 8 base channels, T = 100;
 /// class-conditional when `num_classes` > 0.
 pub fn tiny_ddpm(num_classes: usize) -> DdpmConfig {

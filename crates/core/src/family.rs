@@ -463,6 +463,18 @@ pub trait Family<B: AutodiffBackend>: Sized {
 
     /// Loads what [`Family::save`] wrote, checking every tensor's shape.
     fn load(self, dir: &Path) -> Result<Self>;
+
+    /// Loads only the networks' weights (their moving averages included)
+    /// of what [`Family::save`] wrote, keeping this family's optimizer
+    /// states and training state: the start of a run that goes on from
+    /// another run's weights with a fresh optimizer (fine-tuning; the
+    /// engine's `init_from`). Families that cannot say which of their files
+    /// are weights refuse.
+    fn load_weights(self, _dir: &Path) -> Result<Self> {
+        Err(crate::Error::Config(
+            "this model family cannot start from another run's weights".into(),
+        ))
+    }
 }
 
 /// One micro-batch of a step whose batch is split to save memory: each

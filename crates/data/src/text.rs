@@ -29,17 +29,34 @@ impl TextCorpus {
     /// Reads and tokenises a file: its characters (the file must be UTF-8)
     /// or, with `bytes`, its bytes, whatever they encode.
     pub fn from_file(path: &Path, bytes: bool) -> Result<Self> {
+        Self::read(path, bytes.then_some(Vocabulary::Bytes))
+    }
+
+    /// Reads and tokenises a file in a given vocabulary (a trained model's,
+    /// to train it on more text): a character outside it is an error naming it.
+    pub fn from_file_in(path: &Path, vocabulary: Vocabulary) -> Result<Self> {
+        Self::read(path, Some(vocabulary))
+    }
+
+    /// A file's tokens in `vocabulary`, or in the characters of its text when `None`.
+    fn read(path: &Path, vocabulary: Option<Vocabulary>) -> Result<Self> {
         let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let corpus = if bytes {
-            Self::from_bytes(&raw)
-        } else {
-            let text = String::from_utf8(raw).map_err(|e| {
-                Error::Data(format!(
-                    "{}: not UTF-8 text ({e}); a byte-level model (`--bytes`) reads any file",
-                    path.display()
-                ))
-            })?;
-            Self::from_text(&text, false)
+        let corpus = match vocabulary {
+            Some(Vocabulary::Bytes) => Self::from_bytes(&raw),
+            vocabulary => {
+                let text = String::from_utf8(raw).map_err(|e| {
+                    Error::Data(format!(
+                        "{}: not UTF-8 text ({e}); a byte-level model (`--bytes`) reads any file",
+                        path.display()
+                    ))
+                })?;
+                match vocabulary {
+                    Some(chars) => chars
+                        .encode(&text)
+                        .and_then(|tokens| Self::split(chars, tokens)),
+                    None => Self::from_text(&text, false),
+                }
+            }
         };
         corpus.map_err(|e| Error::Data(format!("{}: {e}", path.display())))
     }
@@ -231,6 +248,30 @@ mod tests {
         let mut tail = text.clone();
         tail.replace_range(text.len() - 3.., "qa\n");
         assert_eq!(of(&tail, false), of(&text, false));
+    }
+
+    #[test]
+    fn a_file_read_in_a_given_vocabulary_keeps_its_tokens() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("more.txt");
+        std::fs::write(&path, "abba cab, abc; ".repeat(4)).unwrap();
+        // A wider vocabulary than the file's own: the tokens are the
+        // vocabulary's, not those of the file's characters.
+        let wide = Vocabulary::from_chars("\n ,;abcdz");
+        let corpus = TextCorpus::from_file_in(&path, wide.clone()).unwrap();
+        assert_eq!(corpus.vocabulary, wide);
+        assert_eq!(&corpus.train[..5], &[4, 5, 5, 4, 1]);
+        let own = TextCorpus::from_file(&path, false).unwrap();
+        assert_eq!(own.vocabulary.len(), 6);
+        assert_ne!(own.train, corpus.train);
+        // A character the vocabulary lacks is named, with the file.
+        let err = TextCorpus::from_file_in(&path, Vocabulary::from_chars(" ,;ab"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("more.txt") && err.contains("'c'"), "{err}");
+        // Bytes read the file's bytes.
+        let bytes = TextCorpus::from_file_in(&path, Vocabulary::Bytes).unwrap();
+        assert_eq!(bytes.train[0], u32::from(b'a'));
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! `shared/reference-models.md` writes them.
 
 use burn::tensor::backend::AutodiffBackend;
+use genzoo_core::vocabulary::Vocabulary;
 use genzoo_core::{Error, Family, ImageBatch, Result, TokenBatch};
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +47,15 @@ impl ModelConfig {
                 ..
             })
         )
+    }
+
+    /// A text model's vocabulary (see [`GptInput::text_vocabulary`]); `None`
+    /// for models of images.
+    pub fn text_vocabulary(&self) -> Option<Vocabulary> {
+        match self {
+            ModelConfig::Gpt(c) => c.input.text_vocabulary(),
+            _ => None,
+        }
     }
 
     /// Sets a text model's vocabulary (characters in token order, or `None` for bytes).

@@ -473,6 +473,22 @@ pub fn latest_good(
     ))
 }
 
+/// Verifies the checkpoint a run starts from (`init_from`): one of another
+/// run's checkpoint directories, intact and of this run's model and config.
+pub fn verify_source(dir: &Path, identity: &CheckpointIdentity) -> Result<Manifest> {
+    if !dir.join(MANIFEST).is_file() {
+        return Err(Error::checkpoint(
+            dir,
+            "not a checkpoint directory (no manifest.json): give one of a run's \
+             checkpoints/step-… or its checkpoints/best",
+        ));
+    }
+    verify(dir, identity).map_err(|unusable| match unusable {
+        Unusable::Incompatible(e) => e,
+        Unusable::Corrupt(why) => Error::checkpoint(dir, why),
+    })
+}
+
 /// The checkpoint `which` names in `checkpoints`: `latest` (the newest
 /// usable one), `best` (the best held-out value's, of a run with
 /// `keep_best`), or a step (`1200` or `step-00001200`). Verified in full;

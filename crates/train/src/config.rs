@@ -57,6 +57,12 @@ pub struct TrainConfig {
     pub clip_norm: Option<f64>,
     /// Seed of everything random: initialisation, data order, noise.
     pub seed: u64,
+    /// Start from the weights of this checkpoint directory (one of another
+    /// run's `checkpoints/…`, of the same model and config) instead of a
+    /// fresh initialisation: fine-tuning. The optimizer, the schedule and
+    /// the step count start anew; a resumed run goes on from its own
+    /// checkpoints.
+    pub init_from: Option<PathBuf>,
     /// Write averaged training metrics every N steps.
     pub log_every: u64,
     /// Evaluate on held-out data every N steps (0: at the end of every epoch).
@@ -94,6 +100,7 @@ impl Default for TrainConfig {
             schedule: Schedule::Constant,
             clip_norm: None,
             seed: 0,
+            init_from: None,
             log_every: 50,
             eval_every: 0,
             eval_batches: None,

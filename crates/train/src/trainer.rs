@@ -394,6 +394,20 @@ impl Trainer {
                 ckpt_dir.display()
             )));
         }
+        // A run starting from step 0 may start from another run's weights;
+        // the other replicas of a data-parallel run get them from the
+        // leader's broadcast below.
+        if let (None, Some(source), true) = (&resumed, &cfg.init_from, leader) {
+            let manifest = checkpoint::verify_source(source, &self.identity)?;
+            family = family
+                .load_weights(source)
+                .map_err(|e| Error::Config(format!("init_from {}: {e}", source.display())))?;
+            say(&format!(
+                "starting from the weights of {} (step {} of its run), with a fresh optimizer",
+                source.display(),
+                manifest.step
+            ));
+        }
         // Training seconds spent by earlier calls: a minutes budget counts them.
         let manifest = resumed.as_ref().map(|(_, m)| m);
         let spent_before = manifest.map_or(0.0, |m| m.train_seconds);

@@ -666,6 +666,12 @@ impl<B: AutodiffBackend> Family<B> for DdpmTrainer<B> {
         self.optimizer = load_optimizer(self.optimizer, &self.unet, &dir.join("optimizer"))?;
         Ok(self)
     }
+
+    fn load_weights(mut self, dir: &Path) -> Result<Self> {
+        self.unet = load_module(self.unet, &dir.join("unet"))?;
+        self.ema.module = load_module(self.ema.module.clone(), &dir.join("unet_ema"))?;
+        Ok(self)
+    }
 }
 
 #[cfg(test)]

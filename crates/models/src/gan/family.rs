@@ -513,6 +513,16 @@ impl<B: AutodiffBackend> Family<B> for GanTrainer<B> {
             .ok_or_else(|| Error::checkpoint(&state, "collapse_streak is missing"))?;
         Ok(self)
     }
+
+    /// The collapse streak starts again at 0, with the optimizers.
+    fn load_weights(mut self, dir: &Path) -> Result<Self> {
+        self.generator = load_module(self.generator, &dir.join("generator"))?;
+        self.discriminator = load_module(self.discriminator, &dir.join("discriminator"))?;
+        if let Some(ema) = &mut self.ema {
+            ema.module = load_module(ema.module.clone(), &dir.join("generator_ema"))?;
+        }
+        Ok(self)
+    }
 }
 
 #[cfg(test)]

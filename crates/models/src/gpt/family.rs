@@ -174,6 +174,11 @@ impl<B: AutodiffBackend> GptCore<B> {
         self.optimizer = load_optimizer(self.optimizer, &self.model, &dir.join("optimizer"))?;
         Ok(self)
     }
+    /// The weights of what [`GptCore::save`] wrote, not the optimizer's state.
+    fn load_weights(mut self, dir: &Path) -> Result<Self> {
+        self.model = load_module(self.model, &dir.join("model"))?;
+        Ok(self)
+    }
 }
 
 /// Mean next-token cross-entropy in nats.
@@ -336,6 +341,11 @@ impl<B: AutodiffBackend> Family<B> for GptText<B> {
 
     fn load(mut self, dir: &Path) -> Result<Self> {
         self.core = self.core.load(dir)?;
+        Ok(self)
+    }
+
+    fn load_weights(mut self, dir: &Path) -> Result<Self> {
+        self.core = self.core.load_weights(dir)?;
         Ok(self)
     }
 }
@@ -578,6 +588,11 @@ impl<B: AutodiffBackend> Family<B> for GptPixel<B> {
 
     fn load(mut self, dir: &Path) -> Result<Self> {
         self.core = self.core.load(dir)?;
+        Ok(self)
+    }
+
+    fn load_weights(mut self, dir: &Path) -> Result<Self> {
+        self.core = self.core.load_weights(dir)?;
         Ok(self)
     }
 }

@@ -216,4 +216,9 @@ impl<B: AutodiffBackend> Family<B> for VaeTrainer<B> {
         self.optimizer = load_optimizer(self.optimizer, &self.model, &dir.join("optimizer"))?;
         Ok(self)
     }
+
+    fn load_weights(mut self, dir: &Path) -> Result<Self> {
+        self.model = load_module(self.model, &dir.join("model"))?;
+        Ok(self)
+    }
 }
