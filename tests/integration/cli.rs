@@ -1550,6 +1550,52 @@ fn a_run_starts_from_another_runs_weights_and_refuses_what_does_not_fit_them() {
 }
 
 #[test]
+fn a_resume_on_other_held_out_data_is_warned_of_or_refused_when_it_picks_the_best() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    write_idx_dataset(&dir.join("digits"), 64, 32, 28, 10).unwrap();
+    let train = |out: &str, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "vae-mlp",
+            "--dataset",
+            "idx:digits",
+            "--out",
+            out,
+            "--batch-size",
+            "16",
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+        ];
+        args.extend_from_slice(extra);
+        genzoo(&args, dir)
+    };
+    ok(&train("runs/plain", &[]));
+    ok(&train("runs/best", &["--keep-best", "test_neg_elbo"]));
+    // The same training images, fewer test images.
+    write_idx_dataset(&dir.join("digits"), 64, 24, 28, 10).unwrap();
+    let resume = |run: &str| genzoo(&["resume", run, "--steps", "6"], dir);
+    let text = ok(&resume("runs/plain"));
+    assert!(
+        text.contains("warning: the held-out examples are not the ones")
+            && text.contains("(6/6 in total)"),
+        "{text}"
+    );
+    let err = fails(&resume("runs/best"));
+    assert!(
+        err.contains("its held-out examples are not this call's")
+            && err.contains("its best test_neg_elbo"),
+        "{err}"
+    );
+    // With its own held-out images back, it resumes without a word of them.
+    write_idx_dataset(&dir.join("digits"), 64, 32, 28, 10).unwrap();
+    let text = ok(&resume("runs/best"));
+    assert!(!text.contains("held-out examples"), "{text}");
+}
+
+#[test]
 fn a_byte_level_gpt_trains_on_any_file_and_emits_its_bytes() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();

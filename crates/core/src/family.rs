@@ -139,6 +139,14 @@ pub trait TrainData<B: Backend> {
     fn fingerprint(&self) -> Option<String> {
         None
     }
+    /// A digest of the held-out examples, recorded in each checkpoint: a
+    /// resume whose held-out data gives another one is warned of (its
+    /// figures are then on other examples than the log's), or refused when
+    /// the run keeps its best checkpoint by them. `None` (the default)
+    /// records nothing.
+    fn held_out_fingerprint(&self) -> Option<String> {
+        None
+    }
     /// Number of held-out evaluation batches (0 when there is no held-out data).
     fn eval_batches(&self) -> usize;
     /// Evaluation batch `index` and the number of examples in it.

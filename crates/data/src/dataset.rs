@@ -351,6 +351,10 @@ impl<B: Backend> TrainData<B> for ImageData {
         Some(self.train.fingerprint())
     }
 
+    fn held_out_fingerprint(&self) -> Option<String> {
+        Some(self.test.fingerprint())
+    }
+
     fn eval_batches(&self) -> usize {
         self.test.len().div_ceil(self.batch_size)
     }

@@ -83,13 +83,23 @@ impl TextCorpus {
     /// checkpoint records of its training text (see
     /// [`TrainData::fingerprint`]).
     pub fn fingerprint(&self) -> String {
+        self.digest(&self.train)
+    }
+
+    /// The same of the validation tokens: what a checkpoint records of its
+    /// held-out text.
+    pub fn val_fingerprint(&self) -> String {
+        self.digest(&self.val)
+    }
+
+    fn digest(&self, tokens: &[u32]) -> String {
         let mut hash = Sha256::new();
         match self.vocabulary.chars_string() {
             Some(chars) => hash.update(format!("chars {}:{chars}", chars.chars().count())),
             None => hash.update("bytes"),
         }
-        hash.update(format!(":{}:", self.train.len()));
-        for token in &self.train {
+        hash.update(format!(":{}:", tokens.len()));
+        for token in tokens {
             hash.update(token.to_le_bytes());
         }
         hex(&hash.finalize())
@@ -212,6 +222,10 @@ impl<B: Backend> TrainData<B> for TextData {
         Some(self.corpus.fingerprint())
     }
 
+    fn held_out_fingerprint(&self) -> Option<String> {
+        Some(self.corpus.val_fingerprint())
+    }
+
     fn eval_batches(&self) -> usize {
         self.eval_batches
     }
@@ -248,6 +262,14 @@ mod tests {
         let mut tail = text.clone();
         tail.replace_range(text.len() - 3.., "qa\n");
         assert_eq!(of(&tail, false), of(&text, false));
+        // That tail is the validation split's, told apart by its own fingerprint.
+        let val = |text: &str| {
+            TextCorpus::from_text(text, false)
+                .unwrap()
+                .val_fingerprint()
+        };
+        assert_ne!(val(&tail), val(&text));
+        assert_ne!(val(&text), of(&text, false));
     }
 
     #[test]

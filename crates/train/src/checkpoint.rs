@@ -62,6 +62,12 @@ pub struct Manifest {
     /// checkpoints, and for data that gives none.
     #[serde(default)]
     pub data_fingerprint: Option<String>,
+    /// A digest of the run's held-out examples
+    /// ([`TrainData::held_out_fingerprint`](genzoo_core::TrainData::held_out_fingerprint)):
+    /// a resume on other held-out data is warned of, or refused when the run
+    /// keeps its best checkpoint by them. Absent from older checkpoints.
+    #[serde(default)]
+    pub held_out_fingerprint: Option<String>,
     /// The run's total steps (the schedule's horizon).
     pub total_steps: u64,
     /// The run's seed; with `step` it determines every later random draw

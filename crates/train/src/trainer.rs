@@ -343,6 +343,12 @@ impl Trainer {
         let leader = replica.is_none_or(|r| r.is_leader());
         let batches_per_epoch = data.batches_per_epoch().max(1);
         let data_fingerprint = data.fingerprint();
+        // Only the leader evaluates, and writes checkpoints.
+        let held_out_fingerprint = if leader {
+            data.held_out_fingerprint()
+        } else {
+            None
+        };
         let logger = MetricsLogger::new(self.run.metrics_file(), self.run.metrics_csv());
         let ckpt_dir = self.run.checkpoints_dir();
 
@@ -378,6 +384,16 @@ impl Trainer {
                         batches_per_epoch,
                         data_fingerprint.as_deref(),
                     )?;
+                    if leader
+                        && let Some(warning) = same_held_out_data(
+                            &dir,
+                            &manifest,
+                            held_out_fingerprint.as_deref(),
+                            cfg.keep_best.as_deref(),
+                        )?
+                    {
+                        say(&warning);
+                    }
                     family = family.load(&dir)?;
                     step = manifest.step;
                     (epoch, index) = (manifest.epoch, manifest.batch_in_epoch);
@@ -624,6 +640,7 @@ impl Trainer {
                 batch_size: Some(cfg.batch_size),
                 batches_per_epoch: Some(batches_per_epoch),
                 data_fingerprint: data_fingerprint.clone(),
+                held_out_fingerprint: held_out_fingerprint.clone(),
                 total_steps: total,
                 seed: cfg.seed,
                 lr,
@@ -842,6 +859,43 @@ fn same_data_position(
          with those (--micro-batches N splits a batch to save memory), or start a new run",
         dir.display()
     )))
+}
+
+/// Whether a resumed run evaluates on the held-out examples its checkpoint
+/// was evaluated on. Other ones (a changed test split, the same training
+/// data) are a warning, since the log's held-out figures are then on other
+/// examples than the ones to come, and an error when the run keeps its best
+/// checkpoint by a value measured on the old ones.
+fn same_held_out_data(
+    dir: &std::path::Path,
+    manifest: &Manifest,
+    now: Option<&str>,
+    keep_best: Option<&str>,
+) -> Result<Option<String>> {
+    let (Some(then), Some(now)) = (manifest.held_out_fingerprint.as_deref(), now) else {
+        return Ok(None);
+    };
+    if then == now {
+        return Ok(None);
+    }
+    let digests = format!(
+        "{}… then, {}… now",
+        then.get(..12).unwrap_or(then),
+        now.get(..12).unwrap_or(now)
+    );
+    match (&manifest.best, keep_best) {
+        (Some(best), Some(_)) => Err(Error::Config(format!(
+            "{} cannot be resumed here: its held-out examples are not this call's ({digests}),              and its best {} ({:.4} at step {}) was measured on the old ones, so the best              checkpoint would be picked across two held-out sets. Resume with the run's held-out              data, or start a new run",
+            dir.display(),
+            best.metric,
+            best.value,
+            best.step
+        ))),
+        _ => Ok(Some(format!(
+            "warning: the held-out examples are not the ones {} was evaluated on ({digests}):              held-out figures from here on are on other examples than the log's",
+            dir.display()
+        ))),
+    }
 }
 
 /// Refuses a budget of `total` steps that a resumed run at `step` has
