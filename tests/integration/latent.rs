@@ -103,6 +103,23 @@ fn a_vae_decodes_codes_as_it_samples_and_reconstructs_from_its_posterior_means()
             labels: Tensor::from_inner(batch.labels),
         };
         assert_eq!(values(rebuilt), values(vae.reconstruct(&autodiff_batch)));
+
+        // Past one chunk of 500, each image as in one call of them all.
+        let batch = images(501);
+        let chunked = latent::reconstruct(
+            &vae,
+            batch.images.clone(),
+            batch.labels.clone(),
+            &SamplerOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(chunked.dims(), [501, 1, 12, 12]);
+        let autodiff_batch = ImageBatch::<B> {
+            images: Tensor::from_inner(batch.images),
+            labels: Tensor::from_inner(batch.labels),
+        };
+        let at_once = values(vae.reconstruct(&autodiff_batch));
+        assert!(max_diff(&values(chunked), &at_once) < 1e-6);
     }
 }
 

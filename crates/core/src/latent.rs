@@ -228,6 +228,10 @@ pub fn traverse<B: AutodiffBackend, F: Family<B>>(
     family.decode_latents(codes, label.repeat_dim(0, n), sampler)
 }
 
+/// Images a reconstruction encodes and decodes at a time: any number of
+/// them (a whole test set) in the memory of this many.
+const RECONSTRUCT_CHUNK: usize = 500;
+
 /// Each image decoded from its own code, `[n, c, h, w]` in `[0, 1]`: a VAE's
 /// reconstructions from the posterior means.
 pub fn reconstruct<B: AutodiffBackend, F: Family<B>>(
@@ -237,8 +241,20 @@ pub fn reconstruct<B: AutodiffBackend, F: Family<B>>(
     sampler: &SamplerOptions,
 ) -> Result<Tensor<B::InnerBackend, 4>> {
     latent_dim(family)?;
-    let codes = family.encode_images(images, labels.clone())?;
-    family.decode_latents(codes, labels, sampler)
+    let n = images.dims()[0];
+    if n == 0 {
+        return Err(Error::Config("no images to reconstruct".into()));
+    }
+    let chunks = (0..n)
+        .step_by(RECONSTRUCT_CHUNK)
+        .map(|start| {
+            let end = (start + RECONSTRUCT_CHUNK).min(n);
+            let labels = labels.clone().slice(start..end);
+            let codes = family.encode_images(images.clone().slice(start..end), labels.clone())?;
+            family.decode_latents(codes, labels, sampler)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(chunks, 0))
 }
 
 #[cfg(test)]
