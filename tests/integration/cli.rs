@@ -1487,6 +1487,41 @@ fn a_run_starts_from_another_runs_weights_and_refuses_what_does_not_fit_them() {
         }
     }
     assert!(source.join("manifest.json").is_file(), "the source is kept");
+
+    // An experiment compares fine-tuning with training from scratch.
+    std::fs::write(
+        dir.join("exp.toml"),
+        r#"
+name = "tune"
+text = "line.txt"
+seeds = [0]
+[budget]
+steps = 4
+[[runs]]
+name = "scratch"
+preset = "gpt-char"
+overrides = { train = { eval_batches = 2 } }
+[[runs]]
+name = "tuned"
+preset = "gpt-char"
+overrides = { train = { eval_batches = 2, init_from = "runs/source" } }
+"#,
+    )
+    .unwrap();
+    ok(&genzoo(&["compare", "exp.toml", "--out", "cmp"], dir));
+    let val_loss = |run: &str| {
+        let eval: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join(format!("cmp/{run}-seed0/eval.json"))).unwrap(),
+        )
+        .unwrap();
+        eval["val_loss"].as_f64().unwrap()
+    };
+    assert!(
+        val_loss("tuned") < val_loss("scratch") - 0.5,
+        "{} vs {}",
+        val_loss("tuned"),
+        val_loss("scratch")
+    );
     let err = fails(&genzoo(
         &[
             "train",
