@@ -4,7 +4,8 @@
 //! ([`Trainer`]) with a step or epoch budget, learning-rate schedules,
 //! global-norm clipping, per-step seeding, evaluation on held-out data,
 //! `metrics.jsonl`/`metrics.csv`, sample grids, and atomic, checksummed
-//! checkpoints with exact resume.
+//! checkpoints with exact resume; a run may start from another run's
+//! weights ([`TrainConfig::init_from`]: fine-tuning).
 //!
 //! ```no_run
 //! use genzoo_core::CpuDevice;
