@@ -378,7 +378,9 @@ pub(crate) fn start_training(
     overwrite: bool,
     backend: BackendKind,
 ) -> Result<TrainSummary> {
-    if !resume {
+    if resume {
+        keep_source_model(&mut config, out)?;
+    } else {
         take_source_model(&mut config, out)?;
     }
     config.train.validate()?;
@@ -587,6 +589,27 @@ fn take_source_model(config: &mut RunConfig, out: &Path) -> Result<()> {
     }
     config.model = source.model;
     config.train.init_from = Some(checkpoint);
+    Ok(())
+}
+
+/// A resumed run that started from another run's weights keeps the model it
+/// took then, as its config.toml records it, where the config given is the
+/// preset's (a `compare` builds each run's config again from the
+/// experiment): the source need not be there any more.
+fn keep_source_model(config: &mut RunConfig, out: &Path) -> Result<()> {
+    let file = out.join("config.toml");
+    if config.train.init_from.is_none() || !file.is_file() {
+        return Ok(());
+    }
+    let own = RunConfig::load(&file)?;
+    if own.preset == config.preset
+        && own.train.init_from.is_some()
+        && config.model == RunConfig::from_preset(&config.preset)?.model
+    {
+        config.model = own.model;
+        config.data.bytes = own.data.bytes;
+        config.train.init_from = own.train.init_from;
+    }
     Ok(())
 }
 

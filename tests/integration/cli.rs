@@ -1522,6 +1522,12 @@ overrides = { train = { eval_batches = 2, init_from = "runs/source" } }
         val_loss("tuned"),
         val_loss("scratch")
     );
+    // A later compare that resumes the run (its state lost, its checkpoint
+    // kept) builds its config from the preset again: the run keeps the
+    // source's model.
+    std::fs::remove_file(dir.join("cmp/tuned-seed0/compare.json")).unwrap();
+    let text = ok(&genzoo(&["compare", "exp.toml", "--out", "cmp"], dir));
+    assert!(text.contains("tuned seed 0: resuming"), "{text}");
     let err = fails(&genzoo(
         &[
             "train",
