@@ -521,21 +521,7 @@ fn take_source_model(config: &mut RunConfig, out: &Path) -> Result<()> {
     let Some(given) = config.train.init_from.clone() else {
         return Ok(());
     };
-    let checkpoint = if given.join("manifest.json").is_file() {
-        given.clone()
-    } else if given.join("config.toml").is_file() && given.join("checkpoints").is_dir() {
-        let run = RunDir::open(&given)?;
-        let identity = run.load_config()?.identity()?;
-        find_checkpoint(&run.checkpoints_dir(), &identity, "latest", |w| {
-            eprintln!("{w}")
-        })?
-        .0
-    } else {
-        return Err(Error::Config(format!(
-            "--init-from {}: neither a run directory nor one of its checkpoints",
-            given.display()
-        )));
-    };
+    let checkpoint = source_checkpoint(&given)?;
     let source_file = checkpoint.join("config.toml");
     if !source_file.is_file() {
         return Err(Error::checkpoint(
@@ -590,6 +576,26 @@ fn take_source_model(config: &mut RunConfig, out: &Path) -> Result<()> {
     config.model = source.model;
     config.train.init_from = Some(checkpoint);
     Ok(())
+}
+
+/// The checkpoint `--init-from` names: itself, or a run directory's newest
+/// good one.
+fn source_checkpoint(given: &Path) -> Result<PathBuf> {
+    if given.join("manifest.json").is_file() {
+        return Ok(given.to_path_buf());
+    }
+    if !(given.join("config.toml").is_file() && given.join("checkpoints").is_dir()) {
+        return Err(Error::Config(format!(
+            "--init-from {}: neither a run directory nor one of its checkpoints",
+            given.display()
+        )));
+    }
+    let run = RunDir::open(given)?;
+    let identity = run.load_config()?.identity()?;
+    let (checkpoint, _) = find_checkpoint(&run.checkpoints_dir(), &identity, "latest", |w| {
+        eprintln!("{w}")
+    })?;
+    Ok(checkpoint)
 }
 
 /// A resumed run that started from another run's weights keeps the model it
