@@ -19,7 +19,7 @@ use genzoo::core::family::SampleRequest;
 use genzoo::core::record::{
     load_module, load_optimizer, param_values, save_module, save_optimizer,
 };
-use genzoo::core::{CpuDevice, Error, Family, ImageBatch, Metrics, Result, StepContext};
+use genzoo::core::{CpuDevice, Error, Family, ImageBatch, Metrics, Result, StepContext, TrainData};
 use genzoo::data::{ImageData, ImageDataset, Scaling, synthetic};
 use genzoo::models::vae::{PixelLikelihood, VaeConfig, VaeTrainer};
 use genzoo::train::checkpoint::{FORMAT_VERSION, list_checkpoints};
@@ -27,8 +27,9 @@ use genzoo::train::logger::read_jsonl;
 use genzoo::train::{RunDir, Schedule, TrainConfig, Trainer};
 
 use crate::support::{
-    StopsDuringEvaluation, assert_samples_depend_on_the_seed_alone, checkpoint_steps, max_diff,
-    quiet_trainer, rng_lock, train_losses,
+    StopsDuringEvaluation, assert_load_weights_takes_the_weights_alone,
+    assert_samples_depend_on_the_seed_alone, checkpoint_steps, max_diff, quiet_trainer, rng_lock,
+    train_losses,
 };
 
 type B = Autodiff<Flex>;
@@ -642,10 +643,17 @@ fn a_run_started_from_another_runs_weights_trains_them_with_a_fresh_optimizer() 
     let _guard = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
     let device = CpuDevice::default();
-    trainer(&tmp.path().join("source"), train_config(8), false)
+    let source = trainer(&tmp.path().join("source"), train_config(8), false)
         .fit(fresh_vae(), &data(3), &device)
         .unwrap();
     let checkpoint = tmp.path().join("source/checkpoints/step-00000008");
+    assert_load_weights_takes_the_weights_alone(
+        &checkpoint,
+        &source.family,
+        fresh_vae,
+        weights,
+        data(3).train_batch(0, 0, &device),
+    );
     let from_source = |steps: u64| TrainConfig {
         init_from: Some(checkpoint.clone()),
         ..train_config(steps)

@@ -227,8 +227,11 @@ fn gpt_pixel_trains_on_images_and_samples_them() {
         input: input.clone(),
         ..Default::default()
     };
-    <Flex as Backend>::seed(&device, 4);
-    let gpt = GptPixel::<B>::new(config, &input, &device).unwrap();
+    let fresh = || {
+        <Flex as Backend>::seed(&device, 4);
+        GptPixel::<B>::new(config.clone(), &input, &device).unwrap()
+    };
+    let gpt = fresh();
     let config = TrainConfig {
         steps: Some(40),
         batch_size: 8,
@@ -291,4 +294,13 @@ fn gpt_pixel_trains_on_images_and_samples_them() {
         "{test_bits} vs {test_loss} nats"
     );
     assert!((mean - test_bits).abs() < 1e-3, "{mean} vs {test_bits}");
+
+    // Its weights start another run (init_from) without its optimizer.
+    assert_load_weights_takes_the_weights_alone(
+        &tmp.path().join("checkpoints/step-00000040"),
+        &out.family,
+        fresh,
+        |g| param_values(g.model()),
+        data.train_batch(0, 0, &device),
+    );
 }

@@ -358,6 +358,11 @@ pub struct GptPixel<B: AutodiffBackend> {
 }
 
 impl<B: AutodiffBackend> GptPixel<B> {
+    /// The network.
+    pub fn model(&self) -> &Gpt<B> {
+        &self.core.model
+    }
+
     /// Bits per pixel for the choice of a byte within its level, uniform:
     /// log₂(256/levels). An error where the levels do not split the 256
     /// byte values evenly ([`GptInput::check_bits_per_dim`]).
