@@ -489,6 +489,12 @@ pub fn verify_source(dir: &Path, identity: &CheckpointIdentity) -> Result<Manife
              checkpoints/step-… or its checkpoints/best",
         ));
     }
+    verify_named(dir, identity)
+}
+
+/// [`verify`] of a checkpoint named by the user, where a damaged one is an
+/// error too (there is nothing to fall back to).
+fn verify_named(dir: &Path, identity: &CheckpointIdentity) -> Result<Manifest> {
     verify(dir, identity).map_err(|unusable| match unusable {
         Unusable::Incompatible(e) => e,
         Unusable::Corrupt(why) => Error::checkpoint(dir, why),
@@ -536,11 +542,8 @@ pub fn find_checkpoint(
             format!("{why}; there are: {}", there.join(", ")),
         ));
     }
-    match verify(&dir, identity) {
-        Ok(manifest) => Ok((dir, manifest)),
-        Err(Unusable::Incompatible(e)) => Err(e),
-        Err(Unusable::Corrupt(why)) => Err(Error::checkpoint(&dir, why)),
-    }
+    let manifest = verify_named(&dir, identity)?;
+    Ok((dir, manifest))
 }
 
 #[cfg(test)]

@@ -661,8 +661,7 @@ impl<B: AutodiffBackend> Family<B> for DdpmTrainer<B> {
     }
 
     fn load(mut self, dir: &Path) -> Result<Self> {
-        self.unet = load_module(self.unet, &dir.join("unet"))?;
-        self.ema.module = load_module(self.ema.module.clone(), &dir.join("unet_ema"))?;
+        self = self.load_weights(dir)?;
         self.optimizer = load_optimizer(self.optimizer, &self.unet, &dir.join("optimizer"))?;
         Ok(self)
     }

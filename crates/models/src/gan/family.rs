@@ -489,8 +489,7 @@ impl<B: AutodiffBackend> Family<B> for GanTrainer<B> {
     }
 
     fn load(mut self, dir: &Path) -> Result<Self> {
-        self.generator = load_module(self.generator, &dir.join("generator"))?;
-        self.discriminator = load_module(self.discriminator, &dir.join("discriminator"))?;
+        self = self.load_weights(dir)?;
         self.g_optimizer = load_optimizer(
             self.g_optimizer,
             &self.generator,
@@ -501,9 +500,6 @@ impl<B: AutodiffBackend> Family<B> for GanTrainer<B> {
             &self.discriminator,
             &dir.join("discriminator_optimizer"),
         )?;
-        if let Some(ema) = &mut self.ema {
-            ema.module = load_module(ema.module.clone(), &dir.join("generator_ema"))?;
-        }
         let state = dir.join("gan_state.json");
         let text = std::fs::read_to_string(&state).map_err(|e| Error::io(&state, e))?;
         let value: serde_json::Value = serde_json::from_str(&text)

@@ -170,10 +170,11 @@ impl<B: AutodiffBackend> GptCore<B> {
     }
 
     fn load(mut self, dir: &Path) -> Result<Self> {
-        self.model = load_module(self.model, &dir.join("model"))?;
+        self = self.load_weights(dir)?;
         self.optimizer = load_optimizer(self.optimizer, &self.model, &dir.join("optimizer"))?;
         Ok(self)
     }
+
     /// The weights of what [`GptCore::save`] wrote, not the optimizer's state.
     fn load_weights(mut self, dir: &Path) -> Result<Self> {
         self.model = load_module(self.model, &dir.join("model"))?;

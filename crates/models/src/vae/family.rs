@@ -212,7 +212,7 @@ impl<B: AutodiffBackend> Family<B> for VaeTrainer<B> {
     }
 
     fn load(mut self, dir: &Path) -> Result<Self> {
-        self.model = load_module(self.model, &dir.join("model"))?;
+        self = self.load_weights(dir)?;
         self.optimizer = load_optimizer(self.optimizer, &self.model, &dir.join("optimizer"))?;
         Ok(self)
     }
