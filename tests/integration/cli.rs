@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use genzoo::data::synthetic::write_idx_dataset;
 use genzoo::train::logger::read_jsonl;
 
-use crate::support::{genzoo, output_text, train_losses};
+use crate::support::{genzoo, output_text, read_json, train_losses};
 
 fn ok(out: &Output) -> String {
     let text = output_text(out);
@@ -1510,11 +1510,9 @@ overrides = { train = { eval_batches = 2, init_from = "runs/source" } }
     .unwrap();
     ok(&genzoo(&["compare", "exp.toml", "--out", "cmp"], dir));
     let val_loss = |run: &str| {
-        let eval: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.join(format!("cmp/{run}-seed0/eval.json"))).unwrap(),
-        )
-        .unwrap();
-        eval["val_loss"].as_f64().unwrap()
+        read_json(&dir.join(format!("cmp/{run}-seed0/eval.json")))["val_loss"]
+            .as_f64()
+            .unwrap()
     };
     assert!(
         val_loss("tuned") < val_loss("scratch") - 0.5,
@@ -2363,9 +2361,7 @@ overrides = { train = { batch_size = 8 } }
     assert!(text.contains("vae seed 0: resuming"), "{text}");
     // Its training time is the run's, as its checkpoint records it, not the
     // resuming call's (which had no step left to take).
-    let json = |path: &str| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(dir.join(path)).unwrap()).unwrap()
-    };
+    let json = |path: &str| read_json(&dir.join(path));
     let state = json("cmp/vae-seed0/compare.json");
     let manifest = json("cmp/vae-seed0/checkpoints/step-00000002/manifest.json");
     let recorded = manifest["train_seconds"].as_f64().unwrap();
@@ -2408,10 +2404,7 @@ overrides = { data = { bytes = true }, train = { eval_batches = 4 } }
         "{report}"
     );
     for run in ["gpt", "bytes"] {
-        let eval: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(dir.join(format!("cmp/{run}-seed0/eval.json"))).unwrap(),
-        )
-        .unwrap();
+        let eval = read_json(&dir.join(format!("cmp/{run}-seed0/eval.json")));
         // The whole split of 135 characters: 134 predictions.
         assert_eq!(eval["val_tokens"], 134.0, "{run}: {eval}");
         let loss = format!("{:.4}", eval["val_loss"].as_f64().unwrap());
@@ -2457,9 +2450,7 @@ overrides = {{ train = {{ batch_size = 16, lr = 0.01, eval_every = 1, eval_batch
     };
     std::fs::write(dir.join("exp.toml"), experiment("best")).unwrap();
     let text = ok(&genzoo(&["compare", "exp.toml", "--out", "cmp"], dir));
-    let json = |path: &str| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(dir.join(path)).unwrap()).unwrap()
-    };
+    let json = |path: &str| read_json(&dir.join(path));
     let best = json("cmp/vae-dl-seed0/checkpoints/best/manifest.json")["best"]["step"]
         .as_u64()
         .unwrap();

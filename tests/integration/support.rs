@@ -168,6 +168,13 @@ pub fn genzoo(args: &[&str], cwd: &Path) -> Output {
         .expect("run genzoo")
 }
 
+/// A JSON file genzoo wrote (eval.json, a manifest).
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// What a run of the binary printed: stdout, then stderr.
 pub fn output_text(out: &Output) -> String {
     format!(
