@@ -128,6 +128,10 @@ pub(super) struct Overrides {
     /// Write training metrics every N steps.
     #[arg(long)]
     log_every: Option<u64>,
+    /// Write no TensorBoard event files (by default the run directory gets
+    /// its metrics, sample grids and text samples as TensorBoard shows them).
+    #[arg(long)]
+    no_tensorboard: bool,
     /// cpu (default), wgpu or cuda (the latter two need the cargo features of the same names).
     #[arg(long, default_value = "cpu")]
     backend: BackendKind,
@@ -217,6 +221,9 @@ impl Overrides {
         }
         if let Some(v) = self.log_every {
             t.log_every = v;
+        }
+        if self.no_tensorboard {
+            t.tensorboard = false;
         }
         let p = &mut c.parallel;
         if let Some(v) = self.devices {

@@ -7,7 +7,7 @@ use std::process::{Command, Output};
 use genzoo::data::synthetic::write_idx_dataset;
 use genzoo::train::logger::read_jsonl;
 
-use crate::support::{genzoo, output_text, read_json, train_losses};
+use crate::support::{genzoo, output_text, read_json, tensorboard_files, train_losses};
 
 fn ok(out: &Output) -> String {
     let text = output_text(out);
@@ -57,6 +57,25 @@ fn train_sample_info_resume() {
     ] {
         assert!(run.join(f).exists(), "missing {f}");
     }
+    // TensorBoard's events, unless asked for none (which the run keeps).
+    assert_eq!(tensorboard_files(&run).len(), 1);
+    ok(&genzoo(
+        &[
+            "train",
+            "vae-mlp",
+            "--dataset",
+            "idx:digits",
+            "--out",
+            "runs/quiet",
+            "--steps",
+            "2",
+            "--no-tensorboard",
+        ],
+        dir,
+    ));
+    assert!(tensorboard_files(&dir.join("runs/quiet")).is_empty());
+    let quiet = std::fs::read_to_string(dir.join("runs/quiet/config.toml")).unwrap();
+    assert!(quiet.contains("tensorboard = false"), "{quiet}");
     // The loss curves (β = 1: the loss is the −ELBO, one panel), training
     // and test lines; `plot` overlays runs into --out and asks for it.
     let curves = std::fs::read_to_string(run.join("curves.svg")).unwrap();

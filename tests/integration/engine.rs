@@ -29,7 +29,7 @@ use genzoo::train::{RunDir, Schedule, TrainConfig, Trainer};
 use crate::support::{
     StopsDuringEvaluation, assert_load_weights_takes_the_weights_alone,
     assert_samples_depend_on_the_seed_alone, checkpoint_steps, max_diff, quiet_trainer, rng_lock,
-    train_losses,
+    tensorboard_files, tensorboard_view, train_losses,
 };
 
 type B = Autodiff<Flex>;
@@ -261,6 +261,101 @@ fn a_resume_with_no_checkpoint_redoes_the_log_of_the_attempt_before() {
             .collect()
     };
     assert_eq!(csv_keys(&run), csv_keys(&straight_dir));
+}
+
+#[test]
+fn tensorboard_shows_what_the_metrics_files_and_grids_hold_across_a_resume() {
+    let _guard = rng_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let device = CpuDevice::default();
+    let run = tmp.path().join("run");
+    let config = TrainConfig {
+        sample_every: 2,
+        ..train_config(8)
+    };
+    trainer(&run, config.clone(), false)
+        .stop_after(Some(6))
+        .fit(fresh_vae(), &data(3), &device)
+        .unwrap();
+    // As after a kill between steps 4 and 6's checkpoints: steps 5 and 6
+    // are logged, and redone by the resume.
+    std::fs::remove_dir_all(run.join("checkpoints/step-00000006")).unwrap();
+    trainer(&run, config, true)
+        .fit(fresh_vae(), &data(3), &device)
+        .unwrap();
+
+    let files = tensorboard_files(&run);
+    assert_eq!(files.len(), 2, "one file a call");
+    let restarts: Vec<Vec<u64>> = files
+        .iter()
+        .map(|f| f.iter().filter(|e| e.restart).map(|e| e.step).collect())
+        .collect();
+    assert_eq!(
+        restarts,
+        [vec![], vec![5]],
+        "the resume starts over at step 5"
+    );
+
+    // The scalars shown are the log's, each step once, `train_` and
+    // `test_` as the sections `train/` and `test/`.
+    let view = tensorboard_view(&run);
+    let mut shown: Vec<(u64, String, f32)> = view
+        .iter()
+        .flat_map(|e| e.scalars.iter().map(|(tag, v)| (e.step, tag.clone(), *v)))
+        .collect();
+    let mut logged: Vec<(u64, String, f32)> = read_jsonl(&run.join("metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .flat_map(|record| {
+            let step = record["step"].as_u64().unwrap();
+            record
+                .iter()
+                .filter(|(k, _)| *k != "step")
+                .map(move |(k, v)| {
+                    let tag = k
+                        .replacen("train_", "train/", 1)
+                        .replacen("test_", "test/", 1);
+                    (step, tag, v.as_f64().unwrap() as f32)
+                })
+        })
+        .collect();
+    shown.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    logged.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    assert!(shown.iter().any(|(_, tag, _)| tag == "test/neg_elbo"));
+    assert_eq!(shown, logged);
+
+    // The grids shown are the files in samples/, each once: the first
+    // call's of steps 2 and 4, the second call's of 6 (the first call's
+    // dropped) and 8, which is also the final grid.
+    let grids: Vec<(u64, Vec<u8>)> = view
+        .iter()
+        .flat_map(|e| {
+            e.images.iter().map(|(tag, png)| {
+                assert_eq!(tag, "samples");
+                (e.step, png.clone())
+            })
+        })
+        .collect();
+    let sample =
+        |step: u64| std::fs::read(run.join(format!("samples/step-{step:08}.png"))).unwrap();
+    assert_eq!(
+        grids,
+        [2, 4, 6, 8].map(|step| (step, sample(step))),
+        "{:?}",
+        grids.iter().map(|g| g.0).collect::<Vec<_>>()
+    );
+
+    // Turned off, a run writes none.
+    let off = tmp.path().join("off");
+    let config = TrainConfig {
+        tensorboard: false,
+        ..train_config(2)
+    };
+    trainer(&off, config, false)
+        .fit(fresh_vae(), &data(3), &device)
+        .unwrap();
+    assert!(off.join("metrics.jsonl").exists());
+    assert!(tensorboard_files(&off).is_empty());
 }
 
 #[test]

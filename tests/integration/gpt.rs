@@ -11,7 +11,8 @@ use genzoo::train::logger::read_jsonl;
 use genzoo::train::{RunDir, Schedule, TrainConfig, Trainer};
 
 use crate::support::{
-    assert_load_weights_takes_the_weights_alone, max_diff, quiet_trainer, rng_lock, train_losses,
+    assert_load_weights_takes_the_weights_alone, max_diff, quiet_trainer, rng_lock,
+    tensorboard_view, train_losses,
 };
 
 type B = Autodiff<Flex>;
@@ -104,7 +105,15 @@ fn loss_goes_down_and_text_comes_out() {
         })
         .unwrap();
     assert_eq!(text.chars().count(), 30);
-    assert!(tmp.path().join("samples/final.txt").exists());
+    // The run's text sample, also for TensorBoard's text plugin, as a
+    // Markdown code block (each line indented by four spaces).
+    let written = std::fs::read_to_string(tmp.path().join("samples/final.txt")).unwrap();
+    let texts: Vec<(u64, String)> = tensorboard_view(tmp.path())
+        .into_iter()
+        .flat_map(|e| e.texts.into_iter().map(move |(_, text)| (e.step, text)))
+        .collect();
+    let block: String = written.lines().map(|l| format!("    {l}\n")).collect();
+    assert_eq!(texts, [(80, block)]);
 }
 
 #[test]

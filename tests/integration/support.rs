@@ -215,3 +215,192 @@ impl<B: Backend> genzoo::core::TrainData<B> for StopsDuringEvaluation {
         self.data.eval_batch(index, device)
     }
 }
+
+/// One TensorBoard event a run wrote, as TensorBoard reads it.
+#[derive(Debug, Default)]
+pub struct TensorBoardEvent {
+    pub step: u64,
+    pub scalars: Vec<(String, f32)>,
+    pub images: Vec<(String, Vec<u8>)>,
+    pub texts: Vec<(String, String)>,
+    /// A `SessionLog` START: the run restarts at `step`.
+    pub restart: bool,
+}
+
+/// The events of every TensorBoard file in `run`, file by file in the
+/// order of their names (TensorBoard's), each record's CRCs checked. The
+/// decoder is this test's own, written from TensorFlow's `event.proto`,
+/// `summary.proto` and `tensor.proto`, not genzoo's encoder run backwards.
+pub fn tensorboard_files(run: &Path) -> Vec<Vec<TensorBoardEvent>> {
+    let mut files: Vec<_> = std::fs::read_dir(run)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .contains("tfevents")
+        })
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .map(|path| {
+            tfrecords(&std::fs::read(path).unwrap())
+                .iter()
+                .map(|r| decode_event(r))
+                .collect()
+        })
+        .collect()
+}
+
+/// What TensorBoard shows of a run: its files' events, where a restart at
+/// step S drops the earlier events of step S and later.
+pub fn tensorboard_view(run: &Path) -> Vec<TensorBoardEvent> {
+    let mut shown: Vec<TensorBoardEvent> = Vec::new();
+    for event in tensorboard_files(run).into_iter().flatten() {
+        if event.restart {
+            shown.retain(|e| e.step < event.step);
+        } else {
+            shown.push(event);
+        }
+    }
+    shown
+}
+
+fn tfrecords(bytes: &[u8]) -> Vec<Vec<u8>> {
+    fn masked_crc32c(data: &[u8]) -> u32 {
+        let mut crc = !0u32;
+        for &b in data {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0x82f63b78
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        let crc = !crc;
+        crc.rotate_right(15).wrapping_add(0xa282ead8)
+    }
+    let le32 = |b: &[u8]| u32::from_le_bytes(b.try_into().unwrap());
+    let mut out = Vec::new();
+    let mut rest = bytes;
+    while !rest.is_empty() {
+        let len = u64::from_le_bytes(rest[..8].try_into().unwrap()) as usize;
+        assert_eq!(le32(&rest[8..12]), masked_crc32c(&rest[..8]), "length CRC");
+        let data = &rest[12..12 + len];
+        assert_eq!(
+            le32(&rest[12 + len..16 + len]),
+            masked_crc32c(data),
+            "data CRC"
+        );
+        out.push(data.to_vec());
+        rest = &rest[16 + len..];
+    }
+    out
+}
+
+enum Field<'a> {
+    Varint(u64),
+    Fixed(u64),
+    Bytes(&'a [u8]),
+}
+
+/// A protobuf message's fields, in order.
+fn fields(mut bytes: &[u8]) -> Vec<(u64, Field<'_>)> {
+    fn varint(bytes: &mut &[u8]) -> u64 {
+        let (mut value, mut shift) = (0u64, 0);
+        loop {
+            let b = bytes[0];
+            *bytes = &bytes[1..];
+            value |= ((b & 0x7f) as u64) << shift;
+            if b < 0x80 {
+                return value;
+            }
+            shift += 7;
+        }
+    }
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let key = varint(&mut bytes);
+        let field = match key & 7 {
+            0 => Field::Varint(varint(&mut bytes)),
+            1 | 5 => {
+                let n = if key & 7 == 1 { 8 } else { 4 };
+                let mut le = [0u8; 8];
+                le[..n].copy_from_slice(&bytes[..n]);
+                bytes = &bytes[n..];
+                Field::Fixed(u64::from_le_bytes(le))
+            }
+            2 => {
+                let len = varint(&mut bytes) as usize;
+                let (data, rest) = bytes.split_at(len);
+                bytes = rest;
+                Field::Bytes(data)
+            }
+            other => panic!("wire type {other}"),
+        };
+        out.push((key >> 3, field));
+    }
+    out
+}
+
+fn decode_event(bytes: &[u8]) -> TensorBoardEvent {
+    let mut event = TensorBoardEvent::default();
+    for (number, field) in fields(bytes) {
+        match (number, field) {
+            (2, Field::Varint(step)) => event.step = step,
+            (7, Field::Bytes(log)) => {
+                event.restart = fields(log)
+                    .iter()
+                    .any(|(n, f)| *n == 1 && matches!(f, Field::Varint(1)))
+            }
+            (5, Field::Bytes(summary)) => {
+                for (_, value) in fields(summary) {
+                    let Field::Bytes(value) = value else {
+                        panic!("Summary.value")
+                    };
+                    decode_value(value, &mut event);
+                }
+            }
+            _ => {} // wall_time, file_version
+        }
+    }
+    event
+}
+
+fn decode_value(value: &[u8], event: &mut TensorBoardEvent) {
+    let fields = fields(value);
+    let bytes_of = |fields: &[(u64, Field<'_>)], number: u64| -> Option<Vec<u8>> {
+        fields.iter().find_map(|(n, f)| match f {
+            Field::Bytes(b) if *n == number => Some(b.to_vec()),
+            _ => None,
+        })
+    };
+    let tag = String::from_utf8(bytes_of(&fields, 1).expect("a tag")).unwrap();
+    for (number, field) in &fields {
+        match (number, field) {
+            (2, Field::Fixed(bits)) => event
+                .scalars
+                .push((tag.clone(), f32::from_bits(*bits as u32))),
+            (4, Field::Bytes(image)) => {
+                let png = bytes_of(&self::fields(image), 4).expect("encoded_image_string");
+                event.images.push((tag.clone(), png));
+            }
+            (8, Field::Bytes(tensor)) => {
+                let text = bytes_of(&self::fields(tensor), 8).expect("string_val");
+                // For the text plugin, which shows only what names it.
+                let metadata = bytes_of(&fields, 9).expect("SummaryMetadata");
+                let plugin = bytes_of(&self::fields(&metadata), 1).expect("plugin_data");
+                assert_eq!(bytes_of(&self::fields(&plugin), 1).unwrap(), b"text");
+                event
+                    .texts
+                    .push((tag.clone(), String::from_utf8(text).unwrap()));
+            }
+            _ => {}
+        }
+    }
+}

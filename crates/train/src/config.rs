@@ -86,6 +86,10 @@ pub struct TrainConfig {
     /// the best value of `keep_best`'s metric (its checkpoint is the one to
     /// use); a resumed run that has stopped stays stopped.
     pub patience: Option<u64>,
+    /// Also write TensorBoard event files into the run directory (the
+    /// logged metrics, sample grids and text samples):
+    /// `tensorboard --logdir runs` shows every run in `runs/`.
+    pub tensorboard: bool,
 }
 
 impl Default for TrainConfig {
@@ -110,6 +114,7 @@ impl Default for TrainConfig {
             keep_checkpoints: 3,
             keep_best: None,
             patience: None,
+            tensorboard: true,
         }
     }
 }

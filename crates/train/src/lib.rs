@@ -3,8 +3,9 @@
 //! The training engine every family plugs into: one straight loop
 //! ([`Trainer`]) with a step or epoch budget, learning-rate schedules,
 //! global-norm clipping, per-step seeding, evaluation on held-out data,
-//! `metrics.jsonl`/`metrics.csv`, sample grids, and atomic, checksummed
-//! checkpoints with exact resume; a run may start from another run's
+//! `metrics.jsonl`/`metrics.csv` and TensorBoard event files, sample
+//! grids, and atomic, checksummed checkpoints with exact resume; a run
+//! may start from another run's
 //! weights ([`TrainConfig::init_from`]: fine-tuning).
 //!
 //! ```no_run
@@ -37,6 +38,7 @@ pub mod metrics;
 pub mod plot;
 pub mod run_dir;
 pub mod schedule;
+pub mod tensorboard;
 pub mod trainer;
 
 pub use checkpoint::{CheckpointIdentity, Manifest};

@@ -5,6 +5,7 @@
 //! carrying the scheduled learning rate and clipping; stop on a non-finite
 //! metric; then log, evaluate, draw samples and checkpoint when due.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -24,6 +25,7 @@ use crate::checkpoint::{self, BestValue, CheckpointIdentity, Manifest};
 use crate::config::TrainConfig;
 use crate::logger::MetricsLogger;
 use crate::run_dir::RunDir;
+use crate::tensorboard::EventWriter;
 
 /// The fractions of a minutes budget at which its steps are planned again
 /// from the pace since the last plan (when it is more than 2 % off).
@@ -350,6 +352,8 @@ impl Trainer {
             None
         };
         let logger = MetricsLogger::new(self.run.metrics_file(), self.run.metrics_csv());
+        let mut events =
+            RunEvents((leader && cfg.tensorboard).then(|| EventWriter::new(self.run.root())));
         let ckpt_dir = self.run.checkpoints_dir();
 
         let bar = if self.progress && leader {
@@ -458,6 +462,7 @@ impl Trainer {
             if leader {
                 logger.truncate_after(step)?;
                 self.run.remove_samples_after(step)?;
+                events.restart_at(step + 1);
             }
         }
         bar.set_length(total);
@@ -665,6 +670,7 @@ impl Trainer {
                     .map(|(k, v)| (format!("{split}_{k}"), v))
                     .collect();
                 logger.log(step, &record)?;
+                events.scalars(step, &record, &say);
                 say(&format!(
                     "step {step}: {}",
                     record
@@ -728,11 +734,13 @@ impl Trainer {
                 ));
                 record.push(("steps_per_sec".into(), window.count as f64 / elapsed));
                 logger.log(step, &record)?;
+                events.scalars(step, &record, &say);
                 window = MetricWindow::default();
                 window_start = Instant::now();
             }
             if cfg.sample_every > 0 && step.is_multiple_of(cfg.sample_every) {
-                write_grid(&family, &self.run, cfg, &format!("step-{step:08}.png"))?;
+                let grid = write_grid(&family, &self.run, cfg, &format!("step-{step:08}.png"))?;
+                events.sample(step, &grid, &say);
             }
             let ckpt_due = if cfg.checkpoint_every == 0 {
                 epoch_end
@@ -763,7 +771,11 @@ impl Trainer {
         // The budget is spent: the planned steps are done, or a minutes
         // budget ran out on the clock.
         if leader && (step == total || timed_out || stopped_early) && step > start_step {
-            write_grid(&family, &self.run, cfg, "final.png")?;
+            let grid = write_grid(&family, &self.run, cfg, "final.png")?;
+            // The same grid as a periodic one of this step: logged once.
+            if cfg.sample_every == 0 || !step.is_multiple_of(cfg.sample_every) {
+                events.sample(step, &grid, &say);
+            }
             write_progress_strip(&self.run.samples_dir())?;
         }
         bar.finish_and_clear();
@@ -1255,12 +1267,14 @@ where
     Ok(totals.mean())
 }
 
+/// Writes the run's sample grid `name` into `samples/` (a text sample
+/// instead, as `.txt`, for text models) and returns its path.
 fn write_grid<B: AutodiffBackend, F: Family<B>>(
     family: &F,
     run: &RunDir,
     cfg: &TrainConfig,
     name: &str,
-) -> Result<()> {
+) -> Result<PathBuf> {
     // One fixed noise seed for every grid of a run, so grids show progress, not noise.
     let seed = derive(cfg.seed, "grid", 0);
     if !family.draws_images() {
@@ -1277,7 +1291,8 @@ fn write_grid<B: AutodiffBackend, F: Family<B>>(
         let text = family.generate_bytes(&request)?;
         let path = run.samples_dir().join(name).with_extension("txt");
         std::fs::create_dir_all(run.samples_dir()).map_err(|e| Error::io(run.samples_dir(), e))?;
-        return std::fs::write(&path, text).map_err(|e| Error::io(&path, e));
+        std::fs::write(&path, text).map_err(|e| Error::io(&path, e))?;
+        return Ok(path);
     }
     let request = SampleRequest {
         n: cfg.samples,
@@ -1286,20 +1301,77 @@ fn write_grid<B: AutodiffBackend, F: Family<B>>(
         ..Default::default()
     };
     let images = family.sample_images(&request)?;
-    save_grid(
-        images,
-        default_columns(cfg.samples),
-        &run.samples_dir().join(name),
-    )
+    let path = run.samples_dir().join(name);
+    save_grid(images, default_columns(cfg.samples), &path)?;
+    Ok(path)
+}
+
+/// The run's TensorBoard events (the leader's, unless `tensorboard` is
+/// off), beside its metrics files. Unlike those, which resume and compare
+/// read, they are not worth stopping a run for: a failed write is said
+/// once and ends them.
+struct RunEvents(Option<EventWriter>);
+
+impl RunEvents {
+    fn restart_at(&mut self, step: u64) {
+        if let Some(writer) = &mut self.0 {
+            writer.restart_at(step);
+        }
+    }
+
+    /// A logged record, its split's prefix as TensorBoard's section
+    /// (`train_loss` as `train/loss`, `val_loss` as `val/loss`).
+    fn scalars(&mut self, step: u64, record: &[(String, f64)], say: &dyn Fn(&str)) {
+        if let Some(writer) = &mut self.0 {
+            let tagged: Vec<(String, f64)> = record
+                .iter()
+                .map(|(name, value)| {
+                    let tag = ["train_", "test_", "val_"]
+                        .iter()
+                        .find_map(|split| {
+                            let rest = name.strip_prefix(split)?;
+                            Some(format!("{}/{rest}", &split[..split.len() - 1]))
+                        })
+                        .unwrap_or_else(|| name.clone());
+                    (tag, *value)
+                })
+                .collect();
+            let written = writer.scalars(step, &tagged);
+            self.check(written, say);
+        }
+    }
+
+    /// A sample grid (PNG) or text sample (`.txt`) that `write_grid` wrote.
+    fn sample(&mut self, step: u64, path: &Path, say: &dyn Fn(&str)) {
+        let Some(writer) = &mut self.0 else {
+            return;
+        };
+        let written = std::fs::read(path)
+            .map_err(|e| Error::io(path, e))
+            .and_then(|bytes| match path.extension().and_then(|e| e.to_str()) {
+                Some("txt") => writer.text(step, "samples", &String::from_utf8_lossy(&bytes)),
+                _ => writer.png(step, "samples", &bytes),
+            });
+        self.check(written, say);
+    }
+
+    fn check(&mut self, written: Result<()>, say: &dyn Fn(&str)) {
+        if let Err(e) = written {
+            say(&format!(
+                "warning: TensorBoard events no longer written ({e}); metrics.jsonl goes on"
+            ));
+            self.0 = None;
+        }
+    }
 }
 
 /// Lays up to 8 of the run's periodic grids (`step-*.png`, evenly spaced,
 /// the last included) side by side in `progress.png`: training at a glance.
-fn write_progress_strip(samples: &std::path::Path) -> Result<()> {
+fn write_progress_strip(samples: &Path) -> Result<()> {
     let Ok(entries) = std::fs::read_dir(samples) else {
         return Ok(());
     };
-    let mut grids: Vec<std::path::PathBuf> = entries
+    let mut grids: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
             p.file_name()
@@ -1311,7 +1383,7 @@ fn write_progress_strip(samples: &std::path::Path) -> Result<()> {
     if grids.len() < 2 {
         return Ok(());
     }
-    let picks: Vec<&std::path::PathBuf> = if grids.len() <= 8 {
+    let picks: Vec<&PathBuf> = if grids.len() <= 8 {
         grids.iter().collect()
     } else {
         (0..8).map(|i| &grids[i * (grids.len() - 1) / 7]).collect()
