@@ -165,6 +165,7 @@ impl TrainConfig {
                 self.lr
             )));
         }
+        self.schedule.validate(self.lr)?;
         if let Some(c) = self.clip_norm
             && c.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
         {
@@ -384,10 +385,17 @@ impl RunConfig {
 }
 
 /// Deep-merges `patch` into `base` (tables recursively, everything else replaced).
+/// Lays `patch` over `base`, table by table. A table that names another
+/// `kind` (a schedule, a U-Net's noise schedule: a tagged enum's variant)
+/// replaces the base's instead: the other variant's keys are not its own.
 fn merge(base: &mut toml::Table, patch: toml::Table) {
     for (k, v) in patch {
         match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(p)) => merge(b, p),
+            (Some(toml::Value::Table(b)), toml::Value::Table(p))
+                if p.get("kind").is_none_or(|kind| b.get("kind") == Some(kind)) =>
+            {
+                merge(b, p)
+            }
             (_, v) => {
                 base.insert(k, v);
             }
@@ -398,6 +406,45 @@ fn merge(base: &mut toml::Table, patch: toml::Table) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_table_of_another_kind_replaces_the_presets_and_one_of_the_same_merges() {
+        let gpt = RunConfig::from_preset("gpt-char").unwrap();
+        let constant = gpt
+            .merge_toml("[train]\nschedule = { kind = \"constant\" }", "test")
+            .unwrap();
+        assert_eq!(constant.train.schedule, Schedule::Constant);
+        let step = gpt
+            .merge_toml(
+                "[train.schedule]\nkind = \"step\"\nmilestones = [1000]",
+                "test",
+            )
+            .unwrap();
+        assert_eq!(
+            step.train.schedule,
+            Schedule::Step {
+                milestones: vec![1000],
+                gamma: 0.1
+            }
+        );
+        // The same kind keeps the preset's other keys.
+        let longer = gpt
+            .merge_toml("[train.schedule]\nwarmup_steps = 200", "test")
+            .unwrap();
+        assert_eq!(
+            longer.train.schedule,
+            Schedule::Cosine {
+                warmup_steps: 200,
+                min_lr: 1e-4
+            }
+        );
+        let ddpm = RunConfig::from_preset("ddpm-unet").unwrap();
+        let cosine = ddpm.merge_toml(
+            "[model]\nbeta_schedule = { kind = \"cosine\", offset = 0.008 }",
+            "test",
+        );
+        assert!(cosine.is_ok(), "{cosine:?}");
+    }
 
     #[test]
     fn preset_round_trips_through_toml() {
