@@ -2413,6 +2413,7 @@ overrides = { train = { eval_batches = 4 } }
 name = "bytes"
 preset = "gpt-char"
 overrides = { data = { bytes = true }, train = { eval_batches = 4 } }
+sweep = { "train.lr" = [1e-3, 3e-3] }
 "#,
     )
     .unwrap();
@@ -2422,7 +2423,19 @@ overrides = { data = { bytes = true }, train = { eval_batches = 4 } }
         report.contains("| val loss | perplexity | bits/token |"),
         "{report}"
     );
-    for run in ["gpt", "bytes"] {
+    // The sweep's runs: the overrides and each its own learning rate.
+    for (run, lr) in [
+        ("bytes-lr=0.001", "lr = 0.001"),
+        ("bytes-lr=0.003", "lr = 0.003"),
+    ] {
+        let config = std::fs::read_to_string(dir.join(format!("cmp/{run}-seed0/config.toml")))
+            .unwrap_or_else(|e| panic!("{run}: {e}"));
+        assert!(
+            config.contains(lr) && config.contains("bytes = true"),
+            "{config}"
+        );
+    }
+    for run in ["gpt", "bytes-lr=0.001", "bytes-lr=0.003"] {
         let eval = read_json(&dir.join(format!("cmp/{run}-seed0/eval.json")));
         // The whole split of 135 characters: 134 predictions.
         assert_eq!(eval["val_tokens"], 134.0, "{run}: {eval}");

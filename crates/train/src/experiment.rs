@@ -20,6 +20,10 @@
 //! name = "ddpm"
 //! preset = "ddpm-unet"
 //! overrides = { train = { batch_size = 64 } }
+//! [[runs]]                # expanded into gan-lr=0.0002 and gan-lr=0.0001
+//! name = "gan"
+//! preset = "dcgan-28"
+//! sweep = { "train.lr" = [2e-4, 1e-4] }
 //! ```
 
 use std::collections::BTreeMap;
@@ -153,14 +157,148 @@ pub struct RunSpec {
     /// Any keys of a run's `config.toml`, laid over the preset.
     #[serde(default)]
     pub overrides: toml::Table,
+    /// Keys of a run's `config.toml` by their dotted paths (`train.lr`,
+    /// `model.n_layer`), each with the values to try: [`Experiment::load`]
+    /// makes one run of every combination, named after this run and the
+    /// values (`gpt-lr=0.001-n_layer=4`; a table or array by its place in
+    /// the list, from 1), with the values laid over `overrides`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub sweep: BTreeMap<String, Vec<toml::Value>>,
+}
+
+impl RunSpec {
+    /// This run, or the runs of its sweep: one per combination of the
+    /// swept values, in the order of the sweep's keys (alphabetical), the
+    /// last key's values varying fastest.
+    ///
+    /// ```
+    /// use genzoo_train::experiment::RunSpec;
+    /// let spec: RunSpec = toml::from_str(r#"
+    ///     name = "gpt"
+    ///     preset = "gpt-char"
+    ///     sweep = { "train.lr" = [1e-3, 3e-4], "model.n_layer" = [2, 4] }
+    /// "#).unwrap();
+    /// let runs = spec.expand().unwrap();
+    /// let names: Vec<&str> = runs.iter().map(|r| r.name.as_str()).collect();
+    /// assert_eq!(names, ["gpt-n_layer=2-lr=0.001", "gpt-n_layer=2-lr=0.0003",
+    ///                    "gpt-n_layer=4-lr=0.001", "gpt-n_layer=4-lr=0.0003"]);
+    /// assert_eq!(runs[3].overrides["train"]["lr"].as_float(), Some(3e-4));
+    /// ```
+    pub fn expand(&self) -> Result<Vec<RunSpec>> {
+        let mut runs = vec![RunSpec {
+            sweep: BTreeMap::new(),
+            ..self.clone()
+        }];
+        for (key, values) in &self.sweep {
+            let path: Vec<&str> = key.split('.').collect();
+            if path.len() < 2 || path.iter().any(|p| p.is_empty()) {
+                return Err(Error::Config(format!(
+                    "run '{}': sweep key '{key}' is not a dotted path into the run's config \
+                     (train.lr, model.n_layer)",
+                    self.name
+                )));
+            }
+            if values.is_empty() {
+                return Err(Error::Config(format!(
+                    "run '{}': sweep key '{key}' has no values",
+                    self.name
+                )));
+            }
+            // The key's last part names it, unless another swept key ends
+            // the same way.
+            let leaf = path[path.len() - 1];
+            let shared = self
+                .sweep
+                .keys()
+                .filter(|k| k.rsplit('.').next() == Some(leaf))
+                .count()
+                > 1;
+            let label = if shared {
+                key.replace('.', "_")
+            } else {
+                leaf.to_string()
+            };
+            let mut next = Vec::with_capacity(runs.len() * values.len());
+            for run in &runs {
+                for (i, value) in values.iter().enumerate() {
+                    let mut overrides = run.overrides.clone();
+                    set_dotted(&mut overrides, &path, value.clone()).map_err(|why| {
+                        Error::Config(format!("run '{}': sweep key '{key}': {why}", self.name))
+                    })?;
+                    next.push(RunSpec {
+                        name: format!("{}-{label}={}", run.name, value_label(value, i)),
+                        overrides,
+                        ..run.clone()
+                    });
+                }
+            }
+            runs = next;
+        }
+        Ok(runs)
+    }
+}
+
+/// Sets `path` in `table` to `value`, making the tables on the way; a key
+/// the overrides set already is refused (which of the two would count?).
+fn set_dotted(
+    table: &mut toml::Table,
+    path: &[&str],
+    value: toml::Value,
+) -> std::result::Result<(), String> {
+    let (last, parents) = path.split_last().expect("two parts or more");
+    let mut at = table;
+    for part in parents {
+        let next = at
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        at = next
+            .as_table_mut()
+            .ok_or_else(|| format!("the overrides set '{part}' to a value, not a table"))?;
+    }
+    if at.contains_key(*last) {
+        return Err("the overrides set it too: give it in one place".into());
+    }
+    at.insert(last.to_string(), value);
+    Ok(())
+}
+
+/// A swept value as it appears in a run's name: numbers, booleans and
+/// strings as written (other characters than a run name's as `_`), tables
+/// and arrays by their place in the list, from 1.
+fn value_label(value: &toml::Value, index: usize) -> String {
+    let text = match value {
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => b.to_string(),
+        toml::Value::String(s) => s.clone(),
+        _ => return (index + 1).to_string(),
+    };
+    text.chars()
+        .map(|c| if is_name_char(c) { c } else { '_' })
+        .collect()
+}
+
+/// The characters of a run's name (its directory's).
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '=')
 }
 
 impl Experiment {
-    /// Reads and checks an experiment file.
+    /// Reads and checks an experiment file, each run's sweep expanded
+    /// into its runs ([`RunSpec::expand`]).
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let experiment: Experiment =
+        let mut experiment: Experiment =
             toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        experiment.runs = experiment
+            .runs
+            .iter()
+            .map(RunSpec::expand)
+            .collect::<Result<Vec<_>>>()
+            .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?
+            .into_iter()
+            .flatten()
+            .collect();
         experiment
             .validate()
             .map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
@@ -206,14 +344,16 @@ impl Experiment {
             return Err(Error::Config(format!("run name '{}' appears twice", w[0])));
         }
         if let Some(r) = self.runs.iter().find(|r| {
-            r.name.is_empty()
-                || !r
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            r.name.is_empty() || r.name.starts_with('.') || !r.name.chars().all(is_name_char)
         }) {
             return Err(Error::Config(format!(
-                "run name '{}': use letters, digits, '-' and '_'",
+                "run name '{}': use letters, digits, '-', '_', '=' and '.' (not first)",
+                r.name
+            )));
+        }
+        if let Some(r) = self.runs.iter().find(|r| !r.sweep.is_empty()) {
+            return Err(Error::Config(format!(
+                "run '{}' has a sweep to expand first (RunSpec::expand; Experiment::load does)",
                 r.name
             )));
         }
@@ -564,6 +704,79 @@ mod tests {
             "{table}"
         );
         assert!(rows_have_bars(&table, 15), "{table}");
+    }
+
+    #[test]
+    fn a_sweep_becomes_a_run_per_combination_over_the_overrides() {
+        let path = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            path.path(),
+            r#"
+            name = "sweep"
+            text = "t.txt"
+            [budget]
+            steps = 3
+            [[runs]]
+            name = "base"
+            preset = "gpt-char"
+            [[runs]]
+            name = "gpt"
+            preset = "gpt-char"
+            overrides = { train = { batch_size = 4 } }
+            [runs.sweep]
+            "train.lr" = [1e-3, 3e-4]
+            "model.n_layer" = [2]
+            "train.schedule" = [{ kind = "constant" }, { kind = "linear" }]
+            "data.bytes" = [true]
+            "#,
+        )
+        .unwrap();
+        let e = Experiment::load(path.path()).unwrap();
+        let names: Vec<&str> = e.runs.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "base",
+                "gpt-bytes=true-n_layer=2-lr=0.001-schedule=1",
+                "gpt-bytes=true-n_layer=2-lr=0.001-schedule=2",
+                "gpt-bytes=true-n_layer=2-lr=0.0003-schedule=1",
+                "gpt-bytes=true-n_layer=2-lr=0.0003-schedule=2",
+            ]
+        );
+        let last = &e.runs[4].overrides;
+        assert_eq!(last["train"]["batch_size"].as_integer(), Some(4));
+        assert_eq!(last["train"]["lr"].as_float(), Some(3e-4));
+        assert_eq!(last["train"]["schedule"]["kind"].as_str(), Some("linear"));
+        assert_eq!(last["model"]["n_layer"].as_integer(), Some(2));
+        assert_eq!(last["data"]["bytes"].as_bool(), Some(true));
+        assert!(e.runs.iter().all(|r| r.sweep.is_empty()));
+
+        let refused = |sweep: &str, overrides: &str| -> String {
+            let spec: RunSpec = toml::from_str(&format!(
+                "name = \"r\"\npreset = \"vae-mlp\"\noverrides = {overrides}\nsweep = {sweep}"
+            ))
+            .unwrap();
+            spec.expand().unwrap_err().to_string()
+        };
+        let no_dot = refused(r#"{ lr = [1e-3] }"#, "{}");
+        assert!(no_dot.contains("not a dotted path"), "{no_dot}");
+        let empty = refused(r#"{ "train.lr" = [] }"#, "{}");
+        assert!(empty.contains("no values"), "{empty}");
+        let twice = refused(r#"{ "train.lr" = [1e-3] }"#, "{ train = { lr = 1e-4 } }");
+        assert!(twice.contains("give it in one place"), "{twice}");
+        let not_a_table = refused(r#"{ "train.lr.x" = [1] }"#, "{ train = { lr = 1e-4 } }");
+        assert!(not_a_table.contains("not a table"), "{not_a_table}");
+        // Two keys ending alike are told apart by their whole paths.
+        let spec: RunSpec = toml::from_str(
+            r#"
+            name = "r"
+            preset = "ddpm-unet"
+            sweep = { "model.unet.dropout" = [0.1], "model.dropout" = [0.0] }
+            "#,
+        )
+        .unwrap();
+        let names: Vec<String> = spec.expand().unwrap().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, ["r-model_dropout=0-model_unet_dropout=0.1"]);
     }
 
     #[test]
