@@ -288,7 +288,14 @@ where
             })
             .collect();
         if let Some(link) = &link {
-            link.watch_while_running(&handles, timeout, || reset::<B>());
+            // What burn's network layer said of the failure, before a
+            // process stuck in it exits.
+            let say_held = || {
+                if let Some(held) = &held_panics {
+                    held.say_held(false);
+                }
+            };
+            link.watch_while_running(&handles, timeout, || reset::<B>(), say_held);
         }
         handles
             .into_iter()
@@ -399,16 +406,23 @@ impl HeldNetworkPanics {
 }
 
 impl Drop for HeldNetworkPanics {
-    /// Restores the previous hook and prints what was held: a line after a
-    /// run that failed (they followed the failure), each panic after one
-    /// that did not (then they are a bug worth reporting).
+    /// Restores the previous hook and prints what was held.
     fn drop(&mut self) {
         drop(std::panic::take_hook()); // with it, the hook's handle on `previous`
         if let Some(previous) = self.previous.take().and_then(|p| Arc::try_unwrap(p).ok()) {
             std::panic::set_hook(previous);
         }
+        self.say_held(self.run_ok);
+    }
+}
+
+impl HeldNetworkPanics {
+    /// Prints the panics held so far, and forgets them: a line after a run
+    /// that failed (they followed the failure), each panic after one that
+    /// did not (then they are a bug worth reporting).
+    fn say_held(&self, run_ok: bool) {
         let held = std::mem::take(&mut *self.held.lock().unwrap_or_else(|e| e.into_inner()));
-        match (held.first(), self.run_ok) {
+        match (held.first(), run_ok) {
             (None, _) => {}
             (Some(first), false) => eprintln!(
                 "burn's network layer panicked {} time(s) as the run failed, first {first} \
@@ -648,12 +662,14 @@ impl NodeLink {
 
     /// Waits for the local replicas while watching for a failure elsewhere
     /// (or a stall); on one, releases the replicas and, if they stay stuck
-    /// in burn's collective, ends the process with the error.
+    /// in burn's collective, calls `before_exit` and ends the process with
+    /// the error.
     fn watch_while_running<T>(
         &self,
         handles: &[std::thread::ScopedJoinHandle<'_, T>],
         timeout: Duration,
         release: impl Fn(),
+        before_exit: impl Fn(),
     ) {
         let mut local_progress = parallel::progress();
         let mut local_at = Instant::now();
@@ -690,6 +706,7 @@ impl NodeLink {
                 let grace = Instant::now();
                 while !handles.iter().all(|h| h.is_finished()) {
                     if grace.elapsed() > Duration::from_secs(10) {
+                        before_exit();
                         eprintln!(
                             "error: data-parallel training: {reason}; the replicas of node {} stay \
                              blocked in a collective operation, so the process exits (the last \
