@@ -18,8 +18,10 @@
 //! # use genzoo_train::tensorboard::EventWriter;
 //! # let run = tempfile::tempdir().unwrap();
 //! let mut events = EventWriter::new(run.path());
-//! events.scalars(10, &[("train_loss".into(), 0.5)]).unwrap();
-//! assert!(events.path().unwrap().file_name().unwrap().to_str().unwrap().contains("tfevents"));
+//! assert!(events.path().is_none()); // no file before the first event
+//! events.scalars(10, &[("train/loss".into(), 0.5)]).unwrap();
+//! let name = events.path().unwrap().file_name().unwrap().to_str().unwrap();
+//! assert!(name.starts_with("events.out.tfevents."));
 //! ```
 
 use std::fs::{File, OpenOptions};
@@ -63,8 +65,9 @@ impl EventWriter {
         self.file.as_ref().map(|(path, _)| path.as_path())
     }
 
-    /// One event of scalars at `step`, a value per name (the names of
-    /// `metrics.jsonl`: `train_loss`, `test_neg_elbo`, `lr`, ...).
+    /// One event of scalars at `step`, a value per tag (TensorBoard draws
+    /// a chart per tag, in sections named by what precedes a tag's first
+    /// `/`: the engine logs `train_loss` as `train/loss`).
     pub fn scalars(&mut self, step: u64, values: &[(String, f64)]) -> Result<()> {
         self.write(step, Payload::Summary(scalars_summary(values)))
     }
