@@ -264,6 +264,46 @@ fn a_resume_with_no_checkpoint_redoes_the_log_of_the_attempt_before() {
 }
 
 #[test]
+fn the_learning_rate_of_each_step_follows_the_schedule() {
+    let _guard = rng_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let logged_rates = |name: &str, schedule: Schedule| -> Vec<f64> {
+        let dir = tmp.path().join(name);
+        let config = TrainConfig {
+            schedule,
+            lr: 1e-2,
+            ..train_config(6)
+        };
+        trainer(&dir, config, false)
+            .fit(fresh_vae(), &data(3), &CpuDevice::default())
+            .unwrap();
+        read_jsonl(&dir.join("metrics.jsonl"))
+            .unwrap()
+            .iter()
+            .filter_map(|r| r.get("lr")?.as_f64())
+            .collect()
+    };
+    let step = Schedule::Step {
+        milestones: vec![3, 5],
+        gamma: 0.5,
+    };
+    assert_eq!(
+        logged_rates("step", step),
+        [1e-2, 1e-2, 1e-2, 5e-3, 5e-3, 2.5e-3]
+    );
+    let linear = Schedule::Linear {
+        warmup_steps: 2,
+        min_lr: 0.0,
+    };
+    let rates = logged_rates("linear", linear);
+    let expected = [1e-2 / 3.0, 2e-2 / 3.0, 1e-2, 7.5e-3, 5e-3, 2.5e-3];
+    assert_eq!(rates.len(), expected.len());
+    for (got, want) in rates.iter().zip(expected) {
+        assert!((got - want).abs() < 1e-12, "{rates:?}");
+    }
+}
+
+#[test]
 fn tensorboard_shows_what_the_metrics_files_and_grids_hold_across_a_resume() {
     let _guard = rng_lock();
     let tmp = tempfile::tempdir().unwrap();
