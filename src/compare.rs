@@ -86,6 +86,13 @@ fn run_config(experiment: &Experiment, index: usize, seed: u64) -> Result<RunCon
 /// preset or override in the last run does not surface hours in.
 fn check_runs(experiment: &Experiment) -> Result<()> {
     for (index, spec) in experiment.runs.iter().enumerate() {
+        if let Some((key, owner)) = set_by_the_experiment(&spec.overrides) {
+            return Err(Error::Config(format!(
+                "run '{}': its overrides (or sweep) set {key}, which the experiment sets for \
+                 every run ({owner}) and would replace: give it there, or in an experiment of its own",
+                spec.name
+            )));
+        }
         let config = run_config(experiment, index, experiment.seeds[0])
             .map_err(|e| Error::Config(format!("run '{}': {e}", spec.name)))?;
         config.train.validate()?;
@@ -123,6 +130,29 @@ fn check_runs(experiment: &Experiment) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The first key of `overrides` that [`run_config`] replaces with the
+/// experiment's own value, with where the experiment sets it.
+fn set_by_the_experiment(overrides: &toml::Table) -> Option<(String, &'static str)> {
+    const OWNED: [(&str, &str, &str); 9] = [
+        ("train", "seed", "seeds"),
+        ("train", "steps", "[budget]"),
+        ("train", "epochs", "[budget]"),
+        ("train", "minutes", "[budget]"),
+        ("data", "dataset", "dataset"),
+        ("data", "data_dir", "data_dir"),
+        ("data", "limit", "limit"),
+        ("data", "image_size", "image_size"),
+        ("data", "text", "text"),
+    ];
+    OWNED.iter().find_map(|(section, key, owner)| {
+        overrides
+            .get(*section)
+            .and_then(|t| t.as_table())
+            .is_some_and(|t| t.contains_key(*key))
+            .then(|| (format!("{section}.{key}"), *owner))
+    })
 }
 
 /// The training-loss series of a run (its family's main loss).
@@ -332,6 +362,7 @@ fn report_curves(experiment: &Experiment, out: &Path) -> Vec<Panel> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use genzoo_train::experiment::RunSpec;
 
     #[test]
     fn the_shipped_experiments_and_their_runs_build() {
@@ -380,6 +411,39 @@ mod tests {
         check_runs(&typo).unwrap();
         typo.dataset = "mnsit".into();
         assert!(check_runs(&typo).unwrap_err().to_string().contains("mnsit"));
+    }
+
+    #[test]
+    fn overrides_of_what_the_experiment_sets_for_every_run_are_refused() {
+        let mut experiment: Experiment = toml::from_str(
+            r#"
+            name = "t"
+            dataset = "mnist"
+            [budget]
+            steps = 3
+            [[runs]]
+            name = "vae"
+            preset = "vae-mlp"
+            overrides = { train = { steps = 50 } }
+            "#,
+        )
+        .unwrap();
+        let err = check_runs(&experiment).unwrap_err().to_string();
+        assert!(
+            err.contains("run 'vae'") && err.contains("train.steps") && err.contains("[budget]"),
+            "{err}"
+        );
+        // A swept seed, which the experiment's seeds would replace.
+        let swept = RunSpec {
+            overrides: toml::Table::new(),
+            sweep: [("train.seed".to_string(), vec![toml::Value::Integer(1)])].into(),
+            ..experiment.runs[0].clone()
+        };
+        experiment.runs = swept.expand().unwrap();
+        let err = check_runs(&experiment).unwrap_err().to_string();
+        assert!(err.contains("train.seed") && err.contains("seeds"), "{err}");
+        experiment.runs[0].overrides = toml::from_str("train = { lr = 0.01 }").unwrap();
+        check_runs(&experiment).unwrap();
     }
 
     #[test]
