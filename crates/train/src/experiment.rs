@@ -392,13 +392,34 @@ pub struct RunResult {
     pub dir: PathBuf,
 }
 
-/// Mean ± standard deviation of a column over seeds, formatted; "–" when absent.
-fn cell(results: &[&RunResult], get: impl Fn(&RunResult) -> Option<f64>, digits: usize) -> String {
-    let values: Vec<f64> = results
+/// A column's finite values over a run's seeds.
+fn column_values(results: &[&RunResult], get: impl Fn(&RunResult) -> Option<f64>) -> Vec<f64> {
+    results
         .iter()
         .filter_map(|r| get(r))
         .filter(|v| v.is_finite())
-        .collect();
+        .collect()
+}
+
+/// The mean of a column over a run's seeds, if any has a value.
+fn column_mean(results: &[&RunResult], get: impl Fn(&RunResult) -> Option<f64>) -> Option<f64> {
+    let values = column_values(results, get);
+    (!values.is_empty()).then(|| values.iter().sum::<f64>() / values.len() as f64)
+}
+
+/// Whether lower is better in a quality column (`None`: a column of
+/// cost or size, where no run is best).
+fn lower_is_better(column: &str) -> Option<bool> {
+    match column {
+        "val loss" | "perplexity" | "bits/token" | "FID" | "KID" | "bits/dim" => Some(true),
+        "precision" | "recall" | "IS" => Some(false),
+        _ => None,
+    }
+}
+
+/// Mean ± standard deviation of a column over seeds, formatted; "–" when absent.
+fn cell(results: &[&RunResult], get: impl Fn(&RunResult) -> Option<f64>, digits: usize) -> String {
+    let values = column_values(results, get);
     match values.len() {
         0 => "–".into(),
         1 => format!("{:.*}", digits, values[0]),
@@ -505,14 +526,41 @@ pub fn report_markdown(experiment: &Experiment, results: &[RunResult]) -> String
         "|---|---|---:|{}\n",
         "---:|".repeat(columns.len())
     ));
-    for spec in &experiment.runs {
-        let rows: Vec<&RunResult> = results.iter().filter(|r| r.run == spec.name).collect();
-        if rows.is_empty() {
-            continue;
-        }
+    let runs: Vec<(&RunSpec, Vec<&RunResult>)> = experiment
+        .runs
+        .iter()
+        .map(|spec| {
+            (
+                spec,
+                results.iter().filter(|r| r.run == spec.name).collect(),
+            )
+        })
+        .filter(|(_, rows): &(_, Vec<_>)| !rows.is_empty())
+        .collect();
+    // The best mean of each quality column, where two runs or more have one.
+    let best: Vec<Option<f64>> = columns
+        .iter()
+        .map(|(name, figure, _)| {
+            let lower = lower_is_better(name)?;
+            let means: Vec<f64> = runs
+                .iter()
+                .filter_map(|(_, rows)| column_mean(rows, figure))
+                .collect();
+            let pick = |a: f64, b: f64| if (a < b) == lower { a } else { b };
+            (means.len() > 1).then(|| means.iter().copied().reduce(pick))?
+        })
+        .collect();
+    for (spec, rows) in &runs {
         let cells: Vec<String> = columns
             .iter()
-            .map(|(_, figure, digits)| cell(&rows, figure, *digits))
+            .zip(&best)
+            .map(|((_, figure, digits), best)| {
+                let text = cell(rows, figure, *digits);
+                match (column_mean(rows, figure), best) {
+                    (Some(mean), Some(best)) if mean == *best => format!("**{text}**"),
+                    _ => text,
+                }
+            })
             .collect();
         out.push_str(&format!(
             "| {} | {} | {} | {} |\n",
@@ -521,6 +569,11 @@ pub fn report_markdown(experiment: &Experiment, results: &[RunResult]) -> String
             rows[0].params,
             cells.join(" | ")
         ));
+    }
+    if best.iter().any(|b| b.is_some()) {
+        out.push_str(
+            "\nIn **bold**: the best run of each quality column (by its mean over seeds).\n",
+        );
     }
     if experiment.text.is_some() {
         out.push_str("\n`report.svg`: each run's losses against the step, with axes, a training and a held-out line per seed; each run's generated text is its `samples/final.txt`.\n");
@@ -667,8 +720,14 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("11.00 ± 1.41"), "{table}");
+        // The lower FID is the better, marked as the best.
+        assert!(table.contains("| **11.00 ± 1.41** |"), "{table}");
+        assert!(
+            table.contains("| 30.00 |") && table.contains("In **bold**"),
+            "{table}"
+        );
         assert!(table.contains("| gan | dcgan-28 |"), "{table}");
-        assert!(!table.contains("best"), "{table}");
+        assert!(!table.contains("best step"), "{table}");
         // Every row has the header's columns.
         let rows_have_bars = |table: &str, bars: usize| {
             table
