@@ -118,16 +118,7 @@ pub struct Evaluator<B: Backend> {
 
 /// Where the evaluator of a dataset is cached.
 pub fn cache_dir(cache_root: &Path, dataset: &str, fingerprint: &str) -> PathBuf {
-    let safe: String = dataset
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let safe = crate::run_dir::file_name_part(dataset);
     cache_root
         .join("evaluators")
         .join(format!("{safe}-{}", &fingerprint[..16]))

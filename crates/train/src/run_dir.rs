@@ -152,6 +152,20 @@ impl RunDir {
     }
 }
 
+/// `text` as a part of a file name: ASCII letters, digits and `-` kept,
+/// anything else (a path's `/` and `:`, a host name's dots) as `_`.
+pub(crate) fn file_name_part(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
 /// The lock file's name in a run directory.
 const LOCK: &str = ".lock";
 

@@ -333,17 +333,7 @@ fn host_name() -> String {
     };
     #[cfg(not(unix))]
     let name = std::env::var("COMPUTERNAME").ok();
-    let name: String = name
-        .unwrap_or_default()
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let name = crate::run_dir::file_name_part(&name.unwrap_or_default());
     if name.is_empty() {
         "localhost".into()
     } else {
