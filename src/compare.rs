@@ -75,6 +75,8 @@ fn run_config(experiment: &Experiment, index: usize, seed: u64) -> Result<RunCon
             config.data.hflip |= experiment.hflip;
         }
     }
+    // What this function sets for every run is what set_by_the_experiment
+    // refuses in a run's overrides: the two lists go together.
     config.train.seed = seed;
     let b = &experiment.budget;
     let t = &mut config.train;

@@ -384,10 +384,10 @@ impl RunConfig {
     }
 }
 
-/// Deep-merges `patch` into `base` (tables recursively, everything else replaced).
-/// Lays `patch` over `base`, table by table. A table that names another
-/// `kind` (a schedule, a U-Net's noise schedule: a tagged enum's variant)
-/// replaces the base's instead: the other variant's keys are not its own.
+/// Lays `patch` over `base`: tables recursively, everything else replaced.
+/// A table that names another `kind` (a schedule, a U-Net's noise
+/// schedule: a tagged enum's variant) replaces the base's instead: the
+/// other variant's keys are not its own.
 fn merge(base: &mut toml::Table, patch: toml::Table) {
     for (k, v) in patch {
         match (base.get_mut(&k), v) {

@@ -537,27 +537,33 @@ pub fn report_markdown(experiment: &Experiment, results: &[RunResult]) -> String
         })
         .filter(|(_, rows): &(_, Vec<_>)| !rows.is_empty())
         .collect();
-    // The best mean of each quality column, where two runs or more have one.
-    let best: Vec<Option<f64>> = columns
+    // Each run's mean of each column, and the best mean of each quality
+    // column, where two runs or more have one.
+    let means: Vec<Vec<Option<f64>>> = runs
         .iter()
-        .map(|(name, figure, _)| {
-            let lower = lower_is_better(name)?;
-            let means: Vec<f64> = runs
+        .map(|(_, rows)| {
+            columns
                 .iter()
-                .filter_map(|(_, rows)| column_mean(rows, figure))
-                .collect();
-            let pick = |a: f64, b: f64| if (a < b) == lower { a } else { b };
-            (means.len() > 1).then(|| means.iter().copied().reduce(pick))?
+                .map(|(_, figure, _)| column_mean(rows, figure))
+                .collect()
         })
         .collect();
-    for (spec, rows) in &runs {
+    let best: Vec<Option<f64>> = (0..columns.len())
+        .map(|c| {
+            let lower = lower_is_better(columns[c].0)?;
+            let column: Vec<f64> = means.iter().filter_map(|run| run[c]).collect();
+            let pick = |a: f64, b: f64| if (a < b) == lower { a } else { b };
+            (column.len() > 1).then(|| column.iter().copied().reduce(pick))?
+        })
+        .collect();
+    for ((spec, rows), run_means) in runs.iter().zip(&means) {
         let cells: Vec<String> = columns
             .iter()
-            .zip(&best)
-            .map(|((_, figure, digits), best)| {
+            .zip(run_means.iter().zip(&best))
+            .map(|((_, figure, digits), (mean, best))| {
                 let text = cell(rows, figure, *digits);
-                match (column_mean(rows, figure), best) {
-                    (Some(mean), Some(best)) if mean == *best => format!("**{text}**"),
+                match (mean, best) {
+                    (Some(mean), Some(best)) if mean == best => format!("**{text}**"),
                     _ => text,
                 }
             })

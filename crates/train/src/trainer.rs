@@ -879,7 +879,7 @@ fn same_data_position(
 /// examples than the ones to come, and an error when the run keeps its best
 /// checkpoint by a value measured on the old ones.
 fn same_held_out_data(
-    dir: &std::path::Path,
+    dir: &Path,
     manifest: &Manifest,
     now: Option<&str>,
     keep_best: Option<&str>,
@@ -897,14 +897,18 @@ fn same_held_out_data(
     );
     match (&manifest.best, keep_best) {
         (Some(best), Some(_)) => Err(Error::Config(format!(
-            "{} cannot be resumed here: its held-out examples are not this call's ({digests}),              and its best {} ({:.4} at step {}) was measured on the old ones, so the best              checkpoint would be picked across two held-out sets. Resume with the run's held-out              data, or start a new run",
+            "{} cannot be resumed here: its held-out examples are not this call's ({digests}), \
+             and its best {} ({:.4} at step {}) was measured on the old ones, so the best \
+             checkpoint would be picked across two held-out sets. Resume with the run's held-out \
+             data, or start a new run",
             dir.display(),
             best.metric,
             best.value,
             best.step
         ))),
         _ => Ok(Some(format!(
-            "warning: the held-out examples are not the ones {} was evaluated on ({digests}):              held-out figures from here on are on other examples than the log's",
+            "warning: the held-out examples are not the ones {} was evaluated on ({digests}): \
+             held-out figures from here on are on other examples than the log's",
             dir.display()
         ))),
     }
