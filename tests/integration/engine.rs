@@ -118,6 +118,15 @@ fn loss_goes_down_on_a_tiny_run() {
         .filter(|r| r.contains_key("test_neg_elbo"))
         .count();
     assert_eq!(evals, 10);
+    // A Bernoulli decoder's −ELBO is over intensities, not 8-bit values: no
+    // bits/dim to set beside the other families'.
+    assert!(
+        records
+            .iter()
+            .all(|r| r.keys().all(|k| !k.contains("bits_per_dim"))),
+        "{:?}",
+        records.last()
+    );
     assert!(tmp.path().join("samples/final.png").exists());
 }
 
@@ -151,6 +160,17 @@ fn a_discretized_logistic_vae_learns_and_bounds_the_8_bit_likelihood() {
         .identity("tiny-vae-dl", toml::to_string(&config).unwrap())
         .progress(false);
     let trained = run.fit(fresh, &data, &CpuDevice::default()).unwrap().family;
+    // The logged bits/dim are the logged −ELBO's, per pixel and in bits.
+    let records = read_jsonl(&tmp.path().join("metrics.jsonl")).unwrap();
+    let last_eval = records
+        .iter()
+        .rev()
+        .find(|r| r.contains_key("test_neg_elbo"))
+        .unwrap();
+    let logged = |key: &str| last_eval[key].as_f64().unwrap();
+    let per_pixel = logged("test_neg_elbo") / ((SIZE * SIZE) as f64 * std::f64::consts::LN_2);
+    assert!((logged("test_bits_per_dim") - per_pixel).abs() < 1e-9 * per_pixel);
+    assert!(records.iter().any(|r| r.contains_key("train_bits_per_dim")));
     let elbo = bits(&trained, 1, 0);
     let iwae = bits(&trained, 64, 0);
     assert!(

@@ -65,6 +65,30 @@ impl<B: AutodiffBackend> VaeTrainer<B> {
     /// Importance samples per image of the bits/dim bound when none are asked for.
     pub const DEFAULT_IWAE_SAMPLES: usize = 128;
 
+    /// The ELBO's terms as metrics (nats per image), added to `metrics`.
+    /// `bits_per_dim` only where the decoder is a likelihood of 8-bit images
+    /// ([`VaeConfig::check_bits_per_dim`]): a Bernoulli decoder's −ELBO over
+    /// intensities divided by the pixels is a number, but not one on the
+    /// scale of the DDPM's or gpt-pixel's bits/dim.
+    fn elbo_metrics(
+        &self,
+        metrics: Metrics,
+        neg_elbo: f64,
+        reconstruction: f64,
+        kl: f64,
+    ) -> Metrics {
+        let metrics = metrics.with("neg_elbo", neg_elbo);
+        let metrics = if self.config.check_bits_per_dim().is_ok() {
+            let pixels = self.config.pixels() as f64;
+            metrics.with("bits_per_dim", neg_elbo / (pixels * std::f64::consts::LN_2))
+        } else {
+            metrics
+        };
+        metrics
+            .with("reconstruction", reconstruction)
+            .with("kl", kl)
+    }
+
     /// Reconstructions of a batch's images in `[0, 1]`.
     pub fn reconstruct(&self, batch: &ImageBatch<B>) -> Tensor<B::InnerBackend, 4> {
         self.model
@@ -90,34 +114,32 @@ impl<B: AutodiffBackend> Family<B> for VaeTrainer<B> {
         batch: ImageBatch<B>,
         ctx: &mut StepContext,
     ) -> Result<(Self, Metrics)> {
-        let pixels = self.config.pixels() as f64;
         let terms = elbo_terms(&self.model, batch.images, batch.labels);
         let loss = terms.loss(self.config.beta);
         let grads = GradientsParams::from_grads(loss.backward(), &self.model);
         self.model = ctx.apply(&mut self.optimizer, self.model, grads)?;
 
         let mean = |t: Tensor<B, 1>| -> f64 { t.mean().into_scalar().elem() };
-        let neg_elbo = mean(terms.neg_elbo());
-        let metrics = Metrics::new()
-            .with("loss", loss.into_scalar().elem())
-            .with("neg_elbo", neg_elbo)
-            .with("bits_per_dim", neg_elbo / (pixels * std::f64::consts::LN_2))
-            .with("reconstruction", mean(terms.reconstruction))
-            .with("kl", mean(terms.kl));
+        let metrics = Metrics::new().with("loss", loss.into_scalar().elem());
+        let metrics = self.elbo_metrics(
+            metrics,
+            mean(terms.neg_elbo()),
+            mean(terms.reconstruction),
+            mean(terms.kl),
+        );
         Ok((self, metrics))
     }
 
     fn eval_batch(&self, batch: ImageBatch<B>) -> Result<Metrics> {
-        let pixels = self.config.pixels() as f64;
         let model = self.model.valid();
         let terms = elbo_terms(&model, batch.images.inner(), batch.labels.inner());
         let mean = |t: Tensor<B::InnerBackend, 1>| -> f64 { t.mean().into_scalar().elem() };
-        let neg_elbo = mean(terms.neg_elbo());
-        Ok(Metrics::new()
-            .with("neg_elbo", neg_elbo)
-            .with("bits_per_dim", neg_elbo / (pixels * std::f64::consts::LN_2))
-            .with("reconstruction", mean(terms.reconstruction))
-            .with("kl", mean(terms.kl)))
+        Ok(self.elbo_metrics(
+            Metrics::new(),
+            mean(terms.neg_elbo()),
+            mean(terms.reconstruction),
+            mean(terms.kl),
+        ))
     }
 
     /// The importance-weighted bound (k = `effort`, default
