@@ -8,7 +8,6 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand};
 use genzoo_core::backend::BackendTask;
-use genzoo_core::family::SampleRequest;
 use genzoo_core::{BackendKind, Error, Family, ImageBatch, Result, TokenBatch};
 use genzoo_data::{DatasetSource, Locator, TextCorpus, load_image_dataset};
 use genzoo_models::ModelConfig;
@@ -120,6 +119,21 @@ fn evaluator_dir(dataset: &str, train: &genzoo_data::ImageDataset) -> Result<Pat
         dataset,
         &train.fingerprint(),
     ))
+}
+
+/// The directory of `dataset`'s evaluator, trained (for the default epochs)
+/// and cached first if there is none: what `eval` and a run's
+/// `fid_samples` score samples with.
+pub(super) fn cached_evaluator(
+    dataset: &str,
+    train: &genzoo_data::ImageDataset,
+    test: &genzoo_data::ImageDataset,
+) -> Result<PathBuf> {
+    let dir = evaluator_dir(dataset, train)?;
+    if !genzoo_train::evaluator::is_cached(&dir) {
+        train_and_cache_evaluator(dataset, train, test, EVALUATOR_EPOCHS, &dir)?;
+    }
+    Ok(dir)
 }
 
 /// Trains the evaluator on the CPU backend with a progress bar and caches it.
@@ -454,11 +468,7 @@ pub(crate) fn evaluate_run(
     let (train, test) =
         load_image_dataset(&source, &Locator::from_env(config.data.data_dir.clone()))?;
     let evaluator_dir = if wants_samples {
-        let dir = evaluator_dir(&source.name(), &train)?;
-        if !genzoo_train::evaluator::is_cached(&dir) {
-            train_and_cache_evaluator(&source.name(), &train, &test, EVALUATOR_EPOCHS, &dir)?;
-        }
-        Some(dir)
+        Some(cached_evaluator(&source.name(), &train, &test)?)
     } else {
         None
     };
@@ -524,28 +534,11 @@ impl<B: AutodiffBackend> EvalRun<B> {
         let bar = indicatif::ProgressBar::new(n as u64);
         bar.set_message("sampling");
         let started = Instant::now();
-        let mut values = Vec::new();
-        let mut probs = Vec::new();
-        let all = SampleRequest {
-            n,
-            ..Default::default()
-        };
-        for request in all.chunks(500, |k| {
-            genzoo_core::seed::derive(self.job.seed, "eval-samples", k)
-        }) {
-            let images = family.sample_images(&request)?;
-            let (f, p) = evaluator.embed(images)?;
-            values.extend(f.to_values());
-            probs.extend(p);
-            bar.inc(request.n as u64);
-        }
+        let (features, probs) = evaluator.embed_samples(family, n, self.job.seed, |drawn| {
+            bar.set_position(drawn as u64)
+        })?;
         bar.finish_and_clear();
-        let secs = started.elapsed().as_secs_f64();
-        Ok((
-            genzoo_train::metrics::Features::new(values, genzoo_train::evaluator::FEATURES)?,
-            probs,
-            secs,
-        ))
+        Ok((features, probs, started.elapsed().as_secs_f64()))
     }
 }
 

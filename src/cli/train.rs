@@ -20,6 +20,7 @@ use genzoo_train::checkpoint::{self, find_checkpoint};
 use genzoo_train::data_parallel::run_replicas;
 use genzoo_train::{RunConfig, RunDir, RunLock, TrainOutcome, Trainer};
 
+use super::eval::cached_evaluator;
 use super::{interrupt, with_backend_on_pool};
 
 #[derive(Args, Debug)]
@@ -128,6 +129,12 @@ pub(super) struct Overrides {
     /// Write training metrics every N steps.
     #[arg(long)]
     log_every: Option<u64>,
+    /// At each evaluation, also log the FID and KID of N samples (the same
+    /// noise each time) as test_fid and test_kid: the dataset's evaluator
+    /// is trained and cached first if needed. Fewer samples than `eval`'s
+    /// 10,000 give a higher FID; `--keep-best test_fid` keeps the best.
+    #[arg(long, value_name = "N")]
+    fid_samples: Option<usize>,
     /// Write no TensorBoard event files (by default the run directory gets
     /// its metrics, sample grids and text samples as TensorBoard shows them).
     #[arg(long)]
@@ -221,6 +228,9 @@ impl Overrides {
         }
         if let Some(v) = self.log_every {
             t.log_every = v;
+        }
+        if let Some(v) = self.fid_samples {
+            t.fid_samples = v;
         }
         if self.no_tensorboard {
             t.tensorboard = false;
@@ -398,8 +408,14 @@ pub(crate) fn start_training(
 
     // Fail before anything is written when the backend cannot run.
     genzoo_core::backend::check_available(backend)?;
-    let data = if config.model.reads_text() {
-        load_text(&mut config)?
+    let (data, evaluator) = if config.model.reads_text() {
+        if config.train.fid_samples > 0 {
+            return Err(Error::Config(format!(
+                "fid_samples scores images; {} reads text (its held-out metric is val_loss)",
+                config.preset
+            )));
+        }
+        (load_text(&mut config)?, None)
     } else {
         load_images(&mut config)?
     };
@@ -445,6 +461,7 @@ pub(crate) fn start_training(
         resume,
         text,
         stop: stop.clone(),
+        evaluator,
     };
     // A panic (a bug, or a backend's internal failure) ends training as an
     // error does, so that the run directory is put right below.
@@ -632,10 +649,18 @@ enum JobData {
     Text(TextData),
 }
 
-fn load_images(config: &mut RunConfig) -> Result<JobData> {
+/// The run's images, and the directory of the evaluator its `fid_samples`
+/// are scored by (node 0 only: its leader evaluates).
+fn load_images(config: &mut RunConfig) -> Result<(JobData, Option<PathBuf>)> {
     let source = config.data.image_source()?;
     let (mut train_set, mut test_set) =
         load_image_dataset(&source, &Locator::from_env(config.data.data_dir.clone()))?;
+    // The whole dataset's evaluator, whatever the limit: the one `eval` uses.
+    let evaluator = if config.train.fid_samples > 0 && config.parallel.node_rank == 0 {
+        Some(cached_evaluator(&source.name(), &train_set, &test_set)?)
+    } else {
+        None
+    };
     if let Some(n) = config.data.limit {
         (train_set, test_set) = (train_set.take(n), test_set.take(n));
     }
@@ -663,7 +688,7 @@ fn load_images(config: &mut RunConfig) -> Result<JobData> {
         config.train.seed,
     )?;
     data.hflip = config.data.hflip;
-    Ok(JobData::Images(data))
+    Ok((JobData::Images(data), evaluator))
 }
 
 fn load_text(config: &mut RunConfig) -> Result<JobData> {
@@ -722,6 +747,8 @@ struct TrainJob<D = JobData> {
     text: String,
     /// Set by a signal: stop after the step in progress ([`Trainer::stop_when`]).
     stop: Arc<AtomicBool>,
+    /// The cached evaluator of `fid_samples` ([`Trainer::sample_quality`]).
+    evaluator: Option<PathBuf>,
 }
 
 impl TrainJob {
@@ -734,6 +761,7 @@ impl TrainJob {
             resume,
             text,
             stop,
+            evaluator,
         } = self;
         (
             TrainJob {
@@ -743,6 +771,7 @@ impl TrainJob {
                 resume,
                 text,
                 stop,
+                evaluator,
             },
             data,
         )
@@ -833,12 +862,15 @@ impl<B: AutodiffBackend> ReplicaFit<'_, B> {
         drop(self.init.take());
         let job = self.job;
         let params = family.num_params();
-        let trainer = Trainer::new(job.run.clone(), job.config.train.clone())
+        let mut trainer = Trainer::new(job.run.clone(), job.config.train.clone())
             .identity(job.config.preset.clone(), job.config.model_fingerprint()?)
             .config_text(job.text.clone())
             .resume(job.resume)
             .stop_when(job.stop.clone())
             .progress(self.replica.is_leader());
+        if let Some(dir) = &job.evaluator {
+            trainer = trainer.sample_quality(dir);
+        }
         let outcome = trainer.fit_replica(family, data, &self.device)?;
         Ok(TrainSummary::new(outcome, params, data))
     }
@@ -883,15 +915,19 @@ where
         resume,
         text,
         stop,
+        evaluator,
         ..
     } = job;
     let started = Instant::now();
     let params = family.num_params();
-    let trainer = Trainer::new(run.clone(), config.train.clone())
+    let mut trainer = Trainer::new(run.clone(), config.train.clone())
         .identity(config.preset.clone(), config.model_fingerprint()?)
         .config_text(text)
         .resume(resume)
         .stop_when(stop);
+    if let Some(dir) = evaluator {
+        trainer = trainer.sample_quality(dir);
+    }
     let outcome = trainer.fit(family, data, device)?;
     let summary = TrainSummary::new(outcome, params, data);
     print_summary(&summary, started, &run);

@@ -2282,6 +2282,107 @@ fn evaluator_and_sample_metrics() {
         dir,
     ));
     assert!(err.contains("unknown metric 'bleu'"), "{err}");
+
+    // A GAN scored as it trains, by the cached evaluator; its best FID's
+    // checkpoint is kept, and `eval` of it with the run's seed and count
+    // gives the logged figures.
+    let text = ok(&genzoo(
+        &[
+            "train",
+            "dcgan-28",
+            "--dataset",
+            "idx:digits",
+            "--out",
+            "runs/gan",
+            "--batch-size",
+            "16",
+            "--steps",
+            "4",
+            "--eval-every",
+            "2",
+            "--fid-samples",
+            "40",
+            "--keep-best",
+            "test_fid",
+            "--seed",
+            "3",
+        ],
+        dir,
+    ));
+    assert!(
+        !text.contains("training the"),
+        "the cached evaluator: {text}"
+    );
+    let records = read_jsonl(&dir.join("runs/gan/metrics.jsonl")).unwrap();
+    let scored: Vec<_> = records
+        .iter()
+        .filter(|r| r.contains_key("test_fid"))
+        .collect();
+    assert_eq!(scored.len(), 2, "{records:?}");
+    let manifest = read_json(&dir.join("runs/gan/checkpoints/best/manifest.json"));
+    let best_step = manifest["best"]["step"].as_u64().unwrap();
+    let best = scored
+        .iter()
+        .find(|r| r["step"].as_u64() == Some(best_step))
+        .unwrap();
+    let config = std::fs::read_to_string(dir.join("runs/gan/config.toml")).unwrap();
+    assert!(config.contains("fid_samples = 40"), "{config}");
+    ok(&genzoo(
+        &[
+            "eval",
+            "--run",
+            "runs/gan",
+            "--checkpoint",
+            "best",
+            "--n",
+            "40",
+            "--seed",
+            "3",
+            "--metrics",
+            "fid,kid",
+        ],
+        dir,
+    ));
+    let eval = read_json(&dir.join("runs/gan/eval.json"));
+    assert_eq!(eval["fid"].as_f64(), best["test_fid"].as_f64(), "{eval}");
+    assert_eq!(eval["kid"].as_f64(), best["test_kid"].as_f64(), "{eval}");
+
+    // Refused before anything is written: a text model, and one sample.
+    std::fs::write(dir.join("t.txt"), "to be or not to be, ".repeat(40)).unwrap();
+    let err = fails(&genzoo(
+        &[
+            "train",
+            "gpt-char",
+            "--text",
+            "t.txt",
+            "--out",
+            "runs/text",
+            "--fid-samples",
+            "40",
+        ],
+        dir,
+    ));
+    assert!(err.contains("fid_samples scores images"), "{err}");
+    let err = fails(&genzoo(
+        &[
+            "train",
+            "dcgan-28",
+            "--dataset",
+            "idx:digits",
+            "--out",
+            "runs/one",
+            "--fid-samples",
+            "1",
+        ],
+        dir,
+    ));
+    assert!(
+        err.contains("fid_samples must be 0 (off) or at least 2"),
+        "{err}"
+    );
+    for run in ["runs/text", "runs/one"] {
+        assert!(!dir.join(run).join("config.toml").exists(), "{run}");
+    }
 }
 
 #[test]

@@ -23,6 +23,7 @@ use genzoo::core::{CpuDevice, Error, Family, ImageBatch, Metrics, Result, StepCo
 use genzoo::data::{ImageData, ImageDataset, Scaling, synthetic};
 use genzoo::models::vae::{PixelLikelihood, VaeConfig, VaeTrainer};
 use genzoo::train::checkpoint::{FORMAT_VERSION, list_checkpoints};
+use genzoo::train::evaluator::{Evaluator, SampleScore, train_evaluator};
 use genzoo::train::logger::read_jsonl;
 use genzoo::train::{RunDir, Schedule, TrainConfig, Trainer};
 
@@ -223,6 +224,130 @@ fn resume_is_exact() {
             .collect()
     };
     assert_eq!(losses(&a), losses(&b));
+}
+
+/// An evaluator of `data`'s kind of images (one epoch), saved in `dir`.
+fn tiny_evaluator(dir: &Path) {
+    let (x, y) = synthetic::images(96, SIZE, 4, 1);
+    let (tx, ty) = synthetic::images(32, SIZE, 4, 2);
+    let train = ImageDataset::new(x, y, (1, SIZE, SIZE), vec![]).unwrap();
+    let test = ImageDataset::new(tx, ty, (1, SIZE, SIZE), vec![]).unwrap();
+    let device = CpuDevice::default();
+    train_evaluator::<B>("synthetic", &train, &test, 1, 0, &device, |_, _, _, _| {})
+        .unwrap()
+        .save(dir)
+        .unwrap();
+}
+
+#[test]
+fn sample_quality_is_logged_at_each_evaluation_keeps_the_best_and_leaves_training_alone() {
+    let _guard = rng_lock();
+    let tmp = tempfile::tempdir().unwrap();
+    let device = CpuDevice::default();
+    let evaluator = tmp.path().join("evaluator");
+    tiny_evaluator(&evaluator);
+    let scored_config = TrainConfig {
+        fid_samples: 40,
+        eval_every: 3,
+        keep_best: Some("test_fid".into()),
+        ..train_config(12)
+    };
+    let run = tmp.path().join("scored");
+    let scored = trainer(&run, scored_config.clone(), false)
+        .sample_quality(&evaluator)
+        .fit(fresh_vae(), &data(3), &device)
+        .unwrap();
+    let records = read_jsonl(&run.join("metrics.jsonl")).unwrap();
+    let evals: Vec<_> = records
+        .iter()
+        .filter(|r| r.contains_key("test_neg_elbo"))
+        .collect();
+    let logged = |key: &str| -> Vec<(u64, f64)> {
+        evals
+            .iter()
+            .map(|r| (r["step"].as_u64().unwrap(), r[key].as_f64().unwrap()))
+            .collect()
+    };
+    let fids = logged("test_fid");
+    assert_eq!(
+        fids.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+        [3, 6, 9, 12]
+    );
+    assert!(
+        fids.iter().all(|(_, v)| v.is_finite() && *v > 0.0),
+        "{fids:?}"
+    );
+    assert!(logged("test_kid").iter().all(|(_, v)| v.is_finite()));
+    assert_eq!(
+        scored.last_eval.as_ref().unwrap().get("fid"),
+        Some(fids[3].1)
+    );
+
+    // Scoring samples draws no training noise: the same run without it
+    // trains the same weights.
+    let plain_config = TrainConfig {
+        fid_samples: 0,
+        keep_best: None,
+        ..scored_config.clone()
+    };
+    let plain = trainer(&tmp.path().join("plain"), plain_config, false)
+        .fit(fresh_vae(), &data(3), &device)
+        .unwrap();
+    assert_eq!(weights(&plain.family), weights(&scored.family));
+
+    // The best checkpoint is the lowest FID's, and its weights score it again.
+    let (best_step, best_fid) = fids
+        .iter()
+        .copied()
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .unwrap();
+    let best_dir = run.join("checkpoints/best");
+    let best = fresh_vae().load(&best_dir).unwrap();
+    let score = SampleScore::new(
+        Evaluator::<Flex>::load(&evaluator, &device).unwrap(),
+        40,
+        scored_config.seed,
+    )
+    .unwrap();
+    let again = score.measure(&best).unwrap();
+    assert_eq!(
+        again[0],
+        ("fid".to_string(), best_fid),
+        "best at step {best_step}"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(best_dir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["best"]["step"].as_u64(), Some(best_step));
+
+    // A resumed run logs what the straight one did.
+    let split = tmp.path().join("split");
+    trainer(&split, scored_config.clone(), false)
+        .sample_quality(&evaluator)
+        .stop_after(Some(6))
+        .fit(fresh_vae(), &data(3), &device)
+        .unwrap();
+    trainer(&split, scored_config.clone(), true)
+        .sample_quality(&evaluator)
+        .fit(fresh_vae(), &data(3), &device)
+        .unwrap();
+    let split_records = read_jsonl(&split.join("metrics.jsonl")).unwrap();
+    let held_out = |r: &[serde_json::Map<String, serde_json::Value>]| -> Vec<String> {
+        r.iter()
+            .filter(|m| m.contains_key("test_fid"))
+            .map(|m| serde_json::Value::Object(m.clone()).to_string())
+            .collect()
+    };
+    assert_eq!(held_out(&records), held_out(&split_records));
+
+    // Without the evaluator the run is refused before it writes anything.
+    let refused = tmp.path().join("refused");
+    let err = trainer(&refused, scored_config, false)
+        .fit(fresh_vae(), &data(3), &device)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("Trainer::sample_quality"), "{err}");
+    assert!(!refused.join("metrics.jsonl").exists());
 }
 
 #[test]

@@ -86,6 +86,15 @@ pub struct TrainConfig {
     /// the best value of `keep_best`'s metric (its checkpoint is the one to
     /// use); a resumed run that has stopped stays stopped.
     pub patience: Option<u64>,
+    /// At each evaluation, also draw this many samples (the same noise each
+    /// time) and log their FID and KID against the held-out split's
+    /// features as `test_fid` and `test_kid` (0: none): sample quality as
+    /// training goes, and a `keep_best` for GANs, whose losses do not track
+    /// it. Needs the dataset's evaluator ([`crate::Trainer::sample_quality`];
+    /// the CLI trains and caches it). FID is biased upwards by few samples:
+    /// compare values of one count, and use `genzoo eval` (10,000) for
+    /// the figure to report.
+    pub fid_samples: usize,
     /// Also write TensorBoard event files into the run directory (the
     /// logged metrics, sample grids and text samples):
     /// `tensorboard --logdir runs` shows every run in `runs/`.
@@ -114,6 +123,7 @@ impl Default for TrainConfig {
             keep_checkpoints: 3,
             keep_best: None,
             patience: None,
+            fid_samples: 0,
             tensorboard: true,
         }
     }
@@ -172,6 +182,11 @@ impl TrainConfig {
             return Err(Error::Config(format!(
                 "clip_norm must be positive, got {c}"
             )));
+        }
+        if self.fid_samples == 1 {
+            return Err(Error::Config(
+                "fid_samples must be 0 (off) or at least 2: FID needs a spread of samples".into(),
+            ));
         }
         if self.eval_batches == Some(0) {
             return Err(Error::Config(

@@ -21,14 +21,16 @@ use burn::optim::{GradientsParams, Optimizer};
 use burn::prelude::*;
 use burn::tensor::activation::{relu, softmax};
 use burn::tensor::backend::AutodiffBackend;
+use genzoo_core::family::SampleRequest;
 use genzoo_core::optim::FusedAdam;
 use genzoo_core::record::{load_module, record_file, save_module};
-use genzoo_core::{Error, Result, TrainData};
+use genzoo_core::seed::derive;
+use genzoo_core::{Error, Family, Result, TrainData};
 use genzoo_data::{ImageData, ImageDataset, Scaling};
 use genzoo_models::layers::conv2d;
 use serde::{Deserialize, Serialize};
 
-use crate::metrics::Features;
+use crate::metrics::{Features, QualityOptions, sample_quality};
 
 /// Width of the feature layer.
 pub const FEATURES: usize = 128;
@@ -159,6 +161,46 @@ impl<B: Backend> Evaluator<B> {
         Ok((Features::new(features, FEATURES)?, probs))
     }
 
+    /// Draws `n` samples of `family` and embeds them: their features and
+    /// class probabilities. In chunks of 500, chunk k from the noise seed
+    /// `derive(seed, "eval-samples", k)`, so that the same seed gives the same
+    /// samples whatever asks; a class-conditional model draws the classes
+    /// in turn. `progress` is told the samples drawn so far.
+    pub fn embed_samples<A, F>(
+        &self,
+        family: &F,
+        n: usize,
+        seed: u64,
+        mut progress: impl FnMut(usize),
+    ) -> Result<(Features, Vec<Vec<f64>>)>
+    where
+        A: AutodiffBackend<InnerBackend = B>,
+        F: Family<A>,
+    {
+        let all = SampleRequest {
+            n,
+            ..Default::default()
+        };
+        let mut values = Vec::with_capacity(n * FEATURES);
+        let mut probs = Vec::with_capacity(n);
+        for request in all.chunks(500, |k| derive(seed, "eval-samples", k)) {
+            let images = family.sample_images(&request)?;
+            let [_, c, h, w] = images.dims();
+            if (c, h, w) != self.info.shape {
+                let (ec, eh, ew) = self.info.shape;
+                return Err(Error::Config(format!(
+                    "the {} evaluator embeds {ec}x{eh}x{ew} images; the model draws {c}x{h}x{w}",
+                    self.info.dataset
+                )));
+            }
+            let (f, p) = self.embed(images)?;
+            values.extend(f.to_values());
+            probs.extend(p);
+            progress(probs.len());
+        }
+        Ok((Features::new(values, FEATURES)?, probs))
+    }
+
     /// Embeds a dataset's images.
     pub fn embed_dataset(&self, set: &ImageDataset) -> Result<(Features, Vec<Vec<f64>>)> {
         let mut features = Vec::new();
@@ -224,6 +266,76 @@ impl<B: Backend> Evaluator<B> {
         file.write_all(&bytes).map_err(|e| Error::io(&tmp, e))?;
         let _ = std::fs::remove_dir_all(dir);
         std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))
+    }
+}
+
+/// FID and KID of a model's samples against an evaluator's reference
+/// features: what a run logs at each evaluation when
+/// [`crate::TrainConfig::fid_samples`] is set. Every measurement draws the
+/// same noise (from the run's seed), so a run's curve follows its weights,
+/// not the draws.
+///
+/// ```no_run
+/// # use genzoo_train::evaluator::{Evaluator, SampleScore};
+/// # let dir = std::path::Path::new("evaluator");
+/// let evaluator = Evaluator::<genzoo_core::CpuBackend>::load(dir, &Default::default())?;
+/// let score = SampleScore::new(evaluator, 1000, 0)?;
+/// // score.measure(&family)? gives [("fid", ..), ("kid", ..)]
+/// # Ok::<(), genzoo_core::Error>(())
+/// ```
+pub struct SampleScore<B: Backend> {
+    evaluator: Evaluator<B>,
+    samples: usize,
+    seed: u64,
+}
+
+impl<B: Backend> SampleScore<B> {
+    /// Scores of `samples` samples drawn from `seed`'s noise (at least 2: a
+    /// covariance needs them).
+    pub fn new(evaluator: Evaluator<B>, samples: usize, seed: u64) -> Result<Self> {
+        if samples < 2 {
+            return Err(Error::Config(format!(
+                "fid_samples must be at least 2 (FID needs a spread of samples), got {samples}"
+            )));
+        }
+        Ok(Self {
+            evaluator,
+            samples,
+            seed,
+        })
+    }
+
+    /// The evaluator the samples are embedded by.
+    pub fn evaluator(&self) -> &Evaluator<B> {
+        &self.evaluator
+    }
+
+    /// `fid` and `kid` of `family`'s samples. A class-conditional model
+    /// draws the classes in turn, as `genzoo eval` does.
+    pub fn measure<A, F>(&self, family: &F) -> Result<Vec<(String, f64)>>
+    where
+        A: AutodiffBackend<InnerBackend = B>,
+        F: Family<A>,
+    {
+        // `genzoo eval`'s draws: `eval --n N --seed S --metrics fid,kid` of
+        // a checkpoint gives the values a run of seed S logged at its step.
+        let (generated, _) =
+            self.evaluator
+                .embed_samples(family, self.samples, self.seed, |_| {
+                    genzoo_core::parallel::heartbeat();
+                })?;
+        let options = QualityOptions {
+            is: false,
+            pr: false,
+            seed: self.seed,
+            ..Default::default()
+        };
+        Ok(
+            sample_quality(&self.evaluator.reference, &generated, &[], &options)
+                .into_iter()
+                .filter(|(name, _)| name == "fid" || name == "kid")
+                .collect(),
+        )
     }
 }
 

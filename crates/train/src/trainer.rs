@@ -23,6 +23,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::checkpoint::{self, BestValue, CheckpointIdentity, Manifest};
 use crate::config::TrainConfig;
+use crate::evaluator::{Evaluator, SampleScore};
 use crate::logger::MetricsLogger;
 use crate::run_dir::RunDir;
 use crate::tensorboard::EventWriter;
@@ -71,6 +72,7 @@ pub struct Trainer {
     stop_after: Option<u64>,
     stop_when: Option<Arc<AtomicBool>>,
     progress: bool,
+    evaluator_dir: Option<PathBuf>,
 }
 
 impl Trainer {
@@ -88,6 +90,7 @@ impl Trainer {
             stop_after: None,
             stop_when: None,
             progress: true,
+            evaluator_dir: None,
         }
     }
 
@@ -146,6 +149,44 @@ impl Trainer {
         self.stop_when
             .as_ref()
             .is_some_and(|flag| flag.load(Ordering::Relaxed))
+    }
+
+    /// The cached evaluator (a directory [`Evaluator::save`] wrote) whose
+    /// features score the samples of [`TrainConfig::fid_samples`]; only the
+    /// leader of a data-parallel run loads it.
+    pub fn sample_quality(mut self, evaluator_dir: impl Into<PathBuf>) -> Self {
+        self.evaluator_dir = Some(evaluator_dir.into());
+        self
+    }
+
+    /// The scorer of [`TrainConfig::fid_samples`], where a run draws them.
+    fn sample_score<B, F>(
+        &self,
+        family: &F,
+        device: &B::Device,
+    ) -> Result<Option<SampleScore<B::InnerBackend>>>
+    where
+        B: AutodiffBackend,
+        F: Family<B>,
+    {
+        let n = self.config.fid_samples;
+        if n == 0 {
+            return Ok(None);
+        }
+        if !family.draws_images() {
+            return Err(Error::Config(format!(
+                "fid_samples = {n}: {} draws no images; its held-out metric is val_loss",
+                self.identity.model
+            )));
+        }
+        let dir = self.evaluator_dir.as_ref().ok_or_else(|| {
+            Error::Config(format!(
+                "fid_samples = {n} needs the dataset's evaluator: give its directory to \
+                 Trainer::sample_quality (the genzoo CLI trains and caches it)"
+            ))
+        })?;
+        let evaluator = Evaluator::<B::InnerBackend>::load(dir, device)?;
+        SampleScore::new(evaluator, n, self.config.seed).map(Some)
     }
 
     /// Show a progress bar (on by default; hidden anyway when stderr is not a terminal).
@@ -343,6 +384,12 @@ impl Trainer {
         }
         // Only the leader of a data-parallel run (or a one-device run) writes.
         let leader = replica.is_none_or(|r| r.is_leader());
+        // Only the leader evaluates: the others need no evaluator.
+        let sample_score = if leader {
+            self.sample_score(&family, device)?
+        } else {
+            None
+        };
         let batches_per_epoch = data.batches_per_epoch().max(1);
         let data_fingerprint = data.fingerprint();
         // Only the leader evaluates, and writes checkpoints.
@@ -500,7 +547,12 @@ impl Trainer {
         bar.set_position(step);
         let mut watched = match &cfg.keep_best {
             Some(metric) if leader => {
-                check_watched_metric(&family, data, device, metric)?;
+                let scored: &[&str] = if sample_score.is_some() {
+                    &["fid", "kid"]
+                } else {
+                    &[]
+                };
+                check_watched_metric(&family, data, device, metric, scored)?;
                 Some(WatchedMetric::new(metric, cfg.patience, manifest))
             }
             _ => None,
@@ -663,7 +715,12 @@ impl Trainer {
                 Ok(())
             };
             if eval_due {
-                let eval = evaluate(&family, data, device, cfg, step)?;
+                let mut eval = evaluate(&family, data, device, cfg, step)?;
+                if let Some(score) = &sample_score {
+                    for (name, value) in score.measure(&family)? {
+                        eval.push(name, value);
+                    }
+                }
                 let split = data.eval_split();
                 let record: Vec<(String, f64)> = eval
                     .iter()
@@ -1049,6 +1106,7 @@ fn check_watched_metric<B, F, D>(
     data: &D,
     device: &B::Device,
     metric: &str,
+    scored: &[&str],
 ) -> Result<()>
 where
     B: AutodiffBackend,
@@ -1063,10 +1121,10 @@ where
     let _noise = noise::begin(0);
     let split = data.eval_split();
     let (batch, _) = data.eval_batch(0, device);
-    let names: Vec<String> = family
-        .eval_batch(batch)?
-        .iter()
-        .map(|(name, _)| format!("{split}_{name}"))
+    let metrics = family.eval_batch(batch)?;
+    let names: Vec<String> = (metrics.iter().map(|(name, _)| name))
+        .chain(scored.iter().copied())
+        .map(|name| format!("{split}_{name}"))
         .collect();
     if names.iter().any(|name| name == metric) {
         return Ok(());
