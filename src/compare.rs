@@ -249,7 +249,9 @@ pub fn compare(path: &Path, out: Option<PathBuf>, backend: BackendKind) -> Resul
                     let mut figures = Vec::new();
                     let mut evaluated: Option<Evaluation> = None;
                     let mut evaluate = |metrics: &[String], n, terms| -> Result<()> {
-                        let found = evaluate_run(&target, metrics, n, terms, seed, backend)?;
+                        let sampler = Default::default();
+                        let found =
+                            evaluate_run(&target, metrics, n, terms, seed, &sampler, backend)?;
                         figures.extend(found.figures.iter().cloned());
                         evaluated = Some(found);
                         Ok(())

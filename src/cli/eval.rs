@@ -8,6 +8,7 @@ use burn::prelude::*;
 use burn::tensor::backend::AutodiffBackend;
 use clap::{Args, Subcommand};
 use genzoo_core::backend::BackendTask;
+use genzoo_core::family::{SampleRequest, SamplerOptions};
 use genzoo_core::{BackendKind, Error, Family, ImageBatch, Result, TokenBatch};
 use genzoo_data::{DatasetSource, Locator, TextCorpus, load_image_dataset};
 use genzoo_models::ModelConfig;
@@ -45,6 +46,19 @@ pub(super) struct EvalArgs {
     /// Seed of sampling and of the metrics' randomness [default: 0].
     #[arg(long)]
     seed: Option<u64>,
+    /// Diffusion models: the sampler of the sample metrics, `ddim` (the
+    /// presets' default, 50 steps), `dpm-solver` (20 steps) or `ddpm`.
+    #[arg(long)]
+    sampler: Option<String>,
+    /// Diffusion models: the sampler's steps (network evaluations).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// Diffusion models: DDIM's stochasticity η in [0, 1].
+    #[arg(long)]
+    eta: Option<f64>,
+    /// Class-conditional diffusion: the classifier-free guidance weight w.
+    #[arg(long)]
+    guidance: Option<f64>,
     #[arg(long, default_value = "cpu")]
     backend: BackendKind,
 }
@@ -190,6 +204,20 @@ const EVAL_METRICS: [&str; 5] = ["fid", "kid", "is", "pr", "nll"];
 pub(super) fn eval(args: EvalArgs) -> Result<()> {
     let target = EvalTarget::load(&args.run, &args.checkpoint)?;
     let text = target.config.model.reads_text();
+    let sampler = SamplerOptions {
+        method: args.sampler.clone(),
+        steps: args.steps,
+        eta: args.eta,
+        guidance: args.guidance,
+        ..Default::default()
+    };
+    if sampler.is_set() && target.config.model.family() != "ddpm" {
+        return Err(Error::Config(format!(
+            "--sampler, --steps, --eta and --guidance are for diffusion models; {} is a {} model",
+            target.config.preset,
+            target.config.model.family()
+        )));
+    }
     let metrics = args
         .metrics
         .as_deref()
@@ -209,6 +237,7 @@ pub(super) fn eval(args: EvalArgs) -> Result<()> {
             args.n.unwrap_or(10_000),
             args.terms,
             args.seed.unwrap_or(0),
+            &sampler,
             args.backend,
         )?
     };
@@ -307,6 +336,7 @@ pub(crate) fn evaluate_text_run(
         checkpoint: checkpoint.clone(),
         step: manifest.step,
         figures,
+        sampler: None,
     })
 }
 
@@ -412,18 +442,21 @@ pub(crate) struct Evaluation {
     pub step: u64,
     /// (metric, value) pairs.
     pub figures: Vec<(String, f64)>,
+    /// The sampler settings asked for (a diffusion model's), if any.
+    pub sampler: Option<serde_json::Value>,
 }
 
 /// Evaluates a run's checkpoint with `metrics` (the names of
-/// [`EVAL_METRICS`]) on `n` samples (and `n` test images for nll), prints a
-/// table, and returns the checkpoint, its step and the figures (for
-/// [`write_eval_json`]).
+/// [`EVAL_METRICS`]) on `n` samples drawn as `sampler` says (and `n` test
+/// images for nll), prints a table, and returns the checkpoint, its step
+/// and the figures (for [`write_eval_json`]).
 pub(crate) fn evaluate_run(
     target: &EvalTarget,
     metrics: &[String],
     n: usize,
     terms: Option<usize>,
     seed: u64,
+    sampler: &SamplerOptions,
     backend: BackendKind,
 ) -> Result<Evaluation> {
     let EvalTarget {
@@ -453,6 +486,12 @@ pub(crate) fn evaluate_run(
         )));
     }
     let wants_samples = metrics.iter().any(|m| m != "nll");
+    if sampler.is_set() && !wants_samples {
+        return Err(Error::Config(
+            "the sampler flags set how the sample metrics (fid, kid, is, pr) draw; nll draws nothing"
+                .into(),
+        ));
+    }
     // FID and precision/recall need a spread of samples; nll needs an image.
     let least = if wants_samples { 2 } else { 1 };
     if n < least {
@@ -483,12 +522,21 @@ pub(crate) fn evaluate_run(
             n,
             terms,
             seed,
+            sampler: sampler.clone(),
         },
     )
     .map(|figures| Evaluation {
         checkpoint: checkpoint.clone(),
         step: manifest.step,
         figures,
+        sampler: sampler.is_set().then(|| {
+            serde_json::json!({
+                "method": sampler.method,
+                "steps": sampler.steps,
+                "eta": sampler.eta,
+                "guidance": sampler.guidance,
+            })
+        }),
     })
 }
 
@@ -501,6 +549,7 @@ struct EvalJob {
     n: usize,
     terms: Option<usize>,
     seed: u64,
+    sampler: SamplerOptions,
 }
 
 impl BackendTask for EvalJob {
@@ -534,9 +583,14 @@ impl<B: AutodiffBackend> EvalRun<B> {
         let bar = indicatif::ProgressBar::new(n as u64);
         bar.set_message("sampling");
         let started = Instant::now();
-        let (features, probs) = evaluator.embed_samples(family, n, self.job.seed, |drawn| {
-            bar.set_position(drawn as u64)
-        })?;
+        let request = SampleRequest {
+            n,
+            seed: self.job.seed,
+            sampler: self.job.sampler.clone(),
+            ..Default::default()
+        };
+        let (features, probs) =
+            evaluator.embed_samples(family, &request, |drawn| bar.set_position(drawn as u64))?;
         bar.finish_and_clear();
         Ok((features, probs, started.elapsed().as_secs_f64()))
     }
@@ -616,6 +670,9 @@ pub(crate) fn write_eval_json(
         let name = evaluated.checkpoint.display().to_string();
         record.insert("checkpoint".into(), serde_json::Value::String(name));
         record.insert("checkpoint_step".into(), serde_json::json!(evaluated.step));
+        if let Some(sampler) = &evaluated.sampler {
+            record.insert("sampler".into(), sampler.clone());
+        }
     }
     for (name, value) in figures {
         record.insert(name.clone(), serde_json::json!(value));

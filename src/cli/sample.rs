@@ -63,10 +63,11 @@ pub(super) struct SampleArgs {
     /// Generate without the key/value cache: the same tokens, slower (gpt models; for comparison).
     #[arg(long)]
     no_cache: bool,
-    /// Diffusion sampler: `ddim` (default of ddpm-unet, 50 steps) or `ddpm` (all T steps).
+    /// Diffusion sampler: `ddim` (default of ddpm-unet, 50 steps),
+    /// `dpm-solver` (DPM-Solver++(2M), 20 steps) or `ddpm` (all T steps).
     #[arg(long)]
     sampler: Option<String>,
-    /// DDIM steps (network evaluations).
+    /// DDIM's or DPM-Solver's steps (network evaluations).
     #[arg(long)]
     steps: Option<usize>,
     /// DDIM stochasticity η in [0, 1] (0: deterministic).

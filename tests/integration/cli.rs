@@ -1727,7 +1727,7 @@ fn ok_out(out: &Output) -> Vec<u8> {
 }
 
 #[test]
-fn ddpm_trains_and_samples_with_either_sampler_and_a_trajectory() {
+fn ddpm_trains_and_samples_with_each_sampler_and_a_trajectory() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     write_idx_dataset(&dir.join("digits"), 16, 8, 28, 10).unwrap();
@@ -1817,6 +1817,45 @@ fn ddpm_trains_and_samples_with_either_sampler_and_a_trajectory() {
         dir,
     ));
     assert!(dir.join("ddpm.png").exists());
+    // DPM-Solver++(2M): deterministic too, with its own steps; η is DDIM's.
+    for out in ["dpm.png", "dpm-again.png"] {
+        ok(&genzoo(
+            &[
+                "sample",
+                "--run",
+                "runs/ddpm",
+                "--n",
+                "4",
+                "--sampler",
+                "dpm-solver",
+                "--steps",
+                "5",
+                "--out",
+                out,
+            ],
+            dir,
+        ));
+    }
+    let dpm = std::fs::read(dir.join("dpm.png")).unwrap();
+    assert_eq!(dpm, std::fs::read(dir.join("dpm-again.png")).unwrap());
+    assert_ne!(dpm, std::fs::read(dir.join("grid.png")).unwrap());
+    for (args, expected) in [
+        (
+            &["--sampler", "dpm-solver", "--eta", "0.5"][..],
+            "--eta is DDIM's",
+        ),
+        (&["--sampler", "euler"][..], "use ddim, dpm-solver or ddpm"),
+        (
+            &["--sampler", "dpm-solver", "--steps", "101"][..],
+            "steps must be in 1..=100",
+        ),
+    ] {
+        let err = fails(&genzoo(
+            &[&["sample", "--run", "runs/ddpm", "--n", "1"][..], args].concat(),
+            dir,
+        ));
+        assert!(err.contains(expected), "{args:?}: {err}");
+    }
     // Interpolations between x_T's through deterministic DDIM; the ancestral
     // sampler cannot decode one.
     let text = ok(&genzoo(
@@ -2382,6 +2421,54 @@ fn evaluator_and_sample_metrics() {
     );
     for run in ["runs/text", "runs/one"] {
         assert!(!dir.join(run).join("config.toml").exists(), "{run}");
+    }
+
+    // A diffusion model's sample metrics with another sampler, recorded in
+    // eval.json; refused where nothing is sampled by one.
+    std::fs::write(dir.join("short.toml"), "[model]\ntimesteps = 100\n").unwrap();
+    ok(&genzoo(
+        &[
+            "train",
+            "ddpm-unet",
+            "--dataset",
+            "idx:digits",
+            "--config",
+            "short.toml",
+            "--out",
+            "runs/ddpm",
+            "--batch-size",
+            "4",
+            "--steps",
+            "1",
+        ],
+        dir,
+    ));
+    let fid = |sampler: &[&str]| -> (f64, serde_json::Value) {
+        let base = ["eval", "--run", "runs/ddpm", "--n", "8", "--metrics", "fid"];
+        ok(&genzoo(&[&base[..], sampler].concat(), dir));
+        let eval = read_json(&dir.join("runs/ddpm/eval.json"));
+        (eval["fid"].as_f64().unwrap(), eval["sampler"].clone())
+    };
+    let (ddim, recorded) = fid(&[]);
+    assert!(recorded.is_null(), "{recorded}");
+    let (dpm, recorded) = fid(&["--sampler", "dpm-solver", "--steps", "3"]);
+    assert_ne!(ddim, dpm);
+    assert_eq!(recorded["method"], "dpm-solver");
+    assert_eq!(recorded["steps"], 3);
+    for (run, args, expected) in [
+        (
+            "runs/gan",
+            &["--sampler", "ddim"][..],
+            "are for diffusion models",
+        ),
+        (
+            "runs/ddpm",
+            &["--metrics", "nll", "--steps", "3"][..],
+            "nll draws nothing",
+        ),
+    ] {
+        let err = fails(&genzoo(&[&["eval", "--run", run][..], args].concat(), dir));
+        assert!(err.contains(expected), "{args:?}: {err}");
     }
 }
 

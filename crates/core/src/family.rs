@@ -225,9 +225,9 @@ pub struct SampleRequest {
 /// reject any that is set.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct SamplerOptions {
-    /// The sampler's name (`ddpm` or `ddim`).
+    /// The sampler's name (`ddim`, `dpm-solver` or `ddpm`).
     pub method: Option<String>,
-    /// Network evaluations (DDIM).
+    /// Network evaluations (DDIM, DPM-Solver).
     pub steps: Option<usize>,
     /// DDIM's stochasticity η ∈ [0, 1].
     pub eta: Option<f64>,

@@ -161,29 +161,27 @@ impl<B: Backend> Evaluator<B> {
         Ok((Features::new(features, FEATURES)?, probs))
     }
 
-    /// Draws `n` samples of `family` and embeds them: their features and
-    /// class probabilities. In chunks of 500, chunk k from the noise seed
-    /// `derive(seed, "eval-samples", k)`, so that the same seed gives the same
-    /// samples whatever asks; a class-conditional model draws the classes
-    /// in turn. `progress` is told the samples drawn so far.
+    /// Draws the `request.n` samples of `family` that `request` asks for and
+    /// embeds them: their features and class probabilities. In chunks of
+    /// 500, chunk k from the noise seed `derive(request.seed,
+    /// "eval-samples", k)`, so that the same seed gives the same samples
+    /// whatever asks; a class-conditional model draws the classes in turn
+    /// unless the request names one. `progress` is told the samples drawn
+    /// so far.
     pub fn embed_samples<A, F>(
         &self,
         family: &F,
-        n: usize,
-        seed: u64,
+        request: &SampleRequest,
         mut progress: impl FnMut(usize),
     ) -> Result<(Features, Vec<Vec<f64>>)>
     where
         A: AutodiffBackend<InnerBackend = B>,
         F: Family<A>,
     {
-        let all = SampleRequest {
-            n,
-            ..Default::default()
-        };
-        let mut values = Vec::with_capacity(n * FEATURES);
-        let mut probs = Vec::with_capacity(n);
-        for request in all.chunks(500, |k| derive(seed, "eval-samples", k)) {
+        let mut values = Vec::with_capacity(request.n * FEATURES);
+        let mut probs = Vec::with_capacity(request.n);
+        let seed = request.seed;
+        for request in request.chunks(500, |k| derive(seed, "eval-samples", k)) {
             let images = family.sample_images(&request)?;
             let [_, c, h, w] = images.dims();
             if (c, h, w) != self.info.shape {
@@ -319,11 +317,14 @@ impl<B: Backend> SampleScore<B> {
     {
         // `genzoo eval`'s draws: `eval --n N --seed S --metrics fid,kid` of
         // a checkpoint gives the values a run of seed S logged at its step.
-        let (generated, _) =
-            self.evaluator
-                .embed_samples(family, self.samples, self.seed, |_| {
-                    genzoo_core::parallel::heartbeat();
-                })?;
+        let request = SampleRequest {
+            n: self.samples,
+            seed: self.seed,
+            ..Default::default()
+        };
+        let (generated, _) = self.evaluator.embed_samples(family, &request, |_| {
+            genzoo_core::parallel::heartbeat();
+        })?;
         let options = QualityOptions {
             is: false,
             pr: false,

@@ -24,7 +24,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use super::objective::{self, Prediction, q_sample};
-use super::sampler::{Ddim, Ddpm, DdpmVariance, Denoised, Sampler};
+use super::sampler::{Ddim, Ddpm, DdpmVariance, Denoised, DpmSolver, Sampler};
 use super::schedule::{BetaSchedule, NoiseSchedule};
 use super::unet::{UNet, UNetConfig};
 
@@ -32,9 +32,11 @@ use super::unet::{UNet, UNetConfig};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SamplerConfig {
-    /// `ddim` or `ddpm`.
+    /// `ddim`, `dpm-solver` or `ddpm`.
     pub method: SamplerMethod,
-    /// DDIM's number of steps.
+    /// DDIM's or DPM-Solver's number of steps (a request that names
+    /// another method than this one, without steps, takes that method's
+    /// default: 50 for DDIM, 20 for DPM-Solver).
     pub steps: usize,
     /// DDIM's η.
     pub eta: f64,
@@ -56,7 +58,7 @@ impl Default for SamplerConfig {
     }
 }
 
-/// The two samplers.
+/// The samplers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SamplerMethod {
@@ -64,6 +66,32 @@ pub enum SamplerMethod {
     Ddpm,
     /// DDIM on a subsequence of the steps.
     Ddim,
+    /// DPM-Solver++(2M) on the same subsequence.
+    #[serde(rename = "dpm-solver")]
+    DpmSolver,
+}
+
+impl SamplerMethod {
+    /// The method named `name` (as `--sampler` and config files say it).
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "ddpm" => Ok(Self::Ddpm),
+            "ddim" => Ok(Self::Ddim),
+            "dpm-solver" => Ok(Self::DpmSolver),
+            other => Err(Error::Config(format!(
+                "unknown sampler '{other}': use ddim, dpm-solver or ddpm"
+            ))),
+        }
+    }
+
+    /// Steps when a request names this method but no steps.
+    fn default_steps(self) -> usize {
+        match self {
+            Self::Ddim => 50,
+            Self::DpmSolver => DpmSolver::DEFAULT_STEPS,
+            Self::Ddpm => 0,
+        }
+    }
 }
 
 /// DDPM hyper-parameters. The defaults are the `ddpm-unet` reference model.
@@ -276,19 +304,21 @@ impl<B: AutodiffBackend> DdpmTrainer<B> {
         let mut s = self.config.sampler.clone();
         let o = &request.sampler;
         if let Some(method) = &o.method {
-            s.method = match method.as_str() {
-                "ddpm" => SamplerMethod::Ddpm,
-                "ddim" => SamplerMethod::Ddim,
-                other => {
-                    return Err(Error::Config(format!(
-                        "unknown sampler '{other}': use ddpm or ddim"
-                    )));
-                }
-            };
+            let method = SamplerMethod::from_name(method)?;
+            if method != s.method {
+                // The configured steps are the configured method's.
+                s.steps = method.default_steps();
+            }
+            s.method = method;
         }
         if s.method == SamplerMethod::Ddpm && (o.steps.is_some() || o.eta.is_some()) {
             return Err(Error::Config(
                 "--steps and --eta are DDIM's: the ddpm sampler always runs all T steps".into(),
+            ));
+        }
+        if s.method == SamplerMethod::DpmSolver && o.eta.is_some() {
+            return Err(Error::Config(
+                "--eta is DDIM's: dpm-solver is deterministic (DDIM's η = 0 ODE)".into(),
             ));
         }
         if let Some(steps) = o.steps {
@@ -336,6 +366,10 @@ impl<B: AutodiffBackend> DdpmTrainer<B> {
             SamplerMethod::Ddim => {
                 let ddim = Ddim::new(settings.steps, settings.eta, &self.schedule)?;
                 self.run_sampler(&ddim, request, labels, guidance, None, &mut keep)
+            }
+            SamplerMethod::DpmSolver => {
+                let solver = DpmSolver::new(settings.steps, &self.schedule)?;
+                self.run_sampler(&solver, request, labels, guidance, None, &mut keep)
             }
         }
     }
@@ -385,6 +419,8 @@ impl<B: AutodiffBackend> DdpmTrainer<B> {
         // x_T: the given one (a latent code), or else seeded noise.
         let mut x = x_t.unwrap_or_else(|| normal(shape));
         keep(0, &x);
+        // The last timestep's x̂_0, for multistep samplers.
+        let mut previous = None;
         for (i, &t) in timesteps.iter().enumerate() {
             let prev = timesteps.get(i + 1).copied();
             let t_all = vec![t; request.n];
@@ -413,7 +449,13 @@ impl<B: AutodiffBackend> DdpmTrainer<B> {
             let x0 = x0.clamp(-1.0, 1.0);
             let eps = objective::eps_from_x0(&self.schedule, x.clone(), x0.clone(), &t_all);
             let z = (sampler.noise_scale(&self.schedule, t, prev) > 0.0).then(|| normal(shape));
-            x = sampler.step(&self.schedule, t, prev, Denoised { x_t: x, x0, eps }, z);
+            let state = Denoised {
+                x_t: x,
+                x0: x0.clone(),
+                eps,
+                previous: previous.replace((t, x0)),
+            };
+            x = sampler.step(&self.schedule, t, prev, state, z);
             keep(i + 1, &x);
             bar.inc(1);
         }
@@ -571,7 +613,7 @@ impl<B: AutodiffBackend> Family<B> for DdpmTrainer<B> {
         let (settings, _) = self.resolve_sampler(&one)?;
         let iterations = match settings.method {
             SamplerMethod::Ddpm => self.config.timesteps,
-            SamplerMethod::Ddim => settings.steps,
+            SamplerMethod::Ddim | SamplerMethod::DpmSolver => settings.steps,
         };
         let frames = frames.clamp(2, iterations + 1);
         // Frame 0 is x_T; the others evenly spaced over the iterations, the last one x_0.
@@ -620,6 +662,7 @@ impl<B: AutodiffBackend> Family<B> for DdpmTrainer<B> {
                  (the ancestral one adds new noise at every step); got {}",
                 match settings.method {
                     SamplerMethod::Ddpm => "--sampler ddpm".to_string(),
+                    SamplerMethod::DpmSolver => "--sampler dpm-solver".to_string(),
                     SamplerMethod::Ddim => format!("η = {}", settings.eta),
                 }
             )));
