@@ -276,7 +276,7 @@ fn guidance_trajectories_and_bad_sampler_options() {
             .sample_images(&bad)
             .unwrap_err()
             .to_string()
-            .contains("ddpm or ddim")
+            .contains("use ddim, dpm-solver or ddpm")
     );
     let too_many = SampleRequest {
         n: 1,

@@ -303,11 +303,6 @@ impl<B: Backend> SampleScore<B> {
         })
     }
 
-    /// The evaluator the samples are embedded by.
-    pub fn evaluator(&self) -> &Evaluator<B> {
-        &self.evaluator
-    }
-
     /// `fid` and `kid` of `family`'s samples. A class-conditional model
     /// draws the classes in turn, as `genzoo eval` does.
     pub fn measure<A, F>(&self, family: &F) -> Result<Vec<(String, f64)>>

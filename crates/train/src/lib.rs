@@ -2,7 +2,8 @@
 //!
 //! The training engine every family plugs into: one straight loop
 //! ([`Trainer`]) with a step or epoch budget, learning-rate schedules,
-//! global-norm clipping, per-step seeding, evaluation on held-out data,
+//! global-norm clipping, per-step seeding, evaluation on held-out data
+//! (with the FID and KID of samples, [`TrainConfig::fid_samples`]),
 //! `metrics.jsonl`/`metrics.csv` and TensorBoard event files, sample
 //! grids, and atomic, checksummed checkpoints with exact resume; a run
 //! may start from another run's

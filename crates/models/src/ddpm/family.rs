@@ -313,7 +313,9 @@ impl<B: AutodiffBackend> DdpmTrainer<B> {
         }
         if s.method == SamplerMethod::Ddpm && (o.steps.is_some() || o.eta.is_some()) {
             return Err(Error::Config(
-                "--steps and --eta are DDIM's: the ddpm sampler always runs all T steps".into(),
+                "--steps and --eta are DDIM's (--steps DPM-Solver's too): the ddpm sampler always \
+                 runs all T steps"
+                    .into(),
             ));
         }
         if s.method == SamplerMethod::DpmSolver && o.eta.is_some() {
