@@ -17,6 +17,7 @@ use genzoo_train::RunConfig;
 use genzoo_train::checkpoint::Manifest;
 use genzoo_train::evaluator::Evaluator;
 
+use super::sample::DiffusionSampling;
 use super::train::check_data_dir_flag;
 use super::{load_run, with_backend_on_pool};
 
@@ -46,19 +47,9 @@ pub(super) struct EvalArgs {
     /// Seed of sampling and of the metrics' randomness [default: 0].
     #[arg(long)]
     seed: Option<u64>,
-    /// Diffusion models: the sampler of the sample metrics, `ddim` (the
-    /// presets' default, 50 steps), `dpm-solver` (20 steps) or `ddpm`.
-    #[arg(long)]
-    sampler: Option<String>,
-    /// Diffusion models: the sampler's steps (network evaluations).
-    #[arg(long)]
-    steps: Option<usize>,
-    /// Diffusion models: DDIM's stochasticity η in [0, 1].
-    #[arg(long)]
-    eta: Option<f64>,
-    /// Class-conditional diffusion: the classifier-free guidance weight w.
-    #[arg(long)]
-    guidance: Option<f64>,
+    /// How a diffusion model draws the samples of the sample metrics.
+    #[command(flatten)]
+    diffusion: DiffusionSampling,
     #[arg(long, default_value = "cpu")]
     backend: BackendKind,
 }
@@ -204,13 +195,7 @@ const EVAL_METRICS: [&str; 5] = ["fid", "kid", "is", "pr", "nll"];
 pub(super) fn eval(args: EvalArgs) -> Result<()> {
     let target = EvalTarget::load(&args.run, &args.checkpoint)?;
     let text = target.config.model.reads_text();
-    let sampler = SamplerOptions {
-        method: args.sampler.clone(),
-        steps: args.steps,
-        eta: args.eta,
-        guidance: args.guidance,
-        ..Default::default()
-    };
+    let sampler = args.diffusion.options();
     if sampler.is_set() && target.config.model.family() != "ddpm" {
         return Err(Error::Config(format!(
             "--sampler, --steps, --eta and --guidance are for diffusion models; {} is a {} model",

@@ -63,19 +63,8 @@ pub(super) struct SampleArgs {
     /// Generate without the key/value cache: the same tokens, slower (gpt models; for comparison).
     #[arg(long)]
     no_cache: bool,
-    /// Diffusion sampler: `ddim` (default of ddpm-unet, 50 steps),
-    /// `dpm-solver` (DPM-Solver++(2M), 20 steps) or `ddpm` (all T steps).
-    #[arg(long)]
-    sampler: Option<String>,
-    /// DDIM's or DPM-Solver's steps (network evaluations).
-    #[arg(long)]
-    steps: Option<usize>,
-    /// DDIM stochasticity η in [0, 1] (0: deterministic).
-    #[arg(long)]
-    eta: Option<f64>,
-    /// Classifier-free guidance weight w (class-conditional diffusion: cddpm-unet).
-    #[arg(long)]
-    guidance: Option<f64>,
+    #[command(flatten)]
+    diffusion: DiffusionSampling,
     /// Sample from the trained weights instead of their EMA (diffusion models).
     #[arg(long)]
     raw_weights: bool,
@@ -117,16 +106,54 @@ pub(super) struct SampleArgs {
     backend: BackendKind,
 }
 
+/// How a diffusion model draws (`sample`, and `eval`'s sample metrics).
+#[derive(Args, Debug, Default)]
+pub(super) struct DiffusionSampling {
+    /// Diffusion sampler: `ddim` (default of ddpm-unet, 50 steps),
+    /// `dpm-solver` (DPM-Solver++(2M), 20 steps) or `ddpm` (all T steps).
+    #[arg(long)]
+    sampler: Option<String>,
+    /// DDIM's or DPM-Solver's steps (network evaluations).
+    #[arg(long)]
+    steps: Option<usize>,
+    /// DDIM stochasticity η in [0, 1] (0: deterministic).
+    #[arg(long)]
+    eta: Option<f64>,
+    /// Classifier-free guidance weight w (class-conditional diffusion: cddpm-unet).
+    #[arg(long)]
+    guidance: Option<f64>,
+}
+
+impl DiffusionSampling {
+    /// The flags as sampler options (the EMA weights, no progress bar).
+    pub(super) fn options(&self) -> SamplerOptions {
+        SamplerOptions {
+            method: self.sampler.clone(),
+            steps: self.steps,
+            eta: self.eta,
+            guidance: self.guidance,
+            ..Default::default()
+        }
+    }
+
+    /// Which of the flags are given, by name.
+    fn given(&self) -> [(&'static str, bool); 4] {
+        [
+            ("--sampler", self.sampler.is_some()),
+            ("--steps", self.steps.is_some()),
+            ("--eta", self.eta.is_some()),
+            ("--guidance", self.guidance.is_some()),
+        ]
+    }
+}
+
 pub(super) fn sample(args: SampleArgs) -> Result<()> {
     let (_, config, checkpoint, _) = load_run(&args.run, &args.checkpoint)?;
     check_sample_flags(&args, &config)?;
     let sampler = SamplerOptions {
-        method: args.sampler,
-        steps: args.steps,
-        eta: args.eta,
-        guidance: args.guidance,
         raw_weights: args.raw_weights,
         progress: true,
+        ..args.diffusion.options()
     };
     let default_n = if args.interpolate.is_some() {
         8
@@ -236,11 +263,12 @@ fn check_sample_flags(args: &SampleArgs, config: &RunConfig) -> Result<()> {
             }
         )))
     };
+    let [sampler, steps, eta, guidance] = args.diffusion.given();
     let diffusion = given(&[
-        ("--sampler", args.sampler.is_some()),
-        ("--steps", args.steps.is_some()),
-        ("--eta", args.eta.is_some()),
-        ("--guidance", args.guidance.is_some()),
+        sampler,
+        steps,
+        eta,
+        guidance,
         ("--raw-weights", args.raw_weights),
         ("--trajectory", args.trajectory),
     ]);
