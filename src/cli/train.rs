@@ -13,7 +13,9 @@ use genzoo_core::backend::{BackendTask, with_backend};
 use genzoo_core::error::panic_message;
 use genzoo_core::vocabulary::Vocabulary;
 use genzoo_core::{BackendKind, Error, Family, ImageBatch, Result, TokenBatch};
-use genzoo_data::{DatasetSource, ImageData, Locator, TextCorpus, TextData, load_image_dataset};
+use genzoo_data::{
+    DatasetSource, ImageData, ImageDataset, Locator, TextCorpus, TextData, load_image_dataset,
+};
 use genzoo_models::ModelConfig;
 use genzoo_models::presets::{FamilyTask, with_family};
 use genzoo_train::checkpoint::{self, find_checkpoint};
@@ -408,7 +410,7 @@ pub(crate) fn start_training(
 
     // Fail before anything is written when the backend cannot run.
     genzoo_core::backend::check_available(backend)?;
-    let (data, evaluator) = if config.model.reads_text() {
+    let (data, scoring) = if config.model.reads_text() {
         if config.train.fid_samples > 0 {
             return Err(Error::Config(format!(
                 "fid_samples scores images; {} reads text (its held-out metric is val_loss)",
@@ -425,6 +427,11 @@ pub(crate) fn start_training(
         // so before anything is written (the engine checks again).
         checkpoint::verify_source(source, &config.identity()?)?;
     }
+    // After every check, since training an evaluator takes minutes; before
+    // anything is written.
+    let evaluator = scoring
+        .map(|d| cached_evaluator(&d.name, &d.train, &d.test))
+        .transpose()?;
 
     // Node 0 owns the run directory; the other nodes of a multi-node run
     // only read it (their checkpoints to resume from), and may share it.
@@ -649,18 +656,26 @@ enum JobData {
     Text(TextData),
 }
 
-/// The run's images, and the directory of the evaluator its `fid_samples`
-/// are scored by (node 0 only: its leader evaluates).
-fn load_images(config: &mut RunConfig) -> Result<(JobData, Option<PathBuf>)> {
+/// The dataset whose evaluator scores a run's `fid_samples`: all of it,
+/// whatever the limit, so that the evaluator is the one `eval` uses.
+struct ScoringData {
+    name: String,
+    train: ImageDataset,
+    test: ImageDataset,
+}
+
+/// The run's images, and what its `fid_samples` are scored on (node 0
+/// only: its leader evaluates).
+fn load_images(config: &mut RunConfig) -> Result<(JobData, Option<ScoringData>)> {
     let source = config.data.image_source()?;
     let (mut train_set, mut test_set) =
         load_image_dataset(&source, &Locator::from_env(config.data.data_dir.clone()))?;
-    // The whole dataset's evaluator, whatever the limit: the one `eval` uses.
-    let evaluator = if config.train.fid_samples > 0 && config.parallel.node_rank == 0 {
-        Some(cached_evaluator(&source.name(), &train_set, &test_set)?)
-    } else {
-        None
-    };
+    let scoring =
+        (config.train.fid_samples > 0 && config.parallel.node_rank == 0).then(|| ScoringData {
+            name: source.name(),
+            train: train_set.clone(),
+            test: test_set.clone(),
+        });
     if let Some(n) = config.data.limit {
         (train_set, test_set) = (train_set.take(n), test_set.take(n));
     }
@@ -688,7 +703,7 @@ fn load_images(config: &mut RunConfig) -> Result<(JobData, Option<PathBuf>)> {
         config.train.seed,
     )?;
     data.hflip = config.data.hflip;
-    Ok((JobData::Images(data), evaluator))
+    Ok((JobData::Images(data), scoring))
 }
 
 fn load_text(config: &mut RunConfig) -> Result<JobData> {

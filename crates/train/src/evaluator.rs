@@ -288,6 +288,9 @@ pub struct SampleScore<B: Backend> {
 }
 
 impl<B: Backend> SampleScore<B> {
+    /// What [`SampleScore::measure`] gives, by name.
+    pub const METRICS: [&str; 2] = ["fid", "kid"];
+
     /// Scores of `samples` samples drawn from `seed`'s noise (at least 2: a
     /// covariance needs them).
     pub fn new(evaluator: Evaluator<B>, samples: usize, seed: u64) -> Result<Self> {
@@ -329,7 +332,7 @@ impl<B: Backend> SampleScore<B> {
         Ok(
             sample_quality(&self.evaluator.reference, &generated, &[], &options)
                 .into_iter()
-                .filter(|(name, _)| name == "fid" || name == "kid")
+                .filter(|(name, _)| Self::METRICS.contains(&name.as_str()))
                 .collect(),
         )
     }

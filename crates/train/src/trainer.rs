@@ -548,7 +548,7 @@ impl Trainer {
         let mut watched = match &cfg.keep_best {
             Some(metric) if leader => {
                 let scored: &[&str] = if sample_score.is_some() {
-                    &["fid", "kid"]
+                    &SampleScore::<B::InnerBackend>::METRICS
                 } else {
                     &[]
                 };
